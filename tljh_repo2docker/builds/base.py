@@ -1,0 +1,126 @@
+"""The one interface every build backend implements.
+
+A backend turns a :class:`BuildRequest` into an image and reports what happens
+as :class:`BuildEvent` objects. Everything above the interface (the queue, the
+log fan-out to SSE clients, persistence, recovery after a restart) lives once,
+in :mod:`tljh_repo2docker.builds.manager`, and is the same for every backend.
+"""
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from traitlets.config import LoggingConfigurable
+
+#: Phases of a build event.
+LOG = "log"  # one line of build output
+STATUS = "status"  # the build moved on (queued, building, ...); message says how
+BUILT = "built"  # final: the image exists
+FAILED = "failed"  # final: the build failed; message says why
+CANCELLED = "cancelled"  # final: stopped on request
+FINAL_PHASES = frozenset({BUILT, FAILED, CANCELLED})
+
+
+@dataclass
+class BuildEvent:
+    phase: str
+    message: str
+    #: On the final ``built`` event: the image built (a backend like BinderHub
+    #: chooses the name itself), its id, size in bytes and the resolved commit.
+    image_name: str | None = None
+    image_id: str | None = None
+    size: int | None = None
+    commit: str | None = None
+
+    @property
+    def final(self):
+        return self.phase in FINAL_PHASES
+
+
+@dataclass
+class BuildRequest:
+    uid: str
+    repo: str
+    ref: str
+    #: The image reference to build (``name:tag``).
+    image_name: str
+    #: Labels to put on the image (metadata of the environment).
+    labels: dict[str, str] = field(default_factory=dict)
+    build_args: dict[str, str] = field(default_factory=dict)
+    #: Repository provider for backends that need one (BinderHub: gh, gl, git, ...).
+    provider: str = "git"
+    #: Credentials for a private repository. Used for the clone and then
+    #: forgotten: never logged, stored, labelled or put on a command line.
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def has_credentials(self):
+        return bool(self.username or self.password)
+
+
+class BuildError(Exception):
+    """A backend operation failed; ``message`` is safe to show to the user."""
+
+    def __init__(self, message, log_message=None):
+        super().__init__(message)
+        self.message = message
+        self.log_message = log_message or message
+
+
+class Builder(LoggingConfigurable):
+    """Base class of the build backends. Configure subclasses with traitlets."""
+
+    #: Whether the backend accepts credentials and build args.
+    supports_credentials = True
+    supports_build_args = True
+
+    def build(self, request: BuildRequest) -> AsyncIterator[BuildEvent]:
+        """Start a build and yield its events; the last one is final.
+
+        Never raises for a build that fails: it yields a ``failed`` event with
+        the reason. Cancelling the consuming task must stop following the build
+        (the manager then calls :meth:`cancel`).
+        """
+        raise NotImplementedError
+
+    def attach(self, uid: str, skip_lines: int) -> AsyncIterator[BuildEvent] | None:
+        """Follow a build that was started before the service restarted.
+
+        ``skip_lines`` log lines were already recorded and must not be yielded
+        again. Returns None when there is nothing to re-attach to (the build
+        vanished); the manager then marks it failed.
+        """
+        return None
+
+    async def running(self) -> set[str]:
+        """Uids of the builds this backend still runs (for recovery)."""
+        return set()
+
+    async def cancel(self, uid: str) -> None:
+        """Stop a running build, leaving no partial image."""
+        raise NotImplementedError
+
+    async def image_exists(self, image_name: str) -> bool:
+        """Whether the built image can still be used."""
+        return True
+
+    async def delete_image(self, image_name: str, image_id: str | None = None) -> None:
+        """Remove a built image (no error if it is already gone).
+
+        Raise BuildError if the image cannot be removed (for example because
+        a container uses it).
+        """
+
+    async def adoptable_images(self) -> list[dict]:
+        """Images carrying our labels, for adopting ones missing from the database.
+
+        Each item: ``{"image_name": ..., "image_id": ..., "size": ..., "labels": {...}}``.
+        """
+        return []
+
+    async def check(self) -> str:
+        """Raise if the backend cannot be reached; return a short description."""
+        return self.__class__.__name__
+
+    async def close(self) -> None:
+        """Release connections on shutdown."""

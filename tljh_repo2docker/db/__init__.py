@@ -1,0 +1,1 @@
+"""The database: tables (models), session set-up and migrations (session), queries (store)."""

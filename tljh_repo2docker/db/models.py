@@ -1,0 +1,65 @@
+"""Tables. Queries live in store.py; nothing else here."""
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow():
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Environment(Base):
+    """One environment: a repository at a ref, built into an image."""
+
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    image_name: Mapped[str] = mapped_column(String(512))
+    image_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    repo: Mapped[str] = mapped_column(String(2048))
+    ref: Mapped[str] = mapped_column(String(255))
+    provider: Mapped[str] = mapped_column(String(32), default="git")
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    memory: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    cpu: Mapped[float | None] = mapped_column(Float, nullable=True)
+    machine_profile: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    node_selector: Mapped[dict] = mapped_column(JSON, default=dict)
+    build_args: Mapped[dict] = mapped_column(JSON, default=dict)
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    queued: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Number of the current build (1 for the first, +1 per rebuild).
+    build_number: Mapped[int] = mapped_column(Integer, default=0)
+    # Lines of the build container's output already stored: where to resume
+    # reading after the service restarts and re-attaches to a running build.
+    source_lines: Mapped[int] = mapped_column(Integer, default=0)
+    # Last log event id handed out; ids only grow, across rebuilds too, so an
+    # SSE client's Last-Event-ID stays meaningful.
+    last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LogLine(Base):
+    """One event of an environment's build log (the current build's)."""
+
+    __tablename__ = "log_lines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), index=True
+    )
+    event_id: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
