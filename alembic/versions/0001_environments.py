@@ -31,6 +31,7 @@ def upgrade():
         sa.Column("machine_profile", sa.String(255), nullable=True),
         sa.Column("node_selector", sa.JSON(), nullable=False),
         sa.Column("build_args", sa.JSON(), nullable=False),
+        sa.Column("private", sa.Boolean(), nullable=False),
         sa.Column("owner", sa.String(255), nullable=True),
         sa.Column("commit", sa.String(64), nullable=True),
         sa.Column("size", sa.BigInteger(), nullable=True),

@@ -78,8 +78,9 @@ class Builder(LoggingConfigurable):
         """Start a build and yield its events; the last one is final.
 
         Never raises for a build that fails: it yields a ``failed`` event with
-        the reason. Cancelling the consuming task must stop following the build
-        (the manager then calls :meth:`cancel`).
+        the reason. Closing the iterator early (or cancelling the task that
+        consumes it) only stops *following* the build: the build goes on until
+        :meth:`cancel` is called, so that a restarted service can re-attach.
         """
         raise NotImplementedError
 

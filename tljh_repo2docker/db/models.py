@@ -2,7 +2,7 @@
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -33,6 +33,9 @@ class Environment(Base):
     machine_profile: Mapped[str | None] = mapped_column(String(255), nullable=True)
     node_selector: Mapped[dict] = mapped_column(JSON, default=dict)
     build_args: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Whether the repository needs credentials. The credentials themselves are
+    # never stored: a queued private build cannot resume after a restart.
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
     commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -1,0 +1,234 @@
+"""Fixtures for the test suite.
+
+Real components, started once per session:
+
+- ``docker_engine``: checks that a Docker engine answers; fails under CI=true,
+  skips elsewhere.
+- ``test_images``: the local images built by ``scripts/build-test-images.sh``
+  (repo2docker builder and single-user image); fails under CI if missing.
+- ``git_server``: a git HTTP server on 127.0.0.1 serving bare repositories
+  (``tests/gitserver.py``); ``private_git_server`` requires basic auth.
+- ``hub``: a real JupyterHub with configurable-http-proxy, DummyAuthenticator,
+  Repo2DockerSpawner on the project's own Docker network, and this service as
+  a managed service. Gives URLs, the admin API token and helpers.
+- ``admin``, ``alice``, ``bob``: logged-in browser-like sessions
+  (:class:`tests.utils.HubUser`) for a hub admin, a plain user, and a user whose
+  role carries the ``custom:tljh_repo2docker:admin`` scope.
+- ``built_env``: one environment built through the service's API, shared by
+  the tests that only need "some built environment".
+"""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import utils
+from tests.gitserver import GitServer, make_repo
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+BUILDER_IMAGE = os.environ.get(
+    "TLJH_R2D_TEST_REPO2DOCKER_IMAGE", "tljh-repo2docker-test/repo2docker:latest"
+)
+SINGLEUSER_IMAGE = os.environ.get(
+    "TLJH_R2D_TEST_SINGLEUSER_IMAGE", "tljh-repo2docker-test/singleuser:latest"
+)
+TEST_NETWORK = "tljh-r2d-test"
+
+
+def need(reason):
+    """Fail under CI, skip elsewhere: real infrastructure is missing."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: tests that need it must run)")
+    pytest.skip(reason)
+
+
+def docker_ok():
+    try:
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=20
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def image_exists(name):
+    return subprocess.run(["docker", "image", "inspect", name], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    if not docker_ok():
+        need("no Docker engine answers")
+    return True
+
+
+@pytest.fixture(scope="session")
+def test_images(docker_engine):
+    missing = [i for i in (BUILDER_IMAGE, SINGLEUSER_IMAGE) if not image_exists(i)]
+    if missing:
+        need(f"test images missing: {', '.join(missing)} (run ./dev images)")
+    return {"builder": BUILDER_IMAGE, "singleuser": SINGLEUSER_IMAGE}
+
+
+@pytest.fixture(scope="session")
+def git_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("git")
+
+
+@pytest.fixture(scope="session")
+def git_server(git_root):
+    server = GitServer(git_root).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def private_git_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("private-git")
+
+
+@pytest.fixture(scope="session")
+def private_git_server(private_git_root):
+    server = GitServer(
+        private_git_root, username="builder", password=utils.SECRET_PASSWORD
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dockerfile_repo(git_server, git_root, test_images):
+    """A repository whose Dockerfile builds quickly from the single-user image."""
+    make_repo(git_root, "simple", {"Dockerfile": f"FROM {SINGLEUSER_IMAGE}\n"})
+    return git_server.url("simple")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _test_network():
+    """The project's own Docker network for spawned servers; returns its gateway."""
+    inspect = subprocess.run(
+        ["docker", "network", "inspect", TEST_NETWORK, "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+        capture_output=True,
+        text=True,
+    )
+    if inspect.returncode != 0:
+        subprocess.run(["docker", "network", "create", TEST_NETWORK], check=True, capture_output=True)
+        inspect = subprocess.run(
+            ["docker", "network", "inspect", TEST_NETWORK, "-f", "{{(index .IPAM.Config 0).Gateway}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return inspect.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, test_images):
+    """A real JupyterHub + proxy with the service as a managed service."""
+    if shutil.which("configurable-http-proxy") is None:
+        need("configurable-http-proxy is not installed (npm install -g configurable-http-proxy)")
+    workdir = tmp_path_factory.mktemp("hub")
+    hub_info = utils.HubInfo(
+        workdir=workdir,
+        proxy_port=_free_port(),
+        proxy_api_port=_free_port(),
+        hub_port=_free_port(),
+        service_port=_free_port(),
+        gateway=_test_network(),
+        network=TEST_NETWORK,
+    )
+    config = utils.hub_config(hub_info, builder_image=BUILDER_IMAGE)
+    (workdir / "jupyterhub_config.py").write_text(config)
+    log = open(workdir / "jupyterhub.log", "w")
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    hub_info.proc = proc
+    try:
+        utils.wait_for_http(f"{hub_info.url}hub/api/", timeout=60, proc=proc)
+        utils.wait_for_http(f"{hub_info.url}services/tljh_repo2docker/", timeout=60, proc=proc)
+    except Exception:
+        proc.terminate()
+        print((workdir / "jupyterhub.log").read_text()[-5000:])
+        raise
+    yield hub_info
+    utils.stop_all_servers(hub_info)
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(autouse=True)
+def _hub_log_on_failure(request):
+    """Print the end of the hub's log (which includes the service's) when a hub test fails."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "hub" in request.fixturenames:
+        hub_info = request.getfixturevalue("hub")
+        print("---- jupyterhub.log (tail) ----")
+        print((hub_info.workdir / "jupyterhub.log").read_text()[-8000:])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+async def admin(hub):
+    user = await utils.HubUser.login(hub, "admin")
+    yield user
+    await user.close()
+
+
+@pytest.fixture(scope="session")
+async def alice(hub):
+    user = await utils.HubUser.login(hub, "alice")
+    yield user
+    await user.close()
+
+
+@pytest.fixture(scope="session")
+async def bob(hub):
+    user = await utils.HubUser.login(hub, "bob")
+    yield user
+    await user.close()
+
+
+@pytest.fixture(scope="session")
+async def built_env(admin, dockerfile_repo):
+    """One environment built through the API and shared by the tests that only read it."""
+    env = await admin.create_env({"repo": dockerfile_repo, "name": "shared-env", "memory": "512M", "cpu": "0.5"})
+    env = await admin.wait_env(env["uid"], {"built"})
+    return env

@@ -1,0 +1,534 @@
+"""DockerBuilder against a real Docker engine, real repo2docker and a real git server.
+
+Needs the local test images (``scripts/build-test-images.sh``):
+``TLJH_R2D_TEST_REPO2DOCKER_IMAGE`` (default ``tljh-repo2docker-test/repo2docker:latest``)
+and ``TLJH_R2D_TEST_SINGLEUSER_IMAGE`` (default ``tljh-repo2docker-test/singleuser:latest``).
+Without a Docker engine or those images the tests skip, and fail under ``CI=true``.
+
+Repositories are served by :mod:`gitserver` on 127.0.0.1, so the build
+containers use host networking. Every test uses its own uids and image names
+and removes what it made.
+"""
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tljh_repo2docker.builds.base import (
+    BUILT,
+    CANCELLED,
+    FAILED,
+    LOG,
+    STATUS,
+    BuildError,
+    BuildRequest,
+)
+from tljh_repo2docker.builds.docker import BUILD_LABEL, CREDENTIALS_PATH, DockerBuilder
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gitserver import GitServer, head_commit, make_repo  # noqa: E402
+
+R2D_IMAGE = os.environ.get(
+    "TLJH_R2D_TEST_REPO2DOCKER_IMAGE", "tljh-repo2docker-test/repo2docker:latest"
+)
+SINGLEUSER_IMAGE = os.environ.get(
+    "TLJH_R2D_TEST_SINGLEUSER_IMAGE", "tljh-repo2docker-test/singleuser:latest"
+)
+BASE = f"FROM {SINGLEUSER_IMAGE}\n"
+# Upper bound for one build here; builds of these repositories take seconds.
+BUILD_TIMEOUT = 180
+
+def unavailable(reason):
+    """Skip, or fail under CI=true, when the real infrastructure is missing."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: Docker tests must run)")
+    pytest.skip(reason)
+
+
+def make_builder(**kwargs):
+    kwargs.setdefault("repo2docker_image", R2D_IMAGE)
+    kwargs.setdefault("network_mode", "host")
+    kwargs.setdefault("pull_repo2docker_image", False)
+    return DockerBuilder(**kwargs)
+
+
+@pytest.fixture
+async def builder():
+    builder = make_builder()
+    try:
+        await builder.check()
+    except BuildError as e:
+        await builder.close()
+        unavailable(f"no Docker engine: {e.message}")
+    for image in (R2D_IMAGE, SINGLEUSER_IMAGE):
+        if not await builder.image_exists(image):
+            await builder.close()
+            unavailable(f"test image {image} is missing: run scripts/build-test-images.sh")
+    yield builder
+    await builder.close()
+
+
+@pytest.fixture
+def made(builder):
+    """Records uids and images a test makes; removes them afterwards."""
+    things = {"uids": [], "images": []}
+    yield things
+    for uid in things["uids"]:
+        docker("rm", "-f", f"{builder.container_prefix}{uid}", check=False)
+    for image in things["images"]:
+        docker("rmi", "-f", image, check=False)
+
+
+@pytest.fixture(scope="module")
+def git_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("repos")
+
+
+@pytest.fixture(scope="module")
+def git_server(git_root):
+    with GitServer(git_root) as server:
+        yield server
+
+
+def docker(*args, check=True):
+    result = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def new_request(made, repo, **kwargs):
+    uid = f"t{uuid.uuid4().hex[:12]}"
+    image = f"tljh-r2d-builder-test-{uid}:1"
+    made["uids"].append(uid)
+    made["images"].append(image)
+    kwargs.setdefault("ref", "main")
+    return BuildRequest(uid=uid, repo=repo, image_name=image, **kwargs)
+
+
+def new_repo(git_root, files):
+    name = f"repo-{uuid.uuid4().hex[:8]}"
+    make_repo(git_root, name, files)
+    return name
+
+
+async def collect(events):
+    """All events of a build, checking that exactly the last one is final."""
+
+    async def run():
+        result = []
+        async for event in events:
+            assert not (result and result[-1].final), "events after the final event"
+            result.append(event)
+        return result
+
+    result = await asyncio.wait_for(run(), BUILD_TIMEOUT)
+    assert result and result[-1].final, f"no final event: {result[-3:]}"
+    return result
+
+
+def logs_of(events):
+    return [e.message for e in events if e.phase == LOG]
+
+
+def explain(events):
+    """The end of a build log, for assertion messages."""
+    return "\n".join(f"{e.phase}: {e.message}" for e in events[-25:])
+
+
+async def build_containers(builder, uid):
+    return await builder.docker.containers.list(
+        all=True, filters={"label": [f"{BUILD_LABEL}={uid}"]}
+    )
+
+
+# -- building -------------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_build_makes_a_labelled_image_and_removes_its_container(
+    builder, made, git_root, git_server
+):
+    name = new_repo(git_root, {"Dockerfile": BASE + "RUN echo built-by-test\n"})
+    request = new_request(
+        made,
+        git_server.url(name),
+        labels={"tljh_repo2docker.display_name": "Demo env", "tljh_repo2docker.mem_limit": "1G"},
+    )
+    events = await collect(builder.build(request))
+    final = events[-1]
+    assert final.phase == BUILT, explain(events)
+
+    logs = logs_of(events)
+    assert any("built-by-test" in line for line in logs), explain(events)
+    assert all("\n" not in line for line in logs)
+
+    image = await builder.docker.images.inspect(request.image_name)
+    labels = image["Config"]["Labels"]
+    assert labels["tljh_repo2docker.display_name"] == "Demo env"
+    assert labels["tljh_repo2docker.mem_limit"] == "1G"
+    assert labels["tljh_repo2docker.uid"] == request.uid
+    assert labels["repo2docker.ref"] == "main"
+    assert final.image_name == request.image_name
+    assert final.image_id == image["Id"]
+    assert final.size == image["Size"] > 0
+    assert final.commit == head_commit(git_root, name)
+
+    assert await build_containers(builder, request.uid) == []
+    assert request.uid not in await builder.running()
+    assert await builder.image_exists(request.image_name)
+    adoptable = {i["image_name"]: i for i in await builder.adoptable_images()}
+    assert adoptable[request.image_name]["image_id"] == image["Id"]
+    assert adoptable[request.image_name]["labels"]["tljh_repo2docker.uid"] == request.uid
+
+
+@pytest.mark.docker
+async def test_build_args_reach_the_build(builder, made, git_root, git_server):
+    name = new_repo(
+        git_root, {"Dockerfile": BASE + 'ARG GREETING\nRUN echo "greeting=$GREETING"\n'}
+    )
+    request = new_request(made, git_server.url(name), build_args={"GREETING": "hello-tljh"})
+    events = await collect(builder.build(request))
+    assert events[-1].phase == BUILT, explain(events)
+    assert any(re.search(r"greeting=hello-tljh\b", line) for line in logs_of(events))
+
+
+@pytest.mark.docker
+async def test_failing_build_yields_failed_and_leaves_no_image(
+    builder, made, git_root, git_server
+):
+    name = new_repo(git_root, {"Dockerfile": BASE + "RUN echo about-to-fail && exit 3\n"})
+    request = new_request(made, git_server.url(name))
+    events = await collect(builder.build(request))
+    final = events[-1]
+    assert final.phase == FAILED, explain(events)
+    assert re.match(r"repo2docker exited with code [1-9]", final.message), final.message
+    assert any("about-to-fail" in line for line in logs_of(events))
+    assert not await builder.image_exists(request.image_name)
+    assert await build_containers(builder, request.uid) == []
+
+
+@pytest.mark.docker
+async def test_unknown_ref_fails(builder, made, git_root, git_server):
+    name = new_repo(git_root, {"Dockerfile": BASE})
+    request = new_request(made, git_server.url(name), ref="no-such-branch")
+    events = await collect(builder.build(request))
+    assert events[-1].phase == FAILED, explain(events)
+    assert "no-such-branch" in events[-1].message
+    assert not await builder.image_exists(request.image_name)
+
+
+@pytest.mark.docker
+async def test_cancel_mid_build_removes_the_container_and_leaves_no_image(
+    builder, made, git_root, git_server
+):
+    # Short enough to check below that the engine did not finish it anyway.
+    name = new_repo(git_root, {"Dockerfile": BASE + "RUN sleep 5 && echo slept\n"})
+    request = new_request(made, git_server.url(name))
+    seen = []
+    sleeping = asyncio.Event()
+
+    async def consume():
+        async for event in builder.build(request):
+            seen.append(event)
+            if "RUN sleep 5" in event.message:
+                sleeping.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(sleeping.wait(), BUILD_TIMEOUT)
+    await builder.cancel(request.uid)
+    await asyncio.wait_for(task, 30)
+    assert seen[-1].phase == CANCELLED, explain(seen)
+    assert await build_containers(builder, request.uid) == []
+    # Past the end of the `sleep 5`: a build that went on would have tagged it.
+    await asyncio.sleep(7)
+    assert not await builder.image_exists(request.image_name)
+    # Cancelling again (or a build that is gone) is no error.
+    await builder.cancel(request.uid)
+
+
+@pytest.mark.docker
+async def test_cancelling_the_consumer_leaves_the_build_to_cancel(
+    builder, made, git_root, git_server
+):
+    """A cancelled consumer only stops following (the manager then calls cancel())."""
+    name = new_repo(git_root, {"Dockerfile": BASE + "RUN sleep 30\n"})
+    request = new_request(made, git_server.url(name))
+    started = asyncio.Event()
+
+    async def consume():
+        async for event in builder.build(request):
+            if event.phase == LOG:
+                started.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), BUILD_TIMEOUT)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert request.uid in await builder.running()
+    await builder.cancel(request.uid)
+    assert await build_containers(builder, request.uid) == []
+    assert request.uid not in await builder.running()
+
+
+# -- re-attaching after a restart -------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_attach_to_a_running_build_after_a_restart(builder, made, git_root, git_server):
+    ticks = "for i in $(seq 1 8); do echo tick-$i; sleep 0.5; done"
+    name = new_repo(git_root, {"Dockerfile": BASE + f'RUN sh -c "{ticks}"\n'})
+    request = new_request(made, git_server.url(name))
+    before = []
+    ticked = asyncio.Event()
+
+    async def consume():
+        async for event in builder.build(request):
+            before.append(event)
+            if re.search(r"tick-\d", event.message):
+                ticked.set()
+
+    # The service follows the build, then stops (its tasks are cancelled).
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(ticked.wait(), BUILD_TIMEOUT)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await builder.close()
+    skip = len(logs_of(before))
+
+    restarted = make_builder()
+    try:
+        assert request.uid in await restarted.running()
+        assert restarted.attach("t-not-a-build", 0) is None
+        after = await collect(restarted.attach(request.uid, skip))
+    finally:
+        await restarted.close()
+    assert after[-1].phase == BUILT, explain(after)
+
+    def tick_numbers(events):
+        return [int(m.group(1)) for m in (re.search(r"tick-(\d+)", s) for s in logs_of(events)) if m]
+
+    first, rest = tick_numbers(before), tick_numbers(after)
+    assert first and rest, (logs_of(before), logs_of(after))
+    assert first + rest == list(range(1, 9))
+    assert not set(logs_of(before)) & {line for line in logs_of(after) if line.strip()}
+    assert after[-1].commit == head_commit(git_root, name)
+    assert not await build_containers(builder, request.uid)
+
+
+@pytest.mark.docker
+async def test_attach_to_a_build_that_ended_meanwhile(builder, made, git_root, git_server):
+    name = new_repo(git_root, {"Dockerfile": BASE + "RUN exit 3\n"})
+    request = new_request(made, git_server.url(name))
+    before = []
+
+    async def follow_a_little():
+        events = builder.build(request)
+        async for event in events:
+            before.append(event)
+            if len(before) == 3:
+                break
+        await events.aclose()  # stops following; the build goes on
+        (container,) = await build_containers(builder, request.uid)
+        await container.wait()
+        return "".join(await container.log(stdout=True, stderr=True))
+
+    full = (await asyncio.wait_for(follow_a_little(), BUILD_TIMEOUT)).split("\n")
+    if full[-1] == "":
+        full.pop()
+    assert len(full) > 3
+
+    restarted = make_builder()
+    try:
+        assert request.uid in await restarted.running()
+        after = await collect(restarted.attach(request.uid, 3))
+    finally:
+        await restarted.close()
+    assert logs_of(before) == full[:3]
+    assert logs_of(after) == full[3:]
+    assert after[-1].phase == FAILED, explain(after)
+    assert "exited with code" in after[-1].message
+    assert not await build_containers(builder, request.uid)
+
+
+# -- private repositories ---------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_private_repository_credentials_stay_secret(builder, made, git_root):
+    secret = f"pw-{uuid.uuid4().hex}/+@"
+    forms = [secret, quote(secret, safe=""), f"alice:{secret}"]
+    # The repository prints the secret during the build: the log must hide it.
+    name = new_repo(
+        git_root,
+        {
+            "leak.txt": f"leaked {secret} here\n",
+            "Dockerfile": BASE + "COPY leak.txt /tmp/leak.txt\nRUN sleep 1 && cat /tmp/leak.txt\n",
+        },
+    )
+    with GitServer(git_root, username="alice", password=secret) as server:
+        # Without credentials the clone is refused.
+        anonymous = new_request(made, server.url(name))
+        events = await collect(builder.build(anonymous))
+        assert events[-1].phase == FAILED, explain(events)
+        assert server.records and all(r.status == 401 for r in server.records)
+        assert not await builder.image_exists(anonymous.image_name)
+
+        server.clear()
+        request = new_request(made, server.url(name), username="alice", password=secret)
+        assert secret not in repr(request)
+        seen = {}
+
+        async def watch(events):
+            async for event in events:
+                if "inspect" not in seen:
+                    # The container while it runs, as `docker inspect` shows it.
+                    container_name = f"{builder.container_prefix}{request.uid}"
+                    seen["inspect"] = docker("inspect", container_name).stdout
+                    (container,) = await build_containers(builder, request.uid)
+                    archive = await container.get_archive(CREDENTIALS_PATH)
+                    seen["file"] = archive.getmembers()[0]
+                yield event
+
+        events = await collect(watch(builder.build(request)))
+        inspected, credentials_file = seen["inspect"], seen["file"]
+    assert events[-1].phase == BUILT, explain(events)
+    assert any(r.username == "alice" and r.status == 200 for r in server.records)
+
+    for form in forms:
+        assert form not in inspected
+    config = json.loads(inspected)[0]["Config"]
+    assert f"GIT_CONFIG_VALUE_1=store --file={CREDENTIALS_PATH}" in config["Env"]
+    assert credentials_file.mode & 0o777 == 0o600
+    assert credentials_file.uid == 0
+
+    messages = [e.message for e in events]
+    assert any("leaked *** here" in m for m in messages), explain(events)
+    image_inspect = docker("image", "inspect", request.image_name).stdout
+    history = docker("history", "--no-trunc", request.image_name).stdout
+    for form in forms:
+        assert not any(form in m for m in messages)
+        assert form not in image_inspect
+        assert form not in history
+    assert await build_containers(builder, request.uid) == []
+
+
+async def test_credentials_need_an_http_url():
+    builder = DockerBuilder()
+    request = BuildRequest(
+        uid="t-git", repo="git://127.0.0.1/x.git", ref="main", image_name="x:1",
+        username="u", password="p",
+    )  # fmt: skip
+    events = await collect(builder.build(request))
+    assert [e.phase for e in events] == [FAILED]
+    assert "http" in events[0].message
+
+
+# -- images -------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_delete_image_refused_while_a_container_uses_it(
+    builder, made, git_root, git_server
+):
+    name = new_repo(git_root, {"Dockerfile": BASE})
+    request = new_request(made, git_server.url(name))
+    events = await collect(builder.build(request))
+    assert events[-1].phase == BUILT, explain(events)
+    image_id = events[-1].image_id
+
+    user = f"tljh-r2d-test-user-{request.uid}"
+    container = await builder.docker.containers.create(
+        {"Image": request.image_name, "Cmd": ["true"]}, name=user
+    )
+    try:
+        with pytest.raises(BuildError) as info:
+            await builder.delete_image(request.image_name, image_id)
+        assert user in info.value.message
+        assert await builder.image_exists(request.image_name)
+    finally:
+        await container.delete(force=True)
+
+    # By id alone, as the manager does for an image replaced by a rebuild.
+    await builder.delete_image(image_id)
+    assert not await builder.image_exists(request.image_name)
+    assert not await builder.image_exists(image_id)
+    await builder.delete_image(request.image_name, image_id)  # already gone: no error
+
+
+# -- the engine and the repo2docker image -------------------------------------------
+
+
+@pytest.mark.docker
+async def test_missing_repo2docker_image_fails_the_build_clearly(builder, made):
+    missing = f"tljh-repo2docker-test/no-such-image:{uuid.uuid4().hex[:8]}"
+    request = new_request(made, "http://127.0.0.1:9/x.git")
+
+    no_pull = make_builder(repo2docker_image=missing, pull_repo2docker_image=False)
+    events = await collect(no_pull.build(request))
+    await no_pull.close()
+    assert [e.phase for e in events] == [FAILED]
+    assert missing in events[0].message
+
+    # Nothing can be pulled here (no registry), and where it can, this name does not exist.
+    pulling = make_builder(repo2docker_image=missing, pull_repo2docker_image=True)
+    events = await collect(pulling.build(request))
+    await pulling.close()
+    assert [e.phase for e in events] == [STATUS, FAILED]
+    assert missing in events[-1].message and "pull" in events[-1].message
+    assert await build_containers(builder, request.uid) == []
+
+
+@pytest.mark.parametrize("url", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:9"])
+async def test_an_unreachable_engine_is_a_failed_event_not_an_exception(url):
+    builder = DockerBuilder(docker_url=url, repo2docker_image=R2D_IMAGE)
+    try:
+        with pytest.raises(BuildError, match=re.escape(url)):
+            await builder.check()
+        request = BuildRequest(uid="t-down", repo="http://x/y.git", ref="main", image_name="x:1")
+        events = await collect(builder.build(request))
+        assert [e.phase for e in events] == [FAILED]
+        assert url in events[0].message
+    finally:
+        await builder.close()
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(Exception, match="docker_url"):
+        DockerBuilder(docker_url="/var/run/docker.sock")
+    with pytest.raises(Exception, match="user_id"):
+        DockerBuilder(user_id=0)
+
+
+def test_command_line_holds_no_credentials():
+    builder = DockerBuilder(user_id=1234, user_name="ana", extra_repo2docker_args=["--debug"])
+    request = BuildRequest(
+        uid="u1",
+        repo="https://example.org/r.git",
+        ref="v1",
+        image_name="img:1",
+        labels={"k": "v"},
+        build_args={"A": "b"},
+        username="ana",
+        password="topsecret",
+    )
+    cmd = builder._command(request)
+    assert cmd == [
+        "jupyter-repo2docker", "--no-run", "--ref", "v1", "--user-id", "1234",
+        "--user-name", "ana", "--image-name", "img:1", "--label", "k=v",
+        "--label", "tljh_repo2docker.uid=u1", "--build-arg", "A=b", "--debug",
+        "--", "https://example.org/r.git",
+    ]  # fmt: skip
+    env = builder._environment(request)
+    assert not any("topsecret" in item for item in cmd + env)
+    assert "GIT_TERMINAL_PROMPT=0" in env

@@ -1,0 +1,575 @@
+"""Build environments with a BinderHub, following its event stream.
+
+BinderHub builds an image when asked ``GET {url}/build/<provider>/<spec>``
+and answers with a server-sent event stream: one ``data: {json}`` message per
+step, each with a ``phase`` (``waiting``, ``fetching``, ``building``,
+``pushing``, ...) and a ``message``, and ``:keepalive`` comment lines while
+nothing happens. With ``build_only=true`` (accepted when BinderHub runs with
+``BinderHub.enable_api_only_mode``) it stops after the image is pushed to its
+registry and ends the stream with ``phase: ready`` and the ``imageName``;
+``phase: failed`` ends a failed build. KubeSpawner then pulls that image from
+the registry when a user starts the environment.
+
+What BinderHub does not offer, and what this backend does instead:
+
+* no credentials or build args per build (``supports_credentials`` and
+  ``supports_build_args`` are False; BinderHub's repo providers hold the
+  credentials for private repositories);
+* no labels on the image and no choice of its name: the name comes from the
+  final event, and the environment's metadata lives in our database only;
+* no cancel endpoint: :meth:`BinderHubBuilder.cancel` stops following the
+  stream; the build pod may still finish and push its image;
+* no re-attach by build id: :meth:`BinderHubBuilder.attach` returns None (see
+  there);
+* no image deletion: images stay in the registry.
+"""
+
+import asyncio
+import json
+import os
+import re
+from contextlib import suppress
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+from traitlets import Float, Integer, Unicode, default, validate
+
+from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, BuildError, BuildEvent, Builder
+
+#: Repository providers of BinderHub's default configuration (its
+#: ``repo_providers``), by URL prefix, with a label for forms.
+PROVIDERS = {
+    "gh": "GitHub",
+    "gl": "GitLab",
+    "git": "Git repository",
+    "gist": "Gist",
+    "zenodo": "Zenodo DOI",
+    "figshare": "Figshare DOI",
+    "hydroshare": "HydroShare resource",
+    "dataverse": "Dataverse DOI",
+    "ckan": "CKAN dataset",
+}
+
+#: Phases that end a BinderHub event stream successfully. With
+#: ``build_only=true`` BinderHub ends with ``ready``; an older BinderHub that
+#: ignores ``build_only`` says ``built`` before it tries to launch.
+_DONE_PHASES = frozenset({"ready", "built"})
+#: BinderHub says ``failed``; repo2docker's own log lines may say ``failure``.
+_FAILED_PHASES = frozenset({"failed", "failure"})
+#: Phases that carry log lines but are not a step of the build.
+_LOG_ONLY_PHASES = frozenset({"", "log"})
+
+_DOI_RE = re.compile(r"^10\.\d{4,}/\S+$")
+_DOI_PREFIXES = ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "http://dx.doi.org/")
+_HYDROSHARE_ID_RE = re.compile(r"[0-9a-f]{32}")
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class SpecError(ValueError):
+    """The repository cannot be expressed for this provider; the message says why."""
+
+
+def _strip_host(repo, hosts):
+    """``https://host/a/b`` or ``host/a/b`` -> ``a/b`` (any host for a URL)."""
+    if "://" in repo:
+        return urlsplit(repo).path.strip("/")
+    for host in hosts:
+        if repo.lower().startswith(host + "/"):
+            return repo[len(host) + 1 :].strip("/")
+    return repo.strip("/")
+
+
+def _strip_git_suffix(path):
+    return path[: -len(".git")] if path.endswith(".git") else path
+
+
+def _doi(repo, label):
+    doi = repo
+    for prefix in _DOI_PREFIXES:
+        if doi.lower().startswith(prefix):
+            doi = doi[len(prefix) :]
+            break
+    if doi.lower().startswith("doi:"):
+        doi = doi[len("doi:") :]
+    doi = doi.strip().strip("/")
+    if not _DOI_RE.match(doi):
+        raise SpecError(f"{repo!r} is not a {label} DOI like 10.1234/name")
+    # BinderHub reads these specs raw (``https://doi.org/{spec}``): keep the slashes.
+    return quote(doi, safe="/")
+
+
+def build_spec(provider, repo, ref):
+    """The ``<spec>`` of BinderHub's ``/build/<provider>/<spec>`` for a repository.
+
+    Follows BinderHub's table of repository providers:
+
+    * ``gh``: ``<owner>/<repo>/<ref>``; the ref may contain ``/`` (BinderHub
+      splits the spec in three at the first two slashes);
+    * ``gl``: ``<url-escaped namespace>/<url-escaped ref>`` (nested groups);
+    * ``git``: ``<url-escaped repository URL>/<url-escaped ref>``;
+    * ``gist``: ``<user>/<gist id>[/<ref>]``;
+    * ``zenodo``, ``figshare``, ``dataverse``: the DOI (no ref);
+    * ``hydroshare``: the 32-hex-digit resource id (no ref);
+    * ``ckan``: ``<url-escaped CKAN URL>/<dataset id>`` (the ref is the dataset id).
+
+    ``repo`` may be a full URL (``https://github.com/owner/repo.git``) for the
+    hosted providers. An empty ref means ``HEAD`` where a ref applies. Raises
+    :class:`SpecError` with a message for the user.
+    """
+    provider = (provider or "").strip()
+    repo = (repo or "").strip()
+    ref = (ref or "").strip()
+    if provider not in PROVIDERS:
+        known = ", ".join(sorted(PROVIDERS))
+        raise SpecError(f"unknown BinderHub provider {provider!r} (known: {known})")
+    if not repo:
+        raise SpecError(f"a {PROVIDERS[provider]} repository is required")
+
+    if provider == "gh":
+        path = _strip_git_suffix(_strip_host(repo, ("github.com", "www.github.com")))
+        parts = path.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise SpecError(f"{repo!r} is not a GitHub repository like owner/name")
+        owner, name = parts
+        return f"{quote(owner, safe='')}/{quote(name, safe='')}/{quote(ref or 'HEAD', safe='/')}"
+
+    if provider == "gist":
+        path = _strip_host(repo, ("gist.github.com",))
+        parts = path.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise SpecError(f"{repo!r} is not a gist like user/gist-id")
+        spec = "/".join(quote(p, safe="") for p in parts)
+        return f"{spec}/{quote(ref, safe='')}" if ref else spec
+
+    if provider == "gl":
+        namespace = _strip_git_suffix(_strip_host(repo, ("gitlab.com", "www.gitlab.com")))
+        if "/" not in namespace or not all(namespace.split("/")):
+            raise SpecError(f"{repo!r} is not a GitLab project like group/name")
+        return f"{quote(namespace, safe='')}/{quote(ref or 'HEAD', safe='')}"
+
+    if provider == "git":
+        return f"{quote(repo, safe='')}/{quote(ref or 'HEAD', safe='')}"
+
+    if provider in {"zenodo", "figshare", "dataverse"}:
+        return _doi(repo, PROVIDERS[provider].split()[0])
+
+    if provider == "hydroshare":
+        match = _HYDROSHARE_ID_RE.search(repo.lower())
+        if not match:
+            raise SpecError(f"{repo!r} holds no HydroShare resource id (32 hexadecimal digits)")
+        return match.group(0)
+
+    # ckan
+    if not ref:
+        raise SpecError("a CKAN build needs the dataset id as its ref")
+    return f"{quote(repo, safe='')}/{quote(ref, safe='')}"
+
+
+def build_url(base_url, provider, spec):
+    """``{base_url}/build/{provider}/{spec}`` for a base URL with or without a path or slash."""
+    base = base_url if base_url.endswith("/") else base_url + "/"
+    return f"{base}build/{quote(provider, safe='')}/{spec}"
+
+
+def _failure_message(body, status_code):
+    """The reason in an error response: BinderHub writes errors as a failed event."""
+    text = body.decode("utf-8", "replace")
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            with suppress(ValueError, AttributeError):
+                message = json.loads(line[len("data:") :]).get("message")
+                if isinstance(message, str) and message.strip():
+                    return message.strip()
+    text = " ".join(text.split())
+    if text and not text.lstrip().startswith("<"):
+        return text[:200]
+    return httpx.codes.get_reason_phrase(status_code) or "error"
+
+
+@dataclass
+class _Follower:
+    """One followed build: the task reading the stream and the queue to ``build()``."""
+
+    uid: str
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    task: asyncio.Task | None = None
+    finished: bool = False
+
+    def emit(self, event):
+        if self.finished:
+            return
+        self.finished = event.final
+        self.queue.put_nowait(event)
+
+
+class _StreamEnded(Exception):
+    """The stream ended; ``event`` is the final event to report."""
+
+    def __init__(self, event):
+        super().__init__(event.message)
+        self.event = event
+
+
+class BinderHubBuilder(Builder):
+    """Build environments with a BinderHub in build-only mode."""
+
+    supports_credentials = False
+    supports_build_args = False
+
+    url = Unicode(
+        "",
+        help="""
+        Base URL of the BinderHub, for example ``http://binder/services/binder/``.
+
+        Builds are requested at ``{url}build/<provider>/<spec>?build_only=true``
+        and the health check at ``{url}health``. The URL may have a path (a
+        BinderHub running as a JupyterHub service lives under
+        ``/services/<name>/``); a missing trailing slash is added.
+        Default: empty, which makes every build fail with a message saying so.
+        """,
+    ).tag(config=True)
+
+    @validate("url")
+    def _validate_url(self, proposal):
+        url = proposal.value.strip()
+        if not url:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(
+                f"BinderHubBuilder.url must be an http(s) URL like "
+                f"http://binder/services/binder/, not {url!r}"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"BinderHubBuilder.url must not have a query or fragment: {url!r}")
+        return url if url.endswith("/") else url + "/"
+
+    token = Unicode(
+        help="""
+        API token sent to BinderHub as ``Authorization: token <token>``.
+
+        A BinderHub with ``BinderHub.auth_enabled`` checks it with JupyterHub,
+        so it must be a token with the ``access:services!service=<binder
+        service name>`` scope. Default: the environment variable
+        ``JUPYTERHUB_API_TOKEN``, the token JupyterHub gives a hub-managed
+        service. Never logged or shown in build logs.
+        """,
+    ).tag(config=True)
+
+    @default("token")
+    def _default_token(self):
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    connect_timeout = Float(
+        10.0,
+        help="""
+        Seconds to wait for a connection to BinderHub (and for a request to be
+        sent) before counting the attempt as failed; also the time allowed for
+        each read of the health check's answer. Default: 10 seconds.
+        """,
+    ).tag(config=True)
+
+    read_timeout = Float(
+        300.0,
+        help="""
+        Seconds of silence after which a build's event stream is considered dead
+        and the build is reported failed.
+
+        BinderHub sends a keep-alive comment every 25 to 30 seconds, so any value
+        well above that only fires when BinderHub or the network is gone.
+        Default: 300 seconds.
+        """,
+    ).tag(config=True)
+
+    retries = Integer(
+        3,
+        min=0,
+        help="""
+        How many times to retry a build request that could not connect or that
+        BinderHub answered with a 5xx status, before any event arrived.
+
+        A stream that breaks after it started is not retried: the build is
+        reported failed with the reason. Default: 3 retries.
+        """,
+    ).tag(config=True)
+
+    retry_delay = Float(
+        1.0,
+        min=0,
+        help="""
+        Seconds to wait before the first retry of a build request; the wait
+        doubles after every further failed attempt. Default: 1 second.
+        """,
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._client = None
+        self._followers = {}
+
+    # -- HTTP --------------------------------------------------------------
+
+    @property
+    def client(self):
+        """The one HTTP client for this BinderHub, created on first use."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(
+                    connect=self.connect_timeout,
+                    read=self.read_timeout,
+                    write=self.connect_timeout,
+                    pool=self.connect_timeout,
+                ),
+                follow_redirects=False,
+            )
+        return self._client
+
+    def _headers(self):
+        return {"Authorization": f"token {self.token}"} if self.token else {}
+
+    # -- building ----------------------------------------------------------
+
+    async def build(self, request):
+        follower = _Follower(request.uid)
+        follower.task = asyncio.create_task(
+            self._follow(request, follower), name=f"binderhub-build-{request.uid}"
+        )
+        self._followers[request.uid] = follower
+        try:
+            while True:
+                event = await follower.queue.get()
+                yield event
+                if event.final:
+                    return
+        finally:
+            if self._followers.get(request.uid) is follower:
+                del self._followers[request.uid]
+            await self._stop(follower)
+
+    async def _stop(self, follower):
+        task = follower.task
+        if task is not None and not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self, request, follower):
+        """Request the build and relay its events; always ends with a final event."""
+        try:
+            await self._request_and_relay(request, follower)
+        except _StreamEnded as e:
+            follower.emit(e.event)
+        except asyncio.CancelledError:
+            follower.emit(
+                BuildEvent(
+                    CANCELLED,
+                    "Stopped following the BinderHub build. BinderHub cannot cancel a "
+                    "build, so it may still finish and push its image.",
+                )
+            )
+            raise
+        except Exception:
+            self.log.exception("Following BinderHub build %s failed", request.uid)
+            follower.emit(BuildEvent(FAILED, "Unexpected error while following the BinderHub build"))
+        finally:
+            if not follower.finished:
+                follower.emit(BuildEvent(FAILED, "The BinderHub build ended without a result"))
+
+    def _fail(self, message):
+        return _StreamEnded(BuildEvent(FAILED, message))
+
+    def _prepare(self, request):
+        if not self.url:
+            raise self._fail("No BinderHub URL is configured (BinderHubBuilder.url)")
+        if request.has_credentials:
+            raise self._fail(
+                "BinderHub builds cannot use credentials; configure them in "
+                "BinderHub's repository providers instead"
+            )
+        if request.build_args:
+            raise self._fail("BinderHub builds cannot use build arguments")
+        try:
+            spec = build_spec(request.provider, request.repo, request.ref)
+        except SpecError as e:
+            raise self._fail(f"Cannot build with BinderHub: {e}") from None
+        return build_url(self.url, request.provider, spec)
+
+    async def _request_and_relay(self, request, follower):
+        url = self._prepare(request)
+        self.log.info("Building %s on BinderHub: %s", request.uid, url)
+        delay = self.retry_delay
+        for attempt in range(self.retries + 1):
+            retry_reason = None
+            try:
+                async with aconnect_sse(
+                    self.client,
+                    "GET",
+                    url,
+                    params={"build_only": "true"},
+                    headers=self._headers(),
+                ) as source:
+                    response = source.response
+                    if response.status_code >= 500:
+                        body = await response.aread()
+                        retry_reason = (
+                            f"BinderHub answered HTTP {response.status_code}: "
+                            f"{_failure_message(body, response.status_code)}"
+                        )
+                    elif response.status_code != 200:
+                        body = await response.aread()
+                        raise self._fail(
+                            f"BinderHub refused the build (HTTP {response.status_code}): "
+                            f"{_failure_message(body, response.status_code)}"
+                        )
+                    else:
+                        await self._relay(request, source, follower)
+                        return
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+                retry_reason = f"Could not connect to BinderHub at {self.url}: {e or type(e).__name__}"
+            except httpx.ReadTimeout:
+                raise self._fail(
+                    f"No news from BinderHub for {self.read_timeout:g} s; "
+                    "stopped following the build"
+                ) from None
+            except SSEError:
+                raise self._fail(
+                    "BinderHub did not answer with an event stream; "
+                    "is BinderHubBuilder.url the BinderHub's base URL?"
+                ) from None
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
+                raise self._fail(
+                    f"The connection to BinderHub broke during the build: "
+                    f"{e or type(e).__name__}"
+                ) from None
+            except httpx.HTTPError as e:
+                raise self._fail(f"Talking to BinderHub failed: {type(e).__name__}: {e}") from None
+
+            if attempt < self.retries:
+                self.log.warning(
+                    "BinderHub build %s: %s; retrying in %g s", request.uid, retry_reason, delay
+                )
+                follower.emit(BuildEvent(STATUS, f"{retry_reason}; retrying in {delay:g} s"))
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise self._fail(retry_reason)
+
+    async def _relay(self, request, source, follower):
+        """Turn BinderHub's events into ours until a final one."""
+        last_phase = None
+        async for sse in source.aiter_sse():
+            if not sse.data.strip():
+                continue
+            try:
+                payload = json.loads(sse.data)
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                raise self._fail(f"BinderHub sent an event that is not a JSON object: {sse.data[:200]!r}")
+            phase = str(payload.get("phase") or "").lower()
+            message = payload.get("message")
+            message = message if isinstance(message, str) else ""
+
+            if phase in _FAILED_PHASES:
+                reason = message.strip() or "BinderHub reported the build failed"
+                self.log.info("BinderHub build %s failed: %s", request.uid, reason)
+                raise self._fail(reason)
+            if phase in _DONE_PHASES:
+                image = payload.get("imageName")
+                if not isinstance(image, str) or not image:
+                    raise self._fail(f"BinderHub said {phase!r} without naming the image")
+                tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
+                self.log.info("BinderHub build %s done: %s", request.uid, image)
+                raise _StreamEnded(
+                    BuildEvent(
+                        BUILT,
+                        message.strip() or f"Image {image} is ready",
+                        image_name=image,
+                        commit=tag if _SHA1_RE.match(tag) else None,
+                    )
+                )
+            if phase not in _LOG_ONLY_PHASES and phase != last_phase:
+                last_phase = phase
+                follower.emit(BuildEvent(STATUS, f"BinderHub: {phase}"))
+            if message:
+                for line in message.rstrip("\n").split("\n"):
+                    follower.emit(BuildEvent(LOG, line.rstrip("\r")))
+        after = f" (last phase: {last_phase})" if last_phase else ""
+        raise self._fail(f"BinderHub closed the event stream before the build finished{after}")
+
+    # -- the rest of the interface -------------------------------------------
+
+    def attach(self, uid, skip_lines):
+        """Always None: BinderHub has no way to follow a build by our id.
+
+        Asking again for the same ``/build/<provider>/<spec>`` does attach to a
+        build BinderHub still runs (or finds the pushed image), but this
+        interface only passes the uid, and what BinderHub was asked is gone with
+        the restarted process. The manager marks the build failed; building the
+        environment again is cheap when BinderHub already pushed the image.
+        """
+        return None
+
+    async def running(self):
+        return set(self._followers)
+
+    async def cancel(self, uid):
+        """Stop following the build; BinderHub has no endpoint to stop the build itself."""
+        follower = self._followers.get(uid)
+        if follower is None:
+            return
+        self.log.info("Stopped following BinderHub build %s", uid)
+        await self._stop(follower)
+        if not follower.finished:
+            follower.emit(BuildEvent(CANCELLED, "Stopped following the BinderHub build"))
+
+    async def delete_image(self, image_name, image_id=None):
+        """Nothing to do here: images stay in BinderHub's registry.
+
+        BinderHub offers no API to delete images; remove them with the
+        registry's own tools if space matters. Deleting the environment only
+        removes it from our database.
+        """
+        self.log.info(
+            "Environment image %s stays in BinderHub's registry (BinderHub cannot delete images)",
+            image_name,
+        )
+
+    async def check(self):
+        """GET ``{url}health``; raise BuildError unless BinderHub says it is healthy."""
+        if not self.url:
+            raise BuildError("No BinderHub URL is configured (BinderHubBuilder.url)")
+        health_url = self.url + "health"
+        try:
+            response = await self.client.get(health_url, timeout=self.connect_timeout)
+        except httpx.HTTPError as e:
+            raise BuildError(
+                f"BinderHub at {self.url} cannot be reached",
+                f"GET {health_url} failed: {type(e).__name__}: {e}",
+            ) from None
+        try:
+            health = response.json()
+        except ValueError:
+            health = None
+        if response.status_code != 200 or not isinstance(health, dict) or not health.get("ok"):
+            failing = []
+            if isinstance(health, dict):
+                failing = [
+                    str(c.get("service"))
+                    for c in health.get("checks", [])
+                    if isinstance(c, dict) and not c.get("ok")
+                ]
+            detail = f": {', '.join(failing)} not ok" if failing else ""
+            raise BuildError(
+                f"BinderHub at {self.url} is not healthy{detail}",
+                f"GET {health_url} answered HTTP {response.status_code}{detail}",
+            )
+        return f"BinderHub at {self.url}"
+
+    async def close(self):
+        for follower in list(self._followers.values()):
+            await self._stop(follower)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -1,0 +1,707 @@
+"""The Docker backend: repo2docker runs in a container next to the service.
+
+Each build is one container, ``{container_prefix}{uid}``, made from
+``repo2docker_image`` with the engine's socket mounted, so repo2docker builds
+the image on the same engine that JupyterHub spawns from. The container
+carries the label ``tljh_repo2docker.build=<uid>``; that label is how
+:meth:`DockerBuilder.running` and :meth:`DockerBuilder.attach` find builds
+again after the service restarted. The container outlives the service's task
+that follows it: it is removed when the build has ended and its result was
+read, or by :meth:`DockerBuilder.cancel`.
+
+Credentials for private repositories never reach the container's command
+line, environment or labels. They are written to a file inside the created
+(not yet started) container, and git is pointed at that file through
+``GIT_CONFIG_*`` variables that hold only its path.
+"""
+
+import asyncio
+import collections
+import contextlib
+import io
+import os
+import re
+import tarfile
+import time
+from urllib.parse import quote, unquote, urlsplit
+
+import aiodocker
+import aiohttp
+from traitlets import Bool, Integer, List, Unicode, default, validate
+
+from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildError, BuildEvent
+
+#: Container label holding the build's uid; also marks the container as ours.
+BUILD_LABEL = "tljh_repo2docker.build"
+#: Container label holding the image the build makes (for attach()).
+IMAGE_NAME_LABEL = "tljh_repo2docker.build_image"
+#: Image label that marks an environment's image (see adoptable_images()).
+UID_LABEL = "tljh_repo2docker.uid"
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+#: Where the git credential store goes inside the build container.
+CREDENTIALS_DIR = "/tmp"
+CREDENTIALS_FILE = "tljh-r2d-git-credentials"
+CREDENTIALS_PATH = f"{CREDENTIALS_DIR}/{CREDENTIALS_FILE}"
+
+# With core.abbrev=40 (set below) git prints the full commit id here.
+_HEAD_RE = re.compile(r"HEAD is now at ([0-9a-f]{7,64})\b")
+_FULL_SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_ERROR_RE = re.compile(r"error|fatal|failed|exception", re.IGNORECASE)
+# Lines kept to explain a failure.
+_TAIL_LINES = 50
+
+
+class _ContainerGone(Exception):
+    """The build container disappeared while we followed it."""
+
+
+class DockerBuilder(Builder):
+    """Build images with repo2docker running as a Docker container."""
+
+    repo2docker_image = Unicode(
+        "quay.io/jupyterhub/repo2docker:2025.12.0",
+        help="""
+        The image that runs repo2docker for each build.
+
+        It must provide ``jupyter-repo2docker``, ``git`` and a Docker client
+        (repo2docker 2025+ also needs ``docker buildx``); the official
+        ``quay.io/jupyterhub/repo2docker`` images do. Pin a tag: builds then
+        do not change behind your back. Default:
+        ``quay.io/jupyterhub/repo2docker:2025.12.0``.
+        """,
+    ).tag(config=True)
+
+    pull_repo2docker_image = Bool(
+        True,
+        help="""
+        Pull ``repo2docker_image`` when it is not present on the engine.
+
+        When False, or when the pull fails (for example without access to the
+        registry), the build fails with a message naming the missing image.
+        Default: True.
+        """,
+    ).tag(config=True)
+
+    user_id = Integer(
+        1000,
+        help="""
+        Numeric uid of the user that owns the home directory in the built
+        images (repo2docker's ``--user-id``). It must not be 0. Default: 1000.
+        """,
+    ).tag(config=True)
+
+    user_name = Unicode(
+        "jovyan",
+        help="""
+        Name of the user in the built images (repo2docker's
+        ``--user-name``). Default: ``jovyan``.
+        """,
+    ).tag(config=True)
+
+    network_mode = Unicode(
+        "bridge",
+        help="""
+        Docker network mode of the build container, which is where the git
+        clone happens. Use ``host`` when repositories are served on the
+        host's loopback interface. It does not affect the network of the
+        image build itself. Default: ``bridge``.
+        """,
+    ).tag(config=True)
+
+    docker_url = Unicode(
+        help="""
+        Address of the Docker engine, for example
+        ``unix:///var/run/docker.sock`` or ``tcp://127.0.0.1:2375``.
+
+        The engine's socket is always mounted into build containers from
+        ``/var/run/docker.sock`` on the engine's host. Default: the
+        ``DOCKER_HOST`` environment variable, else
+        ``unix:///var/run/docker.sock``.
+        """,
+    ).tag(config=True)
+
+    extra_repo2docker_args = List(
+        Unicode(),
+        help="""
+        More arguments for ``jupyter-repo2docker``, placed before the
+        repository URL, for example ``["--cache-from", "base:latest"]``.
+        Do not put secrets here: they would show in ``docker inspect``.
+        Default: none.
+        """,
+    ).tag(config=True)
+
+    container_prefix = Unicode(
+        "tljh-repo2docker-build-",
+        help="""
+        Prefix of build container names; the build's uid follows it.
+        Default: ``tljh-repo2docker-build-``.
+        """,
+    ).tag(config=True)
+
+    @default("docker_url")
+    def _default_docker_url(self):
+        return os.environ.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
+
+    @validate("docker_url")
+    def _validate_docker_url(self, proposal):
+        value = proposal["value"].strip()
+        if not re.match(r"^(unix|tcp|http|https|npipe|ssh)://", value):
+            raise ValueError(
+                f"DockerBuilder.docker_url {value!r} needs a scheme, like "
+                "unix:///var/run/docker.sock or tcp://127.0.0.1:2375"
+            )
+        return value
+
+    @validate("user_id")
+    def _validate_user_id(self, proposal):
+        value = proposal["value"]
+        if value <= 0:
+            raise ValueError(
+                f"DockerBuilder.user_id must be a positive uid (root cannot own the "
+                f"home directory in repo2docker images), not {value}"
+            )
+        return value
+
+    @validate("container_prefix")
+    def _validate_container_prefix(self, proposal):
+        value = proposal["value"]
+        if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", value):
+            raise ValueError(
+                f"DockerBuilder.container_prefix {value!r} cannot start a container name "
+                "(letters, digits, '_', '.', '-')"
+            )
+        return value
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._client = None
+        # Uids stopped through cancel(), to tell a cancel from a vanished build.
+        self._cancelled = set()
+        # Uids seen by the last running(); attach() answers None for others.
+        self._known_builds = None
+
+    # -- the engine ----------------------------------------------------------
+
+    @property
+    def docker(self):
+        """The aiodocker client, made on first use inside the running loop."""
+        if self._client is None:
+            self._client = aiodocker.Docker(url=self.docker_url)
+        return self._client
+
+    def _container_name(self, uid):
+        return f"{self.container_prefix}{uid}"
+
+    async def check(self):
+        try:
+            version = await self.docker.version()
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            raise BuildError(
+                f"Cannot reach the Docker engine at {self.docker_url}: {_describe(e)}"
+            ) from e
+        return f"Docker {version.get('Version', '?')} at {self.docker_url}"
+
+    async def close(self):
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    # -- building ------------------------------------------------------------
+
+    def _command(self, request):
+        cmd = [
+            "jupyter-repo2docker",
+            "--no-run",
+            "--ref",
+            request.ref,
+            "--user-id",
+            str(self.user_id),
+            "--user-name",
+            self.user_name,
+            "--image-name",
+            request.image_name,
+        ]
+        labels = dict(request.labels)
+        labels.setdefault(UID_LABEL, request.uid)
+        for key, value in labels.items():
+            cmd += ["--label", f"{key}={value}"]
+        for key, value in request.build_args.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        cmd += list(self.extra_repo2docker_args)
+        # "--": a repository that starts with "-" must not be read as an option.
+        cmd += ["--", request.repo]
+        return cmd
+
+    def _environment(self, request):
+        # Git settings through the environment: only names and paths, never
+        # secrets. Full commit ids in "HEAD is now at ..." give us the commit.
+        config = [("core.abbrev", "40")]
+        if request.has_credentials:
+            config.append(("credential.helper", f"store --file={CREDENTIALS_PATH}"))
+        env = [
+            "PYTHONUNBUFFERED=1",
+            # Fail instead of waiting for a password on a terminal that is not there.
+            "GIT_TERMINAL_PROMPT=0",
+            f"GIT_CONFIG_COUNT={len(config)}",
+        ]
+        for index, (key, value) in enumerate(config):
+            env += [f"GIT_CONFIG_KEY_{index}={key}", f"GIT_CONFIG_VALUE_{index}={value}"]
+        return env
+
+    async def build(self, request):
+        uid = request.uid
+        secrets = _secrets(request.username, request.password)
+        self._cancelled.discard(uid)
+
+        if request.has_credentials:
+            try:
+                credentials = _credential_store_line(
+                    request.repo, request.username, request.password
+                )
+            except ValueError as e:
+                yield BuildEvent(FAILED, str(e))
+                return
+        else:
+            credentials = None
+
+        try:
+            async for event in self._ensure_repo2docker_image():
+                yield event
+        except BuildError as e:
+            self.log.error("Build %s: %s", uid, e.log_message)
+            yield BuildEvent(FAILED, e.message)
+            return
+
+        container = None
+        error = None
+        try:
+            container = await self._create_container(request)
+            if credentials is not None:
+                await container.put_archive(CREDENTIALS_DIR, _credentials_tar(credentials))
+            await container.start()
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            error = e
+        except BaseException:
+            # Cancelled while setting up: a container that never started is of
+            # no use to anyone (it may exist even if create() did not return).
+            await _shielded(self._discard(uid))
+            raise
+        if error is not None:
+            self.log.error("Build %s: could not start the build container: %s", uid, error)
+            await self._discard(uid)
+            yield BuildEvent(
+                FAILED, _scrub(f"Could not start the build: {_describe(error)}", secrets)
+            )
+            return
+        self.log.info(
+            "Build %s: started %s for %s (ref %s)",
+            uid,
+            self._container_name(uid),
+            request.repo,
+            request.ref,
+        )
+        follow = self._follow(container, uid, request.image_name, 0, secrets)
+        async with contextlib.aclosing(follow) as events:
+            async for event in events:
+                yield event
+
+    async def _ensure_repo2docker_image(self):
+        """Make sure the repo2docker image is there; yields status events while pulling."""
+        image = self.repo2docker_image
+        try:
+            await self.docker.images.inspect(image)
+            return
+        except aiodocker.DockerError as e:
+            if e.status != 404:
+                raise BuildError(f"Cannot use the Docker engine: {_describe(e)}") from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise BuildError(
+                f"Cannot reach the Docker engine at {self.docker_url}: {_describe(e)}"
+            ) from e
+        if not self.pull_repo2docker_image:
+            raise BuildError(
+                f"The repo2docker image {image} is not present on the Docker engine "
+                "(and DockerBuilder.pull_repo2docker_image is False)"
+            )
+        yield BuildEvent(STATUS, f"pulling {image}")
+        self.log.info("Pulling the repo2docker image %s", image)
+        try:
+            await self.docker.images.pull(image)
+            await self.docker.images.inspect(image)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            raise BuildError(
+                f"The repo2docker image {image} is not present on the Docker engine "
+                f"and pulling it failed: {_describe(e)}"
+            ) from e
+
+    async def _create_container(self, request):
+        name = self._container_name(request.uid)
+        try:
+            stale = await self.docker.containers.get(name)
+        except aiodocker.DockerError as e:
+            if e.status != 404:
+                raise
+        else:
+            # The uid is new for every build: a container with its name is a
+            # leftover from an attempt that never got going.
+            self.log.warning("Removing the leftover build container %s", name)
+            await stale.delete(force=True)
+        config = {
+            "Image": self.repo2docker_image,
+            "Cmd": self._command(request),
+            "Env": self._environment(request),
+            "Labels": {BUILD_LABEL: request.uid, IMAGE_NAME_LABEL: request.image_name},
+            "Tty": False,
+            "AttachStdin": False,
+            "OpenStdin": False,
+            "HostConfig": {
+                "Binds": [f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"],
+                "NetworkMode": self.network_mode,
+                "AutoRemove": False,
+            },
+        }
+        return await self.docker.containers.create(config, name=name)
+
+    def attach(self, uid, skip_lines):
+        if self._known_builds is not None and uid not in self._known_builds:
+            return None
+        return self._attach(uid, skip_lines)
+
+    async def _attach(self, uid, skip_lines):
+        try:
+            container = await self._find(uid)
+            info = await container.show() if container is not None else None
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            yield BuildEvent(FAILED, f"Cannot reach the Docker engine: {_describe(e)}")
+            return
+        if container is None:
+            yield BuildEvent(FAILED, "The build container is gone")
+            return
+        if info["State"].get("Status") == "created":
+            await self._remove(container, uid)
+            yield BuildEvent(FAILED, "The build container was never started")
+            return
+        labels = info["Config"].get("Labels") or {}
+        image_name = labels.get(IMAGE_NAME_LABEL) or _option(info["Config"]["Cmd"], "--image-name")
+        # Defence in depth after a restart: the request's credentials are
+        # gone, so read them back from the container to scrub the log.
+        secrets = await self._stored_secrets(container)
+        self.log.info("Build %s: re-attached, skipping %d lines", uid, skip_lines)
+        follow = self._follow(container, uid, image_name, skip_lines, secrets)
+        async with contextlib.aclosing(follow) as events:
+            async for event in events:
+                yield event
+
+    async def _follow(self, container, uid, image_name, skip_lines, secrets):
+        """Yield a started container's log lines, then the final event.
+
+        Shared by build() and attach(). The container is removed before the
+        final event is yielded. If the consumer stops early (its task is
+        cancelled, or it closes this generator), only the following stops:
+        the container keeps running for attach() or cancel().
+        """
+        started = time.monotonic()
+        commit = None
+        ref = None
+        tail = collections.deque(maxlen=_TAIL_LINES)
+        seen = 0
+        final = None
+        try:
+            try:
+                info = await container.show()
+                ref = _option(info["Config"]["Cmd"], "--ref")
+                async with contextlib.aclosing(
+                    container.log(stdout=True, stderr=True, follow=True)
+                ) as chunks:
+                    async for line in _lines(chunks):
+                        seen += 1
+                        match = _HEAD_RE.search(line)
+                        if match:
+                            commit = match.group(1)
+                        line = _scrub(line, secrets)
+                        if line.strip():
+                            tail.append(line)
+                        if seen > skip_lines:
+                            yield BuildEvent(LOG, line)
+                code = (await container.wait()).get("StatusCode")
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    raise _ContainerGone() from e
+                raise
+        except _ContainerGone:
+            if uid in self._cancelled:
+                final = BuildEvent(CANCELLED, "Build cancelled")
+            else:
+                final = BuildEvent(FAILED, "The build container disappeared")
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            self.log.error("Build %s: lost the Docker engine: %s", uid, e)
+            final = BuildEvent(FAILED, f"Lost contact with the Docker engine: {_describe(e)}")
+        else:
+            if ref and _FULL_SHA_RE.match(ref):
+                commit = ref
+            if code == 0:
+                final = await self._built_event(image_name, commit, tail)
+            elif uid in self._cancelled:
+                final = BuildEvent(CANCELLED, "Build cancelled")
+            else:
+                final = BuildEvent(FAILED, _failure_message(code, tail))
+        await self._remove(container, uid)
+        self.log.info(
+            "Build %s: %s after %.1f s", uid, final.phase, time.monotonic() - started
+        )
+        yield final
+
+    async def _built_event(self, image_name, commit, tail):
+        try:
+            image = await self.docker.images.inspect(image_name)
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return BuildEvent(
+                    FAILED,
+                    f"repo2docker finished but the image {image_name} does not exist",
+                )
+            return BuildEvent(FAILED, f"Cannot inspect the built image: {_describe(e)}")
+        except (aiohttp.ClientError, OSError) as e:
+            return BuildEvent(FAILED, f"Cannot inspect the built image: {_describe(e)}")
+        return BuildEvent(
+            BUILT,
+            f"Built {image_name}",
+            image_name=image_name,
+            image_id=image["Id"],
+            size=image.get("Size"),
+            commit=commit,
+        )
+
+    async def _stored_secrets(self, container):
+        try:
+            archive = await container.get_archive(CREDENTIALS_PATH)
+            member = archive.extractfile(CREDENTIALS_FILE)
+            text = member.read().decode() if member is not None else ""
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError, KeyError, tarfile.TarError):
+            return []
+        secrets = []
+        for line in text.splitlines():
+            parts = urlsplit(line.strip())
+            if parts.password is not None or parts.username is not None:
+                secrets += _secrets(
+                    unquote(parts.username or ""), unquote(parts.password or "")
+                )
+        return secrets
+
+    # -- containers ----------------------------------------------------------
+
+    async def _find(self, uid):
+        containers = await self.docker.containers.list(
+            all=True, filters={"label": [f"{BUILD_LABEL}={uid}"]}
+        )
+        return containers[0] if containers else None
+
+    async def _discard(self, uid):
+        """Remove the build container of ``uid`` if there is one; never raises."""
+        try:
+            container = await self._find(uid)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            self.log.warning("Could not look for the container of build %s: %s", uid, e)
+            return
+        if container is not None:
+            await self._remove(container, uid)
+
+    async def _remove(self, container, uid):
+        try:
+            await container.delete(force=True)
+        except aiodocker.DockerError as e:
+            if e.status not in (404, 409):  # 409: removal already in progress
+                self.log.warning("Could not remove the container of build %s: %s", uid, e)
+        except (aiohttp.ClientError, OSError) as e:
+            self.log.warning("Could not remove the container of build %s: %s", uid, e)
+
+    async def running(self):
+        containers = await self.docker.containers.list(
+            all=True, filters={"label": [BUILD_LABEL]}
+        )
+        uids = {(c["Labels"] or {}).get(BUILD_LABEL) for c in containers} - {None, ""}
+        self._known_builds = set(uids)
+        return uids
+
+    async def cancel(self, uid):
+        self._cancelled.add(uid)
+        container = await self._find(uid)
+        if container is None:
+            return
+        self.log.info("Build %s: cancelling", uid)
+        # Killing repo2docker ends its `docker build` client, which makes the
+        # engine abandon the build: images are only tagged at the very end.
+        await self._remove(container, uid)
+
+    # -- images --------------------------------------------------------------
+
+    async def image_exists(self, image_name):
+        try:
+            await self.docker.images.inspect(image_name)
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    async def delete_image(self, image_name, image_id=None):
+        image = None
+        target = None
+        for candidate in (image_name, image_id):
+            if not candidate:
+                continue
+            try:
+                image = await self.docker.images.inspect(candidate)
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    continue
+                raise BuildError(f"Cannot inspect image {candidate}: {_describe(e)}") from e
+            target = candidate
+            break
+        if image is None:
+            return
+        users = [
+            c
+            for c in await self.docker.containers.list(all=True)
+            if "ImageID" in c and c["ImageID"] == image["Id"]
+        ]
+        if users:
+            names = sorted(
+                ((c["Names"] if "Names" in c else None) or [c.id[:12]])[0].lstrip("/")
+                for c in users
+            )
+            raise BuildError(
+                f"Image {image_name or image_id} is used by "
+                f"{len(names)} container{'s' if len(names) > 1 else ''}: {', '.join(names)}"
+            )
+        try:
+            await self.docker.images.delete(target)
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return
+            raise BuildError(f"Cannot remove image {target}: {_describe(e)}") from e
+        self.log.info("Removed image %s", target)
+
+    async def adoptable_images(self):
+        images = await self.docker.images.list(filters={"label": [UID_LABEL]})
+        result = []
+        for image in images:
+            tags = sorted(t for t in image.get("RepoTags") or [] if t != "<none>:<none>")
+            if not tags:
+                continue
+            result.append(
+                {
+                    "image_name": tags[0],
+                    "image_id": image["Id"],
+                    "size": image.get("Size"),
+                    "labels": dict(image.get("Labels") or {}),
+                }
+            )
+        return result
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+async def _lines(chunks):
+    """Split decoded log chunks into lines, without their line ends."""
+    buffer = ""
+    async for chunk in chunks:
+        buffer += chunk
+        *lines, buffer = buffer.split("\n")
+        for line in lines:
+            yield line.removesuffix("\r")
+    if buffer:
+        yield buffer.removesuffix("\r")
+
+
+async def _shielded(coro):
+    """Run clean-up to its end even if the calling task is being cancelled."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+def _option(cmd, flag):
+    """The value after ``flag`` in a command list, or None."""
+    cmd = list(cmd or [])
+    for index, item in enumerate(cmd[:-1]):
+        if item == flag:
+            return cmd[index + 1]
+    return None
+
+
+def _secrets(username, password):
+    """The strings that must never be shown, longest first."""
+    found = set()
+    if password:
+        found.update({password, quote(password, safe="")})
+        if username:
+            found.update(
+                {f"{username}:{password}", f"{quote(username, safe='')}:{quote(password, safe='')}"}
+            )
+    elif username:
+        # A token given as the user name is the secret.
+        found.update({username, quote(username, safe="")})
+    return sorted(found, key=len, reverse=True)
+
+
+def _scrub(text, secrets):
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _credential_store_line(repo, username, password):
+    """A git credential-store line for the scheme and host of ``repo``."""
+    parts = urlsplit(repo)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            "Credentials can only be used with http:// or https:// repository URLs"
+        )
+    host = parts.netloc.rpartition("@")[2]
+    user = quote(username or "", safe="")
+    secret = quote(password or "", safe="")
+    return f"{parts.scheme}://{user}:{secret}@{host}\n"
+
+
+def _credentials_tar(content):
+    data = content.encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(CREDENTIALS_FILE)
+        info.size = len(data)
+        info.mode = 0o600
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mtime = int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _failure_message(code, tail):
+    message = f"repo2docker exited with code {code}"
+    reason = next((line for line in reversed(tail) if _ERROR_RE.search(line)), None)
+    if reason is None and tail:
+        reason = tail[-1]
+    if reason:
+        message += f": {_strip_ansi(reason).strip()[:500]}"
+    return message
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _strip_ansi(text):
+    return _ANSI_RE.sub("", text)
+
+
+def _describe(error):
+    if isinstance(error, aiodocker.DockerError):
+        return error.message
+    return str(error) or error.__class__.__name__

@@ -1,0 +1,429 @@
+"""The build queue, live log fan-out, persistence and recovery.
+
+This is the one place that runs builds, whatever the backend. Handlers call
+:meth:`BuildManager.submit`, :meth:`cancel` and :meth:`subscribe`; they never
+run a build themselves. Data flows one way: backend events -> this manager ->
+the database and the SSE subscribers.
+"""
+
+import asyncio
+import collections
+import time
+
+from traitlets import Any, Float, Instance, Integer
+from traitlets.config import LoggingConfigurable
+
+from ..db import store
+from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildEvent, BuildRequest
+
+
+class BuildLog:
+    """The live log of one build: recent events in memory and their subscribers."""
+
+    def __init__(self, uid, next_id, head, tail):
+        self.uid = uid
+        self.next_id = next_id
+        self.head = head
+        self.tail = tail
+        self.head_events = []
+        self.tail_events = collections.deque(maxlen=tail)
+        self.subscribers = set()
+        self.pending = []  # events not yet written to the database
+        self.source_lines = 0
+        self.done = False
+
+    def add(self, phase, message):
+        event = (self.next_id, phase, message)
+        self.next_id += 1
+        if len(self.head_events) < self.head:
+            self.head_events.append(event)
+        else:
+            self.tail_events.append(event)
+        self.pending.append(event)
+        for queue in self.subscribers:
+            queue.put_nowait(event)
+        return event
+
+    def since(self, after):
+        """Events in memory with an id above ``after``, with a marker where lines were dropped."""
+        events = [e for e in self.head_events if e[0] > after]
+        tail = [e for e in self.tail_events if e[0] > after]
+        if tail:
+            last_head = self.head_events[-1][0] if self.head_events else 0
+            gap_from = max(after, last_head) + 1
+            if tail[0][0] > gap_from:
+                events.append((None, LOG, omitted_marker(tail[0][0] - gap_from)))
+        return events + tail
+
+
+def omitted_marker(count):
+    return f"... {count} log lines omitted ..."
+
+
+class BuildManager(LoggingConfigurable):
+    """Runs builds through the configured backend, at most ``max_concurrent_builds`` at a time."""
+
+    max_concurrent_builds = Integer(
+        2,
+        help="""
+        How many builds may run at the same time. Further builds wait in a
+        first-in, first-out queue, and their position is shown.
+        """,
+    ).tag(config=True)
+
+    log_head_lines = Integer(
+        2000,
+        help="""
+        Lines kept from the start of each build log. With ``log_tail_lines``,
+        this bounds the stored log: lines in between are dropped and a marker
+        says how many.
+        """,
+    ).tag(config=True)
+
+    log_tail_lines = Integer(
+        8000,
+        help="Lines kept from the end of each build log (see ``log_head_lines``).",
+    ).tag(config=True)
+
+    flush_interval = Float(
+        0.25,
+        help="Seconds between writes of new log lines to the database.",
+    ).tag(config=True)
+
+    builder = Instance(Builder)
+    sessions = Any(help="The database's async_sessionmaker.")
+    on_finished = Any(
+        None,
+        allow_none=True,
+        help="Optional callback(uid, phase, seconds) after each build; used for metrics.",
+    )
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._queue = collections.OrderedDict()  # uid -> BuildRequest, waiting
+        self._running = {}  # uid -> asyncio.Task
+        self._logs = {}  # uid -> BuildLog
+        self._flushers = {}  # uid -> asyncio.Task
+        self._closing = False
+
+    # -- what handlers ask -------------------------------------------------
+
+    def position(self, uid):
+        """1-based place in the queue, or None when not queued."""
+        for index, queued_uid in enumerate(self._queue, 1):
+            if queued_uid == uid:
+                return index
+        return None
+
+    def positions(self):
+        return {uid: index for index, uid in enumerate(self._queue, 1)}
+
+    @property
+    def running_count(self):
+        return len(self._running)
+
+    @property
+    def queued_count(self):
+        return len(self._queue)
+
+    @property
+    def subscriber_count(self):
+        return sum(len(log.subscribers) for log in self._logs.values())
+
+    def is_active(self, uid):
+        return uid in self._queue or uid in self._running
+
+    async def submit(self, env, request: BuildRequest):
+        """Queue a build of ``env`` (already stored with status queued)."""
+        log = self._open_log(env.uid, env.last_event_id + 1)
+        self._queue[env.uid] = request
+        position = len(self._queue)
+        log.add(STATUS, f"queued (position {position})")
+        self._ensure_flusher(env.uid)
+        self._pump()
+
+    async def cancel(self, uid):
+        """Cancel a queued or running build. Returns True if there was one."""
+        if uid in self._queue:
+            del self._queue[uid]
+            await self._finish(uid, BuildEvent(CANCELLED, "Build cancelled before it started"))
+            return True
+        task = self._running.get(uid)
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            return True
+        return False
+
+    async def subscribe(self, uid, after=0):
+        """Yield ``(event_id, phase, message)`` from ``after`` on, live while the build runs.
+
+        Ends after a final event. For a finished build, replays the stored log.
+        """
+        log = self._logs.get(uid)
+        if log is None or log.done:
+            for event in await self._stored(uid, after):
+                yield event
+            return
+        queue = asyncio.Queue()
+        log.subscribers.add(queue)
+        try:
+            # Everything still in memory covers the stored part too, except
+            # for lines dropped from the middle of a very long log.
+            first_in_memory = (log.head_events or list(log.tail_events) or [(log.next_id,)])[0][0]
+            if after + 1 < first_in_memory:
+                for event in await self._stored(uid, after):
+                    if event[0] is not None and event[0] >= first_in_memory:
+                        break
+                    yield event
+            last = after
+            for event in log.since(after):
+                if event[0] is not None:
+                    last = event[0]
+                yield event
+                if event[1] in (BUILT, FAILED, CANCELLED):
+                    return
+            while True:
+                event = await queue.get()
+                if event[0] <= last:
+                    continue
+                last = event[0]
+                yield event
+                if event[1] in (BUILT, FAILED, CANCELLED):
+                    return
+        finally:
+            log.subscribers.discard(queue)
+
+    async def _stored(self, uid, after):
+        events = await store.read_log(self.sessions, uid, after)
+        result = []
+        previous = after
+        for event in events:
+            if result and event[0] > previous + 1:
+                result.append((None, LOG, omitted_marker(event[0] - previous - 1)))
+            result.append(event)
+            previous = event[0]
+        return result
+
+    # -- running builds ------------------------------------------------------
+
+    def _open_log(self, uid, next_id):
+        log = BuildLog(uid, next_id, self.log_head_lines, self.log_tail_lines)
+        self._logs[uid] = log
+        return log
+
+    def _pump(self):
+        """Start queued builds while there is room."""
+        if self._closing:
+            return
+        while self._queue and len(self._running) < self.max_concurrent_builds:
+            uid, request = self._queue.popitem(last=False)
+            self._running[uid] = asyncio.create_task(self._run(uid, self.builder.build(request)))
+
+    async def _run(self, uid, events, resumed=False):
+        started = time.monotonic()
+        log = self._logs[uid]
+        final = None
+        try:
+            if not resumed:
+                await store.update_environment(
+                    self.sessions, uid, status=store.BUILDING, started=store.now()
+                )
+                log.add(STATUS, "building")
+            async for event in events:
+                if event.phase == LOG:
+                    log.source_lines += 1
+                    log.add(LOG, event.message)
+                elif event.phase == STATUS:
+                    log.add(STATUS, event.message)
+                elif event.final:
+                    final = event
+                    break
+            if final is None:
+                final = BuildEvent(FAILED, "The build ended without a result")
+        except asyncio.CancelledError:
+            if self._closing:
+                # Shutting down: leave the build running so that the next
+                # start re-attaches to it.
+                raise
+            final = BuildEvent(CANCELLED, "Build cancelled")
+            try:
+                await self.builder.cancel(uid)
+            except Exception:
+                self.log.exception("Could not stop build %s", uid)
+        except Exception as e:
+            self.log.exception("Build %s crashed", uid)
+            final = BuildEvent(FAILED, f"The build failed unexpectedly: {e.__class__.__name__}")
+        finally:
+            closer = getattr(events, "aclose", None)
+            if closer is not None and not self._closing:
+                try:
+                    await asyncio.shield(closer())
+                except BaseException:
+                    pass
+        try:
+            await self._finish(uid, final)
+        finally:
+            self._running.pop(uid, None)
+            if self.on_finished is not None:
+                self.on_finished(uid, final.phase, time.monotonic() - started)
+            self._pump()
+
+    async def _finish(self, uid, event):
+        """Record the final state of a build, then tell subscribers."""
+        env = await store.get_environment(self.sessions, uid)
+        fields = {"finished": store.now(), "status": event.phase}
+        message = event.message
+        if env is not None and event.phase == BUILT:
+            fields.update(
+                image_name=event.image_name or env.image_name,
+                image_id=event.image_id,
+                size=event.size,
+                commit=event.commit or env.commit,
+                error=None,
+            )
+            old_id = env.image_id
+            if old_id and event.image_id and old_id != event.image_id:
+                try:
+                    await self.builder.delete_image(old_id)
+                except Exception as e:
+                    self.log.warning("Could not remove the previous image of %s: %s", uid, e)
+        elif env is not None:
+            fields["error"] = event.message
+            if env.image_id and env.build_number > 1:
+                message = f"{event.message}. The previous image is kept and still used."
+                fields["error"] = message
+        log = self._logs.get(uid)
+        if log is not None:
+            log.add(event.phase, message)
+            log.done = True
+        if env is not None:
+            await store.update_environment(self.sessions, uid, **fields)
+        await self._flush(uid)
+        flusher = self._flushers.pop(uid, None)
+        if flusher is not None:
+            flusher.cancel()
+        self._logs.pop(uid, None)
+        self.log.info("Build %s finished: %s", uid, event.phase)
+
+    def _ensure_flusher(self, uid):
+        if uid not in self._flushers:
+            self._flushers[uid] = asyncio.create_task(self._flush_loop(uid))
+
+    async def _flush_loop(self, uid):
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self._flush(uid)
+            except Exception:
+                self.log.exception("Could not store the log of build %s; will retry", uid)
+
+    async def _flush(self, uid):
+        log = self._logs.get(uid)
+        if log is None or not log.pending:
+            return
+        events, log.pending = log.pending, []
+        try:
+            await store.append_log(
+                self.sessions,
+                uid,
+                events,
+                source_lines=log.source_lines,
+                head=self.log_head_lines,
+                tail=self.log_tail_lines,
+            )
+        except Exception:
+            log.pending[:0] = events
+            raise
+
+    # -- start-up and shutdown -------------------------------------------------
+
+    async def recover(self, request_for):
+        """After a restart: re-attach, fail the vanished, re-queue the queued, adopt images.
+
+        ``request_for(env)`` rebuilds a BuildRequest (without credentials) for a
+        queued environment.
+        """
+        running = await self.builder.running()
+        for env in await store.list_environments(self.sessions, [store.BUILDING]):
+            events = self.builder.attach(env.uid, env.source_lines) if env.uid in running else None
+            if events is None:
+                await self._finish_stale(
+                    env, "The build stopped while the service was not running"
+                )
+                continue
+            self.log.info("Re-attaching to build %s", env.uid)
+            log = self._open_log(env.uid, env.last_event_id + 1)
+            log.source_lines = env.source_lines
+            log.add(STATUS, "re-attached after a service restart")
+            self._ensure_flusher(env.uid)
+            self._running[env.uid] = asyncio.create_task(self._run(env.uid, events, resumed=True))
+        queued = await store.list_environments(self.sessions, [store.QUEUED])
+        for env in sorted(queued, key=lambda e: (e.queued or e.created, e.id)):
+            if env.private:
+                await self._finish_stale(
+                    env,
+                    "The service restarted before this build started, and credentials "
+                    "are never stored: rebuild it and give the credentials again",
+                )
+                continue
+            await self.submit(env, request_for(env))
+        await self._adopt_images()
+
+    async def _finish_stale(self, env, reason):
+        self._open_log(env.uid, env.last_event_id + 1)
+        self._ensure_flusher(env.uid)
+        await self._finish(env.uid, BuildEvent(FAILED, reason))
+
+    async def _adopt_images(self):
+        known = {env.uid for env in await store.list_environments(self.sessions)}
+        for image in await self.builder.adoptable_images():
+            labels = image.get("labels", {})
+            uid = labels.get("tljh_repo2docker.uid")
+            if not uid or uid in known:
+                continue
+            name = labels.get("tljh_repo2docker.display_name") or image["image_name"]
+            if await store.name_taken(self.sessions, name):
+                self.log.warning("Not adopting image %s: name %r is taken", image["image_name"], name)
+                continue
+            try:
+                import json
+
+                node_selector = json.loads(labels.get("tljh_repo2docker.node_selector") or "{}")
+            except ValueError:
+                node_selector = {}
+            cpu = labels.get("tljh_repo2docker.cpu_limit") or None
+            await store.create_environment(
+                self.sessions,
+                uid=uid,
+                name=name,
+                image_name=image["image_name"],
+                repo=labels.get("tljh_repo2docker.repo", ""),
+                ref=labels.get("tljh_repo2docker.ref", ""),
+                memory=labels.get("tljh_repo2docker.mem_limit") or None,
+                cpu=float(cpu) if cpu else None,
+                machine_profile=labels.get("tljh_repo2docker.machine_profile") or None,
+                node_selector=node_selector,
+                build_args={},
+                owner=labels.get("tljh_repo2docker.owner") or None,
+            )
+            await store.update_environment(
+                self.sessions,
+                uid,
+                status=store.BUILT,
+                image_id=image.get("image_id"),
+                size=image.get("size"),
+                finished=store.now(),
+            )
+            known.add(uid)
+            self.log.info("Adopted image %s as environment %s", image["image_name"], uid)
+
+    async def close(self):
+        """Stop following builds without cancelling them, so a restart re-attaches."""
+        self._closing = True
+        for task in list(self._running.values()) + list(self._flushers.values()):
+            task.cancel()
+        self._queue.clear()

@@ -1,0 +1,229 @@
+"""All queries. Handlers and the build manager call these; nothing else uses SQL.
+
+Every function takes the ``async_sessionmaker`` first and opens its own short
+session, so no session outlives one call.
+"""
+
+from datetime import datetime, timezone
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .models import Environment, LogLine, utcnow
+
+# Statuses of an environment.
+QUEUED = "queued"
+BUILDING = "building"
+BUILT = "built"
+FAILED = "failed"
+CANCELLED = "cancelled"
+IN_PROGRESS = (QUEUED, BUILDING)
+STATUSES = (QUEUED, BUILDING, BUILT, FAILED, CANCELLED)
+
+
+class NameTaken(Exception):
+    """Another environment already has this display name."""
+
+
+def _iso(value):
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        # SQLite hands back naive datetimes; they were stored as UTC.
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def as_dict(env: Environment, *, position=None, admin=True):
+    """The API model of an environment. ``admin=False`` leaves out what only admins see."""
+    model = {
+        "uid": env.uid,
+        "name": env.name,
+        "image_name": env.image_name,
+        "repo": env.repo,
+        "ref": env.ref,
+        "provider": env.provider,
+        "status": env.status,
+        "memory": env.memory,
+        "cpu": env.cpu,
+        "machine_profile": env.machine_profile,
+        "node_selector": env.node_selector or {},
+        "created": _iso(env.created),
+        "started": _iso(env.started),
+        "finished": _iso(env.finished),
+        "size": env.size,
+        "commit": env.commit,
+    }
+    if admin:
+        model.update(
+            {
+                "owner": env.owner,
+                "build_args": env.build_args or {},
+                "error": env.error,
+                "position": position,
+                "build_number": env.build_number,
+            }
+        )
+    return model
+
+
+async def create_environment(sessions, **fields) -> Environment:
+    env = Environment(
+        status=QUEUED,
+        queued=utcnow(),
+        build_number=1,
+        source_lines=0,
+        last_event_id=0,
+        **fields,
+    )
+    async with sessions() as session:
+        session.add(env)
+        try:
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            raise NameTaken(fields.get("name")) from None
+    return env
+
+
+async def name_taken(sessions, name) -> bool:
+    async with sessions() as session:
+        found = await session.scalar(
+            select(Environment.id).where(func.lower(Environment.name) == name.lower())
+        )
+    return found is not None
+
+
+async def image_name_taken(sessions, image_name) -> bool:
+    async with sessions() as session:
+        found = await session.scalar(
+            select(Environment.id).where(Environment.image_name == image_name)
+        )
+    return found is not None
+
+
+async def get_environment(sessions, uid) -> Environment | None:
+    async with sessions() as session:
+        return await session.scalar(select(Environment).where(Environment.uid == uid))
+
+
+async def find_environment(sessions, uid_or_name) -> Environment | None:
+    """An environment by uid, else by display name (case-insensitive)."""
+    env = await get_environment(sessions, uid_or_name)
+    if env is not None:
+        return env
+    async with sessions() as session:
+        return await session.scalar(
+            select(Environment).where(func.lower(Environment.name) == uid_or_name.lower())
+        )
+
+
+async def list_environments(sessions, statuses=None) -> list[Environment]:
+    query = select(Environment).order_by(Environment.created, Environment.id)
+    if statuses is not None:
+        query = query.where(Environment.status.in_(statuses))
+    async with sessions() as session:
+        return list((await session.scalars(query)).all())
+
+
+async def count_environments(sessions) -> int:
+    async with sessions() as session:
+        return await session.scalar(select(func.count(Environment.id)))
+
+
+async def update_environment(sessions, uid, **fields) -> None:
+    async with sessions() as session:
+        await session.execute(update(Environment).where(Environment.uid == uid).values(**fields))
+        await session.commit()
+
+
+async def delete_environment(sessions, uid) -> None:
+    async with sessions() as session:
+        env_id = await session.scalar(select(Environment.id).where(Environment.uid == uid))
+        if env_id is None:
+            return
+        await session.execute(delete(LogLine).where(LogLine.environment_id == env_id))
+        await session.execute(delete(Environment).where(Environment.id == env_id))
+        await session.commit()
+
+
+async def start_rebuild(sessions, uid) -> Environment | None:
+    """Queue an environment again and clear its previous log, in one transaction."""
+    async with sessions() as session:
+        env = await session.scalar(select(Environment).where(Environment.uid == uid))
+        if env is None:
+            return None
+        await session.execute(delete(LogLine).where(LogLine.environment_id == env.id))
+        env.status = QUEUED
+        env.queued = utcnow()
+        env.started = None
+        env.finished = None
+        env.error = None
+        env.build_number += 1
+        env.source_lines = 0
+        await session.commit()
+        return env
+
+
+async def append_log(sessions, uid, events, *, source_lines=None, head=0, tail=0) -> None:
+    """Store log events ``[(event_id, phase, message), ...]``.
+
+    ``source_lines`` records how many lines of the backend's output are now
+    stored. When ``head``/``tail`` are set, the log keeps its first ``head``
+    and last ``tail`` events; the middle is dropped (readers show a marker).
+    """
+    if not events:
+        return
+    async with sessions() as session:
+        env_id = await session.scalar(select(Environment.id).where(Environment.uid == uid))
+        if env_id is None:
+            return
+        session.add_all(
+            LogLine(environment_id=env_id, event_id=event_id, phase=phase, message=message)
+            for event_id, phase, message in events
+        )
+        values = {"last_event_id": events[-1][0]}
+        if source_lines is not None:
+            values["source_lines"] = source_lines
+        await session.execute(update(Environment).where(Environment.id == env_id).values(**values))
+        if head and tail:
+            await _prune_log(session, env_id, head, tail)
+        await session.commit()
+
+
+async def _prune_log(session, env_id, head, tail):
+    count = await session.scalar(
+        select(func.count(LogLine.id)).where(LogLine.environment_id == env_id)
+    )
+    if count <= head + tail:
+        return
+    ids = select(LogLine.event_id).where(LogLine.environment_id == env_id)
+    first_dropped = await session.scalar(ids.order_by(LogLine.event_id).offset(head).limit(1))
+    last_kept_tail = await session.scalar(
+        ids.order_by(LogLine.event_id.desc()).offset(tail - 1).limit(1)
+    )
+    await session.execute(
+        delete(LogLine).where(
+            LogLine.environment_id == env_id,
+            LogLine.event_id >= first_dropped,
+            LogLine.event_id < last_kept_tail,
+        )
+    )
+
+
+async def read_log(sessions, uid, after=0) -> list[tuple[int, str, str]]:
+    """Stored log events with an id above ``after``, oldest first."""
+    async with sessions() as session:
+        env_id = await session.scalar(select(Environment.id).where(Environment.uid == uid))
+        if env_id is None:
+            return []
+        rows = await session.execute(
+            select(LogLine.event_id, LogLine.phase, LogLine.message)
+            .where(LogLine.environment_id == env_id, LogLine.event_id > after)
+            .order_by(LogLine.event_id)
+        )
+        return [tuple(row) for row in rows.all()]
+
+
+def now():
+    return datetime.now(timezone.utc)

@@ -1,0 +1,224 @@
+"""Checking what an admin asks for when adding an environment.
+
+Turns an API request body into clean fields, or raises FieldError naming
+the field. Nothing is stored here.
+"""
+
+import re
+import uuid
+from urllib.parse import urlsplit
+
+from . import LABEL_PREFIX
+from .handlers.base import FieldError
+from .limits import LimitError, parse_cpu, parse_memory, parse_node_selector_choice
+
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
+_BUILD_ARG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_REF = re.compile(r"[\s~^:?*\[\\\x00-\x1f\x7f]|\.\.|@\{|^[-/.]|[/.]$|\.lock$|//")
+REMOTE_SCHEMES = {"http", "https", "git", "ssh"}
+MAX_NAME = 100
+
+
+def new_uid():
+    return uuid.uuid4().hex
+
+
+def _text(body, field, required=False, default=None, limit=2048):
+    value = body.get(field, default)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise FieldError(field, "is required")
+        return default
+    if not isinstance(value, str):
+        raise FieldError(field, "must be a string")
+    value = value.strip()
+    if len(value) > limit:
+        raise FieldError(field, f"is longer than {limit} characters")
+    return value
+
+
+def check_repo(repo, allow_local=False):
+    if _CONTROL.search(repo) or " " in repo:
+        raise FieldError("repo", "must not contain spaces or control characters")
+    if _SCP_LIKE.match(repo):
+        return repo  # git@host:owner/repo.git, an ssh URL without a scheme
+    parts = urlsplit(repo)
+    if parts.scheme in REMOTE_SCHEMES:
+        if not parts.hostname:
+            raise FieldError("repo", f"{repo!r} has no host name")
+        if parts.password is not None or (parts.username and parts.scheme in {"http", "https"}):
+            raise FieldError(
+                "repo",
+                "must not contain credentials: give them as username and password instead",
+            )
+        return repo
+    if parts.scheme in {"", "file"} and allow_local:
+        path = parts.path if parts.scheme == "file" else repo
+        if not path.startswith("/"):
+            raise FieldError("repo", "a local repository must be an absolute path")
+        return repo
+    if parts.scheme in {"", "file"}:
+        raise FieldError(
+            "repo", f"{repo!r} is not a repository URL (use https://, http://, git:// or ssh://)"
+        )
+    raise FieldError(
+        "repo", f"the scheme {parts.scheme!r} is not supported (use https, http, git or ssh)"
+    )
+
+
+def check_ref(ref):
+    if _BAD_REF.search(ref):
+        raise FieldError("ref", f"{ref!r} is not a valid git reference")
+    return ref
+
+
+def name_from_repo(repo):
+    path = repo.rsplit(":", 1)[-1] if _SCP_LIKE.match(repo) else urlsplit(repo).path
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    if last.endswith(".git"):
+        last = last[:-4]
+    return last
+
+
+def slug(text):
+    """A Docker repository name component: lowercase letters, digits and single separators."""
+    text = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return text[:64].strip("-")
+
+
+def image_tag(ref):
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", ref).strip("-.")
+    return tag[:128] or "latest"
+
+
+def check_name(name):
+    if _CONTROL.search(name):
+        raise FieldError("name", "must not contain control characters")
+    if len(name) > MAX_NAME:
+        raise FieldError("name", f"is longer than {MAX_NAME} characters")
+    if not slug(name):
+        raise FieldError(
+            "name", f"{name!r} cannot become an image name: use letters or digits"
+        )
+    return name
+
+
+def parse_build_args(value):
+    if value is None or value == "" or value == {}:
+        return {}
+    if isinstance(value, str):
+        pairs = {}
+        for number, line in enumerate(value.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, val = line.partition("=")
+            if not sep:
+                raise FieldError("buildargs", f"line {number} is not KEY=VALUE")
+            pairs[key.strip()] = val
+        value = pairs
+    if not isinstance(value, dict):
+        raise FieldError("buildargs", 'must be {"KEY": "VALUE"} or lines of KEY=VALUE')
+    result = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not _BUILD_ARG_KEY.match(key):
+            raise FieldError("buildargs", f"{key!r} is not a valid build argument name")
+        if not isinstance(val, (str, int, float)) or isinstance(val, bool):
+            raise FieldError("buildargs", f"the value of {key} must be a string")
+        val = str(val)
+        if _CONTROL.search(val):
+            raise FieldError("buildargs", f"the value of {key} contains control characters")
+        result[key] = val
+    return result
+
+
+def parse_request(body, app, builder):
+    """Check a POST api/environments body. Returns (fields, credentials)."""
+    known = {
+        "repo", "ref", "name", "memory", "cpu", "machine_profile", "node_selector",
+        "buildargs", "build_args", "username", "password", "provider",
+    }
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise FieldError(unknown[0], "is not a known field")
+    repo = check_repo(_text(body, "repo", required=True), allow_local=app.allow_local_repos)
+    ref = check_ref(_text(body, "ref", default="HEAD", limit=255))
+    name = _text(body, "name", limit=MAX_NAME * 4) or name_from_repo(repo)
+    check_name(name)
+
+    profile_label = _text(body, "machine_profile", limit=255)
+    try:
+        memory = parse_memory(body.get("memory"))
+        cpu = parse_cpu(body.get("cpu"))
+        if profile_label:
+            profiles = {p["label"]: p for p in app.machine_profiles}
+            if profile_label not in profiles:
+                allowed = ", ".join(profiles) or "no profiles are configured"
+                raise FieldError(
+                    "machine_profile", f"{profile_label!r} is not one of: {allowed}"
+                )
+            if memory is not None or cpu is not None:
+                raise FieldError("machine_profile", "give either a machine profile or memory/cpu")
+            memory = profiles[profile_label]["memory"]
+            cpu = profiles[profile_label]["cpu"]
+        node_selector = parse_node_selector_choice(body.get("node_selector"), app.node_selector)
+    except LimitError as e:
+        raise FieldError(e.field, e.reason) from None
+    if memory is None:
+        memory = app.default_memory_limit or None
+    if cpu is None:
+        cpu = app.default_cpu_limit or None
+
+    build_args = parse_build_args(body.get("buildargs", body.get("build_args")))
+    username = _text(body, "username", limit=255)
+    password = body.get("password") or None
+    if password is not None and not isinstance(password, str):
+        raise FieldError("password", "must be a string")
+    if (username or password) and not builder.supports_credentials:
+        raise FieldError(
+            "username", "credentials are not supported with BinderHub builds"
+        )
+    if build_args and not builder.supports_build_args:
+        raise FieldError("buildargs", "build arguments are not supported with BinderHub builds")
+    if password and not username:
+        username = "git"  # token-only hosts accept any user name with a token
+
+    provider = _text(body, "provider", default=app.default_provider, limit=32)
+    if provider not in app.provider_choices:
+        raise FieldError(
+            "provider", f"{provider!r} is not one of: {', '.join(app.provider_choices)}"
+        )
+
+    fields = {
+        "name": name,
+        "repo": repo,
+        "ref": ref,
+        "provider": provider,
+        "memory": memory,
+        "cpu": cpu,
+        "machine_profile": profile_label,
+        "node_selector": node_selector,
+        "build_args": build_args,
+        "private": bool(username or password),
+        "image_name": f"{app.image_prefix}{slug(name)}:{image_tag(ref)}",
+    }
+    return fields, (username, password)
+
+
+def image_labels(env):
+    """The labels that make an image self-describing (no secrets)."""
+    import json
+
+    return {
+        f"{LABEL_PREFIX}.uid": env.uid,
+        f"{LABEL_PREFIX}.display_name": env.name,
+        f"{LABEL_PREFIX}.image_name": env.image_name,
+        f"{LABEL_PREFIX}.repo": env.repo,
+        f"{LABEL_PREFIX}.ref": env.ref,
+        f"{LABEL_PREFIX}.mem_limit": env.memory or "",
+        f"{LABEL_PREFIX}.cpu_limit": "" if env.cpu is None else repr(env.cpu),
+        f"{LABEL_PREFIX}.machine_profile": env.machine_profile or "",
+        f"{LABEL_PREFIX}.node_selector": json.dumps(env.node_selector or {}, sort_keys=True),
+        f"{LABEL_PREFIX}.owner": env.owner or "",
+    }

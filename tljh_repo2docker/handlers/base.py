@@ -1,0 +1,179 @@
+"""Base classes: one per kind of response (HTML page, JSON API, event stream)."""
+
+import functools
+import json
+import traceback
+from http.client import responses
+
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado import web
+
+from .. import TLJH_R2D_ADMIN_SCOPE
+
+
+def admin_only(method):
+    """Allow the method only to hub admins and users holding the admin scope.
+
+    Use below ``@web.authenticated``, so that anonymous requests are sent to
+    log in first.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        if not self.is_admin:
+            raise web.HTTPError(
+                403, "This needs the tljh-repo2docker admin permission (hub admin or the admin scope)"
+            )
+        return await method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    """Authentication through JupyterHub, and HTML pages and errors."""
+
+    is_admin = False
+
+    @property
+    def tljh_app(self):
+        return self.settings["tljh_app"]
+
+    @property
+    def sessions(self):
+        return self.settings["sessions"]
+
+    @property
+    def builds(self):
+        return self.settings["build_manager"]
+
+    @property
+    def hub(self):
+        return self.settings["hub_client"]
+
+    async def prepare(self):
+        # Identify the user asynchronously: the hub's answer is cached on the
+        # handler, so the synchronous ``current_user`` below does no I/O.
+        user = await self.hub_auth.get_user(self, sync=False)
+        if user is not None:
+            user = self.current_user
+        if user:
+            self.is_admin = TLJH_R2D_ADMIN_SCOPE in user.get("scopes", ()) or bool(
+                user.get("admin")
+            )
+            if not self.is_admin and user.get("kind", "user") == "user":
+                self.is_admin = await self.hub.is_admin(user["name"])
+
+    def url(self, *parts):
+        """A URL under the service's prefix."""
+        path = "/".join(p.strip("/") for p in parts if p)
+        return self.settings["base_url"] + path
+
+    def render_template(self, name, **ns):
+        template = self.settings["jinja2_env"].get_template(name)
+        user = self.current_user
+        context = {
+            "base_url": self.settings["base_url"],
+            "hub_prefix": self.settings["hub_prefix"],
+            "static_url": self.static_url,
+            "user": user,
+            "is_admin": self.is_admin,
+            "xsrf_token": self.xsrf_token.decode("ascii"),
+            "version": self.settings["version"],
+            "url": self.url,
+        }
+        context.update(ns)
+        return template.render(**context)
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) if isinstance(exc, web.HTTPError) else None
+        if not message:
+            message = responses.get(status_code, "Unknown error")
+        try:
+            html = self.render_template(
+                "error.html", status_code=status_code, message=message
+            )
+        except Exception:
+            self.log.exception("Could not render the error page")
+            html = f"<h1>{status_code}</h1>"
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(html)
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, web.HTTPError):
+            if value.log_message and value.status_code >= 500:
+                self.log.warning("%d %s: %s", value.status_code, self.request.path, value.log_message)
+            return
+        self.log.error(
+            "Uncaught error in %s %s\n%s",
+            self.request.method,
+            self.request.path,
+            "".join(traceback.format_exception(typ, value, tb)),
+        )
+
+
+class APIHandler(BaseHandler):
+    """JSON in, JSON out; errors as ``{"status": N, "message": "..."}``."""
+
+    def set_default_headers(self):
+        super().set_default_headers()
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def get_login_url(self):
+        # An API client cannot follow a login redirect: answer 403 instead.
+        raise web.HTTPError(403, "Log in through JupyterHub, or send 'Authorization: token <API token>'")
+
+    def check_xsrf_cookie(self):
+        # Token-authenticated requests need no XSRF check; cookie-authenticated
+        # ones are checked by JupyterHub's HubAuth before the user is accepted.
+        if getattr(self, "_token_authenticated", False):
+            return
+        return super().check_xsrf_cookie()
+
+    def get_json_body(self):
+        """The request body as JSON, or a 400 that says what is wrong."""
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise web.HTTPError(400, "The request body is not valid UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise web.HTTPError(400, f"The request body is not valid JSON: {e.msg}") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "The request body must be a JSON object")
+        return body
+
+    def write_json(self, data, status=200):
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = None
+        if isinstance(exc, web.HTTPError):
+            message = exc.log_message
+        if not message:
+            message = responses.get(status_code, "Unknown error")
+        body = {"status": status_code, "message": message}
+        field = getattr(exc, "field", None)
+        if field:
+            body["field"] = field
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(body))
+
+
+class FieldError(web.HTTPError):
+    """A 400 (or other) error about one field of a request."""
+
+    def __init__(self, field, message, status=400):
+        super().__init__(status, f"{field}: {message}")
+        self.field = field
+
+
+class NotFoundAPIHandler(APIHandler):
+    """JSON 404 for unknown ``api/`` URLs."""
+
+    async def prepare(self):
+        raise web.HTTPError(404, f"No API endpoint at {self.request.path}")

@@ -1,0 +1,155 @@
+"""JSON API of environments: list, add, show, rebuild, cancel, delete."""
+
+from tornado import web
+
+from .. import environments as envs
+from ..builds.base import BuildError, BuildRequest
+from ..db import store
+from ..hub import HubError
+from .base import APIHandler, admin_only
+
+
+def build_request(env, credentials=(None, None)):
+    username, password = credentials
+    return BuildRequest(
+        uid=env.uid,
+        repo=env.repo,
+        ref=env.ref,
+        image_name=env.image_name,
+        labels=envs.image_labels(env),
+        build_args=dict(env.build_args or {}),
+        provider=env.provider,
+        username=username,
+        password=password,
+    )
+
+
+class EnvironmentAPIMixin:
+    async def get_env(self, uid):
+        env = await store.get_environment(self.sessions, uid)
+        if env is None:
+            raise web.HTTPError(404, f"No environment with uid {uid!r}")
+        return env
+
+    def model(self, env):
+        return store.as_dict(env, position=self.builds.position(env.uid), admin=self.is_admin)
+
+    def visible(self, env):
+        """Non-admins see only environments whose image can be used."""
+        return self.is_admin or env.image_id is not None
+
+
+class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
+    @web.authenticated
+    async def get(self):
+        positions = self.builds.positions()
+        items = [
+            store.as_dict(env, position=positions.get(env.uid), admin=self.is_admin)
+            for env in await store.list_environments(self.sessions)
+            if self.visible(env)
+        ]
+        self.write_json({"environments": items})
+
+    @web.authenticated
+    @admin_only
+    async def post(self):
+        body = self.get_json_body()
+        fields, credentials = envs.parse_request(body, self.tljh_app, self.tljh_app.builder)
+        if await store.name_taken(self.sessions, fields["name"]):
+            raise web.HTTPError(409, f"name: an environment named {fields['name']!r} exists")
+        if await store.image_name_taken(self.sessions, fields["image_name"]):
+            raise web.HTTPError(
+                409, f"name: the image {fields['image_name']} belongs to another environment"
+            )
+        try:
+            env = await store.create_environment(
+                self.sessions, uid=envs.new_uid(), owner=self.current_user["name"], **fields
+            )
+        except store.NameTaken:
+            raise web.HTTPError(409, f"name: an environment named {fields['name']!r} exists")
+        self.log.info("%s added environment %s (%s)", self.current_user["name"], env.uid, env.name)
+        await self.builds.submit(env, build_request(env, credentials))
+        self.write_json(self.model(env), status=202)
+
+
+class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
+    @web.authenticated
+    async def get(self, uid):
+        env = await self.get_env(uid)
+        if not self.visible(env):
+            raise web.HTTPError(404, f"No environment with uid {uid!r}")
+        self.write_json(self.model(env))
+
+    @web.authenticated
+    @admin_only
+    async def delete(self, uid):
+        env = await self.get_env(uid)
+        try:
+            servers = await self.hub.active_servers()
+        except HubError as e:
+            raise web.HTTPError(502, f"Could not ask JupyterHub which servers run: {e.message}")
+        users = sorted(
+            f"{user}/{name}" if name else user
+            for user, name, server in servers
+            if _uses(server, env)
+        )
+        if users:
+            raise web.HTTPError(
+                409, f"The environment is used by running servers: {', '.join(users)}"
+            )
+        await self.builds.cancel(env.uid)
+        if env.image_id is not None or env.status == store.BUILT:
+            try:
+                await self.tljh_app.builder.delete_image(env.image_name, env.image_id)
+            except BuildError as e:
+                raise web.HTTPError(409, e.message)
+        await store.delete_environment(self.sessions, env.uid)
+        self.log.info("%s deleted environment %s", self.current_user["name"], env.uid)
+        self.set_status(204)
+        self.finish()
+
+
+def _uses(server, env):
+    options = server.get("user_options") or {}
+    return options.get("environment") == env.uid or options.get("image") == env.image_name
+
+
+class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
+    @web.authenticated
+    @admin_only
+    async def post(self, uid):
+        env = await self.get_env(uid)
+        if self.builds.is_active(env.uid):
+            raise web.HTTPError(409, "The environment is already queued or building")
+        body = self.get_json_body()
+        username = envs._text(body, "username", limit=255)
+        password = body.get("password") or None
+        if password is not None and not isinstance(password, str):
+            raise envs.FieldError("password", "must be a string")
+        if env.private and not password:
+            raise envs.FieldError(
+                "password", "this repository is private: give the credentials again to rebuild"
+            )
+        if password and not username:
+            username = "git"
+        env = await store.start_rebuild(self.sessions, env.uid)
+        await self.builds.submit(env, build_request(env, (username, password)))
+        self.write_json(self.model(env), status=202)
+
+
+class CancelAPIHandler(EnvironmentAPIMixin, APIHandler):
+    @web.authenticated
+    @admin_only
+    async def post(self, uid):
+        env = await self.get_env(uid)
+        if not await self.builds.cancel(env.uid):
+            raise web.HTTPError(409, f"The environment is {env.status}: nothing to cancel")
+        self.write_json(self.model(await self.get_env(uid)))
+
+
+default_handlers = [
+    (r"api/environments", EnvironmentsAPIHandler),
+    (r"api/environments/([^/]+)", EnvironmentAPIHandler),
+    (r"api/environments/([^/]+)/rebuild", RebuildAPIHandler),
+    (r"api/environments/([^/]+)/cancel", CancelAPIHandler),
+]

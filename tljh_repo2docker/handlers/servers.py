@@ -1,0 +1,209 @@
+"""The user's servers: JSON API, the Servers page, and direct launch links."""
+
+import re
+from urllib.parse import quote
+
+from tornado import web
+
+from ..db import store
+from ..hub import HubError
+from .base import APIHandler, BaseHandler, FieldError
+
+# JupyterHub accepts most characters in server names; we keep to those that
+# are safe in URLs and container names.
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def check_server_name(name):
+    if not isinstance(name, str) or not name:
+        raise FieldError("name", "is required")
+    if not _SERVER_NAME.match(name):
+        raise FieldError(
+            "name",
+            f"{name!r} is not a valid server name: use up to 63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+def user_options(env):
+    return {
+        "image": env.image_name,
+        "environment": env.uid,
+        "metadata": {
+            "node_selector": env.node_selector or {},
+            "memory": env.memory,
+            "cpu": env.cpu,
+            "display_name": env.name,
+        },
+    }
+
+
+class ServersMixin:
+    """What the API and the page share: reading and starting the user's servers."""
+
+    def server_url(self, server_name, urlpath=""):
+        user = self.current_user["name"]
+        base = self.settings["hub_base_url"]
+        url = f"{base}user/{quote(user, safe='')}/{quote(server_name, safe='')}/"
+        if urlpath:
+            url += urlpath.lstrip("/")
+        return url
+
+    async def user_servers(self):
+        name = self.current_user["name"]
+        try:
+            model = await self.hub.request(
+                "GET", f"users/{quote(name, safe='')}", params={"include_stopped_servers": "1"}
+            )
+        except HubError as e:
+            raise web.HTTPError(502, f"JupyterHub answered: {e.message}") from None
+        envs = {e.uid: e for e in await store.list_environments(self.sessions)}
+        servers = []
+        for server_name, server in sorted((model.get("servers") or {}).items()):
+            if not server_name:
+                continue  # the default server is the hub's own business
+            options = server.get("user_options") or {}
+            env = envs.get(options.get("environment"))
+            if server.get("ready"):
+                status = "running"
+            elif server.get("pending"):
+                status = server["pending"]  # spawn or stop
+            else:
+                status = "stopped"
+            servers.append(
+                {
+                    "name": server_name,
+                    "environment": env.name if env else options.get("image"),
+                    "environment_uid": env.uid if env else None,
+                    "image": options.get("image"),
+                    "status": status,
+                    "url": self.server_url(server_name),
+                    "last_activity": server.get("last_activity"),
+                    "started": server.get("started"),
+                }
+            )
+        return servers
+
+    async def find_built(self, environment):
+        if not isinstance(environment, str) or not environment.strip():
+            raise FieldError("environment", "is required")
+        env = await store.find_environment(self.sessions, environment.strip())
+        if env is None:
+            raise FieldError("environment", f"no environment named {environment!r}", status=404)
+        if env.image_id is None:
+            raise FieldError(
+                "environment", f"{env.name!r} is not built yet (status: {env.status})", status=409
+            )
+        return env
+
+    async def start(self, server_name, env=None):
+        """Start a server; with ``env`` None, restart a stopped one with its own environment."""
+        options = user_options(env) if env is not None else {}
+        try:
+            await self.hub.start_server(self.current_user["name"], server_name, options)
+        except HubError as e:
+            status = e.status if 400 <= e.status < 500 else 502
+            raise web.HTTPError(status, f"JupyterHub could not start {server_name!r}: {e.message}")
+
+
+class ServersAPIHandler(ServersMixin, APIHandler):
+    @web.authenticated
+    async def get(self):
+        self.write_json({"servers": await self.user_servers()})
+
+    @web.authenticated
+    async def post(self):
+        body = self.get_json_body()
+        server_name = check_server_name(body.get("name"))
+        env = await self.find_built(body.get("environment"))
+        existing = {s["name"]: s for s in await self.user_servers()}
+        if server_name in existing and existing[server_name]["status"] != "stopped":
+            raise web.HTTPError(409, f"name: the server {server_name!r} is already running")
+        if server_name in existing:
+            # A new environment for an existing server: remove the old one first,
+            # so that the hub forgets its state and the spawner starts fresh.
+            try:
+                await self.hub.stop_server(self.current_user["name"], server_name, remove=True)
+            except HubError as e:
+                raise web.HTTPError(502, f"JupyterHub could not replace {server_name!r}: {e.message}")
+        await self.start(server_name, env)
+        self.write_json(
+            {"name": server_name, "environment": env.name, "url": self.server_url(server_name)},
+            status=202,
+        )
+
+
+class ServerAPIHandler(ServersMixin, APIHandler):
+    @web.authenticated
+    async def delete(self, server_name):
+        check_server_name(server_name)
+        remove = self.get_argument("remove", "false").lower() in {"1", "true", "yes"}
+        existing = {s["name"] for s in await self.user_servers()}
+        if server_name not in existing:
+            raise web.HTTPError(404, f"You have no server named {server_name!r}")
+        try:
+            await self.hub.stop_server(self.current_user["name"], server_name, remove=remove)
+        except HubError as e:
+            status = e.status if 400 <= e.status < 500 else 502
+            raise web.HTTPError(status, f"JupyterHub could not stop {server_name!r}: {e.message}")
+        self.set_status(202 if not remove else 204)
+        self.finish()
+
+
+class ServersPageHandler(ServersMixin, BaseHandler):
+    """The Servers page; with ``?name=…&environment=…`` a direct launch link."""
+
+    @web.authenticated
+    async def get(self):
+        name = self.get_argument("name", None)
+        if name is None:
+            return await self.render_page()
+        environment = self.get_argument("environment", None)
+        urlpath = self.get_argument("urlpath", "")
+        try:
+            check_server_name(name)
+            existing = {s["name"]: s for s in await self.user_servers()}
+            server = existing.get(name)
+            if server and server["status"] == "running":
+                return self.redirect(self.server_url(name, urlpath))
+            if server is None:
+                if not environment:
+                    raise FieldError("environment", "is required to create a new server")
+                env = await self.find_built(environment)
+                await self.start(name, env)
+            elif server["status"] == "stopped":
+                await self.start(name)
+        except web.HTTPError as e:
+            self.set_status(e.status_code)
+            return await self.render_page(error=e.log_message)
+        await self.render_page(launching=name, launch_url=self.server_url(name, urlpath))
+
+    async def render_page(self, error=None, launching=None, launch_url=None):
+        environments = [
+            store.as_dict(e, admin=False)
+            for e in await store.list_environments(self.sessions)
+            if e.image_id is not None
+        ]
+        try:
+            servers = await self.user_servers()
+        except web.HTTPError as e:
+            servers, error = [], error or e.log_message
+        self.finish(
+            self.render_template(
+                "servers.html",
+                page="servers",
+                servers=servers,
+                environments=environments,
+                error=error,
+                launching=launching,
+                launch_url=launch_url,
+            )
+        )
+
+
+default_handlers = [
+    (r"servers", ServersPageHandler),
+    (r"api/servers", ServersAPIHandler),
+    (r"api/servers/([^/]+)", ServerAPIHandler),
+]

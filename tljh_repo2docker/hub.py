@@ -1,0 +1,136 @@
+"""A small client of JupyterHub's REST API, authenticated with the service's token."""
+
+import asyncio
+import time
+from urllib.parse import quote
+
+import httpx
+from traitlets import Float, Integer, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+
+class HubError(Exception):
+    """The hub refused or failed a request; ``message`` is the hub's explanation."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HubClient(LoggingConfigurable):
+    api_url = Unicode(
+        help="JupyterHub's API URL. Default: $JUPYTERHUB_API_URL, set for managed services."
+    ).tag(config=True)
+
+    api_token = Unicode(
+        help="The service's API token. Default: $JUPYTERHUB_API_TOKEN. Never logged.",
+    ).tag(config=True)
+
+    timeout = Float(
+        15,
+        help="Seconds to wait for each request to the hub's API.",
+    ).tag(config=True)
+
+    retries = Integer(
+        2,
+        help="Retries of a request that failed to connect or got a 5xx answer (with backoff).",
+    ).tag(config=True)
+
+    admin_cache_seconds = Float(
+        30,
+        help="How long the service remembers whether a user is a hub admin.",
+    ).tag(config=True)
+
+    @default("api_url")
+    def _default_api_url(self):
+        import os
+
+        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+
+    @default("api_token")
+    def _default_api_token(self):
+        import os
+
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._client = None
+        self._admin_cache = {}
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.api_url.rstrip("/") + "/",
+                headers={"Authorization": f"token {self.api_token}"},
+                timeout=httpx.Timeout(self.timeout),
+            )
+        return self._client
+
+    async def request(self, method, path, **kwargs):
+        delay = 0.5
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self.client.request(method, path.lstrip("/"), **kwargs)
+            except httpx.TransportError as e:
+                if attempt == self.retries:
+                    raise HubError(503, f"JupyterHub cannot be reached: {e.__class__.__name__}")
+            else:
+                if response.status_code < 500 or attempt == self.retries:
+                    break
+            await asyncio.sleep(delay)
+            delay *= 2
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message") or response.reason_phrase
+            except ValueError:
+                message = response.reason_phrase
+            raise HubError(response.status_code, message)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    async def get_user(self, name):
+        return await self.request("GET", f"users/{quote(name, safe='')}")
+
+    async def is_admin(self, name):
+        cached = self._admin_cache.get(name)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        try:
+            admin = bool((await self.get_user(name)).get("admin"))
+        except HubError as e:
+            self.log.warning("Could not check whether %s is an admin: %s", name, e.message)
+            return False
+        self._admin_cache[name] = (admin, time.monotonic() + self.admin_cache_seconds)
+        return admin
+
+    async def active_servers(self):
+        """``[(user name, server name, server model)]`` of every running or starting server."""
+        users = await self.request("GET", "users", params={"state": "active", "limit": 10000})
+        if isinstance(users, dict):  # paginated answer
+            users = users.get("items", [])
+        result = []
+        for user in users:
+            for server_name, server in (user.get("servers") or {}).items():
+                result.append((user["name"], server_name, server))
+        return result
+
+    async def start_server(self, user, server_name, user_options):
+        path = f"users/{quote(user, safe='')}/servers/{quote(server_name, safe='')}"
+        return await self.request("POST", path, json=user_options)
+
+    async def stop_server(self, user, server_name, remove=False):
+        path = f"users/{quote(user, safe='')}/servers/{quote(server_name, safe='')}"
+        return await self.request("DELETE", path, json={"remove": remove})
+
+    async def check(self):
+        await self.request("GET", "")
+        return "jupyterhub"
+
+    async def close(self):
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
