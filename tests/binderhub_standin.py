@@ -42,7 +42,6 @@ from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-
 # -- what a build does ---------------------------------------------------------
 
 
@@ -76,6 +75,21 @@ class Cut:
 
 
 @dataclass
+class Done:
+    """The end of a successful build: ``ready`` (build only) or ``built`` with ``imageName``."""
+
+    #: The image was already in the registry ("Found built image").
+    cached: bool = False
+
+
+@dataclass
+class Endless:
+    """Log a line every ``interval`` seconds until the client goes away."""
+
+    interval: float = 0.05
+
+
+@dataclass
 class Scenario:
     steps: list = field(default_factory=list)
     #: HTTP status of the answer; not 200 means an error written as a failed event.
@@ -85,6 +99,11 @@ class Scenario:
     #: Content type of the answer (BinderHub always sends text/event-stream).
     content_type: str = "text/event-stream"
 
+
+#: BinderHub's answer to build_only=true without enable_api_only_mode.
+BUILD_ONLY_REFUSED = (
+    "Building but not launching is not permitted when the API only mode was not enabled."
+)
 
 IMAGE = "registry.example.org/binder/r2d-standin:4fa9b0c8e3c2a1d5b6e7f8091a2b3c4d5e6f7081"
 
@@ -109,12 +128,12 @@ def building_steps():
 
 def success():
     """A build that ends with the stand-in's ``image``."""
-    return Scenario(steps=[*building_steps(), "done"])
+    return Scenario(steps=[*building_steps(), Done()])
 
 
 def cached():
     """The image already exists: BinderHub answers at once."""
-    return Scenario(steps=["cached"])
+    return Scenario(steps=[Done(cached=True)])
 
 
 def failed_phase(message="Error during build: The command '/bin/sh -c pip install' returned 1\n"):
@@ -136,17 +155,17 @@ def slow(keepalives=4, interval=0.2):
     steps = building_steps()[:2]
     for _ in range(keepalives):
         steps += [Sleep(interval), KeepAlive()]
-    return Scenario(steps=[*steps, *building_steps()[2:], "done"])
+    return Scenario(steps=[*steps, *building_steps()[2:], Done()])
 
 
 def silent(seconds=1.0):
     """A stream that stops talking (no keep-alives) and then ends normally."""
-    return Scenario(steps=[*building_steps()[:2], Sleep(seconds), *building_steps()[2:], "done"])
+    return Scenario(steps=[*building_steps()[:2], Sleep(seconds), *building_steps()[2:], Done()])
 
 
 def endless(interval=0.05):
     """A build that keeps logging until the client goes away."""
-    return Scenario(steps=[*building_steps()[:2], ("endless", interval)])
+    return Scenario(steps=[*building_steps()[:2], Endless(interval)])
 
 
 def malformed():
@@ -168,7 +187,7 @@ def http_error(status=500):
 
 def flaky(failures=2):
     """HTTP 503 for the first ``failures`` requests, then a successful build."""
-    return Scenario(steps=[*building_steps(), "done"], failures=failures)
+    return Scenario(steps=[*building_steps(), Done()], failures=failures)
 
 
 def not_an_event_stream():
@@ -259,6 +278,9 @@ class _BuildHandler(_BaseHandler):
         self.write(text)
         await self.flush()
 
+    async def _emit(self, data):
+        await self._write(f"data: {json.dumps(data)}\n\n")
+
     async def get(self):
         base = self.standin.prefix + "build/"
         provider, _, spec = self.request.path[len(base) :].partition("/")
@@ -272,10 +294,7 @@ class _BuildHandler(_BaseHandler):
             return self._error(403, "Forbidden")
         build_only = self.get_query_argument("build_only", "").lower() == "true"
         if build_only and not self.standin.api_only:
-            return self._error(
-                400,
-                "Building but not launching is not permitted when the API only mode was not enabled.",
-            )
+            return self._error(400, BUILD_ONLY_REFUSED)
 
         name, scenario = self.standin.scenario_for(unquote(spec))
         self.record.scenario = name
@@ -288,65 +307,71 @@ class _BuildHandler(_BaseHandler):
             return self._error(scenario.status, f"Stand-in error {scenario.status}")
         self.set_header("Content-Type", scenario.content_type)
 
+        self.standin._active += 1
         try:
             await self._play(scenario, build_only)
         except StreamClosedError:
             return
+        finally:
+            self.standin._active -= 1
         if not self._finished:
             self.finish()
+
+    async def _pause(self, seconds):
+        """Sleep, but give up (as if the client left) when the stand-in stops."""
+        try:
+            await asyncio.wait_for(self.standin._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            return
+        raise StreamClosedError()
 
     async def _play(self, scenario, build_only):
         for step in scenario.steps:
             if isinstance(step, Event):
-                await self._write(f"data: {json.dumps(step.data)}\n\n")
+                await self._emit(step.data)
             elif isinstance(step, KeepAlive):
                 await self._write(":keepalive\n\n")
             elif isinstance(step, Sleep):
-                await asyncio.sleep(step.seconds)
+                await self._pause(step.seconds)
             elif isinstance(step, Raw):
                 await self._write(step.text)
             elif isinstance(step, Cut):
                 self.detach().close()
                 return
-            elif step in {"done", "cached"}:
-                await self._finish_build(cached=step == "cached", build_only=build_only)
-            elif isinstance(step, tuple) and step[0] == "endless":
+            elif isinstance(step, Done):
+                await self._finish_build(cached=step.cached, build_only=build_only)
+            elif isinstance(step, Endless):
                 n = 0
                 while True:
                     n += 1
-                    await self._write(
-                        "data: "
-                        + json.dumps({"phase": "building", "message": f"Step {n}: still building\n"})
-                        + "\n\n"
-                    )
-                    await asyncio.sleep(step[1])
+                    await self._emit({"phase": "building", "message": f"Step {n}: building\n"})
+                    await self._pause(step.interval)
 
     async def _finish_build(self, cached, build_only):
         image = self.standin.image
         if build_only:
             message = "Done! Found built image\n" if cached else "Done! Image built\n"
-            await self._write(
-                f"data: {json.dumps({'phase': 'ready', 'imageName': image, 'message': message})}\n\n"
-            )
+            await self._emit({"phase": "ready", "imageName": image, "message": message})
             return
         # Without build_only BinderHub goes on to launch a server; the stand-in cannot.
         message = "Found built image, launching...\n" if cached else "Built image, launching...\n"
-        await self._write(
-            f"data: {json.dumps({'phase': 'built', 'imageName': image, 'message': message})}\n\n"
-        )
-        await self._write(
-            f"data: {json.dumps({'phase': 'launching', 'message': 'Launching server...' + chr(10)})}\n\n"
-        )
-        await self._write(
-            f"data: {json.dumps({'phase': 'failed', 'message': 'The stand-in cannot launch servers' + chr(10)})}\n\n"
-        )
+        await self._emit({"phase": "built", "imageName": image, "message": message})
+        await self._emit({"phase": "launching", "message": "Launching server...\n"})
+        await self._emit({"phase": "failed", "message": "The stand-in cannot launch servers\n"})
 
 
 class _HealthHandler(_BaseHandler):
     def get(self):
         checks = [
             {"service": "Docker registry", "ok": self.standin.healthy},
-            {"service": "Pod quota", "ok": True, "total_pods": 0, "build_pods": 0, "user_pods": 0, "quota": None},
+            {
+                "service": "Pod quota",
+                "ok": True,
+                "total_pods": 0,
+                "build_pods": 0,
+                "user_pods": 0,
+                "quota": None,
+            },
         ]
         if not self.standin.healthy:
             self.set_status(503)
@@ -373,6 +398,8 @@ class BinderHubStandin:
         self.failures_served = {}
         self.port = None
         self._server = None
+        self._stopping = asyncio.Event()
+        self._active = 0
 
     def scenario_for(self, spec):
         for keyword, scenario in self.scenarios.items():
@@ -408,10 +435,17 @@ class BinderHubStandin:
         return self
 
     async def stop(self):
-        if self._server is not None:
-            self._server.stop()
-            await self._server.close_all_connections()
-            self._server = None
+        """Stop listening, end the streams still being played, close connections."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        self._server.stop()
+        for _ in range(500):
+            if not self._active:
+                break
+            await asyncio.sleep(0.01)
+        await self._server.close_all_connections()
+        self._server = None
 
     async def __aenter__(self):
         return await self.start()

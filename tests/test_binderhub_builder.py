@@ -83,7 +83,12 @@ def free_port():
         ("gh", "github.com/owner/repo", "feature/new-ui", "owner/repo/feature/new-ui"),
         ("gh", "owner/repo", "we#ird ref", "owner/repo/we%23ird%20ref"),
         ("gl", "group/project", "main", "group%2Fproject/main"),
-        ("gl", "https://gitlab.com/group/sub/project.git", "feature/x", "group%2Fsub%2Fproject/feature%2Fx"),
+        (
+            "gl",
+            "https://gitlab.com/group/sub/project.git",
+            "feature/x",
+            "group%2Fsub%2Fproject/feature%2Fx",
+        ),
         ("gl", "gitlab.com/group/project", "", "group%2Fproject/HEAD"),
         (
             "git",
@@ -93,9 +98,9 @@ def free_port():
         ),
         (
             "git",
-            "https://user@host:8443/a b/repo?x=1",
+            "https://host:8443/a b/repo?x=1&y=%2F",
             "release/2.0",
-            "https%3A%2F%2Fuser%40host%3A8443%2Fa%20b%2Frepo%3Fx%3D1/release%2F2.0",
+            "https%3A%2F%2Fhost%3A8443%2Fa%20b%2Frepo%3Fx%3D1%26y%3D%252F/release%2F2.0",
         ),
         ("git", "https://example.org/r.git", "", "https%3A%2F%2Fexample.org%2Fr.git/HEAD"),
         ("gist", "https://gist.github.com/user/8f6b1e2c", "", "user/8f6b1e2c"),
@@ -111,7 +116,12 @@ def free_port():
             "8a38ae7c5c5e4e2ab4e0bb45d5e5a6b1",
         ),
         ("hydroshare", "8a38ae7c5c5e4e2ab4e0bb45d5e5a6b1", "", "8a38ae7c5c5e4e2ab4e0bb45d5e5a6b1"),
-        ("ckan", "https://demo.ckan.org", "sample-dataset", "https%3A%2F%2Fdemo.ckan.org/sample-dataset"),
+        (
+            "ckan",
+            "https://demo.ckan.org",
+            "sample-dataset",
+            "https%3A%2F%2Fdemo.ckan.org/sample-dataset",
+        ),
     ],
 )
 def test_build_spec(provider, repo, ref, spec):
@@ -130,6 +140,8 @@ def test_build_spec(provider, repo, ref, spec):
         ("zenodo", "https://zenodo.org/record/3242074", "", "DOI"),
         ("hydroshare", "not-an-id", "", "resource id"),
         ("ckan", "https://demo.ckan.org", "", "dataset id"),
+        ("git", "https://user:s3cret@git.example.org/r.git", "main", "must not hold credentials"),
+        ("git", "https://ghp_token@github.com/o/r", "main", "must not hold credentials"),
     ],
 )
 def test_build_spec_rejects(provider, repo, ref, message):
@@ -162,7 +174,10 @@ def test_build_url_joins_paths(base):
 
 
 def test_url_is_validated_and_normalised():
-    assert BinderHubBuilder(url="http://binder/services/binder").url == "http://binder/services/binder/"
+    assert (
+        BinderHubBuilder(url="http://binder/services/binder").url
+        == "http://binder/services/binder/"
+    )
     with pytest.raises(Exception, match="http"):
         BinderHubBuilder(url="binder:8585")
 
@@ -442,7 +457,9 @@ async def test_token_is_sent_but_never_shown(binder, builder, caplog):
     builder.token = "wrong"
     all_events += await collect(builder, request(uid="s5"))
 
-    assert all(r.headers.get("authorization", "").startswith("token ") for r in binder.build_requests)
+    assert all(
+        r.headers.get("authorization", "").startswith("token ") for r in binder.build_requests
+    )
     assert binder.build_requests[0].headers["authorization"] == f"token {TOKEN}"
     for event in all_events:
         assert TOKEN not in repr(event)

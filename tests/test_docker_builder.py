@@ -42,7 +42,6 @@ R2D_IMAGE = os.environ.get(
 SINGLEUSER_IMAGE = os.environ.get(
     "TLJH_R2D_TEST_SINGLEUSER_IMAGE", "tljh-repo2docker-test/singleuser:latest"
 )
-BASE = f"FROM {SINGLEUSER_IMAGE}\n"
 # Upper bound for one build here; builds of these repositories take seconds.
 BUILD_TIMEOUT = 180
 
@@ -114,6 +113,15 @@ def new_request(made, repo, **kwargs):
     return BuildRequest(uid=uid, repo=repo, image_name=image, **kwargs)
 
 
+def dockerfile(*lines):
+    """A Dockerfile on the single-user image whose steps are never cached.
+
+    BuildKit would otherwise reuse the steps of an earlier run and finish at
+    once, which defeats tests that need a build to be running.
+    """
+    return "\n".join([f"FROM {SINGLEUSER_IMAGE}", f"ENV TEST_RUN={uuid.uuid4().hex}", *lines, ""])
+
+
 def new_repo(git_root, files):
     name = f"repo-{uuid.uuid4().hex[:8]}"
     make_repo(git_root, name, files)
@@ -157,7 +165,7 @@ async def build_containers(builder, uid):
 async def test_build_makes_a_labelled_image_and_removes_its_container(
     builder, made, git_root, git_server
 ):
-    name = new_repo(git_root, {"Dockerfile": BASE + "RUN echo built-by-test\n"})
+    name = new_repo(git_root, {"Dockerfile": dockerfile("RUN echo built-by-test")})
     request = new_request(
         made,
         git_server.url(name),
@@ -193,7 +201,7 @@ async def test_build_makes_a_labelled_image_and_removes_its_container(
 @pytest.mark.docker
 async def test_build_args_reach_the_build(builder, made, git_root, git_server):
     name = new_repo(
-        git_root, {"Dockerfile": BASE + 'ARG GREETING\nRUN echo "greeting=$GREETING"\n'}
+        git_root, {"Dockerfile": dockerfile("ARG GREETING", 'RUN echo "greeting=$GREETING"')}
     )
     request = new_request(made, git_server.url(name), build_args={"GREETING": "hello-tljh"})
     events = await collect(builder.build(request))
@@ -205,7 +213,7 @@ async def test_build_args_reach_the_build(builder, made, git_root, git_server):
 async def test_failing_build_yields_failed_and_leaves_no_image(
     builder, made, git_root, git_server
 ):
-    name = new_repo(git_root, {"Dockerfile": BASE + "RUN echo about-to-fail && exit 3\n"})
+    name = new_repo(git_root, {"Dockerfile": dockerfile("RUN echo about-to-fail && exit 3")})
     request = new_request(made, git_server.url(name))
     events = await collect(builder.build(request))
     final = events[-1]
@@ -218,7 +226,7 @@ async def test_failing_build_yields_failed_and_leaves_no_image(
 
 @pytest.mark.docker
 async def test_unknown_ref_fails(builder, made, git_root, git_server):
-    name = new_repo(git_root, {"Dockerfile": BASE})
+    name = new_repo(git_root, {"Dockerfile": dockerfile()})
     request = new_request(made, git_server.url(name), ref="no-such-branch")
     events = await collect(builder.build(request))
     assert events[-1].phase == FAILED, explain(events)
@@ -231,7 +239,7 @@ async def test_cancel_mid_build_removes_the_container_and_leaves_no_image(
     builder, made, git_root, git_server
 ):
     # Short enough to check below that the engine did not finish it anyway.
-    name = new_repo(git_root, {"Dockerfile": BASE + "RUN sleep 5 && echo slept\n"})
+    name = new_repo(git_root, {"Dockerfile": dockerfile("RUN sleep 5 && echo slept")})
     request = new_request(made, git_server.url(name))
     seen = []
     sleeping = asyncio.Event()
@@ -260,7 +268,7 @@ async def test_cancelling_the_consumer_leaves_the_build_to_cancel(
     builder, made, git_root, git_server
 ):
     """A cancelled consumer only stops following (the manager then calls cancel())."""
-    name = new_repo(git_root, {"Dockerfile": BASE + "RUN sleep 30\n"})
+    name = new_repo(git_root, {"Dockerfile": dockerfile("RUN sleep 30")})
     request = new_request(made, git_server.url(name))
     started = asyncio.Event()
 
@@ -286,7 +294,7 @@ async def test_cancelling_the_consumer_leaves_the_build_to_cancel(
 @pytest.mark.docker
 async def test_attach_to_a_running_build_after_a_restart(builder, made, git_root, git_server):
     ticks = "for i in $(seq 1 8); do echo tick-$i; sleep 0.5; done"
-    name = new_repo(git_root, {"Dockerfile": BASE + f'RUN sh -c "{ticks}"\n'})
+    name = new_repo(git_root, {"Dockerfile": dockerfile(f'RUN sh -c "{ticks}"')})
     request = new_request(made, git_server.url(name))
     before = []
     ticked = asyncio.Event()
@@ -328,7 +336,7 @@ async def test_attach_to_a_running_build_after_a_restart(builder, made, git_root
 
 @pytest.mark.docker
 async def test_attach_to_a_build_that_ended_meanwhile(builder, made, git_root, git_server):
-    name = new_repo(git_root, {"Dockerfile": BASE + "RUN exit 3\n"})
+    name = new_repo(git_root, {"Dockerfile": dockerfile("RUN exit 3")})
     request = new_request(made, git_server.url(name))
     before = []
 
@@ -373,7 +381,9 @@ async def test_private_repository_credentials_stay_secret(builder, made, git_roo
         git_root,
         {
             "leak.txt": f"leaked {secret} here\n",
-            "Dockerfile": BASE + "COPY leak.txt /tmp/leak.txt\nRUN sleep 1 && cat /tmp/leak.txt\n",
+            "Dockerfile": dockerfile(
+                "COPY leak.txt /tmp/leak.txt", "RUN sleep 1 && cat /tmp/leak.txt"
+            ),
         },
     )
     with GitServer(git_root, username="alice", password=secret) as server:
@@ -441,7 +451,7 @@ async def test_credentials_need_an_http_url():
 async def test_delete_image_refused_while_a_container_uses_it(
     builder, made, git_root, git_server
 ):
-    name = new_repo(git_root, {"Dockerfile": BASE})
+    name = new_repo(git_root, {"Dockerfile": dockerfile()})
     request = new_request(made, git_server.url(name))
     events = await collect(builder.build(request))
     assert events[-1].phase == BUILT, explain(events)

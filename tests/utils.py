@@ -128,7 +128,7 @@ c.JupyterHub.load_roles = [
 """
 
 
-def wait_for_http(url, timeout=30, proc=None):
+def wait_for_http(url, timeout=30, proc=None, ok=(200, 302)):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -136,7 +136,7 @@ def wait_for_http(url, timeout=30, proc=None):
             raise RuntimeError(f"process exited with {proc.returncode} while waiting for {url}")
         try:
             r = httpx.get(url, timeout=5)
-            if r.status_code < 500:
+            if r.status_code in ok:
                 return r
             last = r.status_code
         except httpx.HTTPError as e:

@@ -275,6 +275,10 @@ class TljhRepo2Docker(Application):
 
     tornado_settings = Dict(help="Extra settings for the Tornado application.").tag(config=True)
 
+    @default("log_level")
+    def _default_log_level(self):
+        return logging.INFO
+
     @default("log_format")
     def _default_log_format(self):
         return "[%(levelname)1.1s %(asctime)s.%(msecs).03d %(name)s] %(message)s"
@@ -399,7 +403,9 @@ class TljhRepo2Docker(Application):
             "cookie_secret": self.cookie_secret,
             "static_path": str(STATIC),
             "static_url_prefix": url_path_join(self.base_url, "static/"),
-            "xsrf_cookies": True,
+            # No tornado "xsrf_cookies": JupyterHub's HubOAuth checks the XSRF
+            # token itself and accepts cookie authentication only when it
+            # matches; token-authenticated API calls need none.
             "login_url": url_path_join(self.hub_prefix, "login"),
             "log_function": self.log_request,
         }
@@ -425,15 +431,15 @@ class TljhRepo2Docker(Application):
         self.init_hub_client()
         await self.init_build_manager()
         self.init_webapp()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         self.http_server = HTTPServer(
             self.webapp, xheaders=True, max_body_size=max(self.max_body_size * 4, 1 << 20)
         )
         self.http_server.listen(self.port, self.ip)
         self.log.info("Serving %s on http://%s:%d", self.base_url, self.ip, self.port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await self.stop()
 

@@ -36,7 +36,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from traitlets import Float, Integer, Unicode, default, validate
 
-from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, BuildError, BuildEvent, Builder
+from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildError, BuildEvent
 
 #: Repository providers of BinderHub's default configuration (its
 #: ``repo_providers``), by URL prefix, with a label for forms.
@@ -115,8 +115,9 @@ def build_spec(provider, repo, ref):
     * ``ckan``: ``<url-escaped CKAN URL>/<dataset id>`` (the ref is the dataset id).
 
     ``repo`` may be a full URL (``https://github.com/owner/repo.git``) for the
-    hosted providers. An empty ref means ``HEAD`` where a ref applies. Raises
-    :class:`SpecError` with a message for the user.
+    hosted providers. An empty ref means ``HEAD`` where a ref applies. A URL
+    with credentials in it is refused. Raises :class:`SpecError` with a
+    message for the user.
     """
     provider = (provider or "").strip()
     repo = (repo or "").strip()
@@ -148,6 +149,15 @@ def build_spec(provider, repo, ref):
         if "/" not in namespace or not all(namespace.split("/")):
             raise SpecError(f"{repo!r} is not a GitLab project like group/name")
         return f"{quote(namespace, safe='')}/{quote(ref or 'HEAD', safe='')}"
+
+    if provider in {"git", "ckan"} and "://" in repo:
+        parts = urlsplit(repo)
+        if parts.username or parts.password:
+            # BinderHub would log it and repeat it in its messages.
+            raise SpecError(
+                "a repository URL must not hold credentials; give BinderHub's "
+                "repository providers their own credentials instead"
+            )
 
     if provider == "git":
         return f"{quote(repo, safe='')}/{quote(ref or 'HEAD', safe='')}"
@@ -315,16 +325,17 @@ class BinderHubBuilder(Builder):
     def client(self):
         """The one HTTP client for this BinderHub, created on first use."""
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    connect=self.connect_timeout,
-                    read=self.read_timeout,
-                    write=self.connect_timeout,
-                    pool=self.connect_timeout,
-                ),
-                follow_redirects=False,
-            )
+            self._client = httpx.AsyncClient(timeout=self._stream_timeout(), follow_redirects=False)
         return self._client
+
+    def _stream_timeout(self):
+        # Read per request, so that changed settings apply to the next build.
+        return httpx.Timeout(
+            connect=self.connect_timeout,
+            read=self.read_timeout,
+            write=self.connect_timeout,
+            pool=self.connect_timeout,
+        )
 
     def _headers(self):
         return {"Authorization": f"token {self.token}"} if self.token else {}
@@ -372,7 +383,9 @@ class BinderHubBuilder(Builder):
             raise
         except Exception:
             self.log.exception("Following BinderHub build %s failed", request.uid)
-            follower.emit(BuildEvent(FAILED, "Unexpected error while following the BinderHub build"))
+            follower.emit(
+                BuildEvent(FAILED, "Unexpected error while following the BinderHub build")
+            )
         finally:
             if not follower.finished:
                 follower.emit(BuildEvent(FAILED, "The BinderHub build ended without a result"))
@@ -409,6 +422,7 @@ class BinderHubBuilder(Builder):
                     url,
                     params={"build_only": "true"},
                     headers=self._headers(),
+                    timeout=self._stream_timeout(),
                 ) as source:
                     response = source.response
                     if response.status_code >= 500:
@@ -427,7 +441,9 @@ class BinderHubBuilder(Builder):
                         await self._relay(request, source, follower)
                         return
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
-                retry_reason = f"Could not connect to BinderHub at {self.url}: {e or type(e).__name__}"
+                retry_reason = (
+                    f"Could not connect to BinderHub at {self.url}: {e or type(e).__name__}"
+                )
             except httpx.ReadTimeout:
                 raise self._fail(
                     f"No news from BinderHub for {self.read_timeout:g} s; "
@@ -440,8 +456,7 @@ class BinderHubBuilder(Builder):
                 ) from None
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
                 raise self._fail(
-                    f"The connection to BinderHub broke during the build: "
-                    f"{e or type(e).__name__}"
+                    f"The connection to BinderHub broke during the build: {e or type(e).__name__}"
                 ) from None
             except httpx.HTTPError as e:
                 raise self._fail(f"Talking to BinderHub failed: {type(e).__name__}: {e}") from None
@@ -466,7 +481,9 @@ class BinderHubBuilder(Builder):
             except ValueError:
                 payload = None
             if not isinstance(payload, dict):
-                raise self._fail(f"BinderHub sent an event that is not a JSON object: {sse.data[:200]!r}")
+                raise self._fail(
+                    f"BinderHub sent an event that is not a JSON object: {sse.data[:200]!r}"
+                )
             phase = str(payload.get("phase") or "").lower()
             message = payload.get("message")
             message = message if isinstance(message, str) else ""

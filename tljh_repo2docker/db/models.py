@@ -2,7 +2,18 @@
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -60,9 +71,9 @@ class LogLine(Base):
     __tablename__ = "log_lines"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    environment_id: Mapped[int] = mapped_column(
-        ForeignKey("environments.id", ondelete="CASCADE"), index=True
-    )
+    __table_args__ = (Index("ix_log_lines_environment_event", "environment_id", "event_id"),)
+
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"))
     event_id: Mapped[int] = mapped_column(Integer)
     phase: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text)

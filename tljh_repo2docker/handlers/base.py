@@ -124,13 +124,6 @@ class APIHandler(BaseHandler):
         # An API client cannot follow a login redirect: answer 403 instead.
         raise web.HTTPError(403, "Log in through JupyterHub, or send 'Authorization: token <API token>'")
 
-    def check_xsrf_cookie(self):
-        # Token-authenticated requests need no XSRF check; cookie-authenticated
-        # ones are checked by JupyterHub's HubAuth before the user is accepted.
-        if getattr(self, "_token_authenticated", False):
-            return
-        return super().check_xsrf_cookie()
-
     def get_json_body(self):
         """The request body as JSON, or a 400 that says what is wrong."""
         if not self.request.body:

@@ -1,0 +1,311 @@
+"""Repo2DockerSpawner's own steps, over a small in-memory Docker engine.
+
+The fake stands for the docker-py ``APIClient`` that DockerSpawner calls (one
+class-level client), so DockerSpawner's own code runs unchanged. These tests
+cover the edge cases; ``test_spawner_docker.py`` runs against a real engine.
+"""
+
+import html
+import itertools
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import docker.errors
+import docker.types
+import pytest
+import requests
+from jupyterhub.objects import Hub
+
+from tljh_repo2docker import spawner as spawner_module
+from tljh_repo2docker.spawner import EnvironmentRefused, Repo2DockerSpawner
+
+GIB = 1024**3
+_ids = itertools.count(1)
+
+
+def env_labels(uid="abc123", image="python-env:main", **extra):
+    labels = {
+        "tljh_repo2docker.uid": uid,
+        "tljh_repo2docker.display_name": "Python env",
+        "tljh_repo2docker.image_name": image,
+        "tljh_repo2docker.repo": "https://example.org/repo.git",
+        "tljh_repo2docker.ref": "main",
+        "tljh_repo2docker.mem_limit": "2G",
+        "tljh_repo2docker.cpu_limit": "1.5",
+        "tljh_repo2docker.machine_profile": "",
+        "tljh_repo2docker.node_selector": '{"gpu": "yes"}',
+        "tljh_repo2docker.owner": "admin",
+    }
+    labels.update({f"tljh_repo2docker.{k}": v for k, v in extra.items()})
+    return labels
+
+
+def not_found(exception_class, message):
+    # docker-py's errors carry the HTTP response; DockerSpawner reads its status.
+    response = requests.Response()
+    response.status_code = 404
+    return exception_class(message, response=response)
+
+
+class FakeDocker:
+    """The docker-py APIClient calls DockerSpawner makes, over dicts."""
+
+    def __init__(self):
+        self.images_by_name = {}
+        self.containers = {}
+        self.created = []
+        self.removed = []
+
+    def add_image(self, name, labels=None):
+        image = {"Id": f"sha256:{next(_ids):064x}", "RepoTags": [name], "Labels": labels}
+        self.images_by_name[name] = image
+        return image["Id"]
+
+    def images(self, filters=None):
+        wanted = (filters or {}).get("label")
+        return [
+            dict(image)
+            for image in self.images_by_name.values()
+            if not wanted or wanted in (image["Labels"] or {})
+        ]
+
+    def inspect_image(self, name):
+        if name not in self.images_by_name:
+            raise not_found(docker.errors.ImageNotFound, f"No such image: {name}")
+        image = self.images_by_name[name]
+        return {"Id": image["Id"], "Config": {"Labels": image["Labels"], "Cmd": ["bash"]}}
+
+    def inspect_container(self, name):
+        for container in self.containers.values():
+            if container["Name"] == name:
+                return container
+        raise not_found(docker.errors.NotFound, f"No such container: {name}")
+
+    def create_host_config(self, **kwargs):
+        return docker.types.HostConfig(version="1.41", **kwargs)
+
+    def create_container(self, name, image, host_config, **kwargs):
+        container_id = f"{next(_ids):064x}"
+        image_id = self.images_by_name[image]["Id"]
+        self.containers[container_id] = {
+            "Id": container_id,
+            "Name": name,
+            "Image": image_id,
+            "State": {"Running": False},
+            "Config": {"Env": [f"{k}={v}" for k, v in kwargs["environment"].items()]},
+            "HostConfig": host_config,
+        }
+        self.created.append(self.containers[container_id])
+        return {"Id": container_id}
+
+    def start(self, container_id):
+        self.containers[container_id]["State"]["Running"] = True
+
+    def stop(self, container_id):
+        self.containers[container_id]["State"]["Running"] = False
+
+    def remove_container(self, container_id, v=False):
+        self.removed.append(self.containers.pop(container_id))
+
+    def port(self, container_id, port):
+        return [{"HostIp": "127.0.0.1", "HostPort": "32768"}]
+
+
+@pytest.fixture
+def fake_docker():
+    return FakeDocker()
+
+
+@pytest.fixture
+def make_spawner(fake_docker):
+    # DockerSpawner keeps one docker client per class: a subclass per test holds the fake.
+    spawner_class = type("FakeEngineSpawner", (Repo2DockerSpawner,), {"_client": fake_docker})
+
+    def make(server_name="python", **traits):
+        user = SimpleNamespace(
+            name="alice", id=1, url="/user/alice/", base_url="/user/alice/", groups=[]
+        )
+        orm_spawner = SimpleNamespace(name=server_name, server=None, user_options=None)
+        return spawner_class(user=user, orm_spawner=orm_spawner, hub=Hub(), **traits)
+
+    return make
+
+
+async def test_options_from_form_reads_the_labels(fake_docker, make_spawner):
+    fake_docker.add_image("python-env:main", env_labels())
+    spawner = make_spawner()
+    options = await spawner.options_from_form({"image": ["python-env:main"]})
+    assert options["image"] == "python-env:main"
+    assert options["environment"] == "abc123"
+    assert options["metadata"]["node_selector"] == {"gpu": "yes"}
+
+
+@pytest.mark.parametrize(
+    "formdata, message",
+    [
+        ({}, "No environment was chosen"),
+        ({"image": [""]}, "No environment was chosen"),
+        ({"image": ["missing:latest"]}, "There is no environment 'missing:latest'"),
+        ({"image": ["plain:latest"]}, "'plain:latest' is not an environment built by"),
+    ],
+)
+async def test_options_from_form_refuses(fake_docker, make_spawner, formdata, message):
+    fake_docker.add_image("plain:latest", {"maintainer": "someone"})
+    with pytest.raises(EnvironmentRefused) as info:
+        await make_spawner().options_from_form(formdata)
+    assert info.value.status_code == 400
+    assert message in info.value.jupyterhub_message
+
+
+@pytest.mark.parametrize(
+    "user_options",
+    [{}, {"image": "plain:latest"}, {"image": "missing:latest"}, {"image": ["a", "list"]}],
+)
+async def test_start_refuses_without_a_container(fake_docker, make_spawner, user_options):
+    fake_docker.add_image("plain:latest", None)
+    spawner = make_spawner(user_options=user_options)
+    with pytest.raises(EnvironmentRefused):
+        await spawner.start()
+    assert fake_docker.created == []
+
+
+async def test_start_refuses_unusable_limit_labels(fake_docker, make_spawner):
+    fake_docker.add_image("bad:latest", env_labels(mem_limit="lots"))
+    spawner = make_spawner(user_options={"image": "bad:latest"})
+    with pytest.raises(EnvironmentRefused, match="memory limit"):
+        await spawner.start()
+    assert fake_docker.created == []
+
+
+@pytest.mark.parametrize("node_selector", ["not json", "[1, 2]"])
+async def test_start_refuses_unusable_node_selector_label(
+    fake_docker, make_spawner, node_selector
+):
+    fake_docker.add_image("bad:latest", env_labels(node_selector=node_selector))
+    spawner = make_spawner(user_options={"image": "bad:latest"})
+    with pytest.raises(EnvironmentRefused, match="node selector is not a JSON object"):
+        await spawner.start()
+    assert fake_docker.created == []
+
+
+async def test_limits_from_labels_else_configured(fake_docker, make_spawner):
+    fake_docker.add_image("big:latest", env_labels(uid="big", mem_limit="2G", cpu_limit="1.5"))
+    fake_docker.add_image("plain-env:latest", env_labels(uid="p", mem_limit="", cpu_limit=""))
+    spawner = make_spawner(mem_limit="1G", cpu_limit=0.5, user_options={"image": "big:latest"})
+
+    assert await spawner.start() == ("127.0.0.1", 32768)
+    host_config = fake_docker.created[-1]["HostConfig"]
+    assert host_config["Memory"] == 2 * GIB
+    assert host_config["CpuQuota"] == 150_000 and host_config["CpuPeriod"] == 100_000
+    # The configured limits are still the fallback for the next environment.
+    assert (spawner.mem_limit, spawner.cpu_limit) == (GIB, 0.5)
+
+    await spawner.stop()
+    spawner.user_options = {"image": "plain-env:latest"}
+    await spawner.start()
+    host_config = fake_docker.created[-1]["HostConfig"]
+    assert host_config["Memory"] == GIB
+    assert host_config["CpuQuota"] == 50_000
+
+
+async def test_state_round_trip_restarts_the_same_environment(fake_docker, make_spawner):
+    fake_docker.add_image("python-env:main", env_labels())
+    first = make_spawner(user_options={"image": "python-env:main"})
+    await first.start()
+    await first.stop()
+    state = first.get_state()
+    assert state["environment_image"] == "python-env:main"
+
+    # After a hub restart: a new spawner object, the saved state, no user_options.
+    again = make_spawner(user_options={})
+    again.load_state(state)
+    assert again.environment_image == "python-env:main"
+    await again.start()
+    assert again.image == "python-env:main"
+    assert len(fake_docker.created) == 1, "the stopped container is started again"
+    assert again.get_state()["environment_image"] == "python-env:main"
+
+
+async def test_another_image_gets_a_new_container(fake_docker, make_spawner):
+    fake_docker.add_image("one:latest", env_labels(uid="one"))
+    fake_docker.add_image("two:latest", env_labels(uid="two"))
+    spawner = make_spawner(user_options={"image": "one:latest"})
+    await spawner.start()
+    await spawner.stop()
+    old = fake_docker.created[-1]
+
+    spawner.user_options = {"image": "two:latest"}
+    await spawner.start()
+    assert fake_docker.removed == [old]
+    assert len(fake_docker.containers) == 1
+    new = fake_docker.created[-1]
+    assert new["Name"] == old["Name"]
+    assert new["Image"] == fake_docker.images_by_name["two:latest"]["Id"]
+
+
+async def test_rebuilt_image_gets_a_new_container(fake_docker, make_spawner):
+    fake_docker.add_image("one:latest", env_labels(uid="one", mem_limit="1G"))
+    spawner = make_spawner(user_options={"image": "one:latest"})
+    await spawner.start()
+    await spawner.stop()
+    # Rebuilt under the same name, with another limit.
+    fake_docker.add_image("one:latest", env_labels(uid="one", mem_limit="3G"))
+    await spawner.start()
+    assert len(fake_docker.removed) == 1
+    assert fake_docker.created[-1]["HostConfig"]["Memory"] == 3 * GIB
+
+
+async def test_delete_forever_removes_the_container(fake_docker, make_spawner):
+    fake_docker.add_image("one:latest", env_labels(uid="one"))
+    spawner = make_spawner(user_options={"image": "one:latest"})
+    await spawner.start()
+    await spawner.stop()
+    await spawner.delete_forever()
+    assert fake_docker.containers == {}
+
+
+async def test_form_lists_environments_escaped(fake_docker, make_spawner):
+    fake_docker.add_image(
+        "evil:latest",
+        env_labels(uid="e", image="evil:latest", display_name='<script>alert("x")</script>'),
+    )
+    fake_docker.add_image(
+        "a-env:latest",
+        env_labels(uid="a", image="a-env:latest", display_name="(A) env", cpu_limit=""),
+    )
+    fake_docker.add_image("plain:latest", {"maintainer": "x"})
+    fake_docker.images_by_name["old"] = {  # a superseded build: labelled, untagged
+        "Id": "sha256:old",
+        "RepoTags": ["<none>:<none>"],
+        "Labels": env_labels(uid="old"),
+    }
+    spawner = make_spawner(cpu_limit=2.0)
+    form = await spawner.get_options_form()
+
+    assert "<script>" not in form
+    assert html.escape('<script>alert("x")</script>') in form
+    assert form.count('type="radio" name="image"') == 2
+    assert 'value="a-env:latest" required checked' in form  # sorted by name, first checked
+    assert "CPUs: 2" in form  # the configured CPU limit for an environment without one
+    assert "Memory: 2G" in form and "CPUs: 1.5" in form
+
+
+async def test_form_without_environments_says_so(make_spawner):
+    form = await make_spawner().get_options_form()
+    assert "No environment has been built yet" in form
+    assert "radio" not in form
+
+
+def test_module_imports_without_kubespawner():
+    code = (
+        "import sys, tljh_repo2docker.spawner; "
+        "assert 'kubespawner' not in sys.modules, 'kubespawner imported eagerly'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_kube_spawner_names_the_extra_when_kubespawner_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kubespawner", None)  # makes the import fail
+    with pytest.raises(ImportError, match=r"tljh-repo2docker\[kubernetes\]"):
+        spawner_module._make_kube_spawner()
