@@ -136,3 +136,22 @@ def test_service_prefix_from_hub_environment(monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/jhub/services/envs")
     app = TljhRepo2Docker()
     assert app.base_url == "/jhub/services/envs/"
+
+
+def test_every_setting_is_in_the_readme():
+    """The README's settings table names every configurable trait."""
+    from pathlib import Path
+
+    from tljh_repo2docker.builds.binderhub import BinderHubBuilder
+    from tljh_repo2docker.builds.docker import DockerBuilder
+    from tljh_repo2docker.builds.manager import BuildManager
+    from tljh_repo2docker.hub import HubClient
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = []
+    for cls in (TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient):
+        for name in cls.class_own_traits(config=True):
+            label = f"`{name}`" if cls is TljhRepo2Docker else f"{cls.__name__}.{name}"
+            if label not in readme:
+                missing.append(f"{cls.__name__}.{name}")
+    assert not missing, f"undocumented settings: {missing}"

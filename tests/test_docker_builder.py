@@ -143,6 +143,17 @@ async def collect(events):
     return result
 
 
+async def until(event, task):
+    """Wait for ``event``; fail at once if the build ``task`` ends first."""
+    waiter = asyncio.ensure_future(event.wait())
+    done, _ = await asyncio.wait({waiter, task}, timeout=BUILD_TIMEOUT, return_when="FIRST_COMPLETED")
+    if waiter not in done:
+        waiter.cancel()
+        if task.done():
+            task.result()
+        raise AssertionError("the build ended (or hung) before it got where the test needs it")
+
+
 def logs_of(events):
     return [e.message for e in events if e.phase == LOG]
 
@@ -239,7 +250,7 @@ async def test_cancel_mid_build_removes_the_container_and_leaves_no_image(
     builder, made, git_root, git_server
 ):
     # Short enough to check below that the engine did not finish it anyway.
-    name = new_repo(git_root, {"Dockerfile": dockerfile("RUN sleep 5 && echo slept")})
+    name = new_repo(git_root, {"Dockerfile": dockerfile("RUN sleep 4 && echo slept")})
     request = new_request(made, git_server.url(name))
     seen = []
     sleeping = asyncio.Event()
@@ -247,17 +258,19 @@ async def test_cancel_mid_build_removes_the_container_and_leaves_no_image(
     async def consume():
         async for event in builder.build(request):
             seen.append(event)
-            if "RUN sleep 5" in event.message:
+            if "RUN sleep 4" in event.message:
                 sleeping.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.wait_for(sleeping.wait(), BUILD_TIMEOUT)
+    await until(sleeping, task)
     await builder.cancel(request.uid)
     await asyncio.wait_for(task, 30)
     assert seen[-1].phase == CANCELLED, explain(seen)
+    # The image build itself was stopped, not only repo2docker.
+    assert any("context canceled" in line for line in logs_of(seen)), explain(seen)
     assert await build_containers(builder, request.uid) == []
-    # Past the end of the `sleep 5`: a build that went on would have tagged it.
-    await asyncio.sleep(7)
+    # Past the end of the `sleep 4`: a build that went on would have tagged it.
+    await asyncio.sleep(5)
     assert not await builder.image_exists(request.image_name)
     # Cancelling again (or a build that is gone) is no error.
     await builder.cancel(request.uid)
@@ -278,7 +291,7 @@ async def test_cancelling_the_consumer_leaves_the_build_to_cancel(
                 started.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.wait_for(started.wait(), BUILD_TIMEOUT)
+    await until(started, task)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -293,8 +306,8 @@ async def test_cancelling_the_consumer_leaves_the_build_to_cancel(
 
 @pytest.mark.docker
 async def test_attach_to_a_running_build_after_a_restart(builder, made, git_root, git_server):
-    ticks = "for i in $(seq 1 8); do echo tick-$i; sleep 0.5; done"
-    name = new_repo(git_root, {"Dockerfile": dockerfile(f'RUN sh -c "{ticks}"')})
+    ticks = "RUN for i in 1 2 3 4 5 6 7 8; do echo tick-$i; sleep 0.5; done"
+    name = new_repo(git_root, {"Dockerfile": dockerfile(ticks)})
     request = new_request(made, git_server.url(name))
     before = []
     ticked = asyncio.Event()
@@ -307,7 +320,7 @@ async def test_attach_to_a_running_build_after_a_restart(builder, made, git_root
 
     # The service follows the build, then stops (its tasks are cancelled).
     task = asyncio.create_task(consume())
-    await asyncio.wait_for(ticked.wait(), BUILD_TIMEOUT)
+    await until(ticked, task)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

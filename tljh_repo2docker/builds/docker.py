@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiodocker
 import aiohttp
-from traitlets import Bool, Integer, List, Unicode, default, validate
+from traitlets import Bool, Float, Integer, List, Unicode, default, validate
 
 from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildError, BuildEvent
 
@@ -47,7 +47,12 @@ CREDENTIALS_PATH = f"{CREDENTIALS_DIR}/{CREDENTIALS_FILE}"
 # With core.abbrev=40 (set below) git prints the full commit id here.
 _HEAD_RE = re.compile(r"HEAD is now at ([0-9a-f]{7,64})\b")
 _FULL_SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-_ERROR_RE = re.compile(r"error|fatal|failed|exception", re.IGNORECASE)
+# What explains a failure best: the build tool's or git's own error line, else
+# any line that sounds like an error (Python's traceback comes last in the log).
+_ERROR_RES = (
+    re.compile(r"^(?:#\d+ )?(?:ERROR|error|fatal)\b"),
+    re.compile(r"error|fatal|failed", re.IGNORECASE),
+)
 # Lines kept to explain a failure.
 _TAIL_LINES = 50
 
@@ -139,6 +144,15 @@ class DockerBuilder(Builder):
         """,
     ).tag(config=True)
 
+    cancel_grace_period = Float(
+        5,
+        help="""
+        Seconds a cancelled build gets to stop its image build cleanly (the
+        build tools receive SIGINT) before its container is killed.
+        Default: 5.
+        """,
+    ).tag(config=True)
+
     @default("docker_url")
     def _default_docker_url(self):
         return os.environ.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
@@ -176,8 +190,9 @@ class DockerBuilder(Builder):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._client = None
-        # Uids stopped through cancel(), to tell a cancel from a vanished build.
-        self._cancelled = set()
+        # Uids stopped through cancel(), to tell a cancel from a vanished or
+        # failed build; bounded, as nobody may follow a cancelled build.
+        self._cancelled = collections.OrderedDict()
         # Uids seen by the last running(); attach() answers None for others.
         self._known_builds = None
 
@@ -252,7 +267,7 @@ class DockerBuilder(Builder):
     async def build(self, request):
         uid = request.uid
         secrets = _secrets(request.username, request.password)
-        self._cancelled.discard(uid)
+        self._cancelled.pop(uid, None)
 
         if request.has_credentials:
             try:
@@ -525,14 +540,58 @@ class DockerBuilder(Builder):
         return uids
 
     async def cancel(self, uid):
-        self._cancelled.add(uid)
+        self._cancelled[uid] = True
+        while len(self._cancelled) > 1000:
+            self._cancelled.popitem(last=False)
         container = await self._find(uid)
         if container is None:
             return
         self.log.info("Build %s: cancelling", uid)
-        # Killing repo2docker ends its `docker build` client, which makes the
-        # engine abandon the build: images are only tagged at the very end.
+        try:
+            info = await container.show()
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return
+            raise
+        if info["State"].get("Running"):
+            await self._interrupt(container, uid)
         await self._remove(container, uid)
+        await self._remove_leftover_image(uid, info)
+
+    async def _interrupt(self, container, uid):
+        """Ask the build tools in the container to stop, and wait a little.
+
+        SIGINT makes ``docker buildx`` cancel its build on the engine before
+        it exits; when the container is just killed, the engine notices the
+        lost client on its own, which is usually, but not always, in time.
+        """
+        try:
+            # Every process but the shell itself and repo2docker (PID 1).
+            run = await container.exec(["sh", "-c", "kill -INT -1"], stdout=False, stderr=False)
+            await run.start(detach=True)
+            await asyncio.wait_for(container.wait(), self.cancel_grace_period)
+        except (asyncio.TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            self.log.debug("Build %s: no clean stop (%s); killing it", uid, e)
+
+    async def _remove_leftover_image(self, uid, info):
+        """Remove an image the cancelled build managed to tag anyway."""
+        image_name = (info["Config"].get("Labels") or {}).get(IMAGE_NAME_LABEL)
+        if not image_name:
+            return
+        try:
+            image = await self.docker.images.inspect(image_name)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError):
+            return
+        labels = image["Config"].get("Labels") or {}
+        # Only an image of this very build: a previous build of the same
+        # environment can carry the same name and uid, but it is older.
+        if labels.get(UID_LABEL) != uid or image.get("Created", "") < info.get("Created", ""):
+            return
+        self.log.warning("Build %s: removing image %s tagged despite the cancel", uid, image_name)
+        try:
+            await self.docker.images.delete(image_name)
+        except aiodocker.DockerError as e:
+            self.log.warning("Could not remove image %s: %s", image_name, e)
 
     # -- images --------------------------------------------------------------
 
@@ -686,11 +745,16 @@ def _credentials_tar(content):
 
 def _failure_message(code, tail):
     message = f"repo2docker exited with code {code}"
-    reason = next((line for line in reversed(tail) if _ERROR_RE.search(line)), None)
-    if reason is None and tail:
-        reason = tail[-1]
+    lines = [_strip_ansi(line).strip() for line in tail]
+    reason = None
+    for pattern in _ERROR_RES:
+        reason = next((line for line in reversed(lines) if pattern.search(line)), None)
+        if reason:
+            break
+    if reason is None and lines:
+        reason = lines[-1]
     if reason:
-        message += f": {_strip_ansi(reason).strip()[:500]}"
+        message += f": {reason[:500]}"
     return message
 
 
