@@ -34,7 +34,7 @@ from tljh_repo2docker.builds.base import (
 from tljh_repo2docker.builds.docker import BUILD_LABEL, CREDENTIALS_PATH, DockerBuilder
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gitserver import GitServer, head_commit, make_repo  # noqa: E402
+from gitserver import GitServer, add_commit, head_commit, make_repo  # noqa: E402
 
 R2D_IMAGE = os.environ.get(
     "TLJH_R2D_TEST_REPO2DOCKER_IMAGE", "tljh-repo2docker-test/repo2docker:latest"
@@ -389,14 +389,16 @@ async def test_attach_to_a_build_that_ended_meanwhile(builder, made, git_root, g
 async def test_private_repository_credentials_stay_secret(builder, made, git_root):
     secret = f"pw-{uuid.uuid4().hex}/+@"
     forms = [secret, quote(secret, safe=""), f"alice:{secret}"]
+
+    def leaky():
+        return dockerfile("COPY leak.txt /tmp/leak.txt", "RUN sleep 1 && cat /tmp/leak.txt")
+
     # The repository prints the secret during the build: the log must hide it.
     name = new_repo(
         git_root,
         {
             "leak.txt": f"leaked {secret} here\n",
-            "Dockerfile": dockerfile(
-                "COPY leak.txt /tmp/leak.txt", "RUN sleep 1 && cat /tmp/leak.txt"
-            ),
+            "Dockerfile": leaky(),
         },
     )
     with GitServer(git_root, username="alice", password=secret) as server:
@@ -425,6 +427,12 @@ async def test_private_repository_credentials_stay_secret(builder, made, git_roo
 
         events = await collect(watch(builder.build(request)))
         inspected, credentials_file = seen["inspect"], seen["file"]
+
+        # Credentials written into the URL take the same path (a new commit,
+        # so that the build runs again instead of coming from the cache).
+        add_commit(git_root, name, {"Dockerfile": leaky()})
+        in_url = new_request(made, server.url(name, with_credentials=True))
+        url_events = await collect(builder.build(in_url))
     assert events[-1].phase == BUILT, explain(events)
     assert any(r.username == "alice" and r.status == 200 for r in server.records)
 
@@ -435,14 +443,20 @@ async def test_private_repository_credentials_stay_secret(builder, made, git_roo
     assert credentials_file.mode & 0o777 == 0o600
     assert credentials_file.uid == 0
 
-    messages = [e.message for e in events]
-    assert any("leaked *** here" in m for m in messages), explain(events)
-    image_inspect = docker("image", "inspect", request.image_name).stdout
-    history = docker("history", "--no-trunc", request.image_name).stdout
+    assert url_events[-1].phase == BUILT, explain(url_events)
+    messages = [e.message for e in events + url_events]
+    assert any("leaked *** here" in m for m in logs_of(events)), explain(events)
+    assert any("leaked *** here" in m for m in logs_of(url_events)), explain(url_events)
+    for image in (request.image_name, in_url.image_name):
+        image_inspect = docker("image", "inspect", image).stdout
+        history = docker("history", "--no-trunc", image).stdout
+        labels = json.loads(image_inspect)[0]["Config"]["Labels"]
+        assert labels["repo2docker.repo"] == server.url(name)
+        for form in forms:
+            assert form not in image_inspect
+            assert form not in history
     for form in forms:
         assert not any(form in m for m in messages)
-        assert form not in image_inspect
-        assert form not in history
     assert await build_containers(builder, request.uid) == []
 
 

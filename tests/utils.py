@@ -51,7 +51,6 @@ def hub_config(info: HubInfo, builder_image: str, extra_service_args=()):
         f"--db_url=sqlite:///{info.db_path}",
         f"--repo2docker_image={builder_image}",
         "--builder_network=host",
-        "--allow_local_repos=True",
         "--max_concurrent_builds=2",
         "--machine_profiles=" + json.dumps({"label": "Small", "cpu": 0.5, "memory": "512M"}),
         "--machine_profiles=" + json.dumps({"label": "Large", "cpu": 1, "memory": 1}),

@@ -18,6 +18,7 @@ line, environment or labels. They are written to a file inside the created
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -266,14 +267,21 @@ class DockerBuilder(Builder):
 
     async def build(self, request):
         uid = request.uid
-        secrets = _secrets(request.username, request.password)
         self._cancelled.pop(uid, None)
+        # Credentials written into the URL take the same safe path as the
+        # request's: the URL that repo2docker sees (and labels) has none.
+        repo, username, password = _split_credentials(request.repo)
+        if request.has_credentials:
+            username, password = request.username, request.password
+        if repo != request.repo or request.has_credentials:
+            request = dataclasses.replace(
+                request, repo=repo, username=username, password=password
+            )
+        secrets = _secrets(username, password)
 
         if request.has_credentials:
             try:
-                credentials = _credential_store_line(
-                    request.repo, request.username, request.password
-                )
+                credentials = _credential_store_line(repo, username, password)
             except ValueError as e:
                 yield BuildEvent(FAILED, str(e))
                 return
@@ -358,8 +366,8 @@ class DockerBuilder(Builder):
             if e.status != 404:
                 raise
         else:
-            # The uid is new for every build: a container with its name is a
-            # leftover from an attempt that never got going.
+            # Left from an earlier build of this uid that nobody follows any
+            # more (the manager never runs two builds of one uid at once).
             self.log.warning("Removing the leftover build container %s", name)
             await stale.delete(force=True)
         config = {
@@ -620,11 +628,10 @@ class DockerBuilder(Builder):
             break
         if image is None:
             return
-        users = [
-            c
-            for c in await self.docker.containers.list(all=True)
-            if "ImageID" in c and c["ImageID"] == image["Id"]
-        ]
+        candidates = await self.docker.containers.list(
+            all=True, filters={"ancestor": [image["Id"]]}
+        )
+        users = [c for c in candidates if "ImageID" in c and c["ImageID"] == image["Id"]]
         if users:
             names = sorted(
                 ((c["Names"] if "Names" in c else None) or [c.id[:12]])[0].lstrip("/")
@@ -714,6 +721,17 @@ def _scrub(text, secrets):
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def _split_credentials(repo):
+    """``(url without user info, user, password)`` for an http(s) URL with user info."""
+    parts = urlsplit(repo)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return repo, None, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    clean = parts._replace(netloc=host).geturl()
+    return clean, unquote(user) or None, unquote(password) or None
 
 
 def _credential_store_line(repo, username, password):

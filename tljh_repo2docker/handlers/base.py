@@ -35,6 +35,10 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     is_admin = False
 
     @property
+    def log(self):
+        return self.settings["tljh_app"].log
+
+    @property
     def tljh_app(self):
         return self.settings["tljh_app"]
 
@@ -119,6 +123,12 @@ class APIHandler(BaseHandler):
         super().set_default_headers()
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
+
+    async def prepare(self):
+        limit = self.tljh_app.max_body_size
+        if len(self.request.body or b"") > limit:
+            raise web.HTTPError(413, f"The request body is larger than {limit} bytes")
+        await super().prepare()
 
     def get_login_url(self):
         # An API client cannot follow a login redirect: answer 403 instead.
