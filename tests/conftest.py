@@ -180,6 +180,7 @@ def hub(tmp_path_factory, test_images):
     yield hub_info
     utils.stop_all_servers(hub_info)
     proc.terminate()
+    utils.remove_test_images()
     try:
         proc.wait(20)
     except subprocess.TimeoutExpired:
@@ -229,6 +230,8 @@ async def bob(hub):
 @pytest.fixture(scope="session")
 async def built_env(admin, dockerfile_repo):
     """One environment built through the API and shared by the tests that only read it."""
-    env = await admin.create_env({"repo": dockerfile_repo, "name": "shared-env", "memory": "512M", "cpu": "0.5"})
+    env = await admin.create_env(
+        {"repo": dockerfile_repo, "name": "shared-env", "memory": "512M", "cpu": "0.5"}
+    )
     env = await admin.wait_env(env["uid"], {"built"})
     return env

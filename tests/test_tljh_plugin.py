@@ -127,7 +127,7 @@ def test_service_roles_and_scope(pm):
     roles = by_name(c.JupyterHub.load_roles)
     service_role = roles[hub_config.SERVICE_ROLE]
     assert service_role["services"] == ["tljh_repo2docker"]
-    assert set(service_role["scopes"]) == {"read:users", "read:roles:users", "admin:servers"}
+    assert set(service_role["scopes"]) == {"list:users", "read:users", "read:roles:users", "admin:servers"}
     assert roles["user"]["scopes"] == ["self", ACCESS]
     assert c.JupyterHub.custom_scopes[TLJH_R2D_ADMIN_SCOPE]["description"]
 

@@ -1,6 +1,7 @@
 """Helpers shared by the tests: the hub's configuration, logged-in users, contracts."""
 
 import asyncio
+import os
 import json
 import re
 import time
@@ -14,6 +15,21 @@ from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
 SERVICE = "tljh_repo2docker"
 ADMIN_API_TOKEN = "test-admin-token-0123456789abcdef"
 SECRET_PASSWORD = "s3cret-Pa55word-do-not-leak-7f1c"
+#: Images built by this session's test hub (removed at its end). Unique per
+#: session, so that test sessions sharing one Docker engine leave each other alone.
+TEST_IMAGE_PREFIX = f"tljh-r2d-test-{os.getpid()}/"
+
+
+def remove_test_images():
+    import subprocess
+
+    out = subprocess.run(
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{TEST_IMAGE_PREFIX}*"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    for image in out:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
 @dataclass
@@ -52,6 +68,7 @@ def hub_config(info: HubInfo, builder_image: str, extra_service_args=()):
         f"--repo2docker_image={builder_image}",
         "--builder_network=host",
         "--max_concurrent_builds=2",
+        f"--image_prefix={TEST_IMAGE_PREFIX}",
         "--machine_profiles=" + json.dumps({"label": "Small", "cpu": 0.5, "memory": "512M"}),
         "--machine_profiles=" + json.dumps({"label": "Large", "cpu": 1, "memory": 1}),
         "--node_selector="
@@ -106,7 +123,7 @@ c.JupyterHub.services = [
 c.JupyterHub.load_roles = [
     {{
         "name": "{SERVICE}-service",
-        "scopes": ["read:users", "read:roles:users", "admin:servers"],
+        "scopes": ["list:users", "read:users", "read:roles:users", "admin:servers"],
         "services": ["{SERVICE}"],
     }},
     {{

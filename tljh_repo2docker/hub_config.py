@@ -65,7 +65,7 @@ def roles(*, binderhub=False):
     its default ``self`` scope, or extended when the config defines it already:
     see :func:`configure`).
     """
-    service_scopes = ["read:users", "read:roles:users", "admin:servers"]
+    service_scopes = ["list:users", "read:users", "read:roles:users", "admin:servers"]
     if binderhub:
         service_scopes.append(BINDER_ACCESS_SCOPE)
     return [

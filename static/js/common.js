@@ -15,6 +15,8 @@
 
   const baseUrl = meta("base-url") || "/";
   const xsrfToken = meta("xsrf-token");
+  const hubPrefix = meta("hub-prefix") || "/hub/";
+  const userName = meta("user-name");
 
   /** An error answered by the service: {status, message, field}. */
   class ApiError extends Error {
@@ -289,11 +291,12 @@
     };
     const onHidden = () => {
       modalElement.removeEventListener("shown.bs.modal", onShown);
-      if (opener && opener.isConnected && typeof opener.focus === "function") opener.focus();
-      else {
-        const main = document.getElementById("main");
-        if (main) main.focus();
-      }
+      // The opener may be gone (its row was removed): then a stable control.
+      const target =
+        opener && opener.isConnected && typeof opener.focus === "function"
+          ? opener
+          : document.querySelector("[data-focus-fallback]") || document.getElementById("main");
+      if (target) target.focus();
     };
     modalElement.addEventListener("shown.bs.modal", onShown, { once: true });
     modalElement.addEventListener("hidden.bs.modal", onHidden, { once: true });
@@ -416,6 +419,8 @@
 
   window.TljhR2D = {
     baseUrl,
+    hubPrefix,
+    userName,
     ApiError,
     api,
     el,

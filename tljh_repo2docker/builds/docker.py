@@ -463,10 +463,11 @@ class DockerBuilder(Builder):
         else:
             if ref and _FULL_SHA_RE.match(ref):
                 commit = ref
-            if code == 0:
-                final = await self._built_event(image_name, commit, tail)
-            elif uid in self._cancelled:
+            if uid in self._cancelled:
+                # Even if the build got to its end: cancel() removes its image.
                 final = BuildEvent(CANCELLED, "Build cancelled")
+            elif code == 0:
+                final = await self._built_event(image_name, commit, tail)
             else:
                 final = BuildEvent(FAILED, _failure_message(code, tail))
         await self._remove(container, uid)
@@ -570,8 +571,11 @@ class DockerBuilder(Builder):
         """Ask the build tools in the container to stop, and wait a little.
 
         SIGINT makes ``docker buildx`` cancel its build on the engine before
-        it exits; when the container is just killed, the engine notices the
-        lost client on its own, which is usually, but not always, in time.
+        it exits. When its container is just killed, the engine usually
+        notices the lost client and stops the build too, but not always:
+        seen here (Docker 20.10) once in a few dozen cancels, and SIGINT too
+        was once ignored while the engine was busy with other builds. Hence
+        the check for a leftover image in cancel().
         """
         try:
             # Every process but the shell itself and repo2docker (PID 1).

@@ -87,7 +87,12 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
         try:
             servers = await self.hub.active_servers()
         except HubError as e:
-            raise web.HTTPError(502, f"Could not ask JupyterHub which servers run: {e.message}")
+            if e.status != 403:
+                raise web.HTTPError(502, f"Could not ask JupyterHub which servers run: {e.message}")
+            # Without the list:users scope the hub cannot tell; the builder
+            # still refuses to remove an image that a container uses.
+            self.log.warning("Cannot list servers (give the service list:users): %s", e.message)
+            servers = []
         users = sorted(
             f"{user}/{name}" if name else user
             for user, name, server in servers

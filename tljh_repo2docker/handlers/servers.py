@@ -59,6 +59,7 @@ class ServersMixin:
         except HubError as e:
             raise web.HTTPError(502, f"JupyterHub answered: {e.message}") from None
         envs = {e.uid: e for e in await store.list_environments(self.sessions)}
+        self._options = {}
         servers = []
         for server_name, server in sorted((model.get("servers") or {}).items()):
             if not server_name:
@@ -71,6 +72,7 @@ class ServersMixin:
                 status = server["pending"]  # spawn or stop
             else:
                 status = "stopped"
+            self._options[server_name] = options
             servers.append(
                 {
                     "name": server_name,
@@ -97,9 +99,9 @@ class ServersMixin:
             )
         return env
 
-    async def start(self, server_name, env=None):
-        """Start a server; with ``env`` None, restart a stopped one with its own environment."""
-        options = user_options(env) if env is not None else {}
+    async def start(self, server_name, env=None, previous_options=None):
+        """Start a server from ``env``, or restart a stopped one with its own options."""
+        options = user_options(env) if env is not None else dict(previous_options or {})
         try:
             await self.hub.start_server(self.current_user["name"], server_name, options)
         except HubError as e:
@@ -173,7 +175,7 @@ class ServersPageHandler(ServersMixin, BaseHandler):
                 env = await self.find_built(environment)
                 await self.start(name, env)
             elif server["status"] == "stopped":
-                await self.start(name)
+                await self.start(name, previous_options=self._options.get(name))
         except web.HTTPError as e:
             self.set_status(e.status_code)
             return await self.render_page(error=e.log_message)

@@ -1,0 +1,607 @@
+/* The Environments page: the table, the Add New dialog, the build logs. */
+"use strict";
+
+(function () {
+  const R = window.TljhR2D;
+  const { el, icon } = R;
+
+  const ACTIVE = new Set(["queued", "building"]);
+  const FINAL_PHASES = new Set(["built", "failed", "cancelled"]);
+  const POLL_MS = 2500;
+
+  let environments = R.pageData("environments-data") || [];
+  let pollTimer = null;
+  let polling = false;
+
+  const table = document.getElementById("environments");
+  const tbody = table.querySelector("tbody");
+
+  // -- the table -----------------------------------------------------------
+
+  function statusCell(env) {
+    const cell = el("td", { class: "env-status" });
+    const badge = (cls, ...content) => el("span", { class: `badge ${cls}` }, ...content);
+    switch (env.status) {
+      case "queued":
+        cell.append(
+          badge(
+            "text-bg-secondary",
+            icon("fa-hourglass-half"),
+            " Queued",
+            env.position ? ` (position ${env.position})` : ""
+          )
+        );
+        break;
+      case "building":
+        cell.append(
+          badge(
+            "text-bg-info",
+            el("span", { class: "spinner-border spinner-border-sm me-1", "aria-hidden": "true" }),
+            "Building"
+          )
+        );
+        break;
+      case "built":
+        cell.append(badge("text-bg-success", icon("fa-check"), " Built"));
+        break;
+      case "failed":
+        cell.append(badge("text-bg-danger", icon("fa-xmark"), " Failed"));
+        break;
+      case "cancelled":
+        cell.append(badge("text-bg-warning", icon("fa-ban"), " Cancelled"));
+        break;
+      default:
+        cell.append(badge("text-bg-secondary", env.status));
+    }
+    if (env.error && !ACTIVE.has(env.status)) {
+      cell.append(el("div", { class: "env-error small text-danger mt-1", title: env.error }, env.error));
+    }
+    return cell;
+  }
+
+  function resourcesCell(env) {
+    const parts = [];
+    if (env.memory) parts.push(env.memory);
+    if (env.cpu !== null && env.cpu !== undefined) parts.push(R.formatCpu(env.cpu));
+    const limits = parts.length ? parts.join(" · ") : "no limits";
+    if (env.machine_profile) {
+      return el(
+        "td",
+        { class: "env-resources" },
+        el("span", { class: "fw-semibold" }, env.machine_profile),
+        el("div", { class: "small text-body-secondary" }, limits)
+      );
+    }
+    return el("td", { class: "env-resources" }, limits);
+  }
+
+  function nodeSelectorCell(env) {
+    const entries = Object.entries(env.node_selector || {});
+    if (!entries.length) return el("td", { class: "env-node-selector text-body-secondary" }, "–");
+    return el(
+      "td",
+      { class: "env-node-selector" },
+      entries.map(([key, value]) => el("code", { class: "d-block" }, `${key}=${value}`))
+    );
+  }
+
+  function repoCell(env) {
+    // Only web URLs become links: a repository is never a javascript: href.
+    const web = /^https?:\/\//i.test(env.repo);
+    const text = env.repo;
+    return el(
+      "td",
+      { class: "env-repo" },
+      web ? el("a", { href: env.repo, rel: "noopener noreferrer", target: "_blank" }, text) : el("span", {}, text),
+      el("div", { class: "small text-body-secondary env-ref" }, el("span", { class: "visually-hidden" }, "ref "), "@ ", env.ref)
+    );
+  }
+
+  function hasImage(env) {
+    return env.status === "built" || (env.size !== null && env.size !== undefined);
+  }
+
+  function actionsCell(env) {
+    const button = (action, label, cls, iconName, disabled) =>
+      el(
+        "button",
+        {
+          type: "button",
+          class: `btn btn-sm ${cls}`,
+          dataset: { action },
+          disabled: disabled || false,
+          "aria-label": `${label} ${env.name}`,
+          title: label,
+        },
+        icon(iconName),
+        el("span", { class: "ms-1" }, label)
+      );
+    const active = ACTIVE.has(env.status);
+    return el(
+      "td",
+      { class: "env-actions" },
+      el(
+        "div",
+        { class: "d-flex flex-wrap gap-1 justify-content-end" },
+        button("logs", "Logs", "btn-outline-secondary", "fa-file-lines"),
+        active
+          ? button("cancel", "Cancel", "btn-outline-warning", "fa-stop")
+          : button("rebuild", "Rebuild", "btn-outline-primary", "fa-rotate"),
+        hasImage(env) ? button("copy-link", "Copy launch link", "btn-outline-secondary", "fa-link") : null,
+        button("remove", "Remove", "btn-outline-danger", "fa-trash")
+      )
+    );
+  }
+
+  function row(env) {
+    return el(
+      "tr",
+      { dataset: { uid: env.uid, status: env.status } },
+      el("th", { scope: "row", class: "env-name", title: env.image_name }, env.name),
+      repoCell(env),
+      statusCell(env),
+      resourcesCell(env),
+      nodeSelectorCell(env),
+      el("td", { class: "env-owner" }, env.owner || "–"),
+      el("td", { class: "env-created" }, R.timeElement(env.created)),
+      el("td", { class: "env-size text-end text-nowrap" }, R.formatSize(env.size) || "–"),
+      actionsCell(env)
+    );
+  }
+
+  /** Update the table in place: unchanged rows stay, so focus and hover stay too. */
+  function render() {
+    const focused = document.activeElement;
+    const focusedRow = focused && focused.closest && focused.closest("tr[data-uid]");
+    const focusedUid = focusedRow && tbody.contains(focusedRow) ? focusedRow.dataset.uid : null;
+    const focusedAction = focusedUid && focused.dataset ? focused.dataset.action : null;
+
+    const existing = new Map();
+    for (const tr of tbody.querySelectorAll("tr[data-uid]")) existing.set(tr.dataset.uid, tr);
+    const rows = environments.map((env) => {
+      const key = JSON.stringify(env);
+      const old = existing.get(env.uid);
+      if (old && old._key === key) return old;
+      const tr = row(env);
+      tr._key = key;
+      return tr;
+    });
+    if (!rows.length) {
+      rows.push(
+        el(
+          "tr",
+          { class: "empty" },
+          el("td", { colspan: "9", class: "text-center text-body-secondary py-4" }, "No environment yet: add one with “Add New”.")
+        )
+      );
+    }
+    tbody.replaceChildren(...rows);
+
+    if (focusedUid && !document.activeElement.closest("tr")) {
+      const tr = tbody.querySelector(`tr[data-uid="${CSS.escape(focusedUid)}"]`);
+      const target =
+        tr && (tr.querySelector(`[data-action="${focusedAction}"]`) || tr.querySelector("button"));
+      if (target) target.focus();
+    }
+  }
+
+  function find(uid) {
+    return environments.find((env) => env.uid === uid);
+  }
+
+  function upsert(env) {
+    const index = environments.findIndex((e) => e.uid === env.uid);
+    if (index >= 0) environments[index] = env;
+    else environments.push(env);
+    render();
+    schedulePoll();
+  }
+
+  function describeStatus(env) {
+    if (env.status === "queued") return `${env.name} is queued${env.position ? ` at position ${env.position}` : ""}`;
+    if (env.status === "failed") return `${env.name} failed to build`;
+    return `${env.name} is ${env.status}`;
+  }
+
+  async function refresh() {
+    if (polling) return;
+    polling = true;
+    try {
+      const data = await R.api("GET", "api/environments");
+      const before = new Map(environments.map((env) => [env.uid, env.status]));
+      environments = data.environments;
+      render();
+      const changes = environments
+        .filter((env) => before.has(env.uid) && before.get(env.uid) !== env.status)
+        .map(describeStatus);
+      if (changes.length) R.announce(changes.join(". "));
+      hidePageError();
+    } catch (e) {
+      showPageError(`Could not refresh the list: ${e.message}`);
+    } finally {
+      polling = false;
+      schedulePoll();
+    }
+  }
+
+  function schedulePoll() {
+    window.clearTimeout(pollTimer);
+    pollTimer = null;
+    if (environments.some((env) => ACTIVE.has(env.status))) {
+      pollTimer = window.setTimeout(refresh, POLL_MS);
+    }
+  }
+
+  function showPageError(message) {
+    const box = document.getElementById("page-error");
+    box.textContent = message;
+    box.classList.remove("d-none");
+  }
+
+  function hidePageError() {
+    document.getElementById("page-error").classList.add("d-none");
+  }
+
+  // -- row actions ---------------------------------------------------------
+
+  tbody.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const env = find(button.closest("tr").dataset.uid);
+    if (!env) return;
+    const actions = {
+      logs: () => openLogs(env, button),
+      rebuild: () => rebuild(env, button),
+      cancel: () => cancel(env, button),
+      remove: () => remove(env, button),
+      "copy-link": () => copyLaunchLink(env, button),
+    };
+    actions[button.dataset.action]();
+  });
+
+  async function rebuild(env, button, credentials) {
+    R.setBusy(button, true, "Rebuild");
+    try {
+      upsert(await R.api("POST", `api/environments/${encodeURIComponent(env.uid)}/rebuild`, credentials || {}));
+      R.announce(`Rebuilding ${env.name}`);
+    } catch (e) {
+      if (e.status === 400 && e.field === "password") {
+        openRebuildDialog(env, button);
+      } else {
+        showPageError(`Could not rebuild ${env.name}: ${e.message}`);
+      }
+    } finally {
+      if (button.isConnected) R.setBusy(button, false);
+    }
+  }
+
+  async function cancel(env, button) {
+    R.setBusy(button, true, "Cancel");
+    try {
+      upsert(await R.api("POST", `api/environments/${encodeURIComponent(env.uid)}/cancel`));
+      R.announce(`Build of ${env.name} cancelled`);
+    } catch (e) {
+      showPageError(`Could not cancel ${env.name}: ${e.message}`);
+      refresh();
+    } finally {
+      if (button.isConnected) R.setBusy(button, false);
+    }
+  }
+
+  function remove(env, button) {
+    R.confirmAction({
+      title: "Remove the environment?",
+      body: [
+        "Remove ",
+        el("strong", {}, env.name),
+        " and its image? Users can no longer start servers from it. This cannot be undone.",
+      ],
+      confirmLabel: "Remove",
+      busyLabel: "Removing",
+      returnTo: button,
+      action: async () => {
+        await R.api("DELETE", `api/environments/${encodeURIComponent(env.uid)}`);
+        environments = environments.filter((e) => e.uid !== env.uid);
+        render();
+        R.announce(`${env.name} removed`);
+      },
+    });
+  }
+
+  function launchLink(env) {
+    const params = new URLSearchParams({ name: R.serverSlug(env.name), environment: env.name });
+    return `${window.location.origin}${R.baseUrl}servers?${params}`;
+  }
+
+  async function copyLaunchLink(env, button) {
+    const link = launchLink(env);
+    button.dataset.link = link;
+    const ok = await R.copyText(link);
+    R.flashButton(button, ok ? "Copied" : "Copy failed", ok);
+    if (!ok) window.prompt("Copy the launch link:", link);
+  }
+
+  // -- rebuild with credentials --------------------------------------------
+
+  const rebuildDialog = document.getElementById("rebuild-dialog");
+  const rebuildForm = document.getElementById("rebuild-form");
+  let rebuildTarget = null;
+
+  function openRebuildDialog(env, button) {
+    rebuildTarget = { env, button };
+    rebuildForm.reset();
+    R.clearErrors(rebuildForm);
+    rebuildDialog.querySelector(".modal-title").textContent = `Rebuild ${env.name}`;
+    R.openModal(rebuildDialog, button, "#rebuild-username");
+  }
+
+  rebuildForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const { env } = rebuildTarget;
+    const submit = rebuildForm.querySelector("[type=submit]");
+    R.clearErrors(rebuildForm);
+    R.setBusy(submit, true, "Rebuilding");
+    try {
+      const body = {
+        username: rebuildForm.elements.username.value.trim() || undefined,
+        password: rebuildForm.elements.password.value || undefined,
+      };
+      upsert(await R.api("POST", `api/environments/${encodeURIComponent(env.uid)}/rebuild`, body));
+      bootstrap.Modal.getInstance(rebuildDialog).hide();
+      R.announce(`Rebuilding ${env.name}`);
+    } catch (e) {
+      R.showError(rebuildForm, e).focus();
+    } finally {
+      R.setBusy(submit, false);
+    }
+  });
+
+  // -- Add New -------------------------------------------------------------
+
+  const addDialog = document.getElementById("add-dialog");
+  const form = document.getElementById("add-form");
+  const repoInput = form.elements.repo;
+  const nameInput = form.elements.name;
+  let nameEdited = false;
+
+  /** The last part of a repository URL or path, without ".git". */
+  function nameFromRepo(repo) {
+    let path = repo.trim();
+    const scp = /^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:(.+)$/.exec(path);
+    if (scp) path = scp[1];
+    else path = path.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/]*/i, "");
+    path = path.replace(/[?#].*$/, "").replace(/\/+$/, "");
+    return path.split("/").pop().replace(/\.git$/, "");
+  }
+
+  repoInput.addEventListener("input", () => {
+    if (!nameEdited) nameInput.value = nameFromRepo(repoInput.value);
+  });
+  nameInput.addEventListener("input", () => {
+    nameEdited = nameInput.value !== "";
+  });
+
+  addDialog.addEventListener("shown.bs.modal", () => repoInput.focus());
+
+  function formBody() {
+    const body = {};
+    const value = (name) => {
+      const input = form.elements[name];
+      return input ? input.value.trim() : "";
+    };
+    for (const name of ["repo", "ref", "name", "memory", "cpu", "machine_profile", "provider", "username"]) {
+      if (value(name)) body[name] = value(name);
+    }
+    if (form.elements.password && form.elements.password.value) body.password = form.elements.password.value;
+    if (value("buildargs")) body.buildargs = form.elements.buildargs.value;
+    const selectors = {};
+    for (const select of form.querySelectorAll("select.node-selector")) {
+      if (select.value) selectors[select.dataset.key] = select.value;
+    }
+    if (Object.keys(selectors).length) body.node_selector = selectors;
+    return body;
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const submit = document.getElementById("add-submit");
+    R.clearErrors(form);
+    if (!repoInput.value.trim()) {
+      R.showError(form, new R.ApiError(400, "repo: is required", "repo")).focus();
+      return;
+    }
+    R.setBusy(submit, true, "Adding");
+    try {
+      const env = await R.api("POST", "api/environments", formBody());
+      bootstrap.Modal.getInstance(addDialog).hide();
+      form.reset();
+      nameEdited = false;
+      upsert(env);
+      R.announce(`${env.name} added: ${env.status}`);
+    } catch (e) {
+      R.showError(form, e).focus();
+    } finally {
+      R.setBusy(submit, false);
+    }
+  });
+
+  // -- Logs ----------------------------------------------------------------
+
+  const logsDialog = document.getElementById("logs-dialog");
+  const output = document.getElementById("logs-output");
+  const logStatus = document.getElementById("logs-status");
+  const logs = {
+    env: null,
+    source: null,
+    lastId: 0,
+    seen: new Set(), // "phase|message" of the events that carry lastId (see onEvent)
+    text: [],
+    pending: null,
+    stick: true,
+    failures: 0,
+    retryTimer: null,
+    done: false,
+  };
+
+  output.addEventListener("scroll", () => {
+    logs.stick = output.scrollTop + output.clientHeight >= output.scrollHeight - 24;
+  });
+
+  function setLogStatus(text, live) {
+    logStatus.replaceChildren(
+      live ? el("span", { class: "spinner-border spinner-border-sm me-2", "aria-hidden": "true" }) : null,
+      text
+    );
+  }
+
+  function openLogs(env, button) {
+    stopLogs();
+    Object.assign(logs, {
+      env,
+      lastId: 0,
+      seen: new Set(),
+      text: [],
+      stick: true,
+      failures: 0,
+      done: false,
+    });
+    output.replaceChildren();
+    logsDialog.querySelector(".modal-title").textContent = `Build log: ${env.name}`;
+    setLogStatus("Connecting…", true);
+    R.openModal(logsDialog, button, "#logs-output");
+    connectLogs();
+  }
+
+  function connectLogs() {
+    const env = logs.env;
+    let url = `${R.baseUrl}api/environments/${encodeURIComponent(env.uid)}/logs`;
+    if (logs.lastId) url += `?last_event_id=${logs.lastId}`;
+    const source = new EventSource(url);
+    logs.source = source;
+    source.onopen = () => {
+      if (!logs.done) setLogStatus(ACTIVE.has((find(env.uid) || env).status) ? "Following the build…" : "Loading the log…", true);
+    };
+    source.onmessage = (event) => {
+      logs.failures = 0;
+      onEvent(event);
+    };
+    source.onerror = () => onLogError(source);
+  }
+
+  /**
+   * One event. Ids only grow, so an id below the last one is a repeat (after
+   * a reconnection). An event without an id line (the "lines omitted" marker)
+   * keeps the previous id in EventSource: those are told apart by content.
+   */
+  function onEvent(event) {
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch (e) {
+      return;
+    }
+    const id = event.lastEventId ? parseInt(event.lastEventId, 10) : logs.lastId;
+    const key = `${data.phase}|${data.message}`;
+    if (id < logs.lastId) return;
+    if (id > logs.lastId) {
+      logs.lastId = id;
+      logs.seen = new Set([key]);
+    } else if (logs.seen.has(key)) {
+      return;
+    } else {
+      logs.seen.add(key);
+    }
+    addLogLine(data.phase, data.message);
+    if (data.phase === "status") {
+      setLogStatus(capitalize(data.message), true);
+    } else if (FINAL_PHASES.has(data.phase)) {
+      logs.done = true;
+      stopLogs();
+      const texts = { built: "Built", failed: "Failed", cancelled: "Cancelled" };
+      setLogStatus(`${texts[data.phase]}${data.message ? `: ${data.message}` : ""}`, false);
+      refresh();
+    }
+  }
+
+  function onLogError(source) {
+    if (logs.done || source !== logs.source) return;
+    logs.failures += 1;
+    const env = find(logs.env.uid) || logs.env;
+    if (logs.failures >= 3 && !ACTIVE.has(env.status)) {
+      // The build is over and the stream keeps ending without a final
+      // event (a log recorded before a crash): stop asking.
+      stopLogs();
+      setLogStatus(`The log ends here (status: ${env.status}).`, false);
+      return;
+    }
+    setLogStatus("Connection lost: reconnecting…", true);
+    if (source.readyState === EventSource.CLOSED) {
+      // The browser gave up (an error answer): reconnect ourselves, from the last event.
+      const delay = Math.min(1000 * 2 ** (logs.failures - 1), 10000);
+      logs.retryTimer = window.setTimeout(connectLogs, delay);
+    }
+    // Otherwise EventSource reconnects by itself and sends Last-Event-ID.
+  }
+
+  function stopLogs() {
+    window.clearTimeout(logs.retryTimer);
+    if (logs.source) {
+      logs.source.close();
+      logs.source = null;
+    }
+  }
+
+  function capitalize(text) {
+    return text ? text[0].toUpperCase() + text.slice(1) : text;
+  }
+
+  function addLogLine(phase, message) {
+    // Each message is one line; a carriage return overwrites, as in a terminal.
+    const lines = String(message)
+      .split(/\r?\n/)
+      .map((line) => line.split("\r").pop());
+    if (!logs.pending) {
+      logs.pending = document.createDocumentFragment();
+      window.requestAnimationFrame(flushLog);
+    }
+    for (const line of lines) {
+      const prefix = phase === "log" ? "" : phase === "status" ? "» " : `» ${phase}: `;
+      const span = el("span", { class: `log-line log-${phase}` });
+      if (prefix) span.append(prefix);
+      span.append(...R.ansiNodes(line), "\n");
+      logs.pending.append(span);
+      logs.text.push(prefix + R.stripAnsi(line));
+    }
+  }
+
+  function flushLog() {
+    if (!logs.pending) return;
+    output.append(logs.pending);
+    logs.pending = null;
+    if (logs.stick) output.scrollTop = output.scrollHeight;
+  }
+
+  logsDialog.addEventListener("hidden.bs.modal", () => {
+    stopLogs();
+    logs.done = true;
+  });
+
+  document.getElementById("logs-copy").addEventListener("click", async (event) => {
+    const button = event.currentTarget;
+    flushLog();
+    const ok = await R.copyText(logs.text.join("\n") + "\n");
+    R.flashButton(button, ok ? "Copied" : "Copy failed", ok);
+  });
+
+  document.getElementById("logs-download").addEventListener("click", () => {
+    flushLog();
+    const name = logs.env ? R.serverSlug(logs.env.name) : "build";
+    R.download(`${name}-build.log`, logs.text.join("\n") + "\n");
+  });
+
+  // -- start ---------------------------------------------------------------
+
+  render();
+  schedulePoll();
+  window.TljhR2D.environmentsPage = { refresh, launchLink, nameFromRepo };
+})();

@@ -1,0 +1,410 @@
+/* The Servers page: the user's servers, the New Server dialog, direct launch links. */
+"use strict";
+
+(function () {
+  const R = window.TljhR2D;
+  const { el, icon } = R;
+
+  const POLL_MS = 2000;
+  const PENDING = new Set(["spawn", "stop"]);
+  const STATUS_TEXT = { running: "Running", spawn: "Starting", stop: "Stopping", stopped: "Stopped" };
+
+  let servers = R.pageData("servers-data") || [];
+  const environments = R.pageData("environments-data") || [];
+  // Servers started from this page: followed until they run (or fail).
+  const starting = new Map();
+  let pollTimer = null;
+  let polling = false;
+
+  const tbody = document.querySelector("#servers tbody");
+
+  // -- the table -----------------------------------------------------------
+
+  function statusBadge(server) {
+    const status = server.status;
+    const text = STATUS_TEXT[status] || status;
+    if (PENDING.has(status)) {
+      return el(
+        "span",
+        { class: "badge text-bg-info" },
+        el("span", { class: "spinner-border spinner-border-sm me-1", "aria-hidden": "true" }),
+        text
+      );
+    }
+    const cls = status === "running" ? "text-bg-success" : "text-bg-secondary";
+    return el("span", { class: `badge ${cls}` }, text);
+  }
+
+  function actions(server) {
+    const running = server.status === "running";
+    const button = (action, label, cls, iconName) =>
+      el(
+        "button",
+        { type: "button", class: `btn btn-sm ${cls}`, dataset: { action }, "aria-label": `${label} ${server.name}` },
+        icon(iconName),
+        el("span", { class: "ms-1" }, label)
+      );
+    const open = running
+      ? el(
+          "a",
+          { class: "btn btn-sm btn-primary", href: server.url, dataset: { action: "open" }, "aria-label": `Open ${server.name}` },
+          icon("fa-arrow-up-right-from-square"),
+          el("span", { class: "ms-1" }, "Open")
+        )
+      : el(
+          "a",
+          { class: "btn btn-sm btn-primary disabled", role: "link", "aria-disabled": "true", dataset: { action: "open" } },
+          icon("fa-arrow-up-right-from-square"),
+          el("span", { class: "ms-1" }, "Open")
+        );
+    const canStart = server.status === "stopped" && server.environment_uid;
+    return el(
+      "td",
+      { class: "server-actions" },
+      el(
+        "div",
+        { class: "d-flex flex-wrap gap-1 justify-content-end" },
+        open,
+        canStart ? button("start", "Start", "btn-outline-primary", "fa-play") : null,
+        running || server.status === "spawn" ? button("stop", "Stop", "btn-outline-warning", "fa-stop") : null,
+        button("remove", "Remove", "btn-outline-danger", "fa-trash")
+      )
+    );
+  }
+
+  function row(server) {
+    const name = server.status === "running" ? el("a", { href: server.url }, server.name) : server.name;
+    return el(
+      "tr",
+      { dataset: { name: server.name, status: server.status } },
+      el("th", { scope: "row", class: "server-name" }, name),
+      el("td", { class: "server-environment" }, server.environment || el("span", { class: "text-body-secondary" }, "unknown")),
+      el("td", { class: "server-status" }, statusBadge(server)),
+      el("td", { class: "server-activity" }, R.timeElement(server.last_activity)),
+      actions(server)
+    );
+  }
+
+  function render() {
+    const focused = document.activeElement;
+    const focusedRow = focused && focused.closest && focused.closest("tr[data-name]");
+    const focusedName = focusedRow && tbody.contains(focusedRow) ? focusedRow.dataset.name : null;
+    const focusedAction = focusedName && focused.dataset ? focused.dataset.action : null;
+
+    const existing = new Map();
+    for (const tr of tbody.querySelectorAll("tr[data-name]")) existing.set(tr.dataset.name, tr);
+    const rows = servers.map((server) => {
+      const key = JSON.stringify(server);
+      const old = existing.get(server.name);
+      if (old && old._key === key) return old;
+      const tr = row(server);
+      tr._key = key;
+      return tr;
+    });
+    if (!rows.length) {
+      rows.push(
+        el(
+          "tr",
+          { class: "empty" },
+          el("td", { colspan: "5", class: "text-center text-body-secondary py-4" }, "You have no server yet: start one with “New Server”.")
+        )
+      );
+    }
+    tbody.replaceChildren(...rows);
+    if (focusedName && !document.activeElement.closest("tr")) {
+      const tr = tbody.querySelector(`tr[data-name="${CSS.escape(focusedName)}"]`);
+      const target = tr && (tr.querySelector(`[data-action="${focusedAction}"]:not(.disabled)`) || tr.querySelector("button"));
+      if (target) target.focus();
+    }
+  }
+
+  function find(name) {
+    return servers.find((server) => server.name === name);
+  }
+
+  async function refresh() {
+    if (polling) return;
+    polling = true;
+    try {
+      const data = await R.api("GET", "api/servers");
+      const before = new Map(servers.map((s) => [s.name, s.status]));
+      servers = data.servers;
+      render();
+      const said = [];
+      for (const server of servers) {
+        const was = before.get(server.name);
+        if (was !== undefined && was !== server.status && !PENDING.has(server.status)) {
+          said.push(`${server.name} is ${STATUS_TEXT[server.status] || server.status}`.toLowerCase());
+        }
+        if (starting.has(server.name)) {
+          const since = starting.get(server.name);
+          if (server.status === "running") starting.delete(server.name);
+          else if (server.status === "stopped" && Date.now() - since > 4000) {
+            starting.delete(server.name);
+            showPageError(`${server.name} stopped while starting: it could not be started.`, server.name);
+          }
+        }
+      }
+      if (said.length) R.announce(said.join(". "));
+      hidePageError();
+    } catch (e) {
+      showPageError(`Could not refresh your servers: ${e.message}`);
+    } finally {
+      polling = false;
+      schedulePoll();
+    }
+  }
+
+  function schedulePoll() {
+    window.clearTimeout(pollTimer);
+    pollTimer = null;
+    if (starting.size || servers.some((s) => PENDING.has(s.status))) {
+      pollTimer = window.setTimeout(refresh, POLL_MS);
+    }
+  }
+
+  function showPageError(message, serverName) {
+    const box = document.getElementById("page-error");
+    box.replaceChildren(message);
+    if (serverName) {
+      const href = `${R.hubPrefix}spawn-pending/${encodeURIComponent(R.userName)}/${encodeURIComponent(serverName)}`;
+      box.append(
+        " ",
+        el(
+          "a",
+          { class: "alert-link", href },
+          "See JupyterHub's message"
+        )
+      );
+    }
+    box.classList.remove("d-none");
+    box.dataset.sticky = serverName ? "1" : "";
+  }
+
+  function hidePageError() {
+    const box = document.getElementById("page-error");
+    if (!box.dataset.sticky) box.classList.add("d-none");
+  }
+
+  // -- row actions ---------------------------------------------------------
+
+  tbody.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const server = find(button.closest("tr").dataset.name);
+    if (!server) return;
+    if (button.dataset.action === "stop") stop(server, button);
+    else if (button.dataset.action === "remove") remove(server, button);
+    else if (button.dataset.action === "start") start(server.name, server.environment_uid, button);
+  });
+
+  async function start(name, environment, button) {
+    R.setBusy(button, true, "Starting");
+    try {
+      await launch(name, environment);
+    } catch (e) {
+      showPageError(`Could not start ${name}: ${e.message}`);
+    } finally {
+      if (button.isConnected) R.setBusy(button, false);
+    }
+  }
+
+  /** POST api/servers, then follow the server until it runs. */
+  async function launch(name, environment) {
+    const result = await R.api("POST", "api/servers", { name, environment });
+    starting.set(name, Date.now());
+    const server = find(name);
+    const model = {
+      name,
+      environment: result.environment,
+      environment_uid: environment,
+      status: "spawn",
+      url: result.url,
+      last_activity: server ? server.last_activity : null,
+    };
+    servers = servers.filter((s) => s.name !== name).concat([model]);
+    servers.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    render();
+    R.announce(`Starting ${name}`);
+    schedulePoll();
+    return result;
+  }
+
+  async function stop(server, button) {
+    R.setBusy(button, true, "Stopping");
+    try {
+      await R.api("DELETE", `api/servers/${encodeURIComponent(server.name)}`);
+      server.status = "stop";
+      render();
+      R.announce(`Stopping ${server.name}`);
+      schedulePoll();
+      refresh();
+    } catch (e) {
+      showPageError(`Could not stop ${server.name}: ${e.message}`);
+    } finally {
+      if (button.isConnected) R.setBusy(button, false);
+    }
+  }
+
+  function remove(server, button) {
+    R.confirmAction({
+      title: "Remove the server?",
+      body: [
+        "Remove ",
+        el("strong", {}, server.name),
+        server.status === "stopped" ? "?" : "? It is stopped first.",
+        " Files in your home directory are kept; anything else in the server is lost.",
+      ],
+      confirmLabel: "Remove",
+      busyLabel: "Removing",
+      returnTo: button,
+      action: async () => {
+        await R.api("DELETE", `api/servers/${encodeURIComponent(server.name)}?remove=true`);
+        servers = servers.filter((s) => s.name !== server.name);
+        starting.delete(server.name);
+        render();
+        R.announce(`${server.name} removed`);
+      },
+    });
+  }
+
+  // -- New Server ----------------------------------------------------------
+
+  const dialog = document.getElementById("new-server-dialog");
+  const form = document.getElementById("new-server-form");
+  const envSelect = form.elements.environment;
+  const envHelp = document.getElementById("server-environment-help");
+
+  function describeEnvironment() {
+    if (!envSelect) return;
+    const env = environments.find((e) => e.uid === envSelect.value);
+    if (!env) return;
+    const source = env.ref ? `${env.repo} @ ${env.ref}` : env.repo;
+    const memory = env.memory || "no limit";
+    const cpus = env.cpu !== null && env.cpu !== undefined ? String(env.cpu) : "no limit";
+    envHelp.textContent = `${source} · Memory: ${memory} · CPUs: ${cpus}`;
+  }
+
+  function suggestName() {
+    const env = envSelect && environments.find((e) => e.uid === envSelect.value);
+    if (!env) return "";
+    const base = R.serverSlug(env.name);
+    let name = base;
+    for (let n = 2; find(name); n++) name = `${base}-${n}`;
+    return name;
+  }
+
+  let nameEdited = false;
+  form.elements.name.addEventListener("input", () => {
+    nameEdited = form.elements.name.value !== "";
+  });
+  if (envSelect) {
+    envSelect.addEventListener("change", () => {
+      describeEnvironment();
+      if (!nameEdited) form.elements.name.value = suggestName();
+    });
+  }
+
+  dialog.addEventListener("show.bs.modal", () => {
+    if (!nameEdited) form.elements.name.value = suggestName();
+    describeEnvironment();
+  });
+  dialog.addEventListener("shown.bs.modal", () => {
+    form.elements.name.focus();
+    form.elements.name.select();
+  });
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const submit = document.getElementById("new-server-submit");
+    R.clearErrors(form);
+    const name = form.elements.name.value.trim();
+    if (!name) {
+      R.showError(form, new R.ApiError(400, "name: is required", "name")).focus();
+      return;
+    }
+    R.setBusy(submit, true, "Starting");
+    try {
+      await launch(name, envSelect.value);
+      bootstrap.Modal.getInstance(dialog).hide();
+      form.reset();
+      nameEdited = false;
+    } catch (e) {
+      R.showError(form, e).focus();
+    } finally {
+      R.setBusy(submit, false);
+    }
+  });
+
+  // -- direct launch links (servers?name=…&environment=…) ------------------
+
+  /**
+   * The page was asked to start a server: follow it with the API and go to
+   * it when it runs. Everything needed is in the page (data-name, data-url),
+   * so a reload simply asks the service again.
+   */
+  function followLaunch(box) {
+    const name = box.dataset.name;
+    const target = box.dataset.url;
+    const progress = box.querySelector(".launch-progress");
+    const started = Date.now();
+    let stoppedSeen = 0;
+
+    const fail = (message) => {
+      box.classList.add("d-none");
+      const error = document.getElementById("launch-error");
+      error.replaceChildren(
+        el("p", { class: "mb-1 fw-semibold" }, message),
+        el(
+          "p",
+          { class: "mb-0 small" },
+          el("a", { class: "alert-link", href: box.dataset.spawnPending }, "See JupyterHub's message"),
+          " or try again from the list below."
+        )
+      );
+      error.classList.remove("d-none");
+      error.focus();
+      R.announce(message);
+    };
+
+    const poll = async () => {
+      let server;
+      try {
+        const data = await R.api("GET", "api/servers");
+        servers = data.servers;
+        render();
+        server = find(name);
+      } catch (e) {
+        progress.textContent = `Could not ask for the server's status (${e.message}); trying again…`;
+        window.setTimeout(poll, POLL_MS);
+        return;
+      }
+      const seconds = Math.round((Date.now() - started) / 1000);
+      if (server && server.status === "running") {
+        progress.textContent = "The server is ready: opening it…";
+        R.announce(`${name} is ready`);
+        window.location.replace(target);
+        return;
+      }
+      if (!server || server.status === "stopped") {
+        stoppedSeen += 1;
+        if (stoppedSeen >= 2 && seconds > 3) {
+          fail(`The server ${name} stopped before it was ready: it could not be started.`);
+          return;
+        }
+      } else {
+        stoppedSeen = 0;
+      }
+      progress.textContent = `${STATUS_TEXT[server ? server.status : "spawn"] || "Starting"}… (${seconds} s)`;
+      window.setTimeout(poll, POLL_MS);
+    };
+    window.setTimeout(poll, 500);
+  }
+
+  // -- start ---------------------------------------------------------------
+
+  render();
+  schedulePoll();
+  const launching = document.getElementById("launching");
+  if (launching) followLaunch(launching);
+})();

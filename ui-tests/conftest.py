@@ -1,0 +1,219 @@
+"""Fixtures of the browser tests (``ui-tests/``).
+
+They reuse the real infrastructure of ``tests/conftest.py`` (JupyterHub with
+configurable-http-proxy, the service as a managed service, Docker, the git
+server) and add a browser:
+
+- ``browser``: Debian's Chromium driven by Playwright (its own browser
+  download cannot work here). Missing Chromium or Playwright fails under
+  CI=true and skips elsewhere.
+- ``admin_context``, ``alice_context``: browser contexts (1280x900, reduced
+  motion, clipboard allowed) logged in through the hub's login form as the
+  hub admin ``admin`` and the plain user ``alice``.
+- ``admin_page``, ``alice_page``: a fresh page in those contexts. The test
+  fails if the page opened a JavaScript dialog (``alert`` and friends) or
+  threw an uncaught error.
+- ``run_id``: a short id unique to the session, put into the Dockerfiles of
+  the test repositories so that Docker's build cache never hides their output.
+- ``demo_repo``, ``slow_repo``, ``broken_repo``: git repositories whose
+  Dockerfile starts ``FROM`` the test single-user image: one that prints
+  coloured lines, one that sleeps 60 s (to cancel), one whose build fails.
+- ``ui_envs``: the display names the tests use; environments with those
+  names left over from an interrupted run are removed first.
+- ``demo_env``: the built environment "Python demo" (added through the
+  dialog by the first test; built through the API when a test runs alone).
+
+Helpers that tests import live in ``ui_helpers.py``.
+"""
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import *  # noqa: F401,F403  (hub, admin, alice, git_server, ...)
+from tests.conftest import SINGLEUSER_IMAGE, need
+from tests.gitserver import make_repo
+from tests.utils import SERVICE
+from ui_helpers import UI_ENVS, find_env
+
+CHROMIUM = os.environ.get("TLJH_R2D_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 900}
+
+@pytest.fixture(scope="session")
+def run_id():
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def demo_repo(git_server, git_root, test_images, run_id):
+    """Prints plain, coloured and HTML-looking lines while it builds."""
+    script = (
+        f"echo 'ui-test run {run_id}'"
+        " && for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo \"demo line $i\"; done"
+        " && printf '\\033[1;31mred bold\\033[0m and \\033[32mgreen\\033[0m\\n'"
+        " && echo '<script>alert(2)</script><b>not bold</b>'"
+    )
+    make_repo(git_root, "ui-demo", {"Dockerfile": f"FROM {SINGLEUSER_IMAGE}\nRUN {script}\n"})
+    return git_server.url("ui-demo")
+
+
+@pytest.fixture(scope="session")
+def slow_repo(git_server, git_root, test_images, run_id):
+    make_repo(
+        git_root,
+        "ui-slow",
+        {"Dockerfile": f"FROM {SINGLEUSER_IMAGE}\nRUN echo 'slow {run_id}' && sleep 60\n"},
+    )
+    return git_server.url("ui-slow")
+
+
+@pytest.fixture(scope="session")
+def broken_repo(git_server, git_root, test_images, run_id):
+    make_repo(
+        git_root,
+        "ui-broken",
+        {"Dockerfile": f"FROM {SINGLEUSER_IMAGE}\nRUN echo 'broken {run_id}' && exit 3\n"},
+    )
+    return git_server.url("ui-broken")
+
+
+@pytest.fixture(scope="session")
+async def browser():
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        need("the Python package playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        need(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    playwright = await async_playwright().start()
+    browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    await browser.close()
+    await playwright.stop()
+
+
+async def logged_in_context(browser, hub, name):
+    context = await browser.new_context(
+        base_url=hub.url, viewport=VIEWPORT, reduced_motion="reduce", accept_downloads=True
+    )
+    await context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=hub.url.rstrip("/")
+    )
+    page = await context.new_page()
+    await page.goto("hub/login")
+    await page.fill("#username_input", name)
+    await page.fill("#password_input", "any password")
+    async with page.expect_navigation():
+        await page.click("#login_submit")
+    # Log in to the service too (the OAuth round trip through the hub).
+    await page.goto(f"services/{SERVICE}/servers")
+    assert f"/services/{SERVICE}/servers" in page.url, page.url
+    await page.close()
+    return context
+
+
+@pytest.fixture(scope="session")
+async def admin_context(browser, hub):
+    context = await logged_in_context(browser, hub, "admin")
+    yield context
+    await context.close()
+
+
+@pytest.fixture(scope="session")
+async def alice_context(browser, hub):
+    context = await logged_in_context(browser, hub, "alice")
+    yield context
+    await context.close()
+
+
+class WatchedPage:
+    """Records what must never happen on a page: JavaScript dialogs and uncaught errors."""
+
+    def __init__(self, page):
+        self.page = page
+        self.dialogs = []
+        self.errors = []
+        page.on("dialog", self._on_dialog)
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    async def _on_dialog(self, dialog):
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        await dialog.dismiss()
+
+    def check(self):
+        assert not self.dialogs, f"JavaScript dialogs opened: {self.dialogs}"
+        assert not self.errors, f"JavaScript errors: {self.errors}"
+
+
+async def _watched_page(context):
+    page = await context.new_page()
+    watched = WatchedPage(page)
+    page.set_default_timeout(20_000)
+    yield page
+    try:
+        watched.check()
+    finally:
+        await page.close()
+
+
+@pytest.fixture
+async def admin_page(admin_context):
+    async for page in _watched_page(admin_context):
+        yield page
+
+
+@pytest.fixture
+async def alice_page(alice_context):
+    async for page in _watched_page(alice_context):
+        yield page
+
+
+@pytest.fixture(scope="session")
+async def ui_envs(admin):
+    """UI_ENVS; environments with those names are removed before and after the session.
+
+    Before: leftovers of an interrupted run, adopted from their images.
+    After: so that the next run does not adopt them.
+    """
+    await _remove_envs(admin, UI_ENVS.values())
+    yield UI_ENVS
+    await _remove_envs(admin, UI_ENVS.values())
+
+
+async def _remove_envs(user, names):
+    r = await user.api("GET", "api/environments")
+    assert r.status_code == 200, r.text
+    for env in r.json()["environments"]:
+        if env["name"] in names:
+            await user.delete_env(env["uid"])
+
+
+@pytest.fixture
+async def demo_env(admin, ui_envs, demo_repo):
+    """The built "Python demo" environment, built through the API if no test added it."""
+    env = await find_env(admin, ui_envs["demo"])
+    if env is None:
+        env = await admin.create_env(
+            {"repo": demo_repo, "name": ui_envs["demo"], "machine_profile": "Small"}
+        )
+    return await admin.wait_env(env["uid"], {"built"}, timeout=300)
+
+
+@pytest.fixture
+async def html_env(admin, ui_envs, demo_repo):
+    """A built environment whose display name is an HTML injection attempt."""
+    env = await find_env(admin, ui_envs["html"])
+    if env is None:
+        env = await admin.create_env({"repo": demo_repo, "name": ui_envs["html"]})
+    return await admin.wait_env(env["uid"], {"built"}, timeout=300)

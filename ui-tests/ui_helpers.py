@@ -1,0 +1,81 @@
+"""Helpers of the browser tests: locators, waits and screenshots."""
+
+from pathlib import Path
+
+from playwright.async_api import expect
+
+from tests.utils import SERVICE
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+#: The display names of the environments the browser tests add.
+UI_ENVS = {
+    "demo": "Python demo",
+    "slow": "Slow build",
+    "broken": "Broken build",
+    "html": "<img src=x onerror=alert(1)>",
+}
+
+BUILD_TIMEOUT = 300_000  # ms
+SPAWN_TIMEOUT = 150_000  # ms
+
+
+def service_path(path=""):
+    return f"services/{SERVICE}/{path}"
+
+
+async def shot(page, name):
+    """Save docs/screenshots/<name>.png (for the README)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+async def find_env(user, name):
+    """The API model of the environment called ``name``, or None."""
+    r = await user.api("GET", "api/environments")
+    assert r.status_code == 200, r.text
+    return next((e for e in r.json()["environments"] if e["name"] == name), None)
+
+
+def env_row(page, name):
+    """The row of the environments table whose name cell is exactly ``name``."""
+    return page.locator("#environments tbody tr").filter(
+        has=page.get_by_role("rowheader", name=name, exact=True)
+    )
+
+
+def server_row(page, name):
+    return page.locator(f'#servers tbody tr[data-name="{name}"]')
+
+
+async def open_environments(page):
+    response = await page.goto(service_path("environments"))
+    assert response.status == 200, response.status
+    await expect(page.locator("#environments tbody tr").first).to_be_visible()
+
+
+async def open_servers(page, query=""):
+    response = await page.goto(service_path("servers") + query)
+    await expect(page.locator("#servers tbody tr").first).to_be_visible()
+    return response
+
+
+async def add_environment(page, repo, name=None, profile=None, gpu=None):
+    """Fill and submit the Add New dialog; returns the dialog locator (still open on errors)."""
+    await page.click("#add-environment")
+    dialog = page.locator("#add-dialog")
+    await expect(dialog).to_be_visible()
+    await page.locator("#add-repo").fill(repo)
+    if name is not None:
+        await page.locator("#add-name").fill(name)
+    if profile is not None:
+        await page.get_by_label("Machine profile").select_option(label=profile)
+    if gpu is not None:
+        await page.get_by_label("GPU availability").select_option(gpu)
+    await dialog.get_by_role("button", name="Add and build").click()
+    return dialog
+
+
+async def wait_status(row, status, timeout=BUILD_TIMEOUT):
+    await expect(row).to_have_attribute("data-status", status, timeout=timeout)
