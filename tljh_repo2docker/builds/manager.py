@@ -10,7 +10,7 @@ import asyncio
 import collections
 import time
 
-from traitlets import Any, Float, Instance, Integer
+from traitlets import Any, Float, Instance, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..db import store
@@ -89,6 +89,19 @@ class BuildManager(LoggingConfigurable):
         0.25,
         help="Seconds between writes of new log lines to the database.",
     ).tag(config=True)
+
+    image_prefix = Unicode(
+        help="""
+        Only images whose names start with this are adopted after a restart:
+        another service (or test session) sharing the Docker engine labels its
+        images the same way, and adopting them would let this service delete
+        them. Default: the application's ``image_prefix``.
+        """,
+    )
+
+    @default("image_prefix")
+    def _default_image_prefix(self):
+        return getattr(self.parent, "image_prefix", "") or ""
 
     builder = Instance(Builder)
     sessions = Any(help="The database's async_sessionmaker.")
@@ -384,6 +397,8 @@ class BuildManager(LoggingConfigurable):
             labels = image.get("labels", {})
             uid = labels.get("tljh_repo2docker.uid")
             if not uid or uid in known:
+                continue
+            if not image["image_name"].startswith(self.image_prefix):
                 continue
             name = labels.get("tljh_repo2docker.display_name") or image["image_name"]
             if await store.name_taken(self.sessions, name):

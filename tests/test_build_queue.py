@@ -1,0 +1,109 @@
+"""The build queue with one build at a time: the BuildManager, a real DockerBuilder, real SQLite.
+
+The test hub runs the service with two concurrent builds; a limit of one is
+checked here directly on the manager, which is where the queue lives. The
+builds are real repo2docker builds on the local Docker engine.
+"""
+
+import asyncio
+import time
+
+import pytest
+
+from tests.buildutils import build_containers, docker, dockerfile, image_info, token
+from tests.conftest import BUILDER_IMAGE
+from tests.gitserver import make_repo
+from tljh_repo2docker.builds.docker import DockerBuilder
+from tljh_repo2docker.builds.manager import BuildManager
+from tljh_repo2docker.db import store
+from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db
+from tljh_repo2docker.handlers.environments import build_request
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+async def manager(tmp_path, test_images):
+    engine = make_engine(f"sqlite:///{tmp_path / 'queue.sqlite'}")
+    await upgrade_db(engine)
+    sessions = make_sessionmaker(engine)
+    builder = DockerBuilder(
+        repo2docker_image=BUILDER_IMAGE, network_mode="host", pull_repo2docker_image=False
+    )
+    prefix = f"tljh-r2d-queue-{token()}/"
+    manager = BuildManager(
+        builder=builder, sessions=sessions, max_concurrent_builds=1, image_prefix=prefix
+    )
+    manager.prefix = prefix
+    yield manager
+    await manager.close()
+    for env in await store.list_environments(sessions):
+        docker("rm", "-f", f"{builder.container_prefix}{env.uid}", check=False)
+        docker("rmi", "-f", env.image_name, check=False)
+    await builder.close()
+    await engine.dispose()
+
+
+async def test_one_build_at_a_time_first_in_first_out(manager, git_root, git_server):
+    sessions = manager.sessions
+    envs = []
+    for number in range(3):
+        name = f"q{number}-{token()}"
+        make_repo(git_root, name, {"Dockerfile": dockerfile(f"RUN echo queued-build-{number} && sleep 2")})
+        env = await store.create_environment(
+            sessions,
+            uid=token() + token(),
+            name=name,
+            image_name=f"{manager.prefix}{name}:main",
+            repo=git_server.url(name),
+            ref="main",
+            node_selector={},
+            build_args={},
+        )
+        await manager.submit(env, build_request(env))
+        envs.append(env)
+    first, second, third = (env.uid for env in envs)
+
+    assert manager.running_count == 1
+    assert manager.positions() == {second: 1, third: 2}
+    assert manager.position(first) is None
+    statuses = {env.uid: env.status for env in await store.list_environments(sessions)}
+    assert statuses == {first: "building", second: "queued", third: "queued"} or statuses == {
+        first: "queued",  # the first build's task may not have run yet
+        second: "queued",
+        third: "queued",
+    }
+
+    # Only one build container at a time, while the builds run.
+    deadline = time.monotonic() + 180
+    most = 0
+    while time.monotonic() < deadline:
+        running = sum(1 for uid in (first, second, third) if build_containers(uid))
+        most = max(most, running)
+        done = [await store.get_environment(sessions, uid) for uid in (first, second, third)]
+        if all(env.status in ("built", "failed", "cancelled") for env in done):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise TimeoutError("the queued builds did not finish")
+    assert most == 1
+
+    assert [env.status for env in done] == ["built", "built", "built"], [e.error for e in done]
+    # First in, first out, and never two at once.
+    assert done[0].started <= done[0].finished <= done[1].started
+    assert done[1].finished <= done[2].started
+    for env in done:
+        assert image_info(env.image_name)["Config"]["Labels"]["tljh_repo2docker.uid"] == env.uid
+
+    # Each log says where the build waited.
+    logs = [await store.read_log(sessions, uid) for uid in (first, second, third)]
+    assert [log[0][2] for log in logs] == [
+        "queued (position 1)",
+        "queued (position 1)",
+        "queued (position 2)",
+    ]
+    for number, log in enumerate(logs):
+        assert any(f"queued-build-{number}" in message for _, _, message in log)
+        assert log[-1][1] == "built"
+        ids = [event_id for event_id, _, _ in log]
+        assert ids == sorted(set(ids))
