@@ -14,11 +14,15 @@ Real components, started once per session:
 - ``admin``, ``alice``, ``bob``: logged-in browser-like sessions
   (:class:`tests.utils.HubUser`) for a hub admin, a plain user, and a user whose
   role carries the ``custom:tljh_repo2docker:admin`` scope.
+- ``running_hub(workdir, extra_service_args)``: a context manager starting
+  another such hub, for modules that need the service configured differently
+  (e.g. with ``--binderhub_url``).
 - ``built_env``: one environment built through the service's API, shared by
   the tests that only need "some built environment".
 """
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -142,12 +146,12 @@ def _test_network():
     return inspect.stdout.strip()
 
 
-@pytest.fixture(scope="session")
-def hub(tmp_path_factory, test_images):
-    """A real JupyterHub + proxy with the service as a managed service."""
+@contextlib.contextmanager
+def running_hub(workdir, extra_service_args=()):
+    """Start a real JupyterHub + proxy with the service (extra command-line options
+    for the service in ``extra_service_args``); stop it and clean up afterwards."""
     if shutil.which("configurable-http-proxy") is None:
         need("configurable-http-proxy is not installed (npm install -g configurable-http-proxy)")
-    workdir = tmp_path_factory.mktemp("hub")
     hub_info = utils.HubInfo(
         workdir=workdir,
         proxy_port=_free_port(),
@@ -157,7 +161,9 @@ def hub(tmp_path_factory, test_images):
         gateway=_test_network(),
         network=TEST_NETWORK,
     )
-    config = utils.hub_config(hub_info, builder_image=BUILDER_IMAGE)
+    config = utils.hub_config(
+        hub_info, builder_image=BUILDER_IMAGE, extra_service_args=extra_service_args
+    )
     (workdir / "jupyterhub_config.py").write_text(config)
     log = open(workdir / "jupyterhub.log", "w")
     env = dict(os.environ)
@@ -177,15 +183,24 @@ def hub(tmp_path_factory, test_images):
         proc.terminate()
         print((workdir / "jupyterhub.log").read_text()[-5000:])
         raise
-    yield hub_info
-    utils.stop_all_servers(hub_info)
-    proc.terminate()
-    utils.remove_test_images()
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield hub_info
+    finally:
+        utils.stop_all_servers(hub_info)
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, test_images):
+    """A real JupyterHub + proxy with the service as a managed service."""
+    with running_hub(tmp_path_factory.mktemp("hub")) as hub_info:
+        yield hub_info
+    utils.remove_test_images()
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ from tests.buildutils import (
     wait_for,
 )
 from tests.gitserver import add_commit, head_commit, make_repo
-from tests.utils import admin_api, assert_json_error
+from tests.utils import SECRET_PASSWORD, admin_api, assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -385,3 +385,85 @@ async def test_every_api_error_has_the_same_shape(admin, alice, built_env):
     for user, method, path, body, status in cases:
         r = await user.api(method, path, json=body)
         assert_json_error(r, status)
+
+
+# -- 8. private repositories: the password goes nowhere ---------------------------
+
+
+async def test_private_repository_builds_and_the_password_leaks_nowhere(
+    hub, admin, envs, private_git_root, private_git_server
+):
+    name = f"p-{token()}"
+    make_repo(
+        private_git_root,
+        name,
+        {"Dockerfile": dockerfile("RUN echo private-build && sleep 4 && echo private-done")},
+    )
+    url = private_git_server.url(name)
+    seen = []  # everything the service said, and what Docker shows
+
+    async def call(method, path, **kwargs):
+        r = await admin.api(method, path, **kwargs)
+        seen.append(r.text)
+        return r
+
+    # Without credentials the clone is refused, and the build fails.
+    r = await call("POST", "api/environments", json={"repo": url, "name": f"anon-{token()}"})
+    assert r.status_code == 202, r.text
+    anonymous = r.json()
+    envs.append(anonymous["uid"])
+    anonymous = await admin.wait_env(anonymous["uid"], FINAL)
+    seen.append(json.dumps(anonymous))
+    assert anonymous["status"] == "failed"
+    assert anonymous["error"]
+    assert image_info(anonymous["image_name"]) is None
+
+    # With them it builds.
+    private_git_server.clear()
+    body = {"repo": url, "name": f"priv-{token()}", "username": "builder", "password": SECRET_PASSWORD}
+    r = await call("POST", "api/environments", json=body)
+    assert r.status_code == 202, r.text
+    uid = r.json()["uid"]
+    envs.append(uid)
+    raw_stream = []
+    stream = asyncio.ensure_future(read_events(admin, uid, raw=raw_stream))
+    await wait_building(admin, uid, contains="private-build")
+    (container,) = build_containers(uid)
+    inspected = docker("inspect", container).stdout
+    config = json.loads(inspected)[0]["Config"]
+    seen += [inspected, json.dumps(config["Cmd"]), json.dumps(config["Env"]), json.dumps(config["Labels"])]
+    events = await stream
+    assert events[-1][1]["phase"] == "built", log_text(events)[-2000:]
+    assert "private-done" in log_text(events)
+    env = await admin.get_env(uid)
+    seen.append(json.dumps(env))
+    assert env["status"] == "built"
+    assert env["commit"] == head_commit(private_git_root, name)
+    assert any(
+        record.username == "builder" and record.status == 200
+        for record in private_git_server.requests_for(name)
+    )
+    seen += raw_stream
+    seen.append(json.dumps(await read_events(admin, uid)))
+    seen.append((await call("GET", "api/environments")).text)
+    seen.append((await call("GET", f"api/environments/{uid}")).text)
+
+    # Rebuilding needs the credentials again: they were not kept.
+    r = await call("POST", f"api/environments/{uid}/rebuild")
+    assert_json_error(r, 400, "password")
+
+    # The image: labels and history.
+    seen.append(docker("image", "inspect", env["image_name"]).stdout)
+    seen.append(docker("history", "--no-trunc", env["image_name"]).stdout)
+    assert build_containers(uid) == []
+
+    texts = {"API, SSE and Docker": "\n".join(seen)}
+    texts["hub and service log"] = (hub.workdir / "jupyterhub.log").read_text(errors="replace")
+    for path in sorted(hub.workdir.glob(hub.db_path.name + "*")):
+        texts[path.name] = path.read_bytes().decode("latin-1")
+    assert hub.db_path.name in texts
+    for where, text in texts.items():
+        assert SECRET_PASSWORD not in text, f"the password is in the {where}"
+    # Sanity: the checks above look at the right things.
+    assert "private-build" in texts["API, SSE and Docker"]
+    assert uid in texts["hub and service log"]

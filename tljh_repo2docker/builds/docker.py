@@ -274,9 +274,7 @@ class DockerBuilder(Builder):
         if request.has_credentials:
             username, password = request.username, request.password
         if repo != request.repo or request.has_credentials:
-            request = dataclasses.replace(
-                request, repo=repo, username=username, password=password
-            )
+            request = dataclasses.replace(request, repo=repo, username=username, password=password)
         secrets = _secrets(username, password)
 
         if request.has_credentials:
@@ -471,9 +469,7 @@ class DockerBuilder(Builder):
             else:
                 final = BuildEvent(FAILED, _failure_message(code, tail))
         await self._remove(container, uid)
-        self.log.info(
-            "Build %s: %s after %.1f s", uid, final.phase, time.monotonic() - started
-        )
+        self.log.info("Build %s: %s after %.1f s", uid, final.phase, time.monotonic() - started)
         yield final
 
     async def _built_event(self, image_name, commit, tail):
@@ -508,9 +504,7 @@ class DockerBuilder(Builder):
         for line in text.splitlines():
             parts = urlsplit(line.strip())
             if parts.password is not None or parts.username is not None:
-                secrets += _secrets(
-                    unquote(parts.username or ""), unquote(parts.password or "")
-                )
+                secrets += _secrets(unquote(parts.username or ""), unquote(parts.password or ""))
         return secrets
 
     # -- containers ----------------------------------------------------------
@@ -541,9 +535,7 @@ class DockerBuilder(Builder):
             self.log.warning("Could not remove the container of build %s: %s", uid, e)
 
     async def running(self):
-        containers = await self.docker.containers.list(
-            all=True, filters={"label": [BUILD_LABEL]}
-        )
+        containers = await self.docker.containers.list(all=True, filters={"label": [BUILD_LABEL]})
         uids = {(c["Labels"] or {}).get(BUILD_LABEL) for c in containers} - {None, ""}
         self._known_builds = set(uids)
         return uids
@@ -637,10 +629,7 @@ class DockerBuilder(Builder):
         )
         users = [c for c in candidates if "ImageID" in c and c["ImageID"] == image["Id"]]
         if users:
-            names = sorted(
-                ((c["Names"] if "Names" in c else None) or [c.id[:12]])[0].lstrip("/")
-                for c in users
-            )
+            names = sorted(_container_name(c) for c in users)
             raise BuildError(
                 f"Image {image_name or image_id} is used by "
                 f"{len(names)} container{'s' if len(names) > 1 else ''}: {', '.join(names)}"
@@ -684,6 +673,13 @@ async def _lines(chunks):
             yield line.removesuffix("\r")
     if buffer:
         yield buffer.removesuffix("\r")
+
+
+def _container_name(container):
+    try:
+        return container["Names"][0].lstrip("/")
+    except (KeyError, IndexError, TypeError):
+        return container.id[:12]
 
 
 async def _shielded(coro):
@@ -742,9 +738,7 @@ def _credential_store_line(repo, username, password):
     """A git credential-store line for the scheme and host of ``repo``."""
     parts = urlsplit(repo)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(
-            "Credentials can only be used with http:// or https:// repository URLs"
-        )
+        raise ValueError("Credentials can only be used with http:// or https:// repository URLs")
     host = parts.netloc.rpartition("@")[2]
     user = quote(username or "", safe="")
     secret = quote(password or "", safe="")
