@@ -147,7 +147,7 @@ def _test_network():
 
 
 @contextlib.contextmanager
-def running_hub(workdir, extra_service_args=()):
+def running_hub(workdir, extra_service_args=(), extra_config=""):
     """Start a real JupyterHub + proxy with the service (extra command-line options
     for the service in ``extra_service_args``); stop it and clean up afterwards."""
     if shutil.which("configurable-http-proxy") is None:
@@ -162,7 +162,10 @@ def running_hub(workdir, extra_service_args=()):
         network=TEST_NETWORK,
     )
     config = utils.hub_config(
-        hub_info, builder_image=BUILDER_IMAGE, extra_service_args=extra_service_args
+        hub_info,
+        builder_image=BUILDER_IMAGE,
+        extra_service_args=extra_service_args,
+        extra_config=extra_config,
     )
     (workdir / "jupyterhub_config.py").write_text(config)
     log = open(workdir / "jupyterhub.log", "w")

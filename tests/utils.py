@@ -60,7 +60,7 @@ class HubInfo:
         return self.workdir / "tljh_repo2docker.sqlite"
 
 
-def hub_config(info: HubInfo, builder_image: str, extra_service_args=()):
+def hub_config(info: HubInfo, builder_image: str, extra_service_args=(), extra_config=""):
     """The jupyterhub_config.py of the test hub: the README's configuration, on loopback."""
     service_args = [
         f"--port={info.service_port}",
@@ -141,6 +141,7 @@ c.JupyterHub.load_roles = [
         "services": ["test-admin"],
     }},
 ]
+{extra_config}
 """
 
 

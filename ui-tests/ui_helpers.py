@@ -70,7 +70,7 @@ async def add_environment(page, repo, name=None, profile=None, gpu=None):
     if name is not None:
         await page.locator("#add-name").fill(name)
     if profile is not None:
-        await page.get_by_label("Machine profile").select_option(label=profile)
+        await page.get_by_label("Machine profile").select_option(value=profile)
     if gpu is not None:
         await page.get_by_label("GPU availability").select_option(gpu)
     await dialog.get_by_role("button", name="Add and build").click()
