@@ -310,7 +310,6 @@ class TljhRepo2Docker(Application):
             return
         self.load_config_file_if_any()
         self.init_logging()
-        self.log.info("tljh-repo2docker %s", __version__)
 
     def load_config_file_if_any(self):
         path = Path(self.config_file)
@@ -427,6 +426,7 @@ class TljhRepo2Docker(Application):
     async def start(self):
         self.init_secrets()
         await self.init_db()
+        self.log.info("tljh-repo2docker %s, database %s", __version__, db_session.redact(self.db_url))
         self.init_builder()
         self.init_hub_client()
         await self.init_build_manager()

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import datetime
 import io
 import os
 import re
@@ -589,7 +590,8 @@ class DockerBuilder(Builder):
         labels = image["Config"].get("Labels") or {}
         # Only an image of this very build: a previous build of the same
         # environment can carry the same name and uid, but it is older.
-        if labels.get(UID_LABEL) != uid or image.get("Created", "") < info.get("Created", ""):
+        built = _timestamp(image.get("Created"))
+        if labels.get(UID_LABEL) != uid or built < _timestamp(info.get("Created")):
             return
         self.log.warning("Build %s: removing image %s tagged despite the cancel", uid, image_name)
         try:
@@ -620,13 +622,18 @@ class DockerBuilder(Builder):
                 if e.status == 404:
                     continue
                 raise BuildError(f"Cannot inspect image {candidate}: {_describe(e)}") from e
+            except (aiohttp.ClientError, OSError) as e:
+                raise BuildError(f"Cannot reach the Docker engine: {_describe(e)}") from e
             target = candidate
             break
         if image is None:
             return
-        candidates = await self.docker.containers.list(
-            all=True, filters={"ancestor": [image["Id"]]}
-        )
+        try:
+            candidates = await self.docker.containers.list(
+                all=True, filters={"ancestor": [image["Id"]]}
+            )
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            raise BuildError(f"Cannot list containers: {_describe(e)}") from e
         users = [c for c in candidates if "ImageID" in c and c["ImageID"] == image["Id"]]
         if users:
             names = sorted(_container_name(c) for c in users)
@@ -640,6 +647,8 @@ class DockerBuilder(Builder):
             if e.status == 404:
                 return
             raise BuildError(f"Cannot remove image {target}: {_describe(e)}") from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise BuildError(f"Cannot reach the Docker engine: {_describe(e)}") from e
         self.log.info("Removed image %s", target)
 
     async def adoptable_images(self):
@@ -673,6 +682,17 @@ async def _lines(chunks):
             yield line.removesuffix("\r")
     if buffer:
         yield buffer.removesuffix("\r")
+
+
+def _timestamp(text):
+    """Seconds since the epoch for a Docker time stamp (RFC 3339, nanoseconds)."""
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(.*)$", text or "")
+    if not match:
+        return 0.0
+    seconds, fraction, zone = match.groups()
+    zone = "+00:00" if zone in ("", "Z") else zone
+    moment = datetime.datetime.fromisoformat(seconds + zone)
+    return moment.timestamp() + float(f"0.{fraction or 0}")
 
 
 def _container_name(container):
