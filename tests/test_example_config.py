@@ -473,6 +473,7 @@ def test_roles_and_scopes(hub_config_result, z2jh):
         assert set(wanted["scopes"]) <= set(have["scopes"]), wanted["name"]
         assert set(wanted.get("services", [])) <= set(have.get("services", []))
     assert roles[hub_config.SERVICE_ROLE]["scopes"] == [
+        "list:users",
         "read:users",
         "read:roles:users",
         "admin:servers",
