@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE  # noqa: E402
 from tljh_repo2docker.db import store  # noqa: E402
 from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db  # noqa: E402
 
 ACCESS = "access:services!service=tljh_repo2docker"
-ADMIN_SCOPES = [ACCESS, TLJH_R2D_ADMIN_SCOPE]
+# The hub user "admin" is a hub admin, which is what makes it an admin of the service.
+ADMIN_SCOPES = [ACCESS]
 
 
 def percentile(values, q):

@@ -29,14 +29,13 @@
 
   /** Call the service's JSON API; resolves to the parsed body (or null). */
   async function api(method, path, body) {
+    // JupyterHub's HubOAuth wants the XSRF token with every cookie-authenticated
+    // request that is not a page view, GETs included.
     const options = {
       method,
       credentials: "same-origin",
-      headers: { Accept: "application/json" },
+      headers: { Accept: "application/json", "X-XSRFToken": xsrfToken },
     };
-    if (method !== "GET" && method !== "HEAD") {
-      options.headers["X-XSRFToken"] = xsrfToken;
-    }
     if (body !== undefined) {
       options.headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
@@ -281,16 +280,19 @@
   /**
    * Open a Bootstrap modal and give the focus back to ``returnTo`` when it
    * closes (Bootstrap only does that for data-bs-toggle buttons).
+   * ``returnTo`` may be a function, called then: a table row may have been
+   * redrawn while the dialog was open.
    */
   function openModal(modalElement, returnTo, focusSelector) {
     const modal = bootstrap.Modal.getOrCreateInstance(modalElement);
-    const opener = returnTo || document.activeElement;
+    const active = document.activeElement;
     const onShown = () => {
       const target = focusSelector && modalElement.querySelector(focusSelector);
       if (target) target.focus();
     };
     const onHidden = () => {
       modalElement.removeEventListener("shown.bs.modal", onShown);
+      const opener = typeof returnTo === "function" ? returnTo() : returnTo || active;
       // The opener may be gone (its row was removed): then a stable control.
       const target =
         opener && opener.isConnected && typeof opener.focus === "function"
@@ -419,6 +421,7 @@
 
   window.TljhR2D = {
     baseUrl,
+    xsrfToken,
     hubPrefix,
     userName,
     ApiError,

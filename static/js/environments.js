@@ -125,7 +125,7 @@
         { class: "d-flex flex-wrap gap-1 justify-content-end" },
         button("logs", "Logs", "btn-outline-secondary", "fa-file-lines"),
         active
-          ? button("cancel", "Cancel", "btn-outline-warning", "fa-stop")
+          ? button("cancel", "Cancel", "btn-outline-secondary", "fa-stop")
           : button("rebuild", "Rebuild", "btn-outline-primary", "fa-rotate"),
         hasImage(env) ? button("copy-link", "Copy launch link", "btn-outline-secondary", "fa-link") : null,
         button("remove", "Remove", "btn-outline-danger", "fa-trash")
@@ -244,6 +244,14 @@
 
   // -- row actions ---------------------------------------------------------
 
+  /** The button of a row as it is now (rows are redrawn when they change). */
+  function rowControl(uid, action) {
+    return () => {
+      const tr = tbody.querySelector(`tr[data-uid="${CSS.escape(uid)}"]`);
+      return tr && (tr.querySelector(`[data-action="${action}"]`) || tr.querySelector("button"));
+    };
+  }
+
   tbody.addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
     if (!button) return;
@@ -298,7 +306,7 @@
       ],
       confirmLabel: "Remove",
       busyLabel: "Removing",
-      returnTo: button,
+      returnTo: rowControl(env.uid, button.dataset.action),
       action: async () => {
         await R.api("DELETE", `api/environments/${encodeURIComponent(env.uid)}`);
         environments = environments.filter((e) => e.uid !== env.uid);
@@ -332,7 +340,7 @@
     rebuildForm.reset();
     R.clearErrors(rebuildForm);
     rebuildDialog.querySelector(".modal-title").textContent = `Rebuild ${env.name}`;
-    R.openModal(rebuildDialog, button, "#rebuild-username");
+    R.openModal(rebuildDialog, rowControl(env.uid, button.dataset.action), "#rebuild-username");
   }
 
   rebuildForm.addEventListener("submit", async (event) => {
@@ -448,10 +456,11 @@
   });
 
   function setLogStatus(text, live) {
-    logStatus.replaceChildren(
+    logStatus.replaceChildren();
+    R.append(logStatus, [
       live ? el("span", { class: "spinner-border spinner-border-sm me-2", "aria-hidden": "true" }) : null,
-      text
-    );
+      text,
+    ]);
   }
 
   function openLogs(env, button) {
@@ -468,14 +477,16 @@
     output.replaceChildren();
     logsDialog.querySelector(".modal-title").textContent = `Build log: ${env.name}`;
     setLogStatus("Connecting…", true);
-    R.openModal(logsDialog, button, "#logs-output");
+    R.openModal(logsDialog, rowControl(env.uid, button.dataset.action), "#logs-output");
     connectLogs();
   }
 
   function connectLogs() {
     const env = logs.env;
-    let url = `${R.baseUrl}api/environments/${encodeURIComponent(env.uid)}/logs`;
-    if (logs.lastId) url += `?last_event_id=${logs.lastId}`;
+    // EventSource cannot send headers: the XSRF token goes in the query.
+    const params = new URLSearchParams({ _xsrf: R.xsrfToken });
+    if (logs.lastId) params.set("last_event_id", logs.lastId);
+    const url = `${R.baseUrl}api/environments/${encodeURIComponent(env.uid)}/logs?${params}`;
     const source = new EventSource(url);
     logs.source = source;
     source.onopen = () => {
@@ -517,14 +528,24 @@
     } else if (FINAL_PHASES.has(data.phase)) {
       logs.done = true;
       stopLogs();
-      const texts = { built: "Built", failed: "Failed", cancelled: "Cancelled" };
-      setLogStatus(`${texts[data.phase]}${data.message ? `: ${data.message}` : ""}`, false);
+      const texts = {
+        built: data.message || "Built",
+        failed: `Failed: ${data.message || "the build did not finish"}`,
+        cancelled: data.message || "Cancelled",
+      };
+      setLogStatus(texts[data.phase], false);
       refresh();
     }
   }
 
+  /**
+   * The stream broke (network drop, service restart) or ended without a
+   * final event. Reconnect from the last event seen, asking the API first
+   * whether the environment is still there.
+   */
   function onLogError(source) {
     if (logs.done || source !== logs.source) return;
+    source.close(); // reconnect ourselves, with last_event_id, not with the browser's timer
     logs.failures += 1;
     const env = find(logs.env.uid) || logs.env;
     if (logs.failures >= 3 && !ACTIVE.has(env.status)) {
@@ -535,12 +556,21 @@
       return;
     }
     setLogStatus("Connection lost: reconnecting…", true);
-    if (source.readyState === EventSource.CLOSED) {
-      // The browser gave up (an error answer): reconnect ourselves, from the last event.
-      const delay = Math.min(1000 * 2 ** (logs.failures - 1), 10000);
-      logs.retryTimer = window.setTimeout(connectLogs, delay);
-    }
-    // Otherwise EventSource reconnects by itself and sends Last-Event-ID.
+    const delay = Math.min(500 * 2 ** (logs.failures - 1), 10000);
+    R.api("GET", `api/environments/${encodeURIComponent(env.uid)}`).then(
+      () => {
+        if (source === logs.source) logs.retryTimer = window.setTimeout(connectLogs, delay);
+      },
+      (e) => {
+        if (source !== logs.source) return;
+        if (e.status >= 400 && e.status < 500) {
+          stopLogs();
+          setLogStatus(`The log cannot be shown: ${e.message}`, false);
+        } else {
+          logs.retryTimer = window.setTimeout(connectLogs, delay);
+        }
+      }
+    );
   }
 
   function stopLogs() {

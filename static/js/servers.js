@@ -188,6 +188,14 @@
 
   // -- row actions ---------------------------------------------------------
 
+  /** The button of a row as it is now (rows are redrawn when they change). */
+  function rowControl(name, action) {
+    return () => {
+      const tr = tbody.querySelector(`tr[data-name="${CSS.escape(name)}"]`);
+      return tr && (tr.querySelector(`button[data-action="${action}"]`) || tr.querySelector("button"));
+    };
+  }
+
   tbody.addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
     if (!button) return;
@@ -257,7 +265,7 @@
       ],
       confirmLabel: "Remove",
       busyLabel: "Removing",
-      returnTo: button,
+      returnTo: rowControl(server.name, button.dataset.action),
       action: async () => {
         await R.api("DELETE", `api/servers/${encodeURIComponent(server.name)}?remove=true`);
         servers = servers.filter((s) => s.name !== server.name);

@@ -73,6 +73,11 @@ class Builder(LoggingConfigurable):
     #: Whether the backend accepts credentials and build args.
     supports_credentials = True
     supports_build_args = True
+    #: Whether a build that was running when the service stopped, and that
+    #: :meth:`attach` cannot follow, is queued again on start-up (instead of
+    #: being marked failed). Right for a backend where asking again for the
+    #: same build is cheap and joins the build still running.
+    resubmit_on_recover = False
 
     def build(self, request: BuildRequest) -> AsyncIterator[BuildEvent]:
         """Start a build and yield its events; the last one is final.

@@ -19,8 +19,10 @@ What BinderHub does not offer, and what this backend does instead:
   final event, and the environment's metadata lives in our database only;
 * no cancel endpoint: :meth:`BinderHubBuilder.cancel` stops following the
   stream; the build pod may still finish and push its image;
-* no re-attach by build id: :meth:`BinderHubBuilder.attach` returns None (see
-  there);
+* no re-attach by build id: :meth:`BinderHubBuilder.attach` returns None and
+  a build that was running when the service restarted is requested again
+  (``resubmit_on_recover``), which BinderHub answers by following the build
+  it still runs or with the image it already pushed;
 * no image deletion: images stay in the registry.
 """
 
@@ -227,6 +229,9 @@ class BinderHubBuilder(Builder):
 
     supports_credentials = False
     supports_build_args = False
+    # Asking again for the same build attaches to it while BinderHub still
+    # runs it, or finds the pushed image: see attach().
+    resubmit_on_recover = True
 
     url = Unicode(
         "",
@@ -503,6 +508,10 @@ class BinderHubBuilder(Builder):
                         BUILT,
                         message.strip() or f"Image {image} is ready",
                         image_name=image,
+                        # BinderHub reports no image id. Its tag (the resolved
+                        # ref) names the content, and a set image_id is what
+                        # makes the environment usable for servers.
+                        image_id=tag or "latest",
                         commit=tag if _SHA1_RE.match(tag) else None,
                     )
                 )
@@ -522,9 +531,9 @@ class BinderHubBuilder(Builder):
 
         Asking again for the same ``/build/<provider>/<spec>`` does attach to a
         build BinderHub still runs (or finds the pushed image), but this
-        interface only passes the uid, and what BinderHub was asked is gone with
-        the restarted process. The manager marks the build failed; building the
-        environment again is cheap when BinderHub already pushed the image.
+        interface only passes the uid. Instead, ``resubmit_on_recover`` tells
+        the manager to queue the build again from the stored environment
+        (BinderHub builds never carry credentials, so nothing is missing).
         """
         return None
 

@@ -9,6 +9,18 @@ again after the service restarted. The container outlives the service's task
 that follows it: it is removed when the build has ended and its result was
 read, or by :meth:`DockerBuilder.cancel`.
 
+repo2docker builds into a staging name unique to the build
+(``{container_prefix}{uid}:<random>``), and only a successful build gets the
+environment's image name. repo2docker skips the build when the name it is
+given already exists, which would make every rebuild keep the old image; and
+this way the previous image keeps its name, for new servers, until the new
+one is ready.
+
+The commit that was built is read from the log: git prints ``HEAD is now at
+<sha>`` when repo2docker checks out a ref, and for the default branch
+(``HEAD``, a shallow clone without that line) a ``post-checkout`` hook
+uploaded into the container prints ``tljh-repo2docker: checked out <sha>``.
+
 Credentials for private repositories never reach the container's command
 line, environment or labels. They are written to a file inside the created
 (not yet started) container, and git is pointed at that file through
@@ -25,6 +37,7 @@ import os
 import re
 import tarfile
 import time
+import uuid
 from urllib.parse import quote, unquote, urlsplit
 
 import aiodocker
@@ -37,6 +50,8 @@ from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildError, Bu
 BUILD_LABEL = "tljh_repo2docker.build"
 #: Container label holding the image the build makes (for attach()).
 IMAGE_NAME_LABEL = "tljh_repo2docker.build_image"
+#: Container label holding the staging name repo2docker builds into.
+STAGING_NAME_LABEL = "tljh_repo2docker.build_staging"
 #: Image label that marks an environment's image (see adoptable_images()).
 UID_LABEL = "tljh_repo2docker.uid"
 
@@ -48,6 +63,17 @@ CREDENTIALS_PATH = f"{CREDENTIALS_DIR}/{CREDENTIALS_FILE}"
 
 # With core.abbrev=40 (set below) git prints the full commit id here.
 _HEAD_RE = re.compile(r"HEAD is now at ([0-9a-f]{7,64})\b")
+# Printed by the post-checkout hook (see _HOOK) after a clone of the default branch.
+_CHECKOUT_RE = re.compile(r"^tljh-repo2docker: checked out ([0-9a-f]{40}|[0-9a-f]{64})$")
+HOOKS_DIR = "tljh-r2d-hooks"
+HOOKS_PATH = f"{CREDENTIALS_DIR}/{HOOKS_DIR}"
+# Runs after git checks out a tree; git sends its output to stderr, which
+# repo2docker logs. Only the repository itself, not its submodules.
+_HOOK = """#!/bin/sh
+if [ "$3" = 1 ] && [ -z "$(git rev-parse --show-superproject-working-tree 2>/dev/null)" ]; then
+    echo "tljh-repo2docker: checked out $(git rev-parse HEAD)"
+fi
+"""
 _FULL_SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 # What explains a failure best: the build tool's or git's own error line, else
 # any line that sounds like an error (Python's traceback comes last in the log).
@@ -226,7 +252,11 @@ class DockerBuilder(Builder):
 
     # -- building ------------------------------------------------------------
 
-    def _command(self, request):
+    def _staging_name(self, uid):
+        """A new image name for one build of ``uid``, that repo2docker has never seen."""
+        return f"{self.container_prefix.lower()}{uid}:{uuid.uuid4().hex[:12]}"
+
+    def _command(self, request, staging_name=None):
         cmd = [
             "jupyter-repo2docker",
             "--no-run",
@@ -237,7 +267,7 @@ class DockerBuilder(Builder):
             "--user-name",
             self.user_name,
             "--image-name",
-            request.image_name,
+            staging_name or request.image_name,
         ]
         labels = dict(request.labels)
         labels.setdefault(UID_LABEL, request.uid)
@@ -256,6 +286,8 @@ class DockerBuilder(Builder):
         config = [("core.abbrev", "40")]
         if request.has_credentials:
             config.append(("credential.helper", f"store --file={CREDENTIALS_PATH}"))
+        # The post-checkout hook that prints the commit (see _HOOK).
+        config.append(("core.hooksPath", HOOKS_PATH))
         env = [
             "PYTHONUNBUFFERED=1",
             # Fail instead of waiting for a password on a terminal that is not there.
@@ -297,8 +329,10 @@ class DockerBuilder(Builder):
 
         container = None
         error = None
+        staging = self._staging_name(uid)
         try:
-            container = await self._create_container(request)
+            container = await self._create_container(request, staging)
+            await container.put_archive(CREDENTIALS_DIR, _hooks_tar())
             if credentials is not None:
                 await container.put_archive(CREDENTIALS_DIR, _credentials_tar(credentials))
             await container.start()
@@ -323,7 +357,7 @@ class DockerBuilder(Builder):
             request.repo,
             request.ref,
         )
-        follow = self._follow(container, uid, request.image_name, 0, secrets)
+        follow = self._follow(container, uid, request.image_name, staging, 0, secrets)
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield event
@@ -357,7 +391,7 @@ class DockerBuilder(Builder):
                 f"and pulling it failed: {_describe(e)}"
             ) from e
 
-    async def _create_container(self, request):
+    async def _create_container(self, request, staging):
         name = self._container_name(request.uid)
         try:
             stale = await self.docker.containers.get(name)
@@ -371,9 +405,13 @@ class DockerBuilder(Builder):
             await stale.delete(force=True)
         config = {
             "Image": self.repo2docker_image,
-            "Cmd": self._command(request),
+            "Cmd": self._command(request, staging),
             "Env": self._environment(request),
-            "Labels": {BUILD_LABEL: request.uid, IMAGE_NAME_LABEL: request.image_name},
+            "Labels": {
+                BUILD_LABEL: request.uid,
+                IMAGE_NAME_LABEL: request.image_name,
+                STAGING_NAME_LABEL: staging,
+            },
             "Tty": False,
             "AttachStdin": False,
             "OpenStdin": False,
@@ -405,18 +443,22 @@ class DockerBuilder(Builder):
             yield BuildEvent(FAILED, "The build container was never started")
             return
         labels = info["Config"].get("Labels") or {}
-        image_name = labels.get(IMAGE_NAME_LABEL) or _option(info["Config"]["Cmd"], "--image-name")
+        staging = labels.get(STAGING_NAME_LABEL) or _option(info["Config"]["Cmd"], "--image-name")
+        image_name = labels.get(IMAGE_NAME_LABEL) or staging
         # Defence in depth after a restart: the request's credentials are
         # gone, so read them back from the container to scrub the log.
         secrets = await self._stored_secrets(container)
         self.log.info("Build %s: re-attached, skipping %d lines", uid, skip_lines)
-        follow = self._follow(container, uid, image_name, skip_lines, secrets)
+        follow = self._follow(container, uid, image_name, staging, skip_lines, secrets)
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield event
 
-    async def _follow(self, container, uid, image_name, skip_lines, secrets):
+    async def _follow(self, container, uid, image_name, staging, skip_lines, secrets):
         """Yield a started container's log lines, then the final event.
+
+        repo2docker builds ``staging``; a successful build is then tagged
+        ``image_name`` (see :meth:`_publish`).
 
         Shared by build() and attach(). The container is removed before the
         final event is yielded. If the consumer stops early (its task is
@@ -438,7 +480,7 @@ class DockerBuilder(Builder):
                 ) as chunks:
                     async for line in _lines(chunks):
                         seen += 1
-                        match = _HEAD_RE.search(line)
+                        match = _CHECKOUT_RE.match(line) or _HEAD_RE.search(line)
                         if match:
                             commit = match.group(1)
                         line = _scrub(line, secrets)
@@ -466,14 +508,61 @@ class DockerBuilder(Builder):
                 # Even if the build got to its end: cancel() removes its image.
                 final = BuildEvent(CANCELLED, "Build cancelled")
             elif code == 0:
-                final = await self._built_event(image_name, commit, tail)
+                final = await self._publish(staging, image_name, commit)
             else:
                 final = BuildEvent(FAILED, _failure_message(code, tail))
+        if final.phase != BUILT:
+            await self._remove_staging(uid, staging)
         await self._remove(container, uid)
         self.log.info("Build %s: %s after %.1f s", uid, final.phase, time.monotonic() - started)
         yield final
 
-    async def _built_event(self, image_name, commit, tail):
+    async def _publish(self, staging, image_name, commit):
+        """Give the image built as ``staging`` its real name; the final event."""
+        if staging and staging != image_name:
+            repository, tag = _split_reference(image_name)
+            try:
+                await self.docker.images.tag(staging, repository, tag=tag)
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    return BuildEvent(
+                        FAILED, f"repo2docker finished but the image {staging} does not exist"
+                    )
+                return BuildEvent(FAILED, f"Cannot name the built image: {_describe(e)}")
+            except (aiohttp.ClientError, OSError) as e:
+                return BuildEvent(FAILED, f"Cannot name the built image: {_describe(e)}")
+            await self._untag(staging)
+        return await self._built_event(image_name, commit)
+
+    async def _untag(self, name):
+        try:
+            await self.docker.images.delete(name, noprune=True)
+        except aiodocker.DockerError as e:
+            if e.status != 404:
+                self.log.warning("Could not remove the image name %s: %s", name, e)
+        except (aiohttp.ClientError, OSError) as e:
+            self.log.warning("Could not remove the image name %s: %s", name, e)
+
+    async def _remove_staging(self, uid, staging):
+        """Remove what an unfinished build tagged under its staging name, if anything."""
+        if not staging:
+            return
+        try:
+            image = await self.docker.images.inspect(staging)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError):
+            return
+        if (image["Config"].get("Labels") or {}).get(UID_LABEL) not in (None, uid):
+            return
+        self.log.warning("Build %s: removing the unfinished image %s", uid, staging)
+        try:
+            await self.docker.images.delete(staging)
+        except aiodocker.DockerError as e:
+            if e.status != 404:
+                self.log.warning("Could not remove image %s: %s", staging, e)
+        except (aiohttp.ClientError, OSError) as e:
+            self.log.warning("Could not remove image %s: %s", staging, e)
+
+    async def _built_event(self, image_name, commit):
         try:
             image = await self.docker.images.inspect(image_name)
         except aiodocker.DockerError as e:
@@ -558,6 +647,7 @@ class DockerBuilder(Builder):
         if info["State"].get("Running"):
             await self._interrupt(container, uid)
         await self._remove(container, uid)
+        await self._remove_staging(uid, (info["Config"].get("Labels") or {}).get(STAGING_NAME_LABEL))
         await self._remove_leftover_image(uid, info)
 
     async def _interrupt(self, container, uid):
@@ -655,7 +745,13 @@ class DockerBuilder(Builder):
         images = await self.docker.images.list(filters={"label": [UID_LABEL]})
         result = []
         for image in images:
-            tags = sorted(t for t in image.get("RepoTags") or [] if t != "<none>:<none>")
+            staging = self.container_prefix.lower()
+            tags = sorted(
+                t
+                for t in image.get("RepoTags") or []
+                # Staging names are left by builds that never finished.
+                if t != "<none>:<none>" and not t.startswith(staging)
+            )
             if not tags:
                 continue
             result.append(
@@ -763,6 +859,34 @@ def _credential_store_line(repo, username, password):
     user = quote(username or "", safe="")
     secret = quote(password or "", safe="")
     return f"{parts.scheme}://{user}:{secret}@{host}\n"
+
+
+def _split_reference(image_name):
+    """``(repository, tag)`` of an image reference; a port is not a tag."""
+    repository, sep, tag = image_name.rpartition(":")
+    if not sep or "/" in tag:
+        return image_name, "latest"
+    return repository, tag
+
+
+def _hooks_tar():
+    """A tar of the hooks directory (``HOOKS_DIR/post-checkout``) for put_archive."""
+    data = _HOOK.encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        directory = tarfile.TarInfo(HOOKS_DIR)
+        directory.type = tarfile.DIRTYPE
+        directory.mode = 0o755
+        info = tarfile.TarInfo(f"{HOOKS_DIR}/post-checkout")
+        info.size = len(data)
+        info.mode = 0o755
+        for member in (directory, info):
+            member.uid = member.gid = 0
+            member.uname = member.gname = "root"
+            member.mtime = int(time.time())
+        tar.addfile(directory)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def _credentials_tar(content):

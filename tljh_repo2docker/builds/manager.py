@@ -31,6 +31,10 @@ class BuildLog:
         self.pending = []  # events not yet written to the database
         self.source_lines = 0
         self.done = False
+        # One write of this log at a time, in order: the stored last event id
+        # and line count must never go back (the periodic flush and the final
+        # one can overlap).
+        self.flush_lock = asyncio.Lock()
 
     def add(self, phase, message):
         event = (self.next_id, phase, message)
@@ -309,13 +313,17 @@ class BuildManager(LoggingConfigurable):
             if env.image_id and env.build_number > 1:
                 message = f"{event.message}. The previous image is kept and still used."
                 fields["error"] = message
+        if env is not None:
+            await store.update_environment(self.sessions, uid, **fields)
+        # Subscribers hear of the end only once it is stored (a client that
+        # saw it may ask for the environment at once), and the log is replayed
+        # from the database only once its last event is there.
         log = self._logs.get(uid)
         if log is not None:
             log.add(event.phase, message)
-            log.done = True
-        if env is not None:
-            await store.update_environment(self.sessions, uid, **fields)
         await self._flush(uid)
+        if log is not None:
+            log.done = True
         flusher = self._flushers.pop(uid, None)
         if flusher is not None:
             flusher.cancel()
@@ -336,21 +344,26 @@ class BuildManager(LoggingConfigurable):
 
     async def _flush(self, uid):
         log = self._logs.get(uid)
-        if log is None or not log.pending:
+        if log is None:
             return
-        events, log.pending = log.pending, []
-        try:
-            await store.append_log(
-                self.sessions,
-                uid,
-                events,
-                source_lines=log.source_lines,
-                head=self.log_head_lines,
-                tail=self.log_tail_lines,
-            )
-        except Exception:
-            log.pending[:0] = events
-            raise
+        async with log.flush_lock:
+            if not log.pending:
+                return
+            events, log.pending = log.pending, []
+            try:
+                await store.append_log(
+                    self.sessions,
+                    uid,
+                    events,
+                    source_lines=log.source_lines,
+                    head=self.log_head_lines,
+                    tail=self.log_tail_lines,
+                )
+            except Exception:
+                # Not on CancelledError: the store finishes a write before
+                # passing a cancel on, so those events are stored.
+                log.pending[:0] = events
+                raise
 
     # -- start-up and shutdown -------------------------------------------------
 
@@ -358,11 +371,21 @@ class BuildManager(LoggingConfigurable):
         """After a restart: re-attach, fail the vanished, re-queue the queued, adopt images.
 
         ``request_for(env)`` rebuilds a BuildRequest (without credentials) for a
-        queued environment.
+        queued environment, or for a build the backend asks to re-submit
+        (``Builder.resubmit_on_recover``) because it cannot re-attach.
         """
         running = await self.builder.running()
+        # Read before re-submitting (which queues) so nothing is queued twice.
+        queued = await store.list_environments(self.sessions, [store.QUEUED])
         for env in await store.list_environments(self.sessions, [store.BUILDING]):
             events = self.builder.attach(env.uid, env.source_lines) if env.uid in running else None
+            if events is None and self.builder.resubmit_on_recover and not env.private:
+                self.log.info("Re-submitting build %s after a restart", env.uid)
+                await store.update_environment(self.sessions, env.uid, status=store.QUEUED)
+                await self.submit(env, request_for(env))
+                if env.uid in self._logs:
+                    self._logs[env.uid].add(STATUS, "re-submitted after a service restart")
+                continue
             if events is None:
                 await self._finish_stale(
                     env, "The build stopped while the service was not running"
@@ -374,7 +397,6 @@ class BuildManager(LoggingConfigurable):
             log.add(STATUS, "re-attached after a service restart")
             self._ensure_flusher(env.uid)
             self._running[env.uid] = asyncio.create_task(self._run(env.uid, events, resumed=True))
-        queued = await store.list_environments(self.sessions, [store.QUEUED])
         for env in sorted(queued, key=lambda e: (e.queued or e.created, e.id)):
             if env.private:
                 await self._finish_stale(
@@ -439,6 +461,14 @@ class BuildManager(LoggingConfigurable):
     async def close(self):
         """Stop following builds without cancelling them, so a restart re-attaches."""
         self._closing = True
-        for task in list(self._running.values()) + list(self._flushers.values()):
+        tasks = list(self._running.values()) + list(self._flushers.values())
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Store what subscribers were sent: after the restart, ids go on from there.
+        for uid in list(self._logs):
+            try:
+                await self._flush(uid)
+            except Exception:
+                self.log.exception("Could not store the log of build %s", uid)
         self._queue.clear()

@@ -4,6 +4,8 @@ Every function takes the ``async_sessionmaker`` first and opens its own short
 session, so no session outlives one call.
 """
 
+import asyncio
+import functools
 from datetime import datetime, timezone
 
 from sqlalchemy import delete, func, select, update
@@ -19,6 +21,54 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 IN_PROGRESS = (QUEUED, BUILDING)
 STATUSES = (QUEUED, BUILDING, BUILT, FAILED, CANCELLED)
+
+
+def _uncancellable(func):
+    """Run a query to its end even when the calling task is cancelled.
+
+    Cancelling a task in the middle of a transaction (a build cancelled
+    while it writes its status, a log flush stopped when its build ends, an
+    SSE client leaving) can leave the aiosqlite connection holding SQLite's
+    write lock until it is garbage collected: every other write then waits
+    ``busy_timeout`` and fails with "database is locked". The caller still
+    gets its CancelledError, once the query is done.
+    """
+
+    @functools.wraps(func)
+    async def wrapper(*args, **kwargs):
+        task = asyncio.ensure_future(func(*args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    pass
+            if not task.cancelled():
+                task.exception()  # retrieved: the cancel is what the caller gets
+            raise
+
+    return wrapper
+
+
+# How many writes that change API models each database has had (see version()).
+_versions = {}
+
+
+def version(sessions):
+    """A number that changes after every write that changes what as_dict() shows.
+
+    Lets a reader reuse what it made from the environments until the next
+    such write. Read it *before* querying: a write that lands in between
+    then only costs a second query, never a stale answer. Writes that go
+    around this module are not seen.
+    """
+    return _versions.get(sessions, 0)
+
+
+def _changed(sessions):
+    _versions[sessions] = _versions.get(sessions, 0) + 1
 
 
 class NameTaken(Exception):
@@ -67,6 +117,7 @@ def as_dict(env: Environment, *, position=None, admin=True):
     return model
 
 
+@_uncancellable
 async def create_environment(sessions, **fields) -> Environment:
     env = Environment(
         status=QUEUED,
@@ -83,9 +134,11 @@ async def create_environment(sessions, **fields) -> Environment:
         except IntegrityError:
             await session.rollback()
             raise NameTaken(fields.get("name")) from None
+    _changed(sessions)
     return env
 
 
+@_uncancellable
 async def name_taken(sessions, name) -> bool:
     async with sessions() as session:
         found = await session.scalar(
@@ -94,6 +147,7 @@ async def name_taken(sessions, name) -> bool:
     return found is not None
 
 
+@_uncancellable
 async def image_name_taken(sessions, image_name) -> bool:
     async with sessions() as session:
         found = await session.scalar(
@@ -102,11 +156,13 @@ async def image_name_taken(sessions, image_name) -> bool:
     return found is not None
 
 
+@_uncancellable
 async def get_environment(sessions, uid) -> Environment | None:
     async with sessions() as session:
         return await session.scalar(select(Environment).where(Environment.uid == uid))
 
 
+@_uncancellable
 async def find_environment(sessions, uid_or_name) -> Environment | None:
     """An environment by uid, else by display name (case-insensitive)."""
     env = await get_environment(sessions, uid_or_name)
@@ -118,6 +174,7 @@ async def find_environment(sessions, uid_or_name) -> Environment | None:
         )
 
 
+@_uncancellable
 async def list_environments(sessions, statuses=None) -> list[Environment]:
     query = select(Environment).order_by(Environment.created, Environment.id)
     if statuses is not None:
@@ -126,17 +183,21 @@ async def list_environments(sessions, statuses=None) -> list[Environment]:
         return list((await session.scalars(query)).all())
 
 
+@_uncancellable
 async def count_environments(sessions) -> int:
     async with sessions() as session:
         return await session.scalar(select(func.count(Environment.id)))
 
 
+@_uncancellable
 async def update_environment(sessions, uid, **fields) -> None:
     async with sessions() as session:
         await session.execute(update(Environment).where(Environment.uid == uid).values(**fields))
         await session.commit()
+    _changed(sessions)
 
 
+@_uncancellable
 async def delete_environment(sessions, uid) -> None:
     async with sessions() as session:
         env_id = await session.scalar(select(Environment.id).where(Environment.uid == uid))
@@ -145,8 +206,10 @@ async def delete_environment(sessions, uid) -> None:
         await session.execute(delete(LogLine).where(LogLine.environment_id == env_id))
         await session.execute(delete(Environment).where(Environment.id == env_id))
         await session.commit()
+    _changed(sessions)
 
 
+@_uncancellable
 async def start_rebuild(sessions, uid) -> Environment | None:
     """Queue an environment again and clear its previous log, in one transaction."""
     async with sessions() as session:
@@ -162,9 +225,11 @@ async def start_rebuild(sessions, uid) -> Environment | None:
         env.build_number += 1
         env.source_lines = 0
         await session.commit()
-        return env
+    _changed(sessions)
+    return env
 
 
+@_uncancellable
 async def append_log(sessions, uid, events, *, source_lines=None, head=0, tail=0) -> None:
     """Store log events ``[(event_id, phase, message), ...]``.
 
@@ -211,6 +276,7 @@ async def _prune_log(session, env_id, head, tail):
     )
 
 
+@_uncancellable
 async def read_log(sessions, uid, after=0) -> list[tuple[int, str, str]]:
     """Stored log events with an id above ``after``, oldest first."""
     async with sessions() as session:

@@ -1,5 +1,7 @@
 """JSON API of environments: list, add, show, rebuild, cancel, delete."""
 
+import json
+
 from tornado import web
 
 from .. import environments as envs
@@ -43,12 +45,23 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
     @web.authenticated
     async def get(self):
         positions = self.builds.positions()
-        items = [
-            store.as_dict(env, position=positions.get(env.uid), admin=self.is_admin)
-            for env in await store.list_environments(self.sessions)
-            if self.visible(env)
-        ]
-        self.write_json({"environments": items})
+        # The answer changes only with a write through the store or a move of
+        # the queue, so the encoded answer is reused until then: with 10,000
+        # environments, loading and encoding them takes most of a second,
+        # sending them a few milliseconds.
+        key = (store.version(self.sessions), tuple(positions.items()))
+        cache = self.settings.setdefault("environment_list_cache", {})
+        cached_key, body = cache.get(self.is_admin, (None, None))
+        if cached_key != key:
+            items = [
+                store.as_dict(env, position=positions.get(env.uid), admin=self.is_admin)
+                for env in await store.list_environments(self.sessions)
+                if self.visible(env)
+            ]
+            body = json.dumps({"environments": items})
+            cache[self.is_admin] = (key, body)
+        self.set_status(200)
+        self.finish(body)
 
     @web.authenticated
     @admin_only
