@@ -142,7 +142,17 @@ def parse_request(body, app, builder):
     unknown = sorted(set(body) - known)
     if unknown:
         raise FieldError(unknown[0], "is not a known field")
-    repo = check_repo(_text(body, "repo", required=True), allow_local=app.allow_local_repos)
+    provider = _text(body, "provider", default=app.default_provider, limit=32)
+    if provider not in app.provider_choices:
+        raise FieldError(
+            "provider", f"{provider!r} is not one of: {', '.join(app.provider_choices)}"
+        )
+    repo = _text(body, "repo", required=True)
+    if provider == "git" or "://" in repo:
+        repo = check_repo(repo, allow_local=app.allow_local_repos)
+    elif _CONTROL.search(repo) or " " in repo or repo.startswith("-"):
+        # BinderHub's other providers take short specs (gh: owner/repo, zenodo: a DOI)
+        raise FieldError("repo", "must not contain spaces or control characters")
     ref = check_ref(_text(body, "ref", default="HEAD", limit=255))
     name = _text(body, "name", limit=MAX_NAME * 4) or name_from_repo(repo)
     check_name(name)
@@ -183,12 +193,6 @@ def parse_request(body, app, builder):
         raise FieldError("buildargs", "build arguments are not supported with BinderHub builds")
     if password and not username:
         username = "git"  # token-only hosts accept any user name with a token
-
-    provider = _text(body, "provider", default=app.default_provider, limit=32)
-    if provider not in app.provider_choices:
-        raise FieldError(
-            "provider", f"{provider!r} is not one of: {', '.join(app.provider_choices)}"
-        )
 
     fields = {
         "name": name,

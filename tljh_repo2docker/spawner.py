@@ -239,7 +239,7 @@ class Repo2DockerSpawner(DockerSpawner):
         ]
         return (
             '<fieldset class="tljh-repo2docker-environments">\n'
-            "<legend>Choose an environment</legend>\n" + "\n".join(items) + "\n</fieldset>"
+            "<legend>Environment</legend>\n" + "\n".join(items) + "\n</fieldset>"
         )
 
     def _form_item(self, number, env, checked):

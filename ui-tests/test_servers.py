@@ -6,7 +6,7 @@ import re
 import pytest
 from playwright.async_api import expect
 
-from ui_helpers import SPAWN_TIMEOUT, open_servers, server_row, service_path, shot
+from ui_helpers import SPAWN_TIMEOUT, goto, open_servers, server_row, service_path, shot
 
 pytestmark = pytest.mark.browser
 
@@ -47,7 +47,8 @@ async def test_new_server_open_stop_remove(alice_page, alice, demo_env, hub):
 
     await name_input.fill("ui-lab")
     await dialog.get_by_role("button", name="Start").click()
-    await expect(dialog).to_be_hidden()
+    # The hub answers when the server started, or after its slow_spawn_timeout (10 s).
+    await expect(dialog).to_be_hidden(timeout=30_000)
     row = server_row(page, "ui-lab")
     await expect(row.locator(".server-environment")).to_have_text(demo_env["name"])
     open_link = row.locator('[data-action="open"]')
@@ -84,13 +85,13 @@ async def test_new_server_open_stop_remove(alice_page, alice, demo_env, hub):
 async def test_direct_link_starts_and_opens_the_server(alice_page, alice, demo_env, hub):
     page = alice_page
     query = f"?name=ui-direct&environment={demo_env['name'].replace(' ', '+')}&urlpath=lab"
-    response = await page.goto(service_path("servers") + query)
+    response = await goto(page, service_path("servers") + query)
     assert response.status == 200
     await page.wait_for_url(re.compile(r"/user/alice/ui-direct/lab"), timeout=SPAWN_TIMEOUT)
     await expect(page).to_have_title(re.compile("JupyterLab|Jupyter"), timeout=60_000)
 
     # The same link again: the server runs, so it goes there at once.
-    await page.goto(service_path("servers") + query)
+    await goto(page, service_path("servers") + query)
     await page.wait_for_url(re.compile(r"/user/alice/ui-direct/lab"))
 
     r = await alice.api("DELETE", "api/servers/ui-direct?remove=true")
@@ -100,7 +101,7 @@ async def test_direct_link_starts_and_opens_the_server(alice_page, alice, demo_e
 
 async def test_direct_link_errors_are_readable(alice_page):
     page = alice_page
-    response = await page.goto(service_path("servers") + "?name=ui-x&environment=No+such+thing")
+    response = await goto(page, service_path("servers") + "?name=ui-x&environment=No+such+thing")
     assert response.status == 404
     error = page.locator("#error")
     await expect(error).to_be_visible()
@@ -110,7 +111,7 @@ async def test_direct_link_errors_are_readable(alice_page):
     # The rest of the page still works.
     await expect(page.get_by_role("button", name="New Server")).to_be_enabled()
 
-    response = await page.goto(service_path("servers") + "?name=not+valid&environment=x")
+    response = await goto(page, service_path("servers") + "?name=not+valid&environment=x")
     assert response.status == 400
     await expect(page.locator("#error-message")).to_contain_text("not a valid server name")
 
@@ -130,7 +131,7 @@ async def test_html_name_is_text_for_users(alice_page, alice, html_env, demo_env
 async def test_spawn_form_matches_the_servers_page(alice_page, demo_env, html_env):
     """The hub's own spawn page shows the spawner's options form."""
     page = alice_page
-    await page.goto("hub/spawn/alice/ui-form")
+    await goto(page, "hub/spawn/alice/ui-form")
     form = page.locator("#spawn_form")
     await expect(form).to_be_visible()
     fieldset = form.locator("fieldset.tljh-repo2docker-environments")

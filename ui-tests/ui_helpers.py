@@ -49,14 +49,28 @@ def server_row(page, name):
     return page.locator(f'#servers tbody tr[data-name="{name}"]')
 
 
+async def goto(page, url, attempts=3):
+    """page.goto, again when Chromium aborts it with ERR_NETWORK_CHANGED.
+
+    Chromium cancels requests in flight when a network interface appears,
+    and Docker adds one for every container it starts on this machine.
+    """
+    for attempt in range(attempts):
+        try:
+            return await page.goto(url)
+        except Exception as e:
+            if "ERR_NETWORK_CHANGED" not in str(e) or attempt == attempts - 1:
+                raise
+
+
 async def open_environments(page):
-    response = await page.goto(service_path("environments"))
+    response = await goto(page, service_path("environments"))
     assert response.status == 200, response.status
     await expect(page.locator("#environments tbody tr").first).to_be_visible()
 
 
 async def open_servers(page, query=""):
-    response = await page.goto(service_path("servers") + query)
+    response = await goto(page, service_path("servers") + query)
     await expect(page.locator("#servers tbody tr").first).to_be_visible()
     return response
 

@@ -219,12 +219,24 @@
 
   /** POST api/servers, then follow the server until it runs. */
   async function launch(name, environment) {
-    const result = await R.api("POST", "api/servers", { name, environment });
+    let result;
+    try {
+      result = await R.api("POST", "api/servers", { name, environment });
+    } catch (e) {
+      // The answer was lost (the connection dropped while the hub started
+      // the server): if the server is starting anyway, carry on.
+      if (e.status !== 0) throw e;
+      const data = await R.api("GET", "api/servers");
+      const server = data.servers.find((s) => s.name === name && s.status !== "stopped");
+      if (!server) throw e;
+      result = server;
+    }
     starting.set(name, Date.now());
     const server = find(name);
+    const env = environments.find((e) => e.uid === environment);
     const model = {
       name,
-      environment: result.environment,
+      environment: result.environment || (env && env.name),
       environment_uid: environment,
       status: "spawn",
       url: result.url,
