@@ -13,6 +13,11 @@ caches it, as for any client). Requests go one at a time, after a warm-up:
 - ``direct``: straight to the service's port on 127.0.0.1;
 - ``proxy``: through configurable-http-proxy, the way a browser comes.
 
+The service reuses its encoded answer until the next write, so most of
+these requests send a ready answer; ``direct, after a write`` times the GET
+that follows a DELETE of one environment (the list is loaded and encoded
+again), five times.
+
 Prints p50/p95 per size and path (target: p95 < 50 ms at 10,000 direct) and
 the service's resident memory (VmRSS now, VmHWM peak) idle after start and
 after serving the lists.
@@ -49,6 +54,22 @@ async def measure(url, token, requests, warmup=10):
     return times, count, size
 
 
+async def measure_after_changes(base_url, token, rounds=5):
+    """GET right after a write (the list is made again): delete one environment, then list."""
+    headers = {"Authorization": f"token {token}"}
+    times = []
+    async with httpx.AsyncClient(timeout=60) as client:
+        listed = (await client.get(f"{base_url}api/environments", headers=headers)).json()
+        for env in listed["environments"][:rounds]:
+            r = await client.delete(f"{base_url}api/environments/{env['uid']}", headers=headers)
+            assert r.status_code == 204, r.text
+            start = time.perf_counter()
+            r = await client.get(f"{base_url}api/environments", headers=headers)
+            times.append(time.perf_counter() - start)
+            r.raise_for_status()
+    return times
+
+
 def bench_size(count, requests):
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -69,10 +90,15 @@ def bench_size(count, requests):
                 assert listed == count, (listed, count)
                 results[label] = times
             after = rss(pid)
+            if count:
+                direct = f"http://127.0.0.1:{hub_info.service_port}/services/tljh_repo2docker/"
+                results["direct, after a write"] = asyncio.run(
+                    measure_after_changes(direct, token)
+                )
     print(f"\n{count} environments (database filled in {fill_seconds:.1f} s; response {size / 1024:.0f} KiB)")
     for label, times in results.items():
         print(
-            f"  GET api/environments {label:6s} n={len(times)} p50={ms(percentile(times, 50))} "
+            f"  GET api/environments {label:22s} n={len(times)} p50={ms(percentile(times, 50))} "
             f"p95={ms(percentile(times, 95))} mean={ms(statistics.mean(times))}"
         )
     print(f"  service RSS idle after start: {idle[0]:.1f} MiB")

@@ -50,6 +50,12 @@ def build_containers(uid):
     return result.stdout.split()
 
 
+def images_of(uid):
+    """Ids of every image labelled as built for ``uid`` (staging names included)."""
+    result = docker("images", "-q", "--no-trunc", "--filter", f"label=tljh_repo2docker.uid={uid}")
+    return sorted(set(result.stdout.split()))
+
+
 async def wait_for(predicate, timeout=120, interval=0.2, what="condition"):
     """Poll ``predicate`` (sync or async) until it returns something truthy."""
     deadline = time.monotonic() + timeout

@@ -25,6 +25,7 @@ from tests.buildutils import (
     docker,
     dockerfile,
     image_info,
+    images_of,
     log_text,
     read_events,
     token,
@@ -192,6 +193,7 @@ async def test_failed_build_leaves_nothing_behind(admin, envs, repo):
     # The log holds what went wrong, not just the verdict.
     assert len([e for e in events if e[1]["phase"] == "log"]) > 3
     assert image_info(env["image_name"]) is None
+    assert images_of(uid) == []
     assert build_containers(uid) == []
 
     # Plain users do not see environments that have no image.
@@ -209,6 +211,7 @@ async def test_failing_dockerfile_step(admin, alice, envs, repo):
     assert "about-to-fail" in log_text(events)
     assert "exit code: 3" in log_text(events) or "exit 3" in log_text(events)
     assert image_info(env["image_name"]) is None
+    assert images_of(env["uid"]) == []
     assert build_containers(env["uid"]) == []
     r = await alice.api("GET", "api/environments")
     assert env["uid"] not in {e["uid"] for e in r.json()["environments"]}
@@ -249,6 +252,7 @@ async def test_queue_position_and_cancel(admin, envs, repo, built_env):
     assert env["finished"]
     assert build_containers(uid) == []
     assert image_info(env["image_name"]) is None
+    assert images_of(uid) == []
     events = await read_events(admin, uid)
     assert events[-1][1]["phase"] == "cancelled"
 
@@ -301,6 +305,7 @@ async def test_rebuild_replaces_the_image_only_when_it_succeeds(admin, envs, rep
     second_image = image_info(env["image_name"])["Id"]
     assert second_image != first_image
     assert image_info(first_image) is None, "the previous image must be removed"
+    assert images_of(uid) == [second_image]
     assert env["size"] == image_info(second_image)["Size"]
     events = await read_events(admin, uid)
     assert "version-2" in log_text(events) and "version-1" not in log_text(events)
@@ -314,6 +319,7 @@ async def test_rebuild_replaces_the_image_only_when_it_succeeds(admin, envs, rep
     assert "previous image is kept" in env["error"], env["error"]
     assert env["commit"] == second_commit
     assert image_info(env["image_name"])["Id"] == second_image
+    assert images_of(uid) == [second_image]
     run = docker("run", "--rm", env["image_name"], "python3", "-c", "print('usable')")
     assert run.stdout.strip() == "usable"
     assert build_containers(uid) == []

@@ -33,6 +33,7 @@ def test_wheel_contents(wheel):
         "tljh_repo2docker/static/css/tljh_repo2docker.css",
         "tljh_repo2docker/alembic/env.py",
         "tljh_repo2docker/alembic/versions/0001_environments.py",
+        "tljh_repo2docker/openapi.yaml",
     ]:
         assert required in names, required
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -18,6 +18,7 @@ from traitlets import (
     Any,
     Bool,
     Dict,
+    Float,
     Integer,
     List,
     TraitError,
@@ -28,13 +29,14 @@ from traitlets import (
 )
 from traitlets.config import Application
 
-from . import __version__
+from . import __version__, metrics
+from .bodylimit import BodyLimit
 from .builds.base import Builder
 from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
 from .db import session as db_session
 from .db import store
-from .handlers import environments, logs, pages, servers
+from .handlers import environments, health, logs, openapi, pages, servers
 from .handlers.base import NotFoundAPIHandler
 from .hub import HubClient
 from .limits import (
@@ -79,6 +81,7 @@ class TljhRepo2Docker(Application):
         "allow_local_repos": "TljhRepo2Docker.allow_local_repos",
         "image_prefix": "TljhRepo2Docker.image_prefix",
         "max_body_size": "TljhRepo2Docker.max_body_size",
+        "authenticate_prometheus": "TljhRepo2Docker.authenticate_prometheus",
         "max_concurrent_builds": "BuildManager.max_concurrent_builds",
         "repo2docker_image": "DockerBuilder.repo2docker_image",
         "builder_network": "DockerBuilder.network_mode",
@@ -273,6 +276,24 @@ class TljhRepo2Docker(Application):
         help="Largest request body accepted, in bytes; larger ones get 413.",
     ).tag(config=True)
 
+    authenticate_prometheus = Bool(
+        True,
+        help="""
+        Whether ``{base_url}metrics`` needs authentication, like JupyterHub's
+        own ``/metrics``: then only admins of the service and API tokens with
+        the ``read:metrics`` scope (and access to the service) may read it.
+        False makes it open to anyone who reaches the service.
+        """,
+    ).tag(config=True)
+
+    health_check_timeout = Float(
+        10,
+        help="""
+        Seconds ``{base_url}health`` waits for the database and for the build
+        backend each, before it reports that part as failed (503).
+        """,
+    ).tag(config=True)
+
     tornado_settings = Dict(help="Extra settings for the Tornado application.").tag(config=True)
 
     @default("log_level")
@@ -373,12 +394,18 @@ class TljhRepo2Docker(Application):
         self.hub_client = HubClient(parent=self)
 
     async def init_build_manager(self):
-        self.build_manager = BuildManager(parent=self, builder=self.builder, sessions=self.sessions)
+        self.build_manager = BuildManager(
+            parent=self,
+            builder=self.builder,
+            sessions=self.sessions,
+            on_started=metrics.build_started,
+            on_finished=metrics.build_finished,
+        )
         await self.build_manager.recover(environments.build_request)
 
     def init_webapp(self):
         routes = []
-        for module in (pages, environments, logs, servers):
+        for module in (pages, environments, logs, servers, health, openapi):
             routes.extend(module.default_handlers)
         handlers = [(url_path_join(self.base_url, path), handler) for path, handler in routes]
         handlers += [
@@ -412,6 +439,7 @@ class TljhRepo2Docker(Application):
         self.webapp = web.Application(handlers, **settings)
 
     def log_request(self, handler):
+        metrics.observe_request(handler)
         status = handler.get_status()
         level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
         self.log.log(
@@ -436,7 +464,11 @@ class TljhRepo2Docker(Application):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         self.http_server = HTTPServer(
-            self.webapp, xheaders=True, max_body_size=max(self.max_body_size * 4, 1 << 20)
+            BodyLimit(self.webapp, self.max_body_size, self.log),
+            xheaders=True,
+            # Bodies over max_body_size are read and dropped, then answered
+            # with 413 (see bodylimit.py); past this, the connection is closed.
+            max_body_size=max(self.max_body_size, 1 << 30),
         )
         self.http_server.listen(self.port, self.ip)
         self.log.info("Serving %s on http://%s:%d", self.base_url, self.ip, self.port)

@@ -19,3 +19,5 @@ def _data_dir(name: str) -> Path:
 TEMPLATES = _data_dir("templates")
 STATIC = _data_dir("static")
 ALEMBIC = _data_dir("alembic")
+#: The OpenAPI description of the JSON API (a module file, in either layout).
+OPENAPI = _PACKAGE / "openapi.yaml"

@@ -15,15 +15,21 @@ server) and add a browser:
   threw an uncaught error.
 - ``run_id``: a short id unique to the session, put into the Dockerfiles of
   the test repositories so that Docker's build cache never hides their output.
-- ``demo_repo``, ``slow_repo``, ``broken_repo``: git repositories whose
-  Dockerfile starts ``FROM`` the test single-user image: one that prints
-  coloured lines, one that sleeps 60 s (to cancel), one whose build fails.
+- ``demo_repo``, ``slow_repo``, ``broken_repo``, ``private_repo``: git
+  repositories whose Dockerfile starts ``FROM`` the test single-user image:
+  one that prints coloured lines, one that sleeps 60 s (to cancel), one whose
+  build fails, one behind basic auth.
 - ``ui_envs``: the display names the tests use; environments with those
-  names left over from an interrupted run are removed first.
+  names are removed before the session (leftovers of an interrupted run,
+  adopted from their images) and after it.
 - ``demo_env``: the built environment "Python demo" (added through the
-  dialog by the first test; built through the API when a test runs alone).
+  dialog by the first build test; built through the API when a test runs
+  alone). ``html_env``: a built environment named like an HTML injection.
 
-Helpers that tests import live in ``ui_helpers.py``.
+The hub is the one of ``tests/conftest.py`` (machine profiles Small/Large and
+a ``gpu`` node selector are configured). Run together with ``tests/``, the
+browser tests get a hub of their own: the fixtures are imported here, so
+pytest holds them twice. Helpers that tests import live in ``ui_helpers.py``.
 """
 
 import os
@@ -33,10 +39,22 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import *  # noqa: F401,F403  (hub, admin, alice, git_server, ...)
-from tests.conftest import SINGLEUSER_IMAGE, need
+from tests.conftest import IN_CI, SINGLEUSER_IMAGE, need
+from tests.conftest import _hub_log_on_failure  # noqa: F401  (autouse: the hub's log on failure)
 from tests.gitserver import make_repo
 from tests.utils import SERVICE
-from ui_helpers import UI_ENVS, find_env
+
+try:
+    from playwright.async_api import async_playwright
+except ImportError:
+    # Without Playwright the browser tests cannot even be collected: they
+    # are left out, except under CI=true, where they must run.
+    if IN_CI:
+        raise
+    collect_ignore_glob = ["test_*.py"]
+    UI_ENVS, find_env = {}, None
+else:
+    from ui_helpers import UI_ENVS, find_env
 
 CHROMIUM = os.environ.get("TLJH_R2D_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -89,11 +107,18 @@ def broken_repo(git_server, git_root, test_images, run_id):
 
 
 @pytest.fixture(scope="session")
+def private_repo(private_git_server, private_git_root, test_images, run_id):
+    """A repository that needs the user name and password of ``private_git_server``."""
+    make_repo(
+        private_git_root,
+        "ui-private",
+        {"Dockerfile": f"FROM {SINGLEUSER_IMAGE}\nRUN echo 'private {run_id}'\n"},
+    )
+    return private_git_server.url("ui-private")
+
+
+@pytest.fixture(scope="session")
 async def browser():
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        need("the Python package playwright is not installed")
     if not Path(CHROMIUM).exists():
         need(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     playwright = await async_playwright().start()
@@ -138,18 +163,26 @@ async def alice_context(browser, hub):
 
 
 class WatchedPage:
-    """Records what must never happen on a page: JavaScript dialogs and uncaught errors."""
+    """Records what must never happen: JavaScript dialogs, and uncaught errors in our pages.
+
+    Errors in the single-user servers' pages (JupyterLab) are theirs, not ours.
+    """
 
     def __init__(self, page):
         self.page = page
         self.dialogs = []
         self.errors = []
         page.on("dialog", self._on_dialog)
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("pageerror", self._on_error)
 
     async def _on_dialog(self, dialog):
-        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        if dialog.type != "beforeunload":
+            self.dialogs.append(f"{dialog.type} on {self.page.url}: {dialog.message}")
         await dialog.dismiss()
+
+    def _on_error(self, error):
+        if "/user/" not in self.page.url:
+            self.errors.append(f"{self.page.url}: {error}")
 
     def check(self):
         assert not self.dialogs, f"JavaScript dialogs opened: {self.dialogs}"

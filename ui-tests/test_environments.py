@@ -27,7 +27,7 @@ from ui_helpers import (
 pytestmark = pytest.mark.browser
 
 
-async def test_add_dialog_suggests_a_name_and_shows_field_errors(admin_page, ui_envs, demo_repo):
+async def test_add_dialog_suggests_a_name_and_shows_field_errors(admin_page, demo_repo):
     page = admin_page
     await open_environments(page)
     # Keyboard: the dialog takes the focus and gives it back.
@@ -270,12 +270,47 @@ async def test_failed_build_shows_its_error(admin_page, ui_envs, broken_repo, sl
 
     # The list, with a build in progress for the screenshot.
     slow = env_row(page, ui_envs["slow"])
-    await slow.get_by_role("button", name=f"Rebuild {ui_envs['slow']}").click()
+    if await slow.count():
+        await slow.get_by_role("button", name=f"Rebuild {ui_envs['slow']}").click()
+    else:
+        await expect(await add_environment(page, slow_repo, name=ui_envs["slow"])).to_be_hidden()
     await wait_status(slow, "building", timeout=120_000)
     await page.mouse.move(0, 0)
     await shot(page, "environments")
     await slow.get_by_role("button", name=f"Cancel {ui_envs['slow']}").click()
     await wait_status(slow, "cancelled", timeout=60_000)
+
+
+async def test_private_repository_credentials(admin_page, ui_envs, private_repo):
+    """Credentials go with the build; a rebuild asks for them again."""
+    from tests.utils import SECRET_PASSWORD
+
+    page = admin_page
+    name = ui_envs["private"]
+    await open_environments(page)
+    await page.click("#add-environment")
+    dialog = page.locator("#add-dialog")
+    await page.locator("#add-repo").fill(private_repo)
+    await page.locator("#add-name").fill(name)
+    await dialog.get_by_text("Credentials for a private repository").click()
+    await dialog.get_by_label("Username").fill("builder")
+    await dialog.get_by_label("Password or access token").fill(SECRET_PASSWORD)
+    await dialog.get_by_role("button", name="Add and build").click()
+    await expect(dialog).to_be_hidden()
+    row = env_row(page, name)
+    await wait_status(row, "built")
+
+    await row.get_by_role("button", name=f"Rebuild {name}").click()
+    rebuild = page.locator("#rebuild-dialog")
+    await expect(rebuild).to_be_visible()
+    await expect(rebuild.get_by_label("Username")).to_be_focused()
+    await rebuild.get_by_label("Username").fill("builder")
+    await rebuild.get_by_label("Password or access token").fill(SECRET_PASSWORD)
+    await rebuild.get_by_role("button", name="Rebuild").click()
+    await expect(rebuild).to_be_hidden()
+    await expect(row).to_have_attribute("data-status", re.compile("queued|building|built"))
+    await wait_status(row, "built")
+    assert SECRET_PASSWORD not in await page.content()
 
 
 async def test_html_in_a_name_is_text(admin_page, admin, ui_envs, demo_repo):

@@ -21,7 +21,7 @@ async def wait_gone(user, name, timeout=60):
     raise TimeoutError(f"server {name} still there after {timeout}s")
 
 
-async def test_new_server_open_stop_remove(alice_page, alice, demo_env, hub):
+async def test_new_server_open_stop_remove(alice_page, alice, demo_env):
     page = alice_page
     await open_servers(page)
     await page.get_by_role("button", name="New Server").click()
@@ -56,6 +56,9 @@ async def test_new_server_open_stop_remove(alice_page, alice, demo_env, hub):
     await expect(row.locator(".server-status")).to_have_text("Running")
     await expect(open_link).not_to_have_class(re.compile("disabled"))
     await expect(page.locator("#announcer")).to_contain_text("ui-lab is running")
+    # The page drawn from scratch shows the same (no state beyond the server's).
+    await open_servers(page)
+    await expect(row.locator(".server-status")).to_have_text("Running")
     await page.mouse.move(0, 0)
     await shot(page, "servers")
 
@@ -82,7 +85,7 @@ async def test_new_server_open_stop_remove(alice_page, alice, demo_env, hub):
     await wait_gone(alice, "ui-lab")
 
 
-async def test_direct_link_starts_and_opens_the_server(alice_page, alice, demo_env, hub):
+async def test_direct_link_starts_and_opens_the_server(alice_page, alice, demo_env):
     page = alice_page
     query = f"?name=ui-direct&environment={demo_env['name'].replace(' ', '+')}&urlpath=lab"
     response = await goto(page, service_path("servers") + query)
@@ -94,6 +97,7 @@ async def test_direct_link_starts_and_opens_the_server(alice_page, alice, demo_e
     await goto(page, service_path("servers") + query)
     await page.wait_for_url(re.compile(r"/user/alice/ui-direct/lab"))
 
+    await open_servers(page)
     r = await alice.api("DELETE", "api/servers/ui-direct?remove=true")
     assert r.status_code in (202, 204), r.text
     await wait_gone(alice, "ui-direct")
@@ -116,7 +120,7 @@ async def test_direct_link_errors_are_readable(alice_page):
     await expect(page.locator("#error-message")).to_contain_text("not a valid server name")
 
 
-async def test_html_name_is_text_for_users(alice_page, alice, html_env, demo_env):
+async def test_html_name_is_text_for_users(alice_page, html_env):
     page = alice_page
     await open_servers(page)
     await page.get_by_role("button", name="New Server").click()

@@ -15,6 +15,7 @@ UI_ENVS = {
     "slow": "Slow build",
     "broken": "Broken build",
     "html": "<img src=x onerror=alert(1)>",
+    "private": "Private repo",
 }
 
 BUILD_TIMEOUT = 300_000  # ms

@@ -528,6 +528,7 @@
     } else if (FINAL_PHASES.has(data.phase)) {
       logs.done = true;
       stopLogs();
+      flushLog();
       const texts = {
         built: data.message || "Built",
         failed: `Failed: ${data.message || "the build did not finish"}`,

@@ -66,7 +66,7 @@
         { class: "d-flex flex-wrap gap-1 justify-content-end" },
         open,
         canStart ? button("start", "Start", "btn-outline-primary", "fa-play") : null,
-        running || server.status === "spawn" ? button("stop", "Stop", "btn-outline-warning", "fa-stop") : null,
+        running || server.status === "spawn" ? button("stop", "Stop", "btn-outline-secondary", "fa-stop") : null,
         button("remove", "Remove", "btn-outline-danger", "fa-trash")
       )
     );

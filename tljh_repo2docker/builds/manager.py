@@ -109,6 +109,11 @@ class BuildManager(LoggingConfigurable):
 
     builder = Instance(Builder)
     sessions = Any(help="The database's async_sessionmaker.")
+    on_started = Any(
+        None,
+        allow_none=True,
+        help="Optional callback(uid) when a build leaves the queue and starts; used for metrics.",
+    )
     on_finished = Any(
         None,
         allow_none=True,
@@ -239,6 +244,8 @@ class BuildManager(LoggingConfigurable):
         while self._queue and len(self._running) < self.max_concurrent_builds:
             uid, request = self._queue.popitem(last=False)
             self._running[uid] = asyncio.create_task(self._run(uid, self.builder.build(request)))
+            if self.on_started is not None:
+                self.on_started(uid)
 
     async def _run(self, uid, events, resumed=False):
         started = time.monotonic()

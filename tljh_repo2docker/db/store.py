@@ -8,7 +8,7 @@ import asyncio
 import functools
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .models import Environment, LogLine, utcnow
@@ -181,6 +181,13 @@ async def list_environments(sessions, statuses=None) -> list[Environment]:
         query = query.where(Environment.status.in_(statuses))
     async with sessions() as session:
         return list((await session.scalars(query)).all())
+
+
+@_uncancellable
+async def ping(sessions) -> None:
+    """A trivial query: raises if the database cannot be used (for health checks)."""
+    async with sessions() as session:
+        await session.execute(text("SELECT 1"))
 
 
 @_uncancellable

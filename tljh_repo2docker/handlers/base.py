@@ -140,10 +140,23 @@ class APIHandler(BaseHandler):
             return {}
         try:
             body = json.loads(self.request.body.decode("utf-8"))
+            # Lone surrogates ("\ud800") are valid JSON but not text: no
+            # database would store them.
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
         except UnicodeDecodeError:
             raise web.HTTPError(400, "The request body is not valid UTF-8") from None
+        except UnicodeEncodeError:
+            raise web.HTTPError(
+                400, "The request body is not valid JSON: a string holds a lone surrogate"
+            ) from None
         except json.JSONDecodeError as e:
             raise web.HTTPError(400, f"The request body is not valid JSON: {e.msg}") from None
+        except (ValueError, RecursionError):
+            # Integers of more digits than Python converts, or nesting deeper
+            # than the parser goes.
+            raise web.HTTPError(
+                400, "The request body is not valid JSON: a number too long or nesting too deep"
+            ) from None
         if not isinstance(body, dict):
             raise web.HTTPError(400, "The request body must be a JSON object")
         return body

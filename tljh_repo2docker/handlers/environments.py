@@ -58,7 +58,7 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
                 for env in await store.list_environments(self.sessions)
                 if self.visible(env)
             ]
-            body = json.dumps({"environments": items})
+            body = json.dumps({"environments": items}).encode()
             cache[self.is_admin] = (key, body)
         self.set_status(200)
         self.finish(body)

@@ -1,0 +1,409 @@
+"""Hostile input through the real hub and proxy: generated requests and known attacks.
+
+The generated part uses schemathesis: for every operation of
+``tljh_repo2docker/openapi.yaml``, requests that follow the description
+(positive) and requests that break it (negative), sent with an admin API
+token. Whatever comes in, the service answers without a 5xx or a traceback,
+errors have the API's JSON shape, a refused request stores nothing, and the
+answers match the description.
+
+Accepted ``POST api/environments`` bodies would start real builds. So the
+generated bodies mostly point at a loopback port where nothing listens (such
+builds fail at once), at most ``MAX_ACCEPTED`` are accepted, and after that
+every body carries the name of an existing environment, which the service
+refuses with 409 only once the whole body has passed its checks. Only
+environments created here are rebuilt, cancelled or deleted.
+
+``FUZZ_EXAMPLES`` (default 150) sets the examples per operation and mode.
+"""
+
+import collections
+import contextlib
+import copy
+import json
+import os
+import re
+import sqlite3
+import time
+import uuid
+
+import httpx
+import pytest
+import requests
+import schemathesis
+import yaml
+from hypothesis import HealthCheck, Phase, given, reject, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
+from tljh_repo2docker.paths import OPENAPI
+
+from .utils import SERVICE, assert_json_error, make_token
+
+pytestmark = [pytest.mark.hub, pytest.mark.docker]
+
+ACCESS = f"access:services!service={SERVICE}"
+#: Nothing listens on the discard port of the loopback: a build of this fails at once.
+LOOPBACK_REPO = "http://127.0.0.1:9/nothing-here.git"
+#: Builds the generated requests may start (each runs a repo2docker container briefly).
+MAX_ACCEPTED = 5
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+#: Operations without input send the same request each time: a few suffice.
+FIXED_EXAMPLES = 3
+MUTATING = {"POST", "DELETE", "PUT", "PATCH"}
+INJECTED_COOKIE = re.compile(r"(^|[;,\s])x=1", re.I)
+
+
+
+def _without_security(spec):
+    """The description without its security scheme: the token is sent as it is, never varied."""
+    spec = copy.deepcopy(spec)
+    spec.pop("security", None)
+    spec["components"].pop("securitySchemes", None)
+    for item in spec["paths"].values():
+        for op in item.values():
+            if isinstance(op, dict):
+                op.pop("security", None)
+    return spec
+
+
+SCHEMA = schemathesis.openapi.from_dict(
+    _without_security(yaml.safe_load(OPENAPI.read_text(encoding="utf-8")))
+)
+
+
+def _has_input(op):
+    return bool(op.body) or any(True for _ in op.iter_parameters())
+
+
+def _can_be_invalid(op):
+    """Whether some input of the operation has a schema that a value can break."""
+    if op.body:
+        return True
+    return any(
+        param.definition.get("schema", {}) != {"type": "string"} for param in op.iter_parameters()
+    )
+
+
+def _operations():
+    ops = []
+    for result in SCHEMA.get_all_operations():
+        op = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            if mode is GenerationMode.NEGATIVE and not _can_be_invalid(op):
+                continue  # any string is a valid uid or name: nothing to break
+            examples = EXAMPLES if _has_input(op) else FIXED_EXAMPLES
+            ops.append(pytest.param(op.label, mode, examples, id=f"{op.label}-{mode.value}"))
+    return ops
+
+
+class Fuzzer:
+    """Sends generated cases as bob (admin scope, API token) and checks the answers."""
+
+    def __init__(self, hub):
+        self.hub = hub
+        self.base_url = hub.service_url.rstrip("/")
+        self.db_path = hub.db_path
+        self.direct_url = f"http://127.0.0.1:{hub.service_port}/services/{SERVICE}"
+        token = make_token(hub, "bob", [ACCESS, TLJH_R2D_ADMIN_SCOPE])
+        self.headers = {"Authorization": f"token {token}"}
+        self.session = requests.Session()
+        self.created = []  # uids this module created
+        self.accepted = 0
+        self.statuses = collections.Counter()  # (operation, status) of generated requests
+        self.sentinel_name = f"hostile-sentinel-{uuid.uuid4().hex[:8]}"
+        r = self.request("POST", "api/environments", json={"repo": LOOPBACK_REPO, "name": self.sentinel_name})
+        assert r.status_code == 202, r.text
+        self.created.append(r.json()["uid"])
+
+    def request(self, method, path, direct=False, **kwargs):
+        """A request through the proxy, or ``direct`` to the service's own port."""
+        base = self.direct_url if direct else self.base_url
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return self.session.request(method, f"{base}/{path}", headers=headers, timeout=60, **kwargs)
+
+    def count(self):
+        """Environments in the service's database (read directly: cheaper than the API)."""
+        with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT count(*) FROM environments").fetchone()[0]
+
+    def wait_done(self, uid, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.request("GET", f"api/environments/{uid}")
+            if r.status_code == 404 or r.json()["status"] not in ("queued", "building"):
+                return
+            time.sleep(0.3)
+        raise TimeoutError(uid)
+
+    def close(self):
+        for uid in self.created:
+            r = self.request("DELETE", f"api/environments/{uid}")
+            assert r.status_code in (204, 404), r.text
+        self.session.close()
+
+    # -- one generated case --------------------------------------------------
+
+    def harmless(self, case, flags):
+        """Steer a POST api/environments body away from real work (see the module docstring)."""
+        body = case.body
+        if not isinstance(body, dict):
+            return
+        if isinstance(body.get("repo"), str) and not flags["keep_repo"]:
+            body["repo"] = LOOPBACK_REPO
+        for field in ("provider", "machine_profile", "node_selector"):
+            if field in body and not flags[f"keep_{field}"]:
+                del body[field]
+        # Credentials make a build private; with a repo other than loopback
+        # they would be sent to whatever host was generated.
+        if body.get("repo") != LOOPBACK_REPO:
+            body.pop("username", None)
+            body.pop("password", None)
+        if self.accepted >= MAX_ACCEPTED or not flags["keep_name"]:
+            body["name"] = self.sentinel_name
+
+    def check(self, case):
+        is_add = case.operation.label == "POST /api/environments"
+        mutating = case.method.upper() in MUTATING
+        before = self.count() if mutating else None
+        try:
+            response = case.call(base_url=self.base_url, session=self.session, headers=self.headers, timeout=60)
+        except (requests.exceptions.InvalidHeader, UnicodeEncodeError):
+            # The client library refuses to send it (a header with a line break, …).
+            reject()
+        status = response.status_code
+        self.statuses[case.operation.label, status] += 1
+        where = f"{case.method} {case.formatted_path} -> {status}: {response.text[:500]}"
+        assert status < 500, where
+        assert "Traceback" not in response.text, where
+        headers = {name.lower(): values for name, values in response.headers.items()}
+        for value in headers.get("set-cookie", []):
+            assert not INJECTED_COOKIE.search(value), where
+        if 400 <= status < 500:
+            assert headers.get("content-type", [""])[0].startswith("application/json"), where
+            error = response.json()
+            assert error["status"] == status, where
+            assert isinstance(error["message"], str) and error["message"], where
+            assert isinstance(error.get("field", ""), str), where
+            if mutating:
+                assert self.count() == before, f"a refused request changed the environments: {where}"
+        if is_add and status == 202:
+            self.created.append(response.json()["uid"])
+            self.accepted += 1
+        case.validate_response(
+            response,
+            checks=[
+                not_a_server_error,
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def fuzzer(hub):
+    fuzzer = Fuzzer(hub)
+    fuzzer.wait_done(fuzzer.created[0])
+    yield fuzzer
+    for uid in fuzzer.created:
+        fuzzer.wait_done(uid)
+    fuzzer.close()
+    print(f"generated requests: {sum(fuzzer.statuses.values())}, builds accepted: {fuzzer.accepted}")
+    for (label, status), count in sorted(fuzzer.statuses.items()):
+        print(f"  {label} -> {status}: {count}")
+
+
+FLAGS = st.fixed_dictionaries(
+    {
+        "keep_repo": st.booleans(),
+        "keep_name": st.booleans(),
+        "keep_provider": st.booleans(),
+        "keep_machine_profile": st.booleans(),
+        "keep_node_selector": st.booleans(),
+    }
+)
+
+
+@pytest.mark.parametrize("label, mode, examples", _operations())
+def test_generated_requests(fuzzer, label, mode, examples):
+    operation = SCHEMA.find_operation_by_label(label)
+    cases = operation.as_strategy(generation_mode=mode)
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        print_blob=False,
+    )
+    @given(case=cases, flags=FLAGS)
+    def run(case, flags):
+        if label == "POST /api/environments":
+            fuzzer.harmless(case, flags)
+        fuzzer.check(case)
+
+    run()
+
+
+# -- known attacks ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sentinel(fuzzer):
+    return fuzzer.created[0]
+
+
+UID_ROUTES = [
+    ("GET", "api/environments/{}"),
+    ("DELETE", "api/environments/{}"),
+    ("POST", "api/environments/{}/rebuild"),
+    ("POST", "api/environments/{}/cancel"),
+    ("GET", "api/environments/{}/logs"),
+    ("DELETE", "api/servers/{}"),
+]
+TRAVERSALS = [
+    "..%2F..%2Fetc%2Fpasswd",
+    "..%2f..%2f..%2fetc%2fpasswd",
+    "%2e%2e",
+    "%00",
+    "x%00y",
+    "%2F",
+    "%252e%252e%252fetc",
+    "a" * 5000,
+]
+#: Not UTF-8: configurable-http-proxy answers 500 to these itself (URIError)
+#: before the service sees them, so they go to the service directly.
+NOT_UTF8 = ["%C0%AE%C0%AE", "%ff", "abc%fe%ff"]
+
+
+@pytest.mark.parametrize("method, route", UID_ROUTES)
+def test_path_traversal_in_ids(fuzzer, method, route):
+    before = fuzzer.count()
+    for uid, direct in [(u, False) for u in TRAVERSALS] + [(u, True) for u in NOT_UTF8]:
+        r = fuzzer.request(method, route.format(uid), direct=direct)
+        assert r.status_code in (400, 404), (uid, r.status_code, r.text[:300])
+        assert_json_error(r, r.status_code)
+        assert "root:" not in r.text
+    assert fuzzer.count() == before
+
+
+POST_ROUTES = [
+    "api/environments",
+    "api/environments/{sentinel}/rebuild",
+    "api/servers",
+]
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+@pytest.mark.parametrize("size", [2 * 1024 * 1024, 8 * 1024 * 1024])
+def test_huge_bodies_are_413(fuzzer, sentinel, route, size):
+    before = fuzzer.count()
+    body = b'{"repo": "' + b"a" * size + b'"}'
+    r = fuzzer.request(
+        "POST", route.format(sentinel=sentinel), data=body, headers={"Content-Type": "application/json"}
+    )
+    assert_json_error(r, 413)
+    assert fuzzer.count() == before
+
+
+BAD_BODIES = [
+    (b'{"repo": "\xff\xfe"}', "UTF-8"),
+    (b"\xc3\x28", "UTF-8"),
+    (b'{"repo": ', "JSON"),
+    (b"[]", "object"),
+    (b'"text"', "object"),
+    (b"null", "object"),
+    (b"[" * 100_000, None),  # deeper than the JSON parser goes
+    (b'{"cpu": 1' + b"0" * 5000 + b"}", None),  # more digits than Python converts
+    (b'{"repo": "\\ud800"}', None),  # a lone surrogate
+]
+
+
+@pytest.mark.parametrize("route", POST_ROUTES)
+@pytest.mark.parametrize("body, says", BAD_BODIES, ids=range(len(BAD_BODIES)))
+def test_malformed_bodies_are_400(fuzzer, sentinel, route, body, says):
+    before = fuzzer.count()
+    r = fuzzer.request(
+        "POST", route.format(sentinel=sentinel), data=body, headers={"Content-Type": "application/json"}
+    )
+    assert_json_error(r, 400, says)
+    assert fuzzer.count() == before
+
+
+INJECTIONS = ["a\r\nSet-Cookie: x=1", "a\nSet-Cookie: x=1", "a\rLocation: http://evil.example"]
+
+
+@pytest.mark.parametrize("text", INJECTIONS)
+def test_header_injection_in_names(fuzzer, sentinel, text):
+    before = fuzzer.count()
+    answers = [
+        fuzzer.request("POST", "api/environments", json={"repo": LOOPBACK_REPO, "name": text}),
+        fuzzer.request("POST", "api/environments", json={"repo": LOOPBACK_REPO, "ref": text}),
+        fuzzer.request("POST", "api/environments", json={"repo": LOOPBACK_REPO + text}),
+        fuzzer.request("POST", "api/servers", json={"name": text, "environment": "x"}),
+        fuzzer.request("DELETE", "api/servers/" + requests.utils.quote(text, safe="")),
+        fuzzer.request("GET", f"api/environments/{sentinel}/logs", params={"last_event_id": text}),
+    ]
+    for r in answers:
+        assert_json_error(r, 400)
+    for r in answers + [fuzzer.request("GET", "servers", params={"name": text, "environment": "x"}, allow_redirects=False)]:
+        assert "Location" not in r.headers or "evil" not in r.headers["Location"]
+        for value in r.raw.headers.getlist("Set-Cookie"):
+            assert not INJECTED_COOKIE.search(value), value
+    assert fuzzer.count() == before
+
+
+MARKUP = '<script>alert("{}")</script><img src=x onerror=alert(1)>'
+
+
+async def test_markup_is_data_in_json_and_escaped_in_pages(fuzzer, admin):
+    tag = uuid.uuid4().hex[:6]
+    body = {
+        "repo": f"{LOOPBACK_REPO}?<script>alert('repo')</script>",
+        "ref": "<b>ref</b>",
+        "name": MARKUP.format(tag),
+        "buildargs": {"NOTE": MARKUP.format("arg")},
+        "username": "<i>user</i>",
+        "password": "<i>secret</i>",
+    }
+    env = await admin.create_env(body)
+    fuzzer.created.append(env["uid"])
+    env = await admin.wait_env(env["uid"], {"failed"}, timeout=120)
+    for field in ("repo", "ref", "name"):
+        assert env[field] == body[field], field
+    assert env["build_args"] == body["buildargs"]
+    assert "secret" not in json.dumps(env)
+
+    r = await admin.api("GET", "environments")
+    assert r.status_code == 200
+    page = r.text
+    for raw in (body["name"], "<script>alert(", "<img src=x", "<b>ref</b>", "<i>user</i>"):
+        assert raw not in page, raw
+    island = re.search(
+        r'<script type="application/json" id="environments-data">(.*?)</script>', page, re.S
+    ).group(1)
+    shown = {e["uid"]: e for e in json.loads(island)}[env["uid"]]
+    assert shown["name"] == body["name"] and shown["repo"] == body["repo"]
+    assert "\\u003cscript\\u003e" in island or "&lt;script&gt;" in page
+
+    # An error page that echoes input escapes it too.
+    r = await admin.client.get(
+        admin.service_path("servers"), params={"name": "<script>x</script>", "environment": "y"}
+    )
+    assert "<script>x</script>" not in r.text
+    assert "&lt;script&gt;x&lt;/script&gt;" in r.text or "\\u003cscript" in r.text
+
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{fuzzer.base_url}/api/environments", headers=fuzzer.headers)
+    listed = {e["uid"]: e for e in r.json()["environments"]}
+    assert listed[env["uid"]]["name"] == body["name"]
