@@ -34,7 +34,7 @@ import httpx
 
 from common import ADMIN_SCOPES, fill_db, ms, percentile, rss, service_pid
 
-from tests.conftest import running_hub  # noqa: E402
+from tests.fixtures import running_hub  # noqa: E402
 from tests.utils import make_token  # noqa: E402
 
 

@@ -33,7 +33,7 @@ import httpx
 
 from common import ADMIN_SCOPES
 
-from tests.conftest import BUILDER_IMAGE, SINGLEUSER_IMAGE, running_hub  # noqa: E402
+from tests.fixtures import BUILDER_IMAGE, SINGLEUSER_IMAGE, running_hub  # noqa: E402
 from tests.gitserver import GitServer, make_repo  # noqa: E402
 from tests.utils import make_token  # noqa: E402
 
@@ -126,6 +126,8 @@ def main():
                 if number:
                     service.append(times["service"])
                     hand.append(times["hand"])
+    per_round = statistics.median(a / b for a, b in zip(service, hand))
+    print(f"service / by hand, median of the rounds' ratios: {per_round:.3f}")
     ratio = statistics.median(service) / statistics.median(hand)
     print(f"\nthrough the service: median {statistics.median(service):.2f} s (n={len(service)})")
     print(f"by hand:             median {statistics.median(hand):.2f} s (n={len(hand)})")

@@ -29,7 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import SINGLEUSER_IMAGE, running_hub  # noqa: E402
+from tests.fixtures import SINGLEUSER_IMAGE, running_hub  # noqa: E402
 from tests.gitserver import GitServer, make_repo  # noqa: E402
 from tests.utils import HubUser, admin_api, make_token, remove_test_images  # noqa: E402
 

@@ -39,7 +39,7 @@ import httpx
 
 from common import ADMIN_SCOPES, ms, percentile
 
-from tests.conftest import SINGLEUSER_IMAGE, running_hub  # noqa: E402
+from tests.fixtures import SINGLEUSER_IMAGE, running_hub  # noqa: E402
 from tests.gitserver import GitServer, make_repo  # noqa: E402
 from tests.utils import make_token  # noqa: E402
 

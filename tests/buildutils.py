@@ -10,7 +10,7 @@ import subprocess
 import time
 import uuid
 
-from tests.conftest import SINGLEUSER_IMAGE
+from tests.fixtures import SINGLEUSER_IMAGE
 
 FINAL = {"built", "failed", "cancelled"}
 

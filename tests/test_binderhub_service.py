@@ -38,7 +38,7 @@ from tests.binderhub_standin import (
     success,
 )
 from tests.buildutils import FINAL, log_text, read_events, token, wait_for
-from tests.conftest import running_hub
+from tests.fixtures import running_hub
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

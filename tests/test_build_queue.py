@@ -6,12 +6,13 @@ builds are real repo2docker builds on the local Docker engine.
 """
 
 import asyncio
+import re
 import time
 
 import pytest
 
 from tests.buildutils import build_containers, docker, dockerfile, image_info, token
-from tests.conftest import BUILDER_IMAGE
+from tests.fixtures import BUILDER_IMAGE
 from tests.gitserver import make_repo
 from tljh_repo2docker.builds.docker import DockerBuilder
 from tljh_repo2docker.builds.manager import BuildManager
@@ -107,3 +108,68 @@ async def test_one_build_at_a_time_first_in_first_out(manager, git_root, git_ser
         assert log[-1][1] == "built"
         ids = [event_id for event_id, _, _ in log]
         assert ids == sorted(set(ids))
+
+
+async def test_close_leaves_the_build_running_and_a_new_manager_reattaches(
+    manager, git_root, git_server
+):
+    """A graceful shutdown (``close()``) stops following, not building; ``recover()`` re-attaches."""
+    sessions = manager.sessions
+    name = f"close-{token()}"
+    make_repo(
+        git_root,
+        name,
+        {"Dockerfile": dockerfile("RUN echo before-close; sleep 6; echo after-close")},
+    )
+    env = await store.create_environment(
+        sessions,
+        uid=token() + token(),
+        name=name,
+        image_name=f"{manager.prefix}{name}:main",
+        repo=git_server.url(name),
+        ref="main",
+        node_selector={},
+        build_args={},
+    )
+    await manager.submit(env, build_request(env))
+    seen = []
+
+    async def follow():
+        async for event in manager.subscribe(env.uid):
+            seen.append(event)
+
+    follower = asyncio.ensure_future(follow())
+    deadline = time.monotonic() + 120
+    while not any(message.endswith(" before-close") for _, _, message in seen):
+        assert time.monotonic() < deadline and not follower.done(), seen
+        await asyncio.sleep(0.1)
+
+    await manager.close()
+    follower.cancel()
+    assert build_containers(env.uid), "close() must leave the build container running"
+    stored = await store.get_environment(sessions, env.uid)
+    assert stored.status == "building"
+    # Everything subscribers were sent is stored, so ids go on from there.
+    assert stored.last_event_id == seen[-1][0]
+    assert [e[0] for e in await store.read_log(sessions, env.uid)] == [e[0] for e in seen]
+
+    builder = DockerBuilder(
+        repo2docker_image=BUILDER_IMAGE, network_mode="host", pull_repo2docker_image=False
+    )
+    again = BuildManager(builder=builder, sessions=sessions, image_prefix=manager.prefix)
+    try:
+        await again.recover(build_request)
+        rest = [event async for event in again.subscribe(env.uid, after=seen[-1][0])]
+    finally:
+        await again.close()
+        await builder.close()
+    assert rest[0][0] == seen[-1][0] + 1
+    assert rest[0][2] == "re-attached after a service restart"
+    assert rest[-1][1] == "built", rest[-5:]
+    messages = [message for _, _, message in seen + rest]
+    for line in ("before-close", "after-close"):
+        # BuildKit prints "#<step> <seconds> <output>"; the RUN line names both.
+        assert len([m for m in messages if re.fullmatch(rf"#\d+ [\d.]+ {line}", m)]) == 1
+    done = await store.get_environment(sessions, env.uid)
+    assert done.status == "built" and done.image_id
+    assert build_containers(env.uid) == []

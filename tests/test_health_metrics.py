@@ -23,7 +23,7 @@ from tljh_repo2docker.builds.manager import BuildManager
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db
 
-from .utils import SERVICE, assert_json_error, make_token
+from .utils import SERVICE, admin_api, assert_json_error, make_token
 
 SECRET = "hunter2-do-not-show"
 
@@ -326,19 +326,13 @@ c.JupyterHub.load_roles.append({{
 @pytest.fixture(scope="module")
 def metrics_hub(tmp_path_factory, test_images):
     """A second hub whose user carol may read metrics (and is no admin)."""
-    from tests.conftest import running_hub
+    from tests.fixtures import running_hub
 
     with running_hub(tmp_path_factory.mktemp("metrics-hub"), extra_config=READ_METRICS_ROLE) as info:
-        with httpx.Client(base_url=info.api, headers={"Authorization": f"token {_admin_token()}"}) as api:
+        with admin_api(info) as api:
             r = api.post("users/carol")
             assert r.status_code in (201, 409), r.text
         yield info
-
-
-def _admin_token():
-    from tests.utils import ADMIN_API_TOKEN
-
-    return ADMIN_API_TOKEN
 
 
 @pytest.mark.hub

@@ -1,6 +1,6 @@
 """Fixtures of the browser tests (``ui-tests/``).
 
-They reuse the real infrastructure of ``tests/conftest.py`` (JupyterHub with
+They reuse the real infrastructure of ``tests/fixtures.py`` (JupyterHub with
 configurable-http-proxy, the service as a managed service, Docker, the git
 server) and add a browser:
 
@@ -26,7 +26,7 @@ server) and add a browser:
   dialog by the first build test; built through the API when a test runs
   alone). ``html_env``: a built environment named like an HTML injection.
 
-The hub is the one of ``tests/conftest.py`` (machine profiles Small/Large and
+The hub is the one of ``tests/fixtures.py`` (machine profiles Small/Large and
 a ``gpu`` node selector are configured). Run together with ``tests/``, the
 browser tests get a hub of their own: the fixtures are imported here, so
 pytest holds them twice. Helpers that tests import live in ``ui_helpers.py``.
@@ -38,11 +38,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import *  # noqa: F401,F403  (hub, admin, alice, git_server, ...)
-from tests.conftest import IN_CI, SINGLEUSER_IMAGE, need
-from tests.conftest import _hub_log_on_failure  # noqa: F401  (autouse: the hub's log on failure)
+# hub, admin, alice, git_server, ... come from tests/fixtures.py (loaded by the root conftest.py)
+from tests.fixtures import IN_CI, SINGLEUSER_IMAGE, need
 from tests.gitserver import make_repo
 from tests.utils import SERVICE
+from ui_helpers import logged_in_context
 
 try:
     from playwright.async_api import async_playwright
@@ -66,7 +66,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1280, "height": 900}
 
 @pytest.fixture(scope="session")
 def run_id():
@@ -126,26 +125,6 @@ async def browser():
     yield browser
     await browser.close()
     await playwright.stop()
-
-
-async def logged_in_context(browser, hub, name):
-    context = await browser.new_context(
-        base_url=hub.url, viewport=VIEWPORT, reduced_motion="reduce", accept_downloads=True
-    )
-    await context.grant_permissions(
-        ["clipboard-read", "clipboard-write"], origin=hub.url.rstrip("/")
-    )
-    page = await context.new_page()
-    await page.goto("hub/login")
-    await page.fill("#username_input", name)
-    await page.fill("#password_input", "any password")
-    async with page.expect_navigation():
-        await page.click("#login_submit")
-    # Log in to the service too (the OAuth round trip through the hub).
-    await page.goto(f"services/{SERVICE}/servers")
-    assert f"/services/{SERVICE}/servers" in page.url, page.url
-    await page.close()
-    return context
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import pytest
 from playwright.async_api import expect
 
-from conftest import logged_in_context
+from ui_helpers import logged_in_context
 from ui_helpers import open_environments, open_servers, service_path
 
 pytestmark = pytest.mark.browser

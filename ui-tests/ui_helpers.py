@@ -6,6 +6,8 @@ from playwright.async_api import expect
 
 from tests.utils import SERVICE
 
+VIEWPORT = {"width": 1280, "height": 900}
+
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 
@@ -94,3 +96,23 @@ async def add_environment(page, repo, name=None, profile=None, gpu=None):
 
 async def wait_status(row, status, timeout=BUILD_TIMEOUT):
     await expect(row).to_have_attribute("data-status", status, timeout=timeout)
+
+
+async def logged_in_context(browser, hub, name):
+    context = await browser.new_context(
+        base_url=hub.url, viewport=VIEWPORT, reduced_motion="reduce", accept_downloads=True
+    )
+    await context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=hub.url.rstrip("/")
+    )
+    page = await context.new_page()
+    await page.goto("hub/login")
+    await page.fill("#username_input", name)
+    await page.fill("#password_input", "any password")
+    async with page.expect_navigation():
+        await page.click("#login_submit")
+    # Log in to the service too (the OAuth round trip through the hub).
+    await page.goto(f"services/{SERVICE}/servers")
+    assert f"/services/{SERVICE}/servers" in page.url, page.url
+    await page.close()
+    return context
