@@ -14,7 +14,7 @@ every body carries the name of an existing environment, which the service
 refuses with 409 only once the whole body has passed its checks. Only
 environments created here are rebuilt, cancelled or deleted.
 
-``FUZZ_EXAMPLES`` (default 150) sets the examples per operation and mode.
+``FUZZ_EXAMPLES`` (default 200) sets the examples per operation and mode.
 """
 
 import collections
@@ -54,12 +54,11 @@ ACCESS = f"access:services!service={SERVICE}"
 LOOPBACK_REPO = "http://127.0.0.1:9/nothing-here.git"
 #: Builds the generated requests may start (each runs a repo2docker container briefly).
 MAX_ACCEPTED = 5
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 #: Operations without input send the same request each time: a few suffice.
 FIXED_EXAMPLES = 3
 MUTATING = {"POST", "DELETE", "PUT", "PATCH"}
 INJECTED_COOKIE = re.compile(r"(^|[;,\s])x=1", re.I)
-
 
 
 def _without_security(spec):
@@ -108,7 +107,6 @@ class Fuzzer:
     """Sends generated cases as bob (admin scope, API token) and checks the answers."""
 
     def __init__(self, hub):
-        self.hub = hub
         self.base_url = hub.service_url.rstrip("/")
         self.db_path = hub.db_path
         self.direct_url = f"http://127.0.0.1:{hub.service_port}/services/{SERVICE}"
@@ -117,9 +115,11 @@ class Fuzzer:
         self.session = requests.Session()
         self.created = []  # uids this module created
         self.accepted = 0
-        self.statuses = collections.Counter()  # (operation, status) of generated requests
+        self.statuses = collections.Counter()  # (operation, status, error field): how many
         self.sentinel_name = f"hostile-sentinel-{uuid.uuid4().hex[:8]}"
-        r = self.request("POST", "api/environments", json={"repo": LOOPBACK_REPO, "name": self.sentinel_name})
+        r = self.request(
+            "POST", "api/environments", json={"repo": LOOPBACK_REPO, "name": self.sentinel_name}
+        )
         assert r.status_code == 202, r.text
         self.created.append(r.json()["uid"])
 
@@ -174,12 +174,13 @@ class Fuzzer:
         mutating = case.method.upper() in MUTATING
         before = self.count() if mutating else None
         try:
-            response = case.call(base_url=self.base_url, session=self.session, headers=self.headers, timeout=60)
+            response = case.call(
+                base_url=self.base_url, session=self.session, headers=self.headers, timeout=60
+            )
         except (requests.exceptions.InvalidHeader, UnicodeEncodeError):
             # The client library refuses to send it (a header with a line break, …).
             reject()
         status = response.status_code
-        self.statuses[case.operation.label, status] += 1
         where = f"{case.method} {case.formatted_path} -> {status}: {response.text[:500]}"
         assert status < 500, where
         assert "Traceback" not in response.text, where
@@ -192,8 +193,11 @@ class Fuzzer:
             assert error["status"] == status, where
             assert isinstance(error["message"], str) and error["message"], where
             assert isinstance(error.get("field", ""), str), where
+            self.statuses[case.operation.label, status, error.get("field")] += 1
             if mutating:
                 assert self.count() == before, f"a refused request changed the environments: {where}"
+        else:
+            self.statuses[case.operation.label, status, None] += 1
         if is_add and status == 202:
             self.created.append(response.json()["uid"])
             self.accepted += 1
@@ -217,8 +221,8 @@ def fuzzer(hub):
         fuzzer.wait_done(uid)
     fuzzer.close()
     print(f"generated requests: {sum(fuzzer.statuses.values())}, builds accepted: {fuzzer.accepted}")
-    for (label, status), count in sorted(fuzzer.statuses.items()):
-        print(f"  {label} -> {status}: {count}")
+    for (label, status, field), count in sorted(fuzzer.statuses.items(), key=str):
+        print(f"  {label} -> {status}{f' ({field})' if field else ''}: {count}")
 
 
 FLAGS = st.fixed_dictionaries(
@@ -316,6 +320,26 @@ def test_huge_bodies_are_413(fuzzer, sentinel, route, size):
     assert fuzzer.count() == before
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["proxy", "direct"])
+def test_huge_chunked_body_is_413(fuzzer, direct):
+    """Without a Content-Length, the limit applies as the body comes."""
+    before = fuzzer.count()
+
+    def chunks():
+        yield b'{"repo": "'
+        for _ in range(64):
+            yield b"a" * 65536
+        yield b'"}'
+
+    r = fuzzer.request(
+        "POST", "api/environments", direct=direct, data=chunks(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.request.headers.get("Transfer-Encoding") == "chunked"
+    assert_json_error(r, 413)
+    assert fuzzer.count() == before
+
+
 BAD_BODIES = [
     (b'{"repo": "\xff\xfe"}', "UTF-8"),
     (b"\xc3\x28", "UTF-8"),
@@ -356,7 +380,10 @@ def test_header_injection_in_names(fuzzer, sentinel, text):
     ]
     for r in answers:
         assert_json_error(r, 400)
-    for r in answers + [fuzzer.request("GET", "servers", params={"name": text, "environment": "x"}, allow_redirects=False)]:
+    page = fuzzer.request(
+        "GET", "servers", params={"name": text, "environment": "x"}, allow_redirects=False
+    )
+    for r in answers + [page]:
         assert "Location" not in r.headers or "evil" not in r.headers["Location"]
         for value in r.raw.headers.getlist("Set-Cookie"):
             assert not INJECTED_COOKIE.search(value), value

@@ -64,8 +64,7 @@ def upgrade():
 
 
 def downgrade():
-    op.drop_index("ix_log_lines_environment_id", table_name="log_lines")
+    # Dropping a table drops its indexes; dropping the foreign key's index
+    # first would fail on MySQL/MariaDB.
     op.drop_table("log_lines")
-    op.drop_index("ix_environments_status", table_name="environments")
-    op.drop_index("ix_environments_uid", table_name="environments")
     op.drop_table("environments")

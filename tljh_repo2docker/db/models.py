@@ -13,12 +13,40 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow():
     return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """``DateTime(timezone=True)`` that stores UTC and always gives back aware UTC.
+
+    SQLite and MySQL/MariaDB keep no time zone: an aware value is stored as
+    its wall-clock time, so a non-UTC one would come back shifted, and values
+    come back naive. Convert to UTC on the way in, mark UTC on the way out.
+    Naive values passed in are taken as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+            if dialect.name != "postgresql":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -51,10 +79,10 @@ class Environment(Base):
     commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    queued: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    queued: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Number of the current build (1 for the first, +1 per rebuild).
     build_number: Mapped[int] = mapped_column(Integer, default=0)
     # Lines of the build container's output already stored: where to resume

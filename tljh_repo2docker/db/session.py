@@ -29,6 +29,10 @@ ASYNC_DRIVERS = {
 }
 
 
+# Seconds to wait for a database server to accept a connection.
+CONNECT_TIMEOUT = 10
+
+
 class DatabaseURLError(ValueError):
     pass
 
@@ -74,6 +78,10 @@ def make_engine(db_url):
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+        # Fail in seconds, not minutes, when the server does not answer.
+        timeout_arg = {"asyncpg": "timeout", "aiomysql": "connect_timeout"}.get(url.get_driver_name())
+        if timeout_arg:
+            kwargs["connect_args"] = {timeout_arg: CONNECT_TIMEOUT}
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
 

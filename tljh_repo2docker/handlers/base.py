@@ -2,10 +2,12 @@
 
 import functools
 import json
+import os
 import traceback
 from http.client import responses
 
 from jupyterhub.services.auth import HubOAuthenticated
+from sqlalchemy import exc as sa_exc
 from tornado import web
 
 from .. import TLJH_R2D_ADMIN_SCOPE
@@ -27,6 +29,23 @@ def admin_only(method):
         return await method(self, *args, **kwargs)
 
     return wrapper
+
+
+DATABASE_UNAVAILABLE = "The database is not available: try again shortly"
+_DB_CODE = (os.sep + "sqlalchemy" + os.sep, os.path.join("tljh_repo2docker", "db") + os.sep)
+
+
+def database_unavailable(exc, tb=None):
+    """Whether ``exc`` means the database cannot be reached (a 503), not a bug (a 500)."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OSError):  # refused, reset, timed out: only when raised by the database layer
+        tb = tb or exc.__traceback__
+        return any(f.filename and any(p in f.filename for p in _DB_CODE)
+                   for f in traceback.extract_tb(tb))
+    return False
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -165,9 +184,24 @@ class APIHandler(BaseHandler):
         self.set_status(status)
         self.finish(json.dumps(data))
 
+    def log_exception(self, typ, value, tb):
+        if database_unavailable(value, tb):
+            first = str(value).splitlines()[0] if str(value) else ""
+            self.log.warning(
+                "503 %s %s: database unavailable: %s: %s",
+                self.request.method, self.request.path, typ.__name__, first,
+            )
+            return
+        super().log_exception(typ, value, tb)
+
     def write_error(self, status_code, **kwargs):
-        exc = kwargs.get("exc_info", (None, None, None))[1]
+        _, exc, tb = kwargs.get("exc_info", (None, None, None))
         message = None
+        if exc is not None and status_code == 500 and database_unavailable(exc, tb):
+            status_code = 503
+            self.set_status(503)
+            self.set_header("Retry-After", "5")
+            message = DATABASE_UNAVAILABLE
         if isinstance(exc, web.HTTPError):
             message = exc.log_message
         if not message:
