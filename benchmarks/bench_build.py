@@ -35,7 +35,7 @@ from common import ADMIN_SCOPES
 
 from tests.fixtures import BUILDER_IMAGE, SINGLEUSER_IMAGE, running_hub  # noqa: E402
 from tests.gitserver import GitServer, make_repo  # noqa: E402
-from tests.utils import make_token  # noqa: E402
+from tests.utils import make_token, remove_test_images  # noqa: E402
 
 
 def new_repo(root, git, seconds):
@@ -137,4 +137,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        remove_test_images()  # what a failed run left behind

@@ -41,7 +41,7 @@ from common import ADMIN_SCOPES, ms, percentile
 
 from tests.fixtures import SINGLEUSER_IMAGE, running_hub  # noqa: E402
 from tests.gitserver import GitServer, make_repo  # noqa: E402
-from tests.utils import make_token  # noqa: E402
+from tests.utils import make_token, remove_test_images  # noqa: E402
 
 LINES = 50
 # BuildKit's plain progress output: "#<step> <seconds since the step started> <line>".
@@ -195,4 +195,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        remove_test_images()  # what a failed run left behind
