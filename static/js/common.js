@@ -413,6 +413,42 @@
       .join("");
   }
 
+  /**
+   * Redraw a table body from ``items`` in place. Rows whose data did not change
+   * are kept (so focus and hover stay); when a redraw took the focus away, it
+   * goes back to the same action of the same row. ``keyAttr`` names the rows'
+   * data attribute and the items' key ("uid", "name"); ``empty()`` makes the
+   * row shown when there are no items.
+   */
+  function renderRows(tbody, items, { keyAttr, row, empty }) {
+    const selector = `tr[data-${keyAttr}]`;
+    const focused = document.activeElement;
+    const focusedRow = focused && focused.closest && focused.closest(selector);
+    const focusedKey = focusedRow && tbody.contains(focusedRow) ? focusedRow.dataset[keyAttr] : null;
+    const focusedAction = focusedKey && focused.dataset ? focused.dataset.action : null;
+
+    const existing = new Map();
+    for (const tr of tbody.querySelectorAll(selector)) existing.set(tr.dataset[keyAttr], tr);
+    const rows = items.map((item) => {
+      const data = JSON.stringify(item);
+      const old = existing.get(String(item[keyAttr]));
+      if (old && old._key === data) return old;
+      const tr = row(item);
+      tr._key = data;
+      return tr;
+    });
+    if (!rows.length) rows.push(empty());
+    tbody.replaceChildren(...rows);
+
+    if (focusedKey && !document.activeElement.closest("tr")) {
+      const tr = tbody.querySelector(`tr[data-${keyAttr}="${CSS.escape(focusedKey)}"]`);
+      const target =
+        tr &&
+        (tr.querySelector(`[data-action="${focusedAction}"]:not(.disabled)`) || tr.querySelector("button"));
+      if (target) target.focus();
+    }
+  }
+
   /** Read JSON embedded by the template in <script type="application/json" id=…>. */
   function pageData(id) {
     const script = document.getElementById(id);
@@ -446,5 +482,6 @@
     ansiNodes,
     stripAnsi,
     pageData,
+    renderRows,
   };
 })();

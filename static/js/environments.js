@@ -151,38 +151,16 @@
 
   /** Update the table in place: unchanged rows stay, so focus and hover stay too. */
   function render() {
-    const focused = document.activeElement;
-    const focusedRow = focused && focused.closest && focused.closest("tr[data-uid]");
-    const focusedUid = focusedRow && tbody.contains(focusedRow) ? focusedRow.dataset.uid : null;
-    const focusedAction = focusedUid && focused.dataset ? focused.dataset.action : null;
-
-    const existing = new Map();
-    for (const tr of tbody.querySelectorAll("tr[data-uid]")) existing.set(tr.dataset.uid, tr);
-    const rows = environments.map((env) => {
-      const key = JSON.stringify(env);
-      const old = existing.get(env.uid);
-      if (old && old._key === key) return old;
-      const tr = row(env);
-      tr._key = key;
-      return tr;
-    });
-    if (!rows.length) {
-      rows.push(
+    R.renderRows(tbody, environments, {
+      keyAttr: "uid",
+      row,
+      empty: () =>
         el(
           "tr",
           { class: "empty" },
           el("td", { colspan: "9", class: "text-center text-body-secondary py-4" }, "No environment yet: add one with “Add New”.")
-        )
-      );
-    }
-    tbody.replaceChildren(...rows);
-
-    if (focusedUid && !document.activeElement.closest("tr")) {
-      const tr = tbody.querySelector(`tr[data-uid="${CSS.escape(focusedUid)}"]`);
-      const target =
-        tr && (tr.querySelector(`[data-action="${focusedAction}"]`) || tr.querySelector("button"));
-      if (target) target.focus();
-    }
+        ),
+    });
   }
 
   function find(uid) {

@@ -86,36 +86,16 @@
   }
 
   function render() {
-    const focused = document.activeElement;
-    const focusedRow = focused && focused.closest && focused.closest("tr[data-name]");
-    const focusedName = focusedRow && tbody.contains(focusedRow) ? focusedRow.dataset.name : null;
-    const focusedAction = focusedName && focused.dataset ? focused.dataset.action : null;
-
-    const existing = new Map();
-    for (const tr of tbody.querySelectorAll("tr[data-name]")) existing.set(tr.dataset.name, tr);
-    const rows = servers.map((server) => {
-      const key = JSON.stringify(server);
-      const old = existing.get(server.name);
-      if (old && old._key === key) return old;
-      const tr = row(server);
-      tr._key = key;
-      return tr;
-    });
-    if (!rows.length) {
-      rows.push(
+    R.renderRows(tbody, servers, {
+      keyAttr: "name",
+      row,
+      empty: () =>
         el(
           "tr",
           { class: "empty" },
           el("td", { colspan: "5", class: "text-center text-body-secondary py-4" }, "You have no server yet: start one with “New Server”.")
-        )
-      );
-    }
-    tbody.replaceChildren(...rows);
-    if (focusedName && !document.activeElement.closest("tr")) {
-      const tr = tbody.querySelector(`tr[data-name="${CSS.escape(focusedName)}"]`);
-      const target = tr && (tr.querySelector(`[data-action="${focusedAction}"]:not(.disabled)`) || tr.querySelector("button"));
-      if (target) target.focus();
-    }
+        ),
+    });
   }
 
   function find(name) {
