@@ -47,6 +47,7 @@ c.JupyterHub.allow_named_servers = True
 
 c.JupyterHub.spawner_class = "tljh_repo2docker.Repo2DockerSpawner"
 c.DockerSpawner.pull_policy = "never"  # images are built on this machine
+c.Repo2DockerSpawner.image_prefix = "tljh-r2d/"  # the service's default image_prefix
 c.DockerSpawner.remove = True
 c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
 c.DockerSpawner.name_template = "demo-{username}-{servername}"

@@ -309,3 +309,16 @@ def test_kube_spawner_names_the_extra_when_kubespawner_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "kubespawner", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"tljh-repo2docker\[kubernetes\]"):
         spawner_module._make_kube_spawner()
+
+
+async def test_image_prefix_limits_the_environments(fake_docker, make_spawner):
+    """With image_prefix set, another hub's environment on the same engine is neither
+    offered nor started."""
+    fake_docker.add_image("mine/python-env:main", env_labels())
+    fake_docker.add_image("theirs/python-env:main", env_labels())
+    spawner = make_spawner(image_prefix="mine/")
+    offered = [env.image for env in await spawner.built_environments()]
+    assert offered == ["mine/python-env:main"]
+    with pytest.raises(EnvironmentRefused, match="not one of this hub's environments"):
+        await spawner.inspect_environment("theirs/python-env:main")
+    assert (await spawner.inspect_environment("mine/python-env:main")).uid == "abc123"

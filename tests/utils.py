@@ -102,6 +102,7 @@ c.DockerSpawner.pull_policy = "never"
 c.DockerSpawner.remove = True
 c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
 c.DockerSpawner.name_template = "tljh-r2d-test-{{username}}-{{servername}}"
+c.Repo2DockerSpawner.image_prefix = "{TEST_IMAGE_PREFIX}"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
 c.Spawner.poll_interval = 5

@@ -178,6 +178,17 @@ class Repo2DockerSpawner(DockerSpawner):
         """,
     )
 
+    image_prefix = Unicode(
+        "",
+        help="""
+        Offer and start only environments whose image name starts with this
+        prefix: the service's ``image_prefix`` (``tljh-r2d/`` by default). Set it
+        when several services or hubs share one Docker engine, so that each
+        hub shows only its own environments. Default: every built environment
+        on the engine.
+        """,
+    ).tag(config=True)
+
     #: The environment being started (set by start(), read by create_object()).
     chosen_environment = None
 
@@ -195,7 +206,7 @@ class Repo2DockerSpawner(DockerSpawner):
         environments = []
         for image in images:
             reference = _image_reference(image)
-            if reference is None:
+            if reference is None or not reference.startswith(self.image_prefix):
                 continue
             try:
                 environments.append(BuiltEnvironment.from_labels(image.get("Labels"), reference))
@@ -220,7 +231,12 @@ class Repo2DockerSpawner(DockerSpawner):
                 raise EnvironmentRefused(f"{image!r} is not a valid image name.") from None
             raise
         labels = (info.get("Config") or {}).get("Labels")
-        return BuiltEnvironment.from_labels(labels, image, image_id=info["Id"])
+        env = BuiltEnvironment.from_labels(labels, image, image_id=info["Id"])
+        if not image.startswith(self.image_prefix):
+            raise EnvironmentRefused(
+                f"{image!r} is not one of this hub's environments: choose one of the built environments."
+            )
+        return env
 
     async def environments_form(self):
         """The spawn form: one radio button ``image`` per built environment."""

@@ -70,6 +70,8 @@ def configure_docker(c):
 
     # Images are built on this machine; there is nothing to pull.
     c.DockerSpawner.pull_policy = "never"
+    # only the environments of this hub's service (its default image prefix)
+    c.Repo2DockerSpawner.image_prefix = "tljh-r2d/"
     # repo2docker images have no entrypoint for JupyterHub; start the
     # single-user server explicitly.
     c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
