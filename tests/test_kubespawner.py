@@ -133,3 +133,18 @@ async def test_config_section_is_the_class_name(make_spawner):
     c.Repo2DockerKubeSpawner.mem_limit = "3G"
     spawner = Repo2DockerKubeSpawner(config=c, _mock=True)
     assert spawner.mem_limit == 3 * GIB
+
+
+async def test_image_prefix_limits_what_users_can_start(make_spawner):
+    from tljh_repo2docker import Repo2DockerKubeSpawner
+
+    c = Config()
+    c.Repo2DockerKubeSpawner.image_prefix = "registry.example.org/binder-"
+    spawner = Repo2DockerKubeSpawner(config=c, _mock=True)
+    spawner.user_options = {"image": "docker.io/evil/miner:latest"}
+    with pytest.raises(EnvironmentRefused) as info:
+        await manifest_of(spawner)
+    assert "not one of this hub's environments" in info.value.jupyterhub_message
+    spawner.user_options = {"image": "registry.example.org/binder-abc:123"}
+    pod = await manifest_of(spawner)
+    assert container(pod).image == "registry.example.org/binder-abc:123"

@@ -359,6 +359,10 @@ class _KubeEnvironment:
             raise EnvironmentRefused(
                 "No environment was chosen: start servers from the Environments page."
             )
+        if not image.startswith(self.image_prefix):
+            raise EnvironmentRefused(
+                f"{image!r} is not one of this hub's environments: choose one of the built environments."
+            )
         self.image = image
 
     async def get_pod_manifest(self):
@@ -405,8 +409,18 @@ def _make_kube_spawner():
 
         Unlike the Docker spawner, it has no image labels to check these
         against: a user who calls JupyterHub's REST API with their own
-        user_options chooses their image and limits.
+        user_options chooses their limits, and their image within
+        ``image_prefix``.
         """
+
+        image_prefix = Unicode(
+            "",
+            help="""
+            Start only images whose name starts with this prefix, e.g. the
+            registry and ``image_prefix`` BinderHub pushes to
+            (``registry.example.org/binder-``). Default: any image.
+            """,
+        ).tag(config=True)
 
     Repo2DockerKubeSpawner.__qualname__ = "Repo2DockerKubeSpawner"
     return Repo2DockerKubeSpawner
