@@ -1,6 +1,7 @@
 """Helpers shared by the tests: the hub's configuration, logged-in users, contracts."""
 
 import asyncio
+import itertools
 import os
 import json
 import re
@@ -15,20 +16,29 @@ from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
 SERVICE = "tljh_repo2docker"
 ADMIN_API_TOKEN = "test-admin-token-0123456789abcdef"
 SECRET_PASSWORD = "s3cret-Pa55word-do-not-leak-7f1c"
-#: Images built by this session's test hub (removed at its end). Unique per
-#: session, so that test sessions sharing one Docker engine leave each other alone.
-TEST_IMAGE_PREFIX = f"tljh-r2d-test-{os.getpid()}/"
+#: Images built by this session's test hubs (removed at the session's end).
+#: Each hub gets its own prefix below this one (see ``next_image_prefix``), so
+#: that a hub never adopts (and a test never removes) another hub's images, and
+#: test sessions sharing one Docker engine leave each other alone.
+TEST_IMAGE_PREFIX = f"tljh-r2d-test-{os.getpid()}"
+_hub_numbers = itertools.count()
+
+
+def next_image_prefix():
+    return f"{TEST_IMAGE_PREFIX}-{next(_hub_numbers)}/"
 
 
 def remove_test_images():
     import subprocess
 
     out = subprocess.run(
-        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{TEST_IMAGE_PREFIX}*"],
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
         capture_output=True,
         text=True,
     ).stdout.split()
     for image in out:
+        if not image.startswith(f"{TEST_IMAGE_PREFIX}-"):
+            continue
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
@@ -41,6 +51,7 @@ class HubInfo:
     gateway: str
     network: str
     proxy_api_port: int = 0
+    image_prefix: str = field(default_factory=lambda: next_image_prefix())
     proc: object = None
 
     @property
@@ -68,7 +79,7 @@ def hub_config(info: HubInfo, builder_image: str, extra_service_args=(), extra_c
         f"--repo2docker_image={builder_image}",
         "--builder_network=host",
         "--max_concurrent_builds=2",
-        f"--image_prefix={TEST_IMAGE_PREFIX}",
+        f"--image_prefix={info.image_prefix}",
         "--machine_profiles=" + json.dumps({"label": "Small", "cpu": 0.5, "memory": "512M"}),
         "--machine_profiles=" + json.dumps({"label": "Large", "cpu": 1, "memory": 1}),
         "--node_selector="
@@ -102,7 +113,7 @@ c.DockerSpawner.pull_policy = "never"
 c.DockerSpawner.remove = True
 c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
 c.DockerSpawner.name_template = "tljh-r2d-test-{{username}}-{{servername}}"
-c.Repo2DockerSpawner.image_prefix = "{TEST_IMAGE_PREFIX}"
+c.Repo2DockerSpawner.image_prefix = "{info.image_prefix}"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
 c.Spawner.poll_interval = 5

@@ -534,13 +534,17 @@ class DockerBuilder(Builder):
         return await self._built_event(image_name, commit)
 
     async def _untag(self, name):
+        await self._delete_quietly(name, noprune=True)
+
+    async def _delete_quietly(self, name, **kwargs):
+        """Remove an image or image name: a missing one is fine, other errors are logged."""
         try:
-            await self.docker.images.delete(name, noprune=True)
+            await self.docker.images.delete(name, **kwargs)
         except aiodocker.DockerError as e:
             if e.status != 404:
-                self.log.warning("Could not remove the image name %s: %s", name, e)
+                self.log.warning("Could not remove image %s: %s", name, e)
         except (aiohttp.ClientError, OSError) as e:
-            self.log.warning("Could not remove the image name %s: %s", name, e)
+            self.log.warning("Could not remove image %s: %s", name, e)
 
     async def _remove_staging(self, uid, staging):
         """Remove what an unfinished build tagged under its staging name, if anything."""
@@ -553,13 +557,7 @@ class DockerBuilder(Builder):
         if (image["Config"].get("Labels") or {}).get(UID_LABEL) not in (None, uid):
             return
         self.log.warning("Build %s: removing the unfinished image %s", uid, staging)
-        try:
-            await self.docker.images.delete(staging)
-        except aiodocker.DockerError as e:
-            if e.status != 404:
-                self.log.warning("Could not remove image %s: %s", staging, e)
-        except (aiohttp.ClientError, OSError) as e:
-            self.log.warning("Could not remove image %s: %s", staging, e)
+        await self._delete_quietly(staging)
 
     async def _built_event(self, image_name, commit):
         try:
