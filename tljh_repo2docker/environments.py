@@ -4,6 +4,7 @@ Turns an API request body into clean fields, or raises FieldError naming
 the field. Nothing is stored here.
 """
 
+import json
 import re
 import uuid
 from urllib.parse import urlsplit
@@ -133,6 +134,17 @@ def parse_build_args(value):
     return result
 
 
+def parse_credentials(body):
+    """``(username, password)`` of a private repository from a request body, or Nones."""
+    username = _text(body, "username", limit=255)
+    password = body.get("password") or None
+    if password is not None and not isinstance(password, str):
+        raise FieldError("password", "must be a string")
+    if password and not username:
+        username = "git"  # token-only hosts accept any user name with a token
+    return username, password
+
+
 def parse_request(body, app, builder):
     """Check a POST api/environments body. Returns (fields, credentials)."""
     known = {
@@ -181,18 +193,13 @@ def parse_request(body, app, builder):
         cpu = app.default_cpu_limit or None
 
     build_args = parse_build_args(body.get("buildargs", body.get("build_args")))
-    username = _text(body, "username", limit=255)
-    password = body.get("password") or None
-    if password is not None and not isinstance(password, str):
-        raise FieldError("password", "must be a string")
+    username, password = parse_credentials(body)
     if (username or password) and not builder.supports_credentials:
         raise FieldError(
             "username", "credentials are not supported with BinderHub builds"
         )
     if build_args and not builder.supports_build_args:
         raise FieldError("buildargs", "build arguments are not supported with BinderHub builds")
-    if password and not username:
-        username = "git"  # token-only hosts accept any user name with a token
 
     fields = {
         "name": name,
@@ -212,7 +219,6 @@ def parse_request(body, app, builder):
 
 def image_labels(env):
     """The labels that make an image self-describing (no secrets)."""
-    import json
 
     return {
         f"{LABEL_PREFIX}.uid": env.uid,

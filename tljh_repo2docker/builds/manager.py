@@ -8,6 +8,7 @@ the database and the SSE subscribers.
 
 import asyncio
 import collections
+import json
 import time
 
 from traitlets import Any, Float, Instance, Integer, Unicode, default
@@ -434,8 +435,6 @@ class BuildManager(LoggingConfigurable):
                 self.log.warning("Not adopting image %s: name %r is taken", image["image_name"], name)
                 continue
             try:
-                import json
-
                 node_selector = json.loads(labels.get("tljh_repo2docker.node_selector") or "{}")
             except ValueError:
                 node_selector = {}

@@ -140,16 +140,11 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
         if self.builds.is_active(env.uid):
             raise web.HTTPError(409, "The environment is already queued or building")
         body = self.get_json_body()
-        username = envs._text(body, "username", limit=255)
-        password = body.get("password") or None
-        if password is not None and not isinstance(password, str):
-            raise envs.FieldError("password", "must be a string")
+        username, password = envs.parse_credentials(body)
         if env.private and not password:
             raise envs.FieldError(
                 "password", "this repository is private: give the credentials again to rebuild"
             )
-        if password and not username:
-            username = "git"
         env = await store.start_rebuild(self.sessions, env.uid)
         await self.builds.submit(env, build_request(env, (username, password)))
         self.write_json(self.model(env), status=202)
