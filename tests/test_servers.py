@@ -12,7 +12,11 @@ import subprocess
 import time
 
 import httpx
+import jupyterhub
 import pytest
+from dockerspawner import DockerSpawner
+
+from tljh_repo2docker.handlers.servers import slug_for
 
 from .utils import SERVICE, admin_api, assert_json_error
 
@@ -34,8 +38,14 @@ async def wait_server(user, name, status="running", timeout=120):
     raise TimeoutError(f"server {name} not {status}: {servers.get(name)}")
 
 
+def hub_name(name):
+    """The hub's name for the server the user called ``name``."""
+    return slug_for(name) if jupyterhub.version_info >= (6,) else name
+
+
 def container(user, server):
-    name = f"tljh-r2d-test-{user}-{server}"
+    # DockerSpawner lowercases and escapes the server name in {servername}
+    name = f"tljh-r2d-test-{user}-{DockerSpawner._escape(server.lower())}"
     out = subprocess.run(["docker", "inspect", name], capture_output=True, text=True)
     return json.loads(out.stdout)[0] if out.returncode == 0 else None
 
@@ -128,14 +138,44 @@ async def test_logged_out_visitor_goes_through_login_and_back(hub, built_env):
         assert r.url.path == f"/services/{SERVICE}/servers"
         assert r.url.params["name"] == "viaLogin"
         assert 'id="launching"' in r.text
+    server_name = hub_name("viaLogin")
     with admin_api(hub) as api:
         for _ in range(240):
             model = api.get("users/carol").json()
-            if model["servers"].get("viaLogin", {}).get("ready"):
+            if model["servers"].get(server_name, {}).get("ready"):
                 break
             time.sleep(0.5)
-        assert model["servers"]["viaLogin"]["ready"]
-        api.request("DELETE", "users/carol/servers/viaLogin", json={"remove": True})
+        assert model["servers"][server_name]["ready"]
+        api.request("DELETE", f"users/carol/servers/{server_name}", json={"remove": True})
+
+
+async def test_names_are_kept_as_typed_whatever_the_hub_accepts(alice, built_env, hub):
+    """``My.Lab_2`` is no JupyterHub 6 server name: the hub gets a slug, the user
+    keeps seeing (and using) the name they typed."""
+    name = "My.Lab_2"
+    r = await alice.api("POST", "api/servers", json={"name": name, "environment": built_env["name"]})
+    assert r.status_code == 202, r.text
+    assert r.json()["name"] == name
+    assert r.json()["server_name"] == hub_name(name)
+    assert r.json()["url"] == f"/user/alice/{hub_name(name)}/"
+    server = await wait_server(alice, name)
+    assert server["server_name"] == hub_name(name)
+    assert container("alice", hub_name(name))["Config"]["Image"] == built_env["image_name"]
+    if jupyterhub.version_info >= (6,):
+        with admin_api(hub) as api:
+            assert api.get(f"users/alice/servers/{hub_name(name)}").json()["display_name"] == name
+    # the same name again is the same server; a link with it opens it
+    r = await alice.api("POST", "api/servers", json={"name": name, "environment": built_env["name"]})
+    assert_json_error(r, 409, "already running")
+    r = await alice.api("GET", f"servers?name={name}")
+    assert r.status_code == 302 and r.headers["location"] == f"/user/alice/{hub_name(name)}/"
+    # stop by the typed name, remove by the hub's name
+    r = await alice.api("DELETE", f"api/servers/{name}")
+    assert r.status_code == 202
+    await wait_server(alice, name, "stopped")
+    r = await alice.api("DELETE", f"api/servers/{hub_name(name)}", params={"remove": "true"})
+    assert r.status_code == 204
+    await wait_server(alice, name, "absent")
 
 
 async def test_servers_api_errors(alice, built_env):

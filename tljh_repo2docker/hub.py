@@ -1,6 +1,7 @@
 """A small client of JupyterHub's REST API, authenticated with the service's token."""
 
 import asyncio
+import re
 import time
 from urllib.parse import quote
 
@@ -16,6 +17,17 @@ class HubError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def parse_version(text):
+    """``"6.1.1"`` → ``(6, 1, 1)``; ``"5.0.0b1"`` → ``(5, 0, 0)``; unknown → ``(0,)``."""
+    parts = []
+    for piece in str(text).split(".")[:3]:
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts) or (0,)
 
 
 class HubClient(LoggingConfigurable):
@@ -58,6 +70,7 @@ class HubClient(LoggingConfigurable):
         super().__init__(**kwargs)
         self._client = None
         self._admin_cache = {}
+        self._version = None
 
     @property
     def client(self):
@@ -118,9 +131,24 @@ class HubClient(LoggingConfigurable):
                 result.append((user["name"], server_name, server))
         return result
 
-    async def start_server(self, user, server_name, user_options):
+    async def version(self):
+        """JupyterHub's version as a tuple of ints, e.g. ``(6, 1, 1)``; asked once."""
+        if self._version is None:
+            answer = await self.request("GET", "")
+            self._version = parse_version((answer or {}).get("version", ""))
+        return self._version
+
+    async def has_display_names(self):
+        """JupyterHub 6 gave named servers a display name and made their names slugs."""
+        return (await self.version()) >= (6,)
+
+    async def start_server(self, user, server_name, user_options, display_name=None):
         path = f"users/{quote(user, safe='')}/servers/{quote(server_name, safe='')}"
-        return await self.request("POST", path, json=user_options)
+        if await self.has_display_names():
+            body = {"user_options": user_options, "display_name": display_name or server_name}
+        else:
+            body = user_options  # JupyterHub 5 takes the options as the whole body
+        return await self.request("POST", path, json=body)
 
     async def stop_server(self, user, server_name, remove=False):
         path = f"users/{quote(user, safe='')}/servers/{quote(server_name, safe='')}"

@@ -216,6 +216,7 @@
     const env = environments.find((e) => e.uid === environment);
     const model = {
       name,
+      server_name: result.server_name,
       environment: result.environment || (env && env.name),
       environment_uid: environment,
       status: "spawn",

@@ -1,5 +1,6 @@
 """The user's servers: JSON API, the Servers page, and direct launch links."""
 
+import hashlib
 import re
 from urllib.parse import quote
 
@@ -26,6 +27,26 @@ def check_server_name(name):
     return name
 
 
+# JupyterHub 6 wants named servers' names to be "safe slugs" (lowercase letters,
+# digits and single hyphens, at most 30 characters) and keeps what the user
+# typed as the server's display name.
+_SLUG = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+_SLUG_MAX = 30
+
+
+def slug_for(name):
+    """The JupyterHub 6 server name for ``name``: ``name`` itself when it is
+    already a slug, otherwise a readable slug plus a hash of ``name`` (so that
+    ``Data.Lab`` and ``data-lab`` stay two servers)."""
+    if len(name) <= _SLUG_MAX and _SLUG.match(name):
+        return name
+    readable = re.sub(r"[^a-z0-9]+", "-", name.lower())
+    readable = re.sub(r"^[^a-z]+", "", readable)  # must start with a letter
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    readable = readable[: _SLUG_MAX - len(digest) - 1].strip("-") or "server"
+    return f"{readable}-{digest}"
+
+
 def user_options(env):
     return {
         "image": env.image_name,
@@ -50,6 +71,10 @@ class ServersMixin:
             url += urlpath.lstrip("/")
         return url
 
+    async def hub_server_name(self, name):
+        """The name the hub knows the server ``name`` by (see ``slug_for``)."""
+        return slug_for(name) if await self.hub.has_display_names() else name
+
     async def user_servers(self):
         name = self.current_user["name"]
         try:
@@ -72,10 +97,12 @@ class ServersMixin:
                 status = server["pending"]  # spawn or stop
             else:
                 status = "stopped"
-            self._options[server_name] = options
+            display = server.get("display_name") or server_name
+            self._options[display] = options
             servers.append(
                 {
-                    "name": server_name,
+                    "name": display,
+                    "server_name": server_name,
                     "environment": env.name if env else options.get("image"),
                     "environment_uid": env.uid if env else None,
                     "image": options.get("image"),
@@ -99,14 +126,30 @@ class ServersMixin:
             )
         return env
 
-    async def start(self, server_name, env=None, previous_options=None):
-        """Start a server from ``env``, or restart a stopped one with its own options."""
+    async def find_server(self, name):
+        """The user's server called ``name`` (by display or hub name), or None."""
+        servers = await self.user_servers()
+        for server in servers:
+            if server["name"] == name:
+                return server
+        for server in servers:
+            if server["server_name"] == name:
+                return server
+        return None
+
+    async def start(self, name, env=None, previous_options=None, server_name=None):
+        """Start a server from ``env``, or restart a stopped one (the hub's
+        ``server_name``) with its own options; returns the hub's name for it."""
         options = user_options(env) if env is not None else dict(previous_options or {})
+        server_name = server_name or await self.hub_server_name(name)
         try:
-            await self.hub.start_server(self.current_user["name"], server_name, options)
+            await self.hub.start_server(
+                self.current_user["name"], server_name, options, display_name=name
+            )
         except HubError as e:
             status = e.status if 400 <= e.status < 500 else 502
-            raise web.HTTPError(status, f"JupyterHub could not start {server_name!r}: {e.message}")
+            raise web.HTTPError(status, f"JupyterHub could not start {name!r}: {e.message}")
+        return server_name
 
 
 class ServersAPIHandler(ServersMixin, APIHandler):
@@ -117,38 +160,45 @@ class ServersAPIHandler(ServersMixin, APIHandler):
     @web.authenticated
     async def post(self):
         body = self.get_json_body()
-        server_name = check_server_name(body.get("name"))
+        name = check_server_name(body.get("name"))
         env = await self.find_built(body.get("environment"))
-        existing = {s["name"]: s for s in await self.user_servers()}
-        if server_name in existing and existing[server_name]["status"] != "stopped":
-            raise web.HTTPError(409, f"name: the server {server_name!r} is already running")
-        if server_name in existing:
+        existing = await self.find_server(name)
+        if existing and existing["status"] != "stopped":
+            raise web.HTTPError(409, f"name: the server {name!r} is already running")
+        if existing:
             # A new environment for an existing server: remove the old one first,
             # so that the hub forgets its state and the spawner starts fresh.
             try:
-                await self.hub.stop_server(self.current_user["name"], server_name, remove=True)
+                await self.hub.stop_server(
+                    self.current_user["name"], existing["server_name"], remove=True
+                )
             except HubError as e:
-                raise web.HTTPError(502, f"JupyterHub could not replace {server_name!r}: {e.message}")
-        await self.start(server_name, env)
+                raise web.HTTPError(502, f"JupyterHub could not replace {name!r}: {e.message}")
+            name = existing["name"]
+        server_name = await self.start(name, env)
         self.write_json(
-            {"name": server_name, "environment": env.name, "url": self.server_url(server_name)},
+            {
+                "name": name,
+                "server_name": server_name,
+                "environment": env.name,
+                "url": self.server_url(server_name),
+            },
             status=202,
         )
 
 
 class ServerAPIHandler(ServersMixin, APIHandler):
     @web.authenticated
-    async def delete(self, server_name):
-        check_server_name(server_name)
+    async def delete(self, name):
         remove = self.get_argument("remove", "false").lower() in {"1", "true", "yes"}
-        existing = {s["name"] for s in await self.user_servers()}
-        if server_name not in existing:
-            raise web.HTTPError(404, f"You have no server named {server_name!r}")
+        server = await self.find_server(name)
+        if server is None:
+            raise web.HTTPError(404, f"You have no server named {name!r}")
         try:
-            await self.hub.stop_server(self.current_user["name"], server_name, remove=remove)
+            await self.hub.stop_server(self.current_user["name"], server["server_name"], remove=remove)
         except HubError as e:
             status = e.status if 400 <= e.status < 500 else 502
-            raise web.HTTPError(status, f"JupyterHub could not stop {server_name!r}: {e.message}")
+            raise web.HTTPError(status, f"JupyterHub could not stop {name!r}: {e.message}")
         self.set_status(202 if not remove else 204)
         self.finish()
 
@@ -165,23 +215,30 @@ class ServersPageHandler(ServersMixin, BaseHandler):
         urlpath = self.get_argument("urlpath", "")
         try:
             check_server_name(name)
-            existing = {s["name"]: s for s in await self.user_servers()}
-            server = existing.get(name)
+            server = await self.find_server(name)
             if server and server["status"] == "running":
-                return self.redirect(self.server_url(name, urlpath))
+                return self.redirect(self.server_url(server["server_name"], urlpath))
             if server is None:
                 if not environment:
                     raise FieldError("environment", "is required to create a new server")
                 env = await self.find_built(environment)
-                await self.start(name, env)
-            elif server["status"] == "stopped":
-                await self.start(name, previous_options=self._options.get(name))
+                server_name = await self.start(name, env)
+            else:
+                name, server_name = server["name"], server["server_name"]
+                if server["status"] == "stopped":
+                    await self.start(
+                        name, previous_options=self._options.get(name), server_name=server_name
+                    )
         except web.HTTPError as e:
             self.set_status(e.status_code)
             return await self.render_page(error=e.log_message)
-        await self.render_page(launching=name, launch_url=self.server_url(name, urlpath))
+        await self.render_page(
+            launching=name,
+            launching_server=server_name,
+            launch_url=self.server_url(server_name, urlpath),
+        )
 
-    async def render_page(self, error=None, launching=None, launch_url=None):
+    async def render_page(self, error=None, launching=None, launching_server=None, launch_url=None):
         environments = [
             store.as_dict(e, admin=False)
             for e in await store.list_environments(self.sessions)
@@ -199,6 +256,7 @@ class ServersPageHandler(ServersMixin, BaseHandler):
                 environments=environments,
                 error=error,
                 launching=launching,
+                launching_server=launching_server,
                 launch_url=launch_url,
             )
         )
