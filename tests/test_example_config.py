@@ -38,6 +38,7 @@ HUB_CLASSES = {
     "JupyterHub": JupyterHub,
     "Spawner": Spawner,
     "KubeSpawner": KubeSpawner,
+    "Repo2DockerKubeSpawner": import_item("tljh_repo2docker.Repo2DockerKubeSpawner"),
     "Authenticator": Authenticator,
 }
 
@@ -430,6 +431,12 @@ def test_service_entry(hub_config_result):
     assert options["db_url"].startswith(f"sqlite:///{service['cwd']}/")
     for provider in re.findall(r"--repo_providers=(\S+)", " ".join(service["command"])):
         assert provider in PROVIDERS
+
+
+def test_spawner_reads_the_services_database(hub_config_result):
+    [service] = [s for s in services(hub_config_result) if s["name"] == hub_config.SERVICE_NAME]
+    db_url = command_options(service["command"])["db_url"]
+    assert hub_config_result.Repo2DockerKubeSpawner.db_url == db_url
 
 
 def test_service_accepts_its_command_line(hub_config_result):

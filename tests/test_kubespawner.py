@@ -10,6 +10,7 @@ pytest.importorskip("kubespawner")
 
 from kubernetes_asyncio.config import kube_config  # noqa: E402
 from kubespawner.clients import load_config  # noqa: E402
+from tornado.web import HTTPError  # noqa: E402
 from traitlets.config import Config  # noqa: E402
 
 from tljh_repo2docker.spawner import EnvironmentRefused  # noqa: E402
@@ -148,3 +149,74 @@ async def test_image_prefix_limits_what_users_can_start(make_spawner):
     spawner.user_options = {"image": "registry.example.org/binder-abc:123"}
     pod = await manifest_of(spawner)
     assert container(pod).image == "registry.example.org/binder-abc:123"
+
+
+@pytest.fixture
+async def service_db(tmp_path):
+    """The service's own database (made by its migrations) with one built and
+    one queued environment."""
+    from tljh_repo2docker.db import store
+    from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db
+
+    db_url = f"sqlite:///{tmp_path / 'service.sqlite'}"
+    engine = make_engine(db_url)
+    await upgrade_db(engine)
+    sessions = make_sessionmaker(engine)
+    common = dict(repo="https://example.org/r.git", ref="HEAD", build_args={})
+    await store.create_environment(
+        sessions, uid="built1", name="Built", image_name="registry.example.org/binder-built:1",
+        node_selector={"gpu": "yes"}, memory="2G", cpu="1.5", **common,
+    )
+    await store.update_environment(sessions, "built1", status="built", image_id="sha256:abc")
+    await store.create_environment(
+        sessions, uid="queued1", name="Queued", image_name="registry.example.org/binder-queued:1",
+        node_selector={}, **common,
+    )
+    yield db_url
+    await engine.dispose()
+
+
+async def test_with_db_url_the_stored_environment_wins_over_user_options(make_spawner, service_db):
+    # What a user could send through the hub's REST API: another image, more
+    # memory and CPU, another node pool, for a real environment's uid.
+    spawner = make_spawner(
+        {
+            "image": "registry.example.org/binder-miner:1",
+            "environment": "built1",
+            "metadata": {"memory": "64G", "cpu": 32, "node_selector": {"gpu": "no", "pool": "big"}},
+        },
+        node_selector={"pool": "users"},
+    )
+    spawner.db_url = service_db
+    spawner.image_prefix = "registry.example.org/binder-"
+    pod = await manifest_of(spawner)
+    assert container(pod).image == "registry.example.org/binder-built:1"
+    assert container(pod).resources.limits == {"memory": 2 * GIB, "cpu": 1.5}
+    assert pod.spec.node_selector == {"pool": "users", "gpu": "yes"}
+    assert spawner.user_options["metadata"]["display_name"] == "Built"
+
+
+@pytest.mark.parametrize(
+    "user_options, message",
+    [
+        ({"image": "registry.example.org/binder-built:1"}, "No environment was chosen"),
+        ({"environment": "nope"}, "no longer exists"),
+        ({"environment": "queued1"}, "is not built (status: queued)"),
+        ({"environment": ["built1"]}, "No environment was chosen"),
+    ],
+)
+async def test_with_db_url_only_built_environments_start(make_spawner, service_db, user_options, message):
+    spawner = make_spawner(user_options)
+    spawner.db_url = service_db
+    with pytest.raises(EnvironmentRefused) as info:
+        await manifest_of(spawner)
+    assert message in info.value.jupyterhub_message
+
+
+async def test_with_db_url_an_unreadable_database_is_a_503(make_spawner, tmp_path):
+    spawner = make_spawner({"environment": "built1"})
+    spawner.db_url = f"sqlite:///{tmp_path / 'missing-dir' / 'db.sqlite'}"
+    with pytest.raises(HTTPError) as info:
+        await manifest_of(spawner)
+    assert info.value.status_code == 503
+    assert "database cannot be read" in info.value.jupyterhub_message

@@ -8,8 +8,10 @@ The service (and the hub's spawn form) start a server with these user_options::
 :class:`Repo2DockerSpawner` (Docker) starts an image only if it is a built
 environment, and takes its limits from the image's labels, which only the
 service writes. :class:`Repo2DockerKubeSpawner` (Kubernetes) has no local image
-to read, so it takes the limits and node selector from ``user_options``; it
-needs the ``kubernetes`` extra and is imported only when asked for.
+to read: with ``db_url`` set it reads the environment from the service's
+database, otherwise it takes the limits and node selector from
+``user_options``; it needs the ``kubernetes`` extra and is imported only when
+asked for.
 """
 
 import html
@@ -345,6 +347,57 @@ class Repo2DockerSpawner(DockerSpawner):
         self.environment_image = state.get("environment_image", "")
 
 
+# One engine per database URL for the whole hub process (spawners come and go).
+_engines = {}
+
+
+def _sessions_for(db_url):
+    from .db.session import make_engine, make_sessionmaker
+
+    if db_url not in _engines:
+        _engines[db_url] = make_sessionmaker(make_engine(db_url))
+    return _engines[db_url]
+
+
+async def stored_user_options(db_url, user_options):
+    """``user_options`` with the image, limits and node selector the service
+    stored for the chosen environment (``user_options["environment"]``, its
+    uid): what a user sends cannot raise their limits or pick another image."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .db import store
+
+    uid = user_options.get("environment")
+    if not uid or not isinstance(uid, str):
+        raise EnvironmentRefused(
+            "No environment was chosen: start servers from the Environments page."
+        )
+    try:
+        env = await store.get_environment(_sessions_for(db_url), uid)
+    except (SQLAlchemyError, OSError) as e:
+        message = f"The environments' database cannot be read ({e.__class__.__name__}): try again."
+        error = web.HTTPError(503, "%s", message)
+        error.jupyterhub_message = message  # shown as it is on the spawn pages
+        raise error from None
+    if env is None:
+        raise EnvironmentRefused("This environment no longer exists: choose another one.")
+    if env.image_id is None:
+        raise EnvironmentRefused(
+            f"The environment {env.name!r} is not built (status: {env.status}): choose another one."
+        )
+    return {
+        **user_options,
+        "image": env.image_name,
+        "metadata": {
+            **(user_options.get("metadata") or {}),
+            "node_selector": env.node_selector or {},
+            "memory": env.memory,
+            "cpu": env.cpu,
+            "display_name": env.name,
+        },
+    }
+
+
 class _KubeEnvironment:
     """What Repo2DockerKubeSpawner adds to KubeSpawner.
 
@@ -354,6 +407,8 @@ class _KubeEnvironment:
     async def load_user_options(self):
         # KubeSpawner's documented hook for user_options (profiles come first).
         await super().load_user_options()
+        if self.db_url:
+            self.user_options = await stored_user_options(self.db_url, self.user_options)
         image = self.user_options.get("image")
         if not image or not isinstance(image, str):
             raise EnvironmentRefused(
@@ -408,10 +463,22 @@ def _make_kube_spawner():
         into the configured ``node_selector``.
 
         Unlike the Docker spawner, it has no image labels to check these
-        against: a user who calls JupyterHub's REST API with their own
-        user_options chooses their limits, and their image within
-        ``image_prefix``.
+        against. Set ``db_url`` to the service's database and it takes image,
+        limits and node selector from there, by the environment's uid; without
+        it a user who calls JupyterHub's REST API with their own user_options
+        chooses their limits, and their image within ``image_prefix``.
         """
+
+        db_url = Unicode(
+            "",
+            help="""
+            The service's database (the same URL as ``TljhRepo2Docker.db_url``;
+            the spawner only reads it). When set, the spawner starts only built
+            environments and takes their image, memory and CPU limits and node
+            selector from the database, whatever ``user_options`` say.
+            Default: trust ``user_options`` (within ``image_prefix``).
+            """,
+        ).tag(config=True)
 
         image_prefix = Unicode(
             "",
