@@ -169,10 +169,20 @@ async def test_names_are_kept_as_typed_whatever_the_hub_accepts(alice, built_env
     assert_json_error(r, 409, "already running")
     r = await alice.api("GET", f"servers?name={name}")
     assert r.status_code == 302 and r.headers["location"] == f"/user/alice/{hub_name(name)}/"
-    # stop by the typed name, remove by the hub's name
+    # stop by the typed name; a link with it starts it again, and the page's
+    # links (the server, the hub's spawn messages) use the hub's name
     r = await alice.api("DELETE", f"api/servers/{name}")
     assert r.status_code == 202
     await wait_server(alice, name, "stopped")
+    r = await alice.api("GET", f"servers?name={name}")
+    assert r.status_code == 200 and 'id="launching"' in r.text
+    assert f'data-name="{name}"' in r.text
+    assert f'data-url="/user/alice/{hub_name(name)}/"' in r.text
+    assert f'spawn-pending/alice/{hub_name(name)}"' in r.text
+    await wait_server(alice, name)
+    r = await alice.api("DELETE", f"api/servers/{name}")
+    await wait_server(alice, name, "stopped")
+    # remove by the hub's name
     r = await alice.api("DELETE", f"api/servers/{hub_name(name)}", params={"remove": "true"})
     assert r.status_code == 204
     await wait_server(alice, name, "absent")

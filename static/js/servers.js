@@ -121,7 +121,10 @@
           if (server.status === "running") starting.delete(server.name);
           else if (server.status === "stopped" && Date.now() - since > 4000) {
             starting.delete(server.name);
-            showPageError(`${server.name} stopped while starting: it could not be started.`, server.name);
+            showPageError(
+              `${server.name} stopped while starting: it could not be started.`,
+              server.server_name || server.name
+            );
           }
         }
       }
@@ -143,6 +146,7 @@
     }
   }
 
+  /** An error above the list; with the hub's name of a server, a link to the hub's message. */
   function showPageError(message, serverName) {
     const box = document.getElementById("page-error");
     box.replaceChildren(message);
