@@ -72,10 +72,17 @@ class HubInfo:
 
 
 def hub_config(info: HubInfo, builder_image: str, extra_service_args=(), extra_config=""):
-    """The jupyterhub_config.py of the test hub: the README's configuration, on loopback."""
+    """The jupyterhub_config.py of the test hub: the README's configuration, on loopback.
+
+    A ``--db_url=...`` in ``extra_service_args`` replaces the default SQLite
+    file (the service takes each option once).
+    """
+    db_args = [] if any(a.startswith("--db_url=") for a in extra_service_args) else [
+        f"--db_url=sqlite:///{info.db_path}"
+    ]
     service_args = [
         f"--port={info.service_port}",
-        f"--db_url=sqlite:///{info.db_path}",
+        *db_args,
         f"--repo2docker_image={builder_image}",
         "--builder_network=host",
         "--max_concurrent_builds=2",

@@ -15,6 +15,7 @@ from traitlets import Any, Float, Instance, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..db import store
+from ..db.errors import database_unavailable
 from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildEvent, BuildRequest
 
 
@@ -29,7 +30,11 @@ class BuildLog:
         self.head_events = []
         self.tail_events = collections.deque(maxlen=tail)
         self.subscribers = set()
-        self.pending = []  # events not yet written to the database
+        # Events up to this id are in the database. The rest wait in memory,
+        # bounded like the log itself (see ``unstored``).
+        self.stored_id = next_id - 1
+        # Whether the last write of this log found the database unavailable.
+        self.waiting_for_database = False
         self.source_lines = 0
         self.done = False
         # One write of this log at a time, in order: the stored last event id
@@ -44,7 +49,6 @@ class BuildLog:
             self.head_events.append(event)
         else:
             self.tail_events.append(event)
-        self.pending.append(event)
         for queue in self.subscribers:
             queue.put_nowait(event)
         return event
@@ -59,6 +63,24 @@ class BuildLog:
             if tail[0][0] > gap_from:
                 events.append((None, LOG, omitted_marker(tail[0][0] - gap_from)))
         return events + tail
+
+    def unstored(self):
+        """Events in memory not yet written to the database, oldest first.
+
+        While the database cannot be written, lines that leave the middle of
+        a long log are dropped here as the database would drop them: what
+        waits is never more than ``head + tail`` events, and readers of the
+        stored log see the usual "lines omitted" marker.
+        """
+        tail = []
+        for event in reversed(self.tail_events):
+            if event[0] <= self.stored_id:
+                break
+            tail.append(event)
+        tail.reverse()
+        if self.head_events and self.head_events[-1][0] > self.stored_id:
+            return [e for e in self.head_events if e[0] > self.stored_id] + tail
+        return tail
 
 
 def omitted_marker(count):
@@ -78,6 +100,7 @@ class BuildManager(LoggingConfigurable):
 
     log_head_lines = Integer(
         2000,
+        min=0,
         help="""
         Lines kept from the start of each build log. With ``log_tail_lines``,
         this bounds the stored log: lines in between are dropped and a marker
@@ -87,12 +110,24 @@ class BuildManager(LoggingConfigurable):
 
     log_tail_lines = Integer(
         8000,
-        help="Lines kept from the end of each build log (see ``log_head_lines``).",
+        min=1,
+        help="Lines kept from the end of each build log (see ``log_head_lines``); at least 1.",
     ).tag(config=True)
 
     flush_interval = Float(
         0.25,
         help="Seconds between writes of new log lines to the database.",
+    ).tag(config=True)
+
+    db_retry_interval = Float(
+        2.0,
+        help="""
+        Seconds between attempts to store a build's log, start and result
+        while the database is unavailable. Meanwhile builds go on, their log
+        waits in memory (at most ``log_head_lines + log_tail_lines`` lines per
+        build, the part that would be stored) and their result waits too:
+        everything is written once the database is back.
+        """,
     ).tag(config=True)
 
     image_prefix = Unicode(
@@ -254,8 +289,11 @@ class BuildManager(LoggingConfigurable):
         final = None
         try:
             if not resumed:
-                await store.update_environment(
-                    self.sessions, uid, status=store.BUILDING, started=store.now()
+                await self._until_stored(
+                    f"the start of build {uid}",
+                    lambda: store.update_environment(
+                        self.sessions, uid, status=store.BUILDING, started=store.now()
+                    ),
                 )
                 log.add(STATUS, "building")
             async for event in events:
@@ -298,8 +336,13 @@ class BuildManager(LoggingConfigurable):
             self._pump()
 
     async def _finish(self, uid, event):
-        """Record the final state of a build, then tell subscribers."""
-        env = await store.get_environment(self.sessions, uid)
+        """Record the final state of a build, then tell subscribers.
+
+        Waits for the database when it is unavailable: the result is written
+        once it is back, never dropped.
+        """
+        result = f"the result of build {uid}"
+        env = await self._until_stored(result, lambda: store.get_environment(self.sessions, uid))
         fields = {"finished": store.now(), "status": event.phase}
         message = event.message
         if env is not None and event.phase == BUILT:
@@ -322,14 +365,17 @@ class BuildManager(LoggingConfigurable):
                 message = f"{event.message}. The previous image is kept and still used."
                 fields["error"] = message
         if env is not None:
-            await store.update_environment(self.sessions, uid, **fields)
+            await self._until_stored(
+                result, lambda: store.update_environment(self.sessions, uid, **fields)
+            )
         # Subscribers hear of the end only once it is stored (a client that
         # saw it may ask for the environment at once), and the log is replayed
         # from the database only once its last event is there.
         log = self._logs.get(uid)
         if log is not None:
             log.add(event.phase, message)
-        await self._flush(uid)
+        # _flush says itself when the database goes away and comes back.
+        await self._until_stored(None, lambda: self._flush(uid))
         if log is not None:
             log.done = True
         flusher = self._flushers.pop(uid, None)
@@ -344,20 +390,24 @@ class BuildManager(LoggingConfigurable):
 
     async def _flush_loop(self, uid):
         while True:
-            await asyncio.sleep(self.flush_interval)
+            log = self._logs.get(uid)
+            waiting = log is not None and log.waiting_for_database
+            await asyncio.sleep(self.db_retry_interval if waiting else self.flush_interval)
             try:
                 await self._flush(uid)
-            except Exception:
-                self.log.exception("Could not store the log of build %s; will retry", uid)
+            except Exception as e:
+                if not database_unavailable(e):
+                    self.log.exception("Could not store the log of build %s; will retry", uid)
 
     async def _flush(self, uid):
+        """Write the log's new events. Raises when that fails; they are written next time."""
         log = self._logs.get(uid)
         if log is None:
             return
         async with log.flush_lock:
-            if not log.pending:
+            events = log.unstored()
+            if not events:
                 return
-            events, log.pending = log.pending, []
             try:
                 await store.append_log(
                     self.sessions,
@@ -367,11 +417,51 @@ class BuildManager(LoggingConfigurable):
                     head=self.log_head_lines,
                     tail=self.log_tail_lines,
                 )
-            except Exception:
-                # Not on CancelledError: the store finishes a write before
-                # passing a cancel on, so those events are stored.
-                log.pending[:0] = events
+            except asyncio.CancelledError:
+                # The store finishes a write before passing a cancel on.
+                log.stored_id = events[-1][0]
                 raise
+            except Exception as e:
+                if database_unavailable(e) and not log.waiting_for_database:
+                    log.waiting_for_database = True
+                    self._warn_unavailable(e, f"the log of build {uid}")
+                raise
+            log.stored_id = events[-1][0]
+            if log.waiting_for_database:
+                log.waiting_for_database = False
+                self.log.info(
+                    "The database is back: stored %d waiting log lines of build %s", len(events), uid
+                )
+
+    async def _until_stored(self, what, write):
+        """``await write()`` until the database takes it; other errors are raised.
+
+        ``what`` names what waits, for the log: one warning when the database
+        is found unavailable, one line when it is back (``None``: silent).
+        """
+        warned = False
+        while True:
+            try:
+                result = await write()
+            except Exception as e:
+                if not database_unavailable(e):
+                    raise
+                if what and not warned:
+                    self._warn_unavailable(e, what)
+                    warned = True
+                await asyncio.sleep(self.db_retry_interval)
+                continue
+            if warned:
+                self.log.info("The database is back: stored %s", what)
+            return result
+
+    def _warn_unavailable(self, exc, what):
+        self.log.warning(
+            "The database is unavailable (%s): %s waits in memory; retrying every %gs",
+            exc.__class__.__name__,
+            what,
+            self.db_retry_interval,
+        )
 
     # -- start-up and shutdown -------------------------------------------------
 
@@ -475,6 +565,12 @@ class BuildManager(LoggingConfigurable):
         for uid in list(self._logs):
             try:
                 await self._flush(uid)
-            except Exception:
-                self.log.exception("Could not store the log of build %s", uid)
+            except Exception as e:
+                if not database_unavailable(e):
+                    self.log.exception("Could not store the log of build %s", uid)
+                    continue
+                self.log.warning(
+                    "The database is unavailable (%s): the last %d log lines of build %s are lost",
+                    e.__class__.__name__, len(self._logs[uid].unstored()), uid,
+                )
         self._queue.clear()

@@ -2,15 +2,14 @@
 
 import functools
 import json
-import os
 import traceback
 from http.client import responses
 
 from jupyterhub.services.auth import HubOAuthenticated
-from sqlalchemy import exc as sa_exc
 from tornado import web
 
 from .. import TLJH_R2D_ADMIN_SCOPE
+from ..db.errors import database_unavailable
 
 
 def admin_only(method):
@@ -32,20 +31,6 @@ def admin_only(method):
 
 
 DATABASE_UNAVAILABLE = "The database is not available: try again shortly"
-_DB_CODE = (os.sep + "sqlalchemy" + os.sep, os.path.join("tljh_repo2docker", "db") + os.sep)
-
-
-def database_unavailable(exc, tb=None):
-    """Whether ``exc`` means the database cannot be reached (a 503), not a bug (a 500)."""
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, OSError):  # refused, reset, timed out: only when raised by the database layer
-        tb = tb or exc.__traceback__
-        return any(f.filename and any(p in f.filename for p in _DB_CODE)
-                   for f in traceback.extract_tb(tb))
-    return False
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):

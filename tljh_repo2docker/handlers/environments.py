@@ -60,6 +60,10 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
             ]
             body = json.dumps({"environments": items}).encode()
             cache[self.is_admin] = (key, body)
+        else:
+            # The cached answer holds only while the database answers: when
+            # it does not, say so (503) as an uncached answer would.
+            await store.ping(self.sessions)
         self.set_status(200)
         self.finish(body)
 
