@@ -5,7 +5,10 @@ would, so that the tests check what is really on the engine.
 """
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -139,3 +142,139 @@ async def read_events(user, uid, last_event_id=None, stop_after=None, timeout=12
 
 def log_text(events):
     return "\n".join(data["message"] for _, data in events)
+
+
+# -- database and Docker agree -------------------------------------------------
+
+
+def stored_environments(db_path):
+    """``{uid: row}`` of the environments table of a hub's SQLite database."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute(
+            "select uid, name, status, image_name, image_id, error from environments"
+        ).fetchall()
+    return {row["uid"]: dict(row) for row in rows}
+
+
+def assert_db_and_docker_agree(hub):
+    """No build is left running or queued, and Docker holds exactly what the database says.
+
+    For every environment of ``hub``: no build container; an image (with its
+    uid label) if and only if the database records one, and no other image
+    labelled with its uid (no half-built or staging image). And no image
+    under the hub's own prefix that the database does not know.
+    """
+    envs = stored_environments(hub.db_path)
+    stuck = {uid: env["status"] for uid, env in envs.items() if env["status"] in ("queued", "building")}
+    assert not stuck, f"environments still in progress: {stuck}"
+    problems = []
+    for uid, env in envs.items():
+        if build_containers(uid):
+            problems.append(f"{env['name']}: build container left: {build_containers(uid)}")
+        wanted = [env["image_id"]] if env["image_id"] else []
+        if images_of(uid) != wanted:
+            problems.append(f"{env['name']} ({env['status']}): images {images_of(uid)}, database {wanted}")
+        if env["image_id"]:
+            image = image_info(env["image_name"])
+            if image is None or image["Id"] != env["image_id"]:
+                problems.append(f"{env['name']}: {env['image_name']} is not image {env['image_id']}")
+    result = docker("images", "--format", "{{.Repository}}:{{.Tag}}")
+    for name in result.stdout.split():
+        if name.startswith(hub.image_prefix):
+            labels = image_info(name)["Config"].get("Labels") or {}
+            if labels.get("tljh_repo2docker.uid") not in envs:
+                problems.append(f"image {name} belongs to no environment")
+    assert not problems, problems
+
+
+# -- the Docker engine -----------------------------------------------------------
+
+DOCKERD_LOG = "/var/log/dockerd.log"
+DOCKERD_PID_FILE = "/var/run/docker.pid"
+
+
+def dockerd_pid():
+    """The pid of the running dockerd (from its pid file), or None."""
+    try:
+        pid = int(open(DOCKERD_PID_FILE).read().strip())
+        with open(f"/proc/{pid}/comm") as comm:
+            if comm.read().strip() != "dockerd":
+                return None
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def docker_answers():
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def start_dockerd(argv=("dockerd",), environ=None, timeout=90):
+    """Start dockerd the way ``./dev setup`` does, and wait until ``docker info`` works.
+
+    ``dev`` runs ``setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &``:
+    the same command, in a session of its own (``setsid --fork``, so that it
+    outlives pytest), stdin from /dev/null, output to the same log file
+    (appended here, so the log of the engine that ran before stays).
+    """
+    with open(DOCKERD_LOG, "ab") as log:
+        subprocess.run(
+            ["setsid", "--fork", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environ,
+            close_fds=True,
+            check=True,
+        )
+    deadline = time.monotonic() + timeout
+    while not docker_answers():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dockerd did not answer within {timeout}s (see {DOCKERD_LOG})")
+        time.sleep(0.5)
+
+
+def stop_dockerd(timeout=90):
+    """SIGTERM the running dockerd (what ``systemctl restart docker`` does) and wait for it to exit.
+
+    Returns ``(argv, environ)`` of the stopped engine, to start it again the same way.
+    """
+    pid = dockerd_pid()
+    assert pid, f"no dockerd found through {DOCKERD_PID_FILE}"
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = [part.decode() for part in f.read().split(b"\0") if part]
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = dict(
+            part.decode().split("=", 1) for part in f.read().split(b"\0") if b"=" in part
+        )
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"dockerd {pid} did not stop within {timeout}s")
+        time.sleep(0.2)
+    return argv, environ
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+@contextlib.contextmanager
+def dockerd_restarted_on_exit():
+    """Whatever happens inside, leave a running dockerd that answers."""
+    try:
+        yield
+    finally:
+        if not docker_answers() and dockerd_pid() is None:
+            start_dockerd()

@@ -16,7 +16,8 @@ Real components, started once per session:
   role carries the ``custom:tljh_repo2docker:admin`` scope.
 - ``running_hub(workdir, extra_service_args)``: a context manager starting
   another such hub, for modules that need the service configured differently
-  (e.g. with ``--binderhub_url``).
+  (e.g. with ``--binderhub_url``). ``stop_hub(info)`` and ``start_hub(info)``
+  stop its JupyterHub and start it again on the same configuration.
 - ``built_env``: one environment built through the service's API, shared by
   the tests that only need "some built environment".
 """
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -146,6 +148,48 @@ def _test_network():
     return inspect.stdout.strip()
 
 
+def start_hub(hub_info):
+    """Start JupyterHub on ``hub_info``'s ``jupyterhub_config.py``, in its directory.
+
+    Appends to ``jupyterhub.log``; waits until the hub and the service answer
+    through the proxy. Used to start a hub and to start it again (same
+    configuration, same directory, same database) after :func:`stop_hub`.
+    """
+    workdir = hub_info.workdir
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    with open(workdir / "jupyterhub.log", "a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    hub_info.proc = proc
+    try:
+        utils.wait_for_http(f"{hub_info.url}hub/api/", timeout=60, proc=proc)
+        utils.wait_for_http(f"{hub_info.url}services/tljh_repo2docker/", timeout=60, proc=proc)
+    except Exception:
+        proc.terminate()
+        print((workdir / "jupyterhub.log").read_text()[-5000:])
+        raise
+    return proc
+
+
+def stop_hub(hub_info, sig=signal.SIGTERM, timeout=30):
+    """Stop the hub's process with ``sig`` (SIGTERM: what an init system sends); kill it after ``timeout``."""
+    proc = hub_info.proc
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 @contextlib.contextmanager
 def running_hub(workdir, extra_service_args=(), extra_config=""):
     """Start a real JupyterHub + proxy with the service (extra command-line options
@@ -168,34 +212,14 @@ def running_hub(workdir, extra_service_args=(), extra_config=""):
         extra_config=extra_config,
     )
     (workdir / "jupyterhub_config.py").write_text(config)
-    log = open(workdir / "jupyterhub.log", "w")
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    hub_info.proc = proc
-    try:
-        utils.wait_for_http(f"{hub_info.url}hub/api/", timeout=60, proc=proc)
-        utils.wait_for_http(f"{hub_info.url}services/tljh_repo2docker/", timeout=60, proc=proc)
-    except Exception:
-        proc.terminate()
-        print((workdir / "jupyterhub.log").read_text()[-5000:])
-        raise
+    start_hub(hub_info)
     try:
         yield hub_info
     finally:
-        utils.stop_all_servers(hub_info)
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        # hub_info.proc: the hub may have been restarted (start_hub) meanwhile.
+        if hub_info.proc is not None and hub_info.proc.poll() is None:
+            utils.stop_all_servers(hub_info)
+        stop_hub(hub_info, signal.SIGTERM, timeout=20)
 
 
 @pytest.fixture(scope="session")

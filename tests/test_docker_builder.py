@@ -542,6 +542,9 @@ def test_bad_settings_are_refused():
         DockerBuilder(docker_url="/var/run/docker.sock")
     with pytest.raises(Exception, match="user_id"):
         DockerBuilder(user_id=0)
+    with pytest.raises(Exception, match="build_tmpfs_size"):
+        DockerBuilder(build_tmpfs_size="4 GB")
+    assert DockerBuilder(build_tmpfs_size="2G").build_tmpfs_size == "2g"
 
 
 def test_command_line_holds_no_credentials():

@@ -1,14 +1,17 @@
 """Load and faults against a real hub of this module's own (two concurrent builds).
 
-1. Load: 100 concurrent clients for 30 s (the issue asks for 60 s; 30 s keeps
-   the file short) through the proxy with an API token: half list
-   environments, half replay the SSE log of a finished build. No errors.
+1. Load: 100 concurrent clients for 60 s (what the issue asks) through the
+   proxy with an API token: half list environments, half replay the SSE log
+   of a finished build. No errors.
 2. A queue of 20 builds with a limit of 2: first in, first out, never more
    than 2 at once, all built.
 3. A build container killed from outside: the environment fails with a
    reason, no image or container is left, database and Docker agree.
 4. configurable-http-proxy killed: JupyterHub starts it again, the service
    answers through it and a build started before finishes.
+
+More faults (a full disk, JupyterHub and dockerd restarted) are in
+``tests/test_faults.py``.
 
 Everything listens on loopback; the load is bounded in time and stops itself.
 """
@@ -43,7 +46,7 @@ from tests.gitserver import make_repo
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
-LOAD_SECONDS = 30  # the issue says 60 s
+LOAD_SECONDS = 60  # what the issue asks
 LOAD_CLIENTS = 100
 QUEUE_BUILDS = 20
 LIMIT = 2
@@ -152,7 +155,7 @@ async def test_load_list_and_sse_replay(hub, built_env):
         )
         elapsed = time.monotonic() - started
 
-    print(f"\nload: {LOAD_CLIENTS} clients for {LOAD_SECONDS} s (the issue says 60 s), took {elapsed:.1f} s")
+    print(f"\nload: {LOAD_CLIENTS} clients for {LOAD_SECONDS} s, took {elapsed:.1f} s")
     for kind, values in latencies.items():
         print(
             f"  {kind}: {len(values)} requests ({len(values) / elapsed:.0f}/s), "

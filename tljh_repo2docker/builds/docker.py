@@ -65,6 +65,8 @@ CREDENTIALS_PATH = f"{CREDENTIALS_DIR}/{CREDENTIALS_FILE}"
 _HEAD_RE = re.compile(r"HEAD is now at ([0-9a-f]{7,64})\b")
 # Printed by the post-checkout hook (see _HOOK) after a clone of the default branch.
 _CHECKOUT_RE = re.compile(r"^tljh-repo2docker: checked out ([0-9a-f]{40}|[0-9a-f]{64})$")
+#: Where a build's working files go when ``build_tmpfs_size`` is set (its TMPDIR).
+BUILD_TMPFS_PATH = "/tljh-r2d-build"
 HOOKS_DIR = "tljh-r2d-hooks"
 HOOKS_PATH = f"{CREDENTIALS_DIR}/{HOOKS_DIR}"
 # Runs after git checks out a tree; git sends its output to stderr, which
@@ -81,12 +83,21 @@ _ERROR_RES = (
     re.compile(r"^(?:#\d+ )?(?:ERROR|error|fatal)\b"),
     re.compile(r"error|fatal|failed", re.IGNORECASE),
 )
+_NO_SPACE_RE = re.compile(r"no space left on device", re.IGNORECASE)
 # Lines kept to explain a failure.
 _TAIL_LINES = 50
+# aiodocker's status of a DockerError when the engine cannot be reached at all.
+_NO_CONNECTION = 900
+# Engine losses one build lives through before it is marked failed.
+_MAX_ENGINE_LOSSES = 10
 
 
 class _ContainerGone(Exception):
     """The build container disappeared while we followed it."""
+
+
+class _EngineLost(Exception):
+    """The Docker engine stopped answering and did not come back in time."""
 
 
 class DockerBuilder(Builder):
@@ -181,6 +192,35 @@ class DockerBuilder(Builder):
         """,
     ).tag(config=True)
 
+    build_tmpfs_size = Unicode(
+        "",
+        help="""
+        Give each build container a tmpfs (memory-backed, size-limited file
+        system) of this size for its working files: repo2docker's checkout of
+        the repository and the build context it writes (the container's
+        ``TMPDIR`` points there). A number of bytes, or with a unit: ``512m``,
+        ``2g``. A repository that does not fit makes the build fail with "The
+        build ran out of disk space". It bounds what one build can write on
+        the host's disk; the memory is used only as far as it is filled.
+        The image layers themselves are stored by the Docker engine and are
+        not limited by this. Default: empty (no tmpfs: the container's own
+        file system).
+        """,
+    ).tag(config=True)
+
+    engine_wait_timeout = Float(
+        120,
+        help="""
+        Seconds a running build waits for the Docker engine to answer again
+        after losing contact with it (for example while ``dockerd``
+        restarts). When it answers again, the build is followed further if
+        its container still runs (``live-restore``), and otherwise marked
+        failed with a reason naming the engine, and its container removed.
+        When it does not answer in time, the build is marked failed.
+        Default: 120.
+        """,
+    ).tag(config=True)
+
     @default("docker_url")
     def _default_docker_url(self):
         return os.environ.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
@@ -192,6 +232,16 @@ class DockerBuilder(Builder):
             raise ValueError(
                 f"DockerBuilder.docker_url {value!r} needs a scheme, like "
                 "unix:///var/run/docker.sock or tcp://127.0.0.1:2375"
+            )
+        return value
+
+    @validate("build_tmpfs_size")
+    def _validate_build_tmpfs_size(self, proposal):
+        value = proposal["value"].strip().lower()
+        if value and not re.match(r"^[1-9][0-9]*[kmg]?$", value):
+            raise ValueError(
+                f"DockerBuilder.build_tmpfs_size {proposal['value']!r} is not a size: "
+                "use a number of bytes or a number with k, m or g (512m, 2g)"
             )
         return value
 
@@ -296,7 +346,20 @@ class DockerBuilder(Builder):
         ]
         for index, (key, value) in enumerate(config):
             env += [f"GIT_CONFIG_KEY_{index}={key}", f"GIT_CONFIG_VALUE_{index}={value}"]
+        if self.build_tmpfs_size:
+            # repo2docker clones into, and writes the build context below, TMPDIR.
+            env.append(f"TMPDIR={BUILD_TMPFS_PATH}")
         return env
+
+    def _host_config(self):
+        host_config = {
+            "Binds": [f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"],
+            "NetworkMode": self.network_mode,
+            "AutoRemove": False,
+        }
+        if self.build_tmpfs_size:
+            host_config["Tmpfs"] = {BUILD_TMPFS_PATH: f"size={self.build_tmpfs_size},mode=1777"}
+        return host_config
 
     async def build(self, request):
         uid = request.uid
@@ -414,11 +477,7 @@ class DockerBuilder(Builder):
             "Tty": False,
             "AttachStdin": False,
             "OpenStdin": False,
-            "HostConfig": {
-                "Binds": [f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"],
-                "NetworkMode": self.network_mode,
-                "AutoRemove": False,
-            },
+            "HostConfig": self._host_config(),
         }
         return await self.docker.containers.create(config, name=name)
 
@@ -463,6 +522,18 @@ class DockerBuilder(Builder):
         final event is yielded. If the consumer stops early (its task is
         cancelled, or it closes this generator), only the following stops:
         the container keeps running for attach() or cancel().
+
+        A restart of the engine (``dockerd``) is told from a failed build:
+        a stopping engine first closes its socket to new connections, keeps
+        serving the ones open (so the log stream and the wait for the
+        container's exit may still answer), stops the containers unless it
+        runs with ``live-restore``, and exits. So when the container ends
+        with an error, or the connection breaks, and a new connection is
+        refused, this waits up to ``engine_wait_timeout`` for the engine to
+        answer again and looks at the container: one that still runs is
+        followed further, without repeating lines; one that the restart
+        stopped fails the build with a reason naming the engine, and is
+        removed like any other.
         """
         started = time.monotonic()
         commit = None
@@ -470,33 +541,77 @@ class DockerBuilder(Builder):
         tail = collections.deque(maxlen=_TAIL_LINES)
         seen = 0
         final = None
+        lost = None  # why the engine was lost, while it is
+        losses = 0
+        code = None
         try:
-            try:
-                info = await container.show()
-                ref = _option(info["Config"]["Cmd"], "--ref")
-                async with contextlib.aclosing(
-                    container.log(stdout=True, stderr=True, follow=True)
-                ) as chunks:
-                    async for line in _lines(chunks):
-                        seen += 1
-                        match = _CHECKOUT_RE.match(line) or _HEAD_RE.search(line)
-                        if match:
-                            commit = match.group(1)
-                        line = _scrub(line, secrets)
-                        if line.strip():
-                            tail.append(line)
-                        if seen > skip_lines:
-                            yield BuildEvent(LOG, line)
-                code = (await container.wait()).get("StatusCode")
-            except aiodocker.DockerError as e:
-                if e.status == 404:
-                    raise _ContainerGone() from e
-                raise
+            while True:
+                try:
+                    info = await container.show()
+                    ref = _option(info["Config"]["Cmd"], "--ref")
+                    if lost is not None and not info["State"].get("Running"):
+                        # The container ended while the engine was away.
+                        code = info["State"].get("ExitCode")
+                        break
+                    if lost is not None:
+                        self.log.info("Build %s: the Docker engine is back; following again", uid)
+                        yield BuildEvent(STATUS, "the Docker engine answers again; following the build")
+                        # The log is read again from its start: skip what was yielded.
+                        skip_lines, seen = max(skip_lines, seen), 0
+                        tail.clear()
+                        lost = None
+                    async with contextlib.aclosing(
+                        container.log(stdout=True, stderr=True, follow=True)
+                    ) as chunks:
+                        async for line in _lines(chunks):
+                            seen += 1
+                            match = _CHECKOUT_RE.match(line) or _HEAD_RE.search(line)
+                            if match:
+                                commit = match.group(1)
+                            line = _scrub(line, secrets)
+                            if line.strip():
+                                tail.append(line)
+                            if seen > skip_lines:
+                                yield BuildEvent(LOG, line)
+                    code = (await container.wait()).get("StatusCode")
+                    # A busy engine is not a stopping one: only a refused
+                    # connection means that it is going away.
+                    if code == 0 or await self._probe_engine() != "refused":
+                        break
+                    lost = "it stopped accepting connections as the build ended"
+                except aiodocker.DockerError as e:
+                    if e.status == 404:
+                        raise _ContainerGone() from e
+                    if e.status != _NO_CONNECTION:
+                        raise
+                    lost = _describe(e)
+                except (aiohttp.ClientError, OSError) as e:
+                    lost = f"the connection broke: {e.__class__.__name__}"
+                losses += 1
+                self.log.warning("Build %s: lost the Docker engine: %s", uid, lost)
+                yield BuildEvent(
+                    STATUS,
+                    f"lost contact with the Docker engine ({lost}); "
+                    f"waiting up to {self.engine_wait_timeout:g} s for it to answer again",
+                )
+                if losses > _MAX_ENGINE_LOSSES or not await self._wait_for_engine():
+                    raise _EngineLost()
         except _ContainerGone:
             if uid in self._cancelled:
                 final = BuildEvent(CANCELLED, "Build cancelled")
+            elif losses:
+                final = BuildEvent(
+                    FAILED, "The Docker engine restarted during the build and its container is gone"
+                )
             else:
                 final = BuildEvent(FAILED, "The build container disappeared")
+        except _EngineLost:
+            self.log.error("Build %s: the Docker engine did not come back: %s", uid, lost)
+            final = BuildEvent(
+                FAILED,
+                f"Lost contact with the Docker engine at {self.docker_url}, and it did not "
+                f"answer again within {self.engine_wait_timeout:g} s ({lost})",
+            )
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
             self.log.error("Build %s: lost the Docker engine: %s", uid, e)
             final = BuildEvent(FAILED, f"Lost contact with the Docker engine: {_describe(e)}")
@@ -508,6 +623,12 @@ class DockerBuilder(Builder):
                 final = BuildEvent(CANCELLED, "Build cancelled")
             elif code == 0:
                 final = await self._publish(staging, image_name, commit)
+            elif lost is not None:
+                final = BuildEvent(
+                    FAILED,
+                    "The Docker engine restarted during the build, which stopped the build "
+                    f"container (exit code {code}): rebuild the environment",
+                )
             else:
                 final = BuildEvent(FAILED, _failure_message(code, tail))
         if final.phase != BUILT:
@@ -515,6 +636,37 @@ class DockerBuilder(Builder):
         await self._remove(container, uid)
         self.log.info("Build %s: %s after %.1f s", uid, final.phase, time.monotonic() - started)
         yield final
+
+    async def _probe_engine(self):
+        """``"ok"``, ``"refused"`` (no new connection) or ``"error"``, asking the engine anew.
+
+        A new client, not the shared one: an engine that is shutting down
+        refuses new connections but still answers on those already open.
+        """
+        client = None
+        try:
+            client = aiodocker.Docker(url=self.docker_url)
+            await asyncio.wait_for(client.version(), 10)
+            return "ok"
+        except aiodocker.DockerError as e:
+            return "refused" if e.status == _NO_CONNECTION else "error"
+        except (aiohttp.ClientConnectionError, OSError):
+            return "refused"
+        except (asyncio.TimeoutError, aiohttp.ClientError, ValueError):
+            return "error"
+        finally:
+            if client is not None:
+                await client.close()
+
+    async def _wait_for_engine(self):
+        """Whether the engine answers again within ``engine_wait_timeout`` seconds."""
+        deadline = time.monotonic() + self.engine_wait_timeout
+        while True:
+            if await self._probe_engine() == "ok":
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(1)
 
     async def _publish(self, staging, image_name, commit):
         """Give the image built as ``staging`` its real name; the final event."""
@@ -895,6 +1047,13 @@ def _credentials_tar(content):
 def _failure_message(code, tail):
     message = f"repo2docker exited with code {code}"
     lines = [_strip_ansi(line).strip() for line in tail]
+    full = next((line for line in reversed(lines) if _NO_SPACE_RE.search(line)), None)
+    if full is not None:
+        # git, the build tools and the engine all say it this way (ENOSPC).
+        return (
+            "The build ran out of disk space (no space left on device): free space or "
+            f"give builds more, then rebuild. {message}: {full[:500]}"
+        )
     reason = None
     for pattern in _ERROR_RES:
         reason = next((line for line in reversed(lines) if pattern.search(line)), None)

@@ -193,6 +193,7 @@ class ServerAPIHandler(ServersMixin, APIHandler):
         remove = self.get_argument("remove", "false").lower() in {"1", "true", "yes"}
         server = await self.find_server(name)
         if server is None:
+            check_server_name(name)  # a name no server can have is a bad request
             raise web.HTTPError(404, f"You have no server named {name!r}")
         try:
             await self.hub.stop_server(self.current_user["name"], server["server_name"], remove=remove)
