@@ -173,3 +173,39 @@ async def test_close_leaves_the_build_running_and_a_new_manager_reattaches(
     done = await store.get_environment(sessions, env.uid)
     assert done.status == "built" and done.image_id
     assert build_containers(env.uid) == []
+
+
+async def test_recovery_removes_leftover_containers_of_ended_builds_only(manager):
+    """A build container the service could not remove (the engine was away
+    when the build ended) goes at the next start; a build container of
+    another service on the same engine stays."""
+    sessions = manager.sessions
+    builder = manager.builder
+    name = f"leftover-{token()}"
+    env = await store.create_environment(
+        sessions,
+        uid=token() + token(),
+        name=name,
+        image_name=f"{manager.prefix}{name}:main",
+        repo="http://127.0.0.1:9/none.git",
+        ref="main",
+        node_selector={},
+        build_args={},
+    )
+    await store.update_environment(sessions, env.uid, status="failed", error="engine lost")
+    foreign = token() + token()
+    for uid in (env.uid, foreign):
+        docker(
+            "run", "-d", "--name", f"{builder.container_prefix}{uid}",
+            "--label", f"tljh_repo2docker.build={uid}",
+            "--entrypoint", "sleep", BUILDER_IMAGE, "300",
+        )
+    try:
+        assert build_containers(env.uid) and build_containers(foreign)
+        await manager.recover(build_request)
+        assert build_containers(env.uid) == []
+        assert build_containers(foreign), "another service's build must be left alone"
+        stored = await store.get_environment(sessions, env.uid)
+        assert (stored.status, stored.error) == ("failed", "engine lost")
+    finally:
+        docker("rm", "-f", f"{builder.container_prefix}{foreign}", check=False)

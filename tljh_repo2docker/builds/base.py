@@ -106,6 +106,12 @@ class Builder(LoggingConfigurable):
         """Stop a running build, leaving no partial image."""
         raise NotImplementedError
 
+    async def discard(self, uid: str) -> None:
+        """Remove what is left of a build that the database says has ended
+        (e.g. a container that could not be removed while the engine was
+        away): stop it if it still runs, remove it and its unfinished image,
+        never a built image."""
+
     async def image_exists(self, image_name: str) -> bool:
         """Whether the built image can still be used."""
         return True

@@ -799,6 +799,21 @@ class DockerBuilder(Builder):
         await self._remove_staging(uid, (info["Config"].get("Labels") or {}).get(STAGING_NAME_LABEL))
         await self._remove_leftover_image(uid, info)
 
+    async def discard(self, uid):
+        container = await self._find(uid)
+        if container is None:
+            return
+        try:
+            info = await container.show()
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            self.log.warning("Could not inspect the leftover container of build %s: %s", uid, e)
+            return
+        self.log.warning("Build %s has ended: removing its leftover container", uid)
+        if info["State"].get("Running"):
+            await self._interrupt(container, uid)
+        await self._remove(container, uid)
+        await self._remove_staging(uid, (info["Config"].get("Labels") or {}).get(STAGING_NAME_LABEL))
+
     async def _interrupt(self, container, uid):
         """Ask the build tools in the container to stop, and wait a little.
 

@@ -475,7 +475,9 @@ class BuildManager(LoggingConfigurable):
         running = await self.builder.running()
         # Read before re-submitting (which queues) so nothing is queued twice.
         queued = await store.list_environments(self.sessions, [store.QUEUED])
-        for env in await store.list_environments(self.sessions, [store.BUILDING]):
+        building = await store.list_environments(self.sessions, [store.BUILDING])
+        await self._discard_leftovers(running, building)
+        for env in building:
             events = self.builder.attach(env.uid, env.source_lines) if env.uid in running else None
             if events is None and self.builder.resubmit_on_recover and not env.private:
                 self.log.info("Re-submitting build %s after a restart", env.uid)
@@ -505,6 +507,19 @@ class BuildManager(LoggingConfigurable):
                 continue
             await self.submit(env, request_for(env))
         await self._adopt_images()
+
+    async def _discard_leftovers(self, running, building):
+        """Remove what the backend still holds of this service's ended builds.
+
+        Only builds of environments in this database: another service may
+        share the Docker engine, and its builds are its own business.
+        """
+        ended = running - {env.uid for env in building}
+        if not ended:
+            return
+        for env in await store.list_environments(self.sessions):
+            if env.uid in ended:
+                await self.builder.discard(env.uid)
 
     async def _finish_stale(self, env, reason):
         self._open_log(env.uid, env.last_event_id + 1)
