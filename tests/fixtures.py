@@ -277,3 +277,10 @@ async def built_env(admin, dockerfile_repo):
     )
     env = await admin.wait_env(env["uid"], {"built"})
     return env
+
+
+def pytest_terminal_summary(terminalreporter):
+    if utils.FIGURES:
+        terminalreporter.section("figures measured by the tests")
+        for text in utils.FIGURES:
+            terminalreporter.write_line(text)

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests import utils
+from tests.utils import figure
 from tests.buildutils import (
     FINAL,
     assert_db_and_docker_agree,
@@ -271,12 +272,12 @@ async def test_dockerd_restart_mid_build(hub, admin, git_root, git_server):
         argv, environ = await asyncio.to_thread(stop_dockerd)
         stopped_at = time.monotonic()
         await asyncio.to_thread(start_dockerd, argv, environ)
-        print(f"\ndockerd: down for {time.monotonic() - stopped_at:.1f} s ({' '.join(argv)})")
+        figure(f"\ndockerd: down for {time.monotonic() - stopped_at:.1f} s ({' '.join(argv)})")
 
     env = await admin.wait_env(uid, FINAL, timeout=300)
     events = await read_events(admin, uid, timeout=30)
     messages = [data["message"] for _, data in events]
-    print(f"dockerd: the build ended {env['status']}: {env['error']}")
+    figure(f"dockerd: the build ended {env['status']}: {env['error']}")
     print("\n".join(messages[-8:]))
     # The log written before the restart is kept, as it was.
     assert events[: len(seen)] == seen, (seen[-3:], events[: len(seen)][-3:])

@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
 from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
 from tljh_repo2docker.paths import OPENAPI
 
-from .utils import SERVICE, assert_json_error, make_token
+from .utils import SERVICE, assert_json_error, figure, make_token
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -220,9 +220,9 @@ def fuzzer(hub):
     for uid in fuzzer.created:
         fuzzer.wait_done(uid)
     fuzzer.close()
-    print(f"generated requests: {sum(fuzzer.statuses.values())}, builds accepted: {fuzzer.accepted}")
+    figure(f"generated requests: {sum(fuzzer.statuses.values())}, builds accepted: {fuzzer.accepted}")
     for (label, status, field), count in sorted(fuzzer.statuses.items(), key=str):
-        print(f"  {label} -> {status}{f' ({field})' if field else ''}: {count}")
+        figure(f"  {label} -> {status}{f' ({field})' if field else ''}: {count}")
 
 
 FLAGS = st.fixed_dictionaries(

@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from tests import utils
+from tests.utils import figure
 from tests.buildutils import (
     FINAL,
     build_containers,
@@ -155,14 +156,14 @@ async def test_load_list_and_sse_replay(hub, built_env):
         )
         elapsed = time.monotonic() - started
 
-    print(f"\nload: {LOAD_CLIENTS} clients for {LOAD_SECONDS} s, took {elapsed:.1f} s")
+    figure(f"\nload: {LOAD_CLIENTS} clients for {LOAD_SECONDS} s, took {elapsed:.1f} s")
     for kind, values in latencies.items():
-        print(
+        figure(
             f"  {kind}: {len(values)} requests ({len(values) / elapsed:.0f}/s), "
             f"p50 {_pct(values, 50) * 1000:.0f} ms, p95 {_pct(values, 95) * 1000:.0f} ms, "
             f"p99 {_pct(values, 99) * 1000:.0f} ms"
         )
-    print(f"  errors: {len(errors)}")
+    figure(f"  errors: {len(errors)}")
     assert errors == [], errors[:10]
     assert latencies["list"] and latencies["sse"]
 
@@ -190,7 +191,7 @@ async def test_queue_of_20_is_fifo_and_bounded(admin, git_root, git_server):
     assert starts == sorted(starts), "builds did not start in submission order"
     intervals = [(e["started"], e["finished"]) for e in done]
     most = max(sum(1 for s, f in intervals if s <= start < f) for start, _ in intervals)
-    print(f"\nqueue: {QUEUE_BUILDS} builds, at most {most} at once (limit {LIMIT})")
+    figure(f"\nqueue: {QUEUE_BUILDS} builds, at most {most} at once (limit {LIMIT})")
     assert most <= LIMIT
     assert most == LIMIT  # the limit was used, not just respected
 
@@ -273,7 +274,7 @@ async def test_proxy_killed_and_restarted(hub, admin, git_root, git_server):
             return r.status_code == 200 and uid in {e["uid"] for e in r.json()["environments"]}
 
     await wait_for(lists, timeout=60, interval=0.5, what="service answering through the new proxy")
-    print(f"\nproxy: back and routing after {time.monotonic() - killed_at:.1f} s")
+    figure(f"\nproxy: back and routing after {time.monotonic() - killed_at:.1f} s")
 
     env = await admin.wait_env(uid, FINAL, timeout=180)
     assert env["status"] == "built", env

@@ -303,3 +303,15 @@ async def read_sse(client, url, headers=None, until_final=True, timeout=120):
                     break
                 event_id, data = None, None
     return events
+
+
+# Figures the tests measure (latencies, counts, durations), printed together at
+# the end of the run by tests/fixtures.py's pytest_terminal_summary, passed or not.
+FIGURES = []
+
+
+def figure(text):
+    """Record a measured figure for the end-of-run summary (and print it, for -s)."""
+    text = text.strip("\n")
+    FIGURES.append(text)
+    print(text)
