@@ -158,6 +158,33 @@
     return slug || "server";
   }
 
+  // -- polling ---------------------------------------------------------------
+
+  /**
+   * Run `task` (async) every `ms` milliseconds while `wanted()` is true, one
+   * run at a time. `schedule()` after a change that `wanted()` looks at;
+   * `now()` to run at once (ignored while a run is going on).
+   */
+  function poller(task, wanted, ms) {
+    let timer = null;
+    let running = false;
+    function schedule() {
+      window.clearTimeout(timer);
+      timer = wanted() ? window.setTimeout(now, ms) : null;
+    }
+    async function now() {
+      if (running) return;
+      running = true;
+      try {
+        await task();
+      } finally {
+        running = false;
+        schedule();
+      }
+    }
+    return { schedule, now };
+  }
+
   // -- clipboard and downloads --------------------------------------------
 
   async function copyText(text) {
@@ -470,6 +497,7 @@
     formatCpu,
     timeElement,
     serverSlug,
+    poller,
     copyText,
     flashButton,
     download,

@@ -10,8 +10,6 @@
   const POLL_MS = 2500;
 
   let environments = R.pageData("environments-data") || [];
-  let pollTimer = null;
-  let polling = false;
 
   const table = document.getElementById("environments");
   const tbody = table.querySelector("tbody");
@@ -172,7 +170,7 @@
     if (index >= 0) environments[index] = env;
     else environments.push(env);
     render();
-    schedulePoll();
+    poll.schedule();
   }
 
   function describeStatus(env) {
@@ -181,9 +179,11 @@
     return `${env.name} is ${env.status}`;
   }
 
-  async function refresh() {
-    if (polling) return;
-    polling = true;
+  // Poll while a build is queued or running.
+  const poll = R.poller(load, () => environments.some((env) => ACTIVE.has(env.status)), POLL_MS);
+
+  /** One poll: the list again, and what changed said to screen readers. */
+  async function load() {
     try {
       const data = await R.api("GET", "api/environments");
       const before = new Map(environments.map((env) => [env.uid, env.status]));
@@ -196,17 +196,6 @@
       hidePageError();
     } catch (e) {
       showPageError(`Could not refresh the list: ${e.message}`);
-    } finally {
-      polling = false;
-      schedulePoll();
-    }
-  }
-
-  function schedulePoll() {
-    window.clearTimeout(pollTimer);
-    pollTimer = null;
-    if (environments.some((env) => ACTIVE.has(env.status))) {
-      pollTimer = window.setTimeout(refresh, POLL_MS);
     }
   }
 
@@ -268,7 +257,7 @@
       R.announce(`Build of ${env.name} cancelled`);
     } catch (e) {
       showPageError(`Could not cancel ${env.name}: ${e.message}`);
-      refresh();
+      poll.now();
     } finally {
       if (button.isConnected) R.setBusy(button, false);
     }
@@ -513,7 +502,7 @@
         cancelled: data.message || "Cancelled",
       };
       setLogStatus(texts[data.phase], false);
-      refresh();
+      poll.now();
     }
   }
 
@@ -611,6 +600,6 @@
   // -- start ---------------------------------------------------------------
 
   render();
-  schedulePoll();
-  window.TljhR2D.environmentsPage = { refresh, launchLink, nameFromRepo };
+  poll.schedule();
+  window.TljhR2D.environmentsPage = { refresh: poll.now, launchLink, nameFromRepo };
 })();

@@ -13,8 +13,6 @@
   const environments = R.pageData("environments-data") || [];
   // Servers started from this page: followed until they run (or fail).
   const starting = new Map();
-  let pollTimer = null;
-  let polling = false;
 
   const tbody = document.querySelector("#servers tbody");
 
@@ -102,9 +100,11 @@
     return servers.find((server) => server.name === name);
   }
 
-  async function refresh() {
-    if (polling) return;
-    polling = true;
+  // Poll while a server starts or stops.
+  const poll = R.poller(load, () => starting.size || servers.some((s) => PENDING.has(s.status)), POLL_MS);
+
+  /** One poll: the servers again, what changed said, starts that failed shown. */
+  async function load() {
     try {
       const data = await R.api("GET", "api/servers");
       const before = new Map(servers.map((s) => [s.name, s.status]));
@@ -132,17 +132,6 @@
       hidePageError();
     } catch (e) {
       showPageError(`Could not refresh your servers: ${e.message}`);
-    } finally {
-      polling = false;
-      schedulePoll();
-    }
-  }
-
-  function schedulePoll() {
-    window.clearTimeout(pollTimer);
-    pollTimer = null;
-    if (starting.size || servers.some((s) => PENDING.has(s.status))) {
-      pollTimer = window.setTimeout(refresh, POLL_MS);
     }
   }
 
@@ -231,7 +220,7 @@
     servers.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     render();
     R.announce(`Starting ${name}`);
-    schedulePoll();
+    poll.schedule();
     return result;
   }
 
@@ -242,8 +231,8 @@
       server.status = "stop";
       render();
       R.announce(`Stopping ${server.name}`);
-      schedulePoll();
-      refresh();
+      poll.schedule();
+      poll.now();
     } catch (e) {
       showPageError(`Could not stop ${server.name}: ${e.message}`);
     } finally {
@@ -409,7 +398,7 @@
   // -- start ---------------------------------------------------------------
 
   render();
-  schedulePoll();
+  poll.schedule();
   const launching = document.getElementById("launching");
   if (launching) followLaunch(launching);
 })();
