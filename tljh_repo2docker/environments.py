@@ -1,7 +1,8 @@
 """Checking what an admin asks for when adding an environment.
 
 Turns an API request body into clean fields, or raises FieldError naming
-the field. Nothing is stored here.
+the field. Nothing is stored here. Also what a built environment turns
+into: its image labels and the user_options that start it.
 """
 
 import json
@@ -215,6 +216,21 @@ def parse_request(body, app, builder):
         "image_name": f"{app.image_prefix}{slug(name)}:{image_tag(ref)}",
     }
     return fields, (username, password)
+
+
+def user_options(env):
+    """The user_options that start the built environment ``env`` (a stored
+    Environment), as the spawners read them."""
+    return {
+        "image": env.image_name,
+        "environment": env.uid,
+        "metadata": {
+            "node_selector": env.node_selector or {},
+            "memory": env.memory,
+            "cpu": env.cpu,
+            "display_name": env.name,
+        },
+    }
 
 
 def image_labels(env):

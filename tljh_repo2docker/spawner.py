@@ -366,6 +366,7 @@ async def stored_user_options(db_url, user_options):
     from sqlalchemy.exc import SQLAlchemyError
 
     from .db import store
+    from .environments import user_options as stored_options
 
     uid = user_options.get("environment")
     if not uid or not isinstance(uid, str):
@@ -385,16 +386,11 @@ async def stored_user_options(db_url, user_options):
         raise EnvironmentRefused(
             f"The environment {env.name!r} is not built (status: {env.status}): choose another one."
         )
+    stored = stored_options(env)
     return {
         **user_options,
-        "image": env.image_name,
-        "metadata": {
-            **(user_options.get("metadata") or {}),
-            "node_selector": env.node_selector or {},
-            "memory": env.memory,
-            "cpu": env.cpu,
-            "display_name": env.name,
-        },
+        **stored,
+        "metadata": {**(user_options.get("metadata") or {}), **stored["metadata"]},
     }
 
 

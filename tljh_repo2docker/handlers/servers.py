@@ -7,6 +7,7 @@ from urllib.parse import quote
 from tornado import web
 
 from ..db import store
+from ..environments import user_options
 from ..hub import HubError
 from .base import APIHandler, BaseHandler, FieldError
 
@@ -45,19 +46,6 @@ def slug_for(name):
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     readable = readable[: _SLUG_MAX - len(digest) - 1].strip("-") or "server"
     return f"{readable}-{digest}"
-
-
-def user_options(env):
-    return {
-        "image": env.image_name,
-        "environment": env.uid,
-        "metadata": {
-            "node_selector": env.node_selector or {},
-            "memory": env.memory,
-            "cpu": env.cpu,
-            "display_name": env.name,
-        },
-    }
 
 
 class ServersMixin:
