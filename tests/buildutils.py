@@ -14,6 +14,7 @@ import time
 import uuid
 
 from tests.fixtures import SINGLEUSER_IMAGE
+from tests.utils import sse_read
 
 FINAL = {"built", "failed", "cancelled"}
 
@@ -110,25 +111,15 @@ async def read_events(user, uid, last_event_id=None, stop_after=None, timeout=12
     url = user.service_path(f"api/environments/{uid}/logs")
     events = []
 
+    def handle(event_id, data):
+        events.append((event_id, data))
+        return data.get("phase") in FINAL or (stop_after is not None and len(events) >= stop_after)
+
     async def run():
         async with user.client.stream("GET", url, headers=headers, timeout=timeout) as r:
             assert r.status_code == 200, (r.status_code, await r.aread())
             assert r.headers["content-type"].startswith("text/event-stream")
-            event_id, data = None, None
-            async for line in r.aiter_lines():
-                if raw is not None:
-                    raw.append(line)
-                if line.startswith("id:"):
-                    event_id = int(line[3:].strip())
-                elif line.startswith("data:"):
-                    data = json.loads(line[5:].strip())
-                elif line == "" and data is not None:
-                    events.append((event_id, data))
-                    if data.get("phase") in FINAL:
-                        return
-                    if stop_after is not None and len(events) >= stop_after:
-                        return
-                    event_id, data = None, None
+            await sse_read(r, handle, raw)
 
     if follow:
         await asyncio.wait_for(run(), timeout)

@@ -15,7 +15,6 @@
 """
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ import pytest
 from sqlalchemy import text
 
 from tests import utils
+from tests.utils import sse_read
 from tests.buildutils import (
     FINAL,
     build_containers,
@@ -153,17 +153,9 @@ async def follow(user, uid, into):
     url = user.service_path(f"api/environments/{uid}/logs")
     async with user.client.stream("GET", url, timeout=300) as r:
         assert r.status_code == 200, (r.status_code, await r.aread())
-        event_id, data = None, None
-        async for line in r.aiter_lines():
-            if line.startswith("id:"):
-                event_id = int(line[3:].strip())
-            elif line.startswith("data:"):
-                data = json.loads(line[5:].strip())
-            elif line == "" and data is not None:
-                into.append((event_id, data, time.monotonic()))
-                if data["phase"] in FINAL:
-                    return
-                event_id, data = None, None
+        await sse_read(
+            r, lambda i, data: into.append((i, data, time.monotonic())) or data["phase"] in FINAL
+        )
 
 
 # -- 1. on each database server -------------------------------------------------------

@@ -17,19 +17,16 @@ Everything listens on loopback; the load is bounded in time and stops itself.
 """
 
 import asyncio
-import json
 import os
 import signal
 import sqlite3
-import statistics
-import subprocess
 import time
 
 import httpx
 import pytest
 
 from tests import utils
-from tests.utils import figure
+from tests.utils import figure, sse_read
 from tests.buildutils import (
     FINAL,
     build_containers,
@@ -130,19 +127,13 @@ async def test_load_list_and_sse_replay(hub, built_env):
             while time.monotonic() < deadline:
                 t0 = time.monotonic()
                 try:
-                    last = None
+                    events = []
                     async with client.stream("GET", f"api/environments/{uid}/logs") as r:
                         if r.status_code != 200:
                             errors.append(f"sse: {r.status_code}")
                             continue
-                        data = None
-                        async for line in r.aiter_lines():
-                            if line.startswith("data:"):
-                                data = json.loads(line[5:].strip())
-                            elif line == "" and data is not None:
-                                last = data
-                                if data.get("phase") in FINAL:
-                                    break
+                        await sse_read(r, lambda _, data: events.append(data) or data.get("phase") in FINAL)
+                    last = events[-1] if events else None
                     if last is None or last.get("phase") != "built":
                         errors.append(f"sse: replay ended with {last}")
                 except Exception as e:  # noqa: BLE001

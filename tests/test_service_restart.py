@@ -10,7 +10,6 @@ this test waits up to about a minute for the service to come back.
 """
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -22,6 +21,7 @@ import pytest
 
 from tests.buildutils import FINAL, build_containers, docker, dockerfile, image_info, token, wait_building
 from tests.gitserver import head_commit, make_repo
+from tests.utils import sse_read
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -46,17 +46,8 @@ async def follow(user, uid, into, last_event_id=None):
         async with user.client.stream("GET", url, headers=headers, timeout=300) as r:
             if r.status_code != 200:
                 return f"status {r.status_code}"
-            event_id, data = None, None
-            async for line in r.aiter_lines():
-                if line.startswith("id:"):
-                    event_id = int(line[3:].strip())
-                elif line.startswith("data:"):
-                    data = json.loads(line[5:].strip())
-                elif line == "" and data is not None:
-                    into.append((event_id, data))
-                    if data["phase"] in FINAL:
-                        return "final"
-                    event_id, data = None, None
+            if await sse_read(r, lambda i, data: into.append((i, data)) or data["phase"] in FINAL):
+                return "final"
     except httpx.HTTPError as e:
         return f"broken: {e.__class__.__name__}"
     return "ended"

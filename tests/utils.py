@@ -284,24 +284,39 @@ def assert_json_error(response, status, contains=None):
     return body
 
 
+async def sse_read(response, handle, raw=None):
+    """Call ``handle(id, data)`` for each Server-Sent Event of the streamed
+    ``response`` (data parsed as JSON) until it returns true; ``raw`` collects
+    every line received. True when ``handle`` stopped it, False when the
+    stream ended first."""
+    event_id, data = None, None
+    async for line in response.aiter_lines():
+        if raw is not None:
+            raw.append(line)
+        if line.startswith("id:"):
+            event_id = int(line[3:].strip())
+        elif line.startswith("data:"):
+            data = json.loads(line[5:].strip())
+        elif line == "" and data is not None:
+            if handle(event_id, data):
+                return True
+            event_id, data = None, None
+    return False
+
+
 async def read_sse(client, url, headers=None, until_final=True, timeout=120):
     """Read Server-Sent Events into [(id, data)] until a final phase or the stream ends."""
     events = []
     final = {"built", "failed", "cancelled"}
+
+    def handle(event_id, data):
+        events.append((event_id, data))
+        return until_final and data.get("phase") in final
+
     async with client.stream("GET", url, headers=headers or {}, timeout=timeout) as r:
         assert r.status_code == 200, r.status_code
         assert r.headers["content-type"].startswith("text/event-stream")
-        event_id, data = None, None
-        async for line in r.aiter_lines():
-            if line.startswith("id:"):
-                event_id = int(line[3:].strip())
-            elif line.startswith("data:"):
-                data = json.loads(line[5:].strip())
-            elif line == "" and data is not None:
-                events.append((event_id, data))
-                if until_final and data.get("phase") in final:
-                    break
-                event_id, data = None, None
+        await sse_read(r, handle)
     return events
 
 
