@@ -18,21 +18,20 @@ Real components, started once per session:
   another such hub, for modules that need the service configured differently
   (e.g. with ``--binderhub_url``). ``stop_hub(info)`` and ``start_hub(info)``
   stop its JupyterHub and start it again on the same configuration.
+- ``sqlite_sessions``: sessions of a fresh SQLite database made by the
+  migrations, for tests of the service's parts without a hub.
 - ``built_env``: one environment built through the service's API, shared by
   the tests that only need "some built environment".
 """
 
-import asyncio
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests import utils
@@ -246,6 +245,17 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+async def sqlite_sessions(tmp_path):
+    """Sessions of a fresh SQLite database made by the service's migrations."""
+    from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'service.sqlite'}")
+    await upgrade_db(engine)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
 
 
 @pytest.fixture(scope="session")

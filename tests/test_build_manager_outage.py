@@ -16,7 +16,6 @@ from tljh_repo2docker.builds.base import BUILT, LOG, Builder, BuildEvent, BuildR
 from tljh_repo2docker.builds.manager import BuildManager
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.errors import database_unavailable
-from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db
 
 
 class FlakySessions:
@@ -57,17 +56,9 @@ class ScriptedBuilder(Builder):
 
 
 @pytest.fixture
-async def real_sessions(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'outage.sqlite'}")
-    await upgrade_db(engine)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
-
-
-@pytest.fixture
-async def setup(real_sessions):
+async def setup(sqlite_sessions):
     """``(manager, builder, flaky sessions, environment)``, the build not yet submitted."""
-    sessions = FlakySessions(real_sessions)
+    sessions = FlakySessions(sqlite_sessions)
     builder = ScriptedBuilder()
     manager = BuildManager(
         builder=builder,
@@ -78,7 +69,7 @@ async def setup(real_sessions):
         log_tail_lines=5,
     )
     env = await store.create_environment(
-        real_sessions,
+        sqlite_sessions,
         uid="outage",
         name="outage",
         image_name="x/outage:main",
@@ -111,7 +102,7 @@ async def stored_ids(sessions, uid):
     return [e[0] for e in await store.read_log(sessions, uid)]
 
 
-async def test_log_and_result_wait_for_the_database(setup, real_sessions, caplog):
+async def test_log_and_result_wait_for_the_database(setup, sqlite_sessions, caplog):
     manager, builder, sessions, env = setup
     caplog.set_level(logging.INFO)
     await manager.submit(env, request(env))
@@ -124,7 +115,7 @@ async def test_log_and_result_wait_for_the_database(setup, real_sessions, caplog
     follower = asyncio.ensure_future(follow())
     await builder.events.put(BuildEvent(LOG, "line 1"))
     # queued, building, line 1: stored while the database answers.
-    await eventually(lambda: _len_is(real_sessions, env.uid, 3))
+    await eventually(lambda: _len_is(sqlite_sessions, env.uid, 3))
 
     sessions.down = True
     for number in range(2, 5):
@@ -135,19 +126,19 @@ async def test_log_and_result_wait_for_the_database(setup, real_sessions, caplog
     await eventually(lambda: sessions.refused > 10)
     # The build is over, but nothing about it could be stored, and the final
     # event waits until it is.
-    got = await store.get_environment(real_sessions, env.uid)
+    got = await store.get_environment(sqlite_sessions, env.uid)
     assert got.status == store.BUILDING
-    assert await stored_ids(real_sessions, env.uid) == [1, 2, 3]
+    assert await stored_ids(sqlite_sessions, env.uid) == [1, 2, 3]
     assert [e[2] for e in live] == ["queued (position 1)", "building", "line 1", "line 2", "line 3", "line 4"]
     assert manager.running_count == 1 and not follower.done()
 
     sessions.down = False
     await asyncio.wait_for(follower, 10)
     await eventually(lambda: manager.running_count == 0)
-    got = await store.get_environment(real_sessions, env.uid)
+    got = await store.get_environment(sqlite_sessions, env.uid)
     assert got.status == store.BUILT and got.image_id == "sha256:abc" and got.size == 123
     assert got.last_event_id == 7 and got.source_lines == 4
-    stored = await store.read_log(real_sessions, env.uid)
+    stored = await store.read_log(sqlite_sessions, env.uid)
     # head 3 + tail 5 hold all 7 events: nothing dropped, nothing twice.
     assert stored == live
     assert [e[0] for e in stored] == list(range(1, 8)) and stored[-1][1] == BUILT
@@ -165,7 +156,7 @@ async def _len_is(sessions, uid, n):
     return len(await stored_ids(sessions, uid)) == n
 
 
-async def test_a_build_starts_only_once_its_start_is_stored(setup, real_sessions):
+async def test_a_build_starts_only_once_its_start_is_stored(setup, sqlite_sessions):
     manager, builder, sessions, env = setup
     sessions.down = True
     await manager.submit(env, request(env))
@@ -173,18 +164,18 @@ async def test_a_build_starts_only_once_its_start_is_stored(setup, real_sessions
     assert not builder.started.is_set()
     sessions.down = False
     await asyncio.wait_for(builder.started.wait(), 10)
-    got = await store.get_environment(real_sessions, env.uid)
+    got = await store.get_environment(sqlite_sessions, env.uid)
     assert got.status == store.BUILDING and got.started is not None
     await builder.events.put(BuildEvent(BUILT, "done", image_id="sha256:abc"))
     await eventually(lambda: manager.running_count == 0)
-    assert (await store.get_environment(real_sessions, env.uid)).status == store.BUILT
+    assert (await store.get_environment(sqlite_sessions, env.uid)).status == store.BUILT
 
 
-async def test_the_waiting_log_is_bounded_like_the_stored_one(setup, real_sessions):
+async def test_the_waiting_log_is_bounded_like_the_stored_one(setup, sqlite_sessions):
     manager, builder, sessions, env = setup
     await manager.submit(env, request(env))
     await builder.events.put(BuildEvent(LOG, "line 1"))
-    await eventually(lambda: _len_is(real_sessions, env.uid, 3))
+    await eventually(lambda: _len_is(sqlite_sessions, env.uid, 3))
     sessions.down = True
     for number in range(2, 1001):
         await builder.events.put(BuildEvent(LOG, f"line {number}"))
@@ -197,18 +188,18 @@ async def test_the_waiting_log_is_bounded_like_the_stored_one(setup, real_sessio
     sessions.down = False
     await builder.events.put(BuildEvent(BUILT, "done"))
     await eventually(lambda: manager.running_count == 0)
-    stored = await store.read_log(real_sessions, env.uid)
+    stored = await store.read_log(sqlite_sessions, env.uid)
     assert [e[2] for e in stored] == [
         "queued (position 1)", "building", "line 1",
         "line 997", "line 998", "line 999", "line 1000", "done",
     ]
     replay = [e async for e in manager.subscribe(env.uid)]
     assert replay[3] == (None, LOG, "... 995 log lines omitted ...")
-    got = await store.get_environment(real_sessions, env.uid)
+    got = await store.get_environment(sqlite_sessions, env.uid)
     assert got.status == store.BUILT and got.source_lines == 1000 and got.last_event_id == 1003
 
 
-async def test_other_errors_are_not_retried(setup, real_sessions, monkeypatch):
+async def test_other_errors_are_not_retried(setup, sqlite_sessions, monkeypatch):
     manager, builder, sessions, env = setup
     calls = []
 

@@ -21,7 +21,7 @@ from tljh_repo2docker.app import TljhRepo2Docker
 from tljh_repo2docker.builds.base import FAILED, LOG, Builder, BuildError, BuildEvent, BuildRequest
 from tljh_repo2docker.builds.manager import BuildManager
 from tljh_repo2docker.db import store
-from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db
+from tljh_repo2docker.db.session import make_engine, make_sessionmaker
 
 from .utils import SERVICE, admin_api, assert_json_error, make_token
 
@@ -63,11 +63,8 @@ class StandInBuilder(Builder):
 
 
 @pytest.fixture
-async def sessions(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'health.sqlite'}")
-    await upgrade_db(engine)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
+def sessions(sqlite_sessions):
+    return sqlite_sessions
 
 
 @pytest.fixture
