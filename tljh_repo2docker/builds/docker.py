@@ -793,10 +793,7 @@ class DockerBuilder(Builder):
             if e.status == 404:
                 return
             raise
-        if info["State"].get("Running"):
-            await self._interrupt(container, uid)
-        await self._remove(container, uid)
-        await self._remove_staging(uid, (info["Config"].get("Labels") or {}).get(STAGING_NAME_LABEL))
+        await self._stop_and_remove(container, uid, info)
         await self._remove_leftover_image(uid, info)
 
     async def discard(self, uid):
@@ -809,6 +806,11 @@ class DockerBuilder(Builder):
             self.log.warning("Could not inspect the leftover container of build %s: %s", uid, e)
             return
         self.log.warning("Build %s has ended: removing its leftover container", uid)
+        await self._stop_and_remove(container, uid, info)
+
+    async def _stop_and_remove(self, container, uid, info):
+        """Stop the build container (``info``: its inspection) if it runs,
+        remove it and the unfinished image tagged under its staging name."""
         if info["State"].get("Running"):
             await self._interrupt(container, uid)
         await self._remove(container, uid)
