@@ -21,6 +21,9 @@ def run_with_connection(connection):
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        # Converting a 3.x database records the revision elsewhere until the
+        # end (see tljh_repo2docker/db/legacy.py).
+        version_table=config.attributes.get("version_table", "alembic_version"),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,6 +1,6 @@
 """tljh-repo2docker: build environments from git repositories and launch them from JupyterHub."""
 
-__version__ = "0.1.0"
+__version__ = "4.0.0"
 
 #: The custom JupyterHub scope that grants the right to manage environments.
 TLJH_R2D_ADMIN_SCOPE = "custom:tljh_repo2docker:admin"

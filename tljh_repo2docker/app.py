@@ -31,7 +31,7 @@ from traitlets.config import Application
 
 from . import __version__, metrics
 from .bodylimit import BodyLimit
-from .builds.base import Builder
+from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
 from .db import session as db_session
@@ -47,6 +47,7 @@ from .limits import (
     parse_node_selector_config,
 )
 from .paths import STATIC, TEMPLATES
+from .secret import SecretFileError, read_secret_file
 
 
 def _slashes(prefix):
@@ -80,6 +81,8 @@ class TljhRepo2Docker(Application):
         "cookie_secret_file": "TljhRepo2Docker.cookie_secret_file",
         "allow_local_repos": "TljhRepo2Docker.allow_local_repos",
         "image_prefix": "TljhRepo2Docker.image_prefix",
+        "adopt_legacy_images": "TljhRepo2Docker.adopt_legacy_images",
+        "retry_interval": "TljhRepo2Docker.retry_interval",
         "max_body_size": "TljhRepo2Docker.max_body_size",
         "authenticate_prometheus": "TljhRepo2Docker.authenticate_prometheus",
         "max_concurrent_builds": "BuildManager.max_concurrent_builds",
@@ -271,6 +274,19 @@ class TljhRepo2Docker(Application):
         help="Prefix of the names of built images; the name ends with ``<name>:<ref>``.",
     ).tag(config=True)
 
+    adopt_legacy_images = Bool(
+        False,
+        help="""
+        Also adopt images built by tljh-repo2docker 3.x that no environment
+        of the database names: for a 3.x hub whose database was lost. 3.x
+        marked no image with the hub it belongs to, so on a Docker engine
+        shared by several hubs set this only on the hub that ran 3.x. The
+        images that a converted 3.x database names are always adopted.
+        Adopted images are labelled as this service's (``image_prefix``),
+        which keeps other hubs from adopting them. Default: False.
+        """,
+    ).tag(config=True)
+
     max_body_size = Integer(
         1024 * 1024,
         help="Largest request body accepted, in bytes; larger ones get 413.",
@@ -291,6 +307,18 @@ class TljhRepo2Docker(Application):
         help="""
         Seconds ``{base_url}health`` waits for the database and for the build
         backend each, before it reports that part as failed (503).
+        """,
+    ).tag(config=True)
+
+    retry_interval = Float(
+        5,
+        help="""
+        Seconds between attempts to reach what the service needs at start-up
+        and cannot use yet: the database (a server not up yet, at boot), the
+        build backend (Docker not running yet), the cookie secret file. The
+        service serves meanwhile: pages and API answer 503 naming the part,
+        ``health`` too, and everything works once the part answers, without a
+        restart. Default: 5.
         """,
     ).tag(config=True)
 
@@ -349,34 +377,109 @@ class TljhRepo2Docker(Application):
         )
 
     def init_secrets(self):
+        """The secret that signs login cookies: from the environment, the file, or new.
+
+        The file may hold hex text (ours) or raw bytes (what tljh-repo2docker
+        3.x writes); it is never rewritten. A file that cannot be read does
+        not stop the service (the hub would not start): a temporary secret is
+        used, ``health`` names the problem, and the file is read again in the
+        background (``retry_secret_file``).
+        """
         env_secret = os.environ.get("JUPYTERHUB_SERVICE_COOKIE_SECRET") or os.environ.get(
             "TLJH_REPO2DOCKER_COOKIE_SECRET"
         )
+        self.secret_problem = None
         if env_secret:
-            self.cookie_secret = bytes.fromhex(env_secret)
+            try:
+                self.cookie_secret = bytes.fromhex(env_secret.strip())
+            except ValueError:
+                raise ConfigError(
+                    "cookie secret: $JUPYTERHUB_SERVICE_COOKIE_SECRET / "
+                    "$TLJH_REPO2DOCKER_COOKIE_SECRET must be hex"
+                ) from None
             return
-        path = Path(self.cookie_secret_file)
-        if path.exists():
-            self.cookie_secret = bytes.fromhex(path.read_text().strip())
+        try:
+            self.cookie_secret = read_secret_file(self.cookie_secret_file)
+        except FileNotFoundError:
+            pass
+        except SecretFileError as e:
+            self._temporary_secret(str(e))
+            return
+        else:
             return
         self.cookie_secret = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.cookie_secret.hex())
+        try:
+            fd = os.open(self.cookie_secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.cookie_secret.hex())
+        except OSError as e:
+            self._temporary_secret(
+                f"cannot create {self.cookie_secret_file}: {e.strerror or e.__class__.__name__}"
+            )
 
-    async def init_db(self):
+    def _temporary_secret(self, problem):
+        self.cookie_secret = secrets.token_bytes(32)
+        self.secret_problem = problem
+        self.log.warning(
+            "cookie_secret_file: %s. Using a temporary secret: logins last until the "
+            "service restarts. Retrying every %gs", problem, self.retry_interval,
+        )
+
+    async def retry_secret_file(self):
+        """Read the cookie secret file again until it can be read."""
+        while self.secret_problem:
+            await asyncio.sleep(self.retry_interval)
+            try:
+                secret = read_secret_file(self.cookie_secret_file)
+            except (FileNotFoundError, SecretFileError) as e:
+                self.secret_problem = str(e) if isinstance(e, SecretFileError) else (
+                    f"{self.cookie_secret_file} does not exist"
+                )
+                continue
+            self.cookie_secret = secret
+            self.webapp.settings["cookie_secret"] = secret
+            self.secret_problem = None
+            self.log.info("cookie_secret_file: read %s; logins now use it", self.cookie_secret_file)
+
+    def init_engine(self):
         try:
             self.engine = db_session.make_engine(self.db_url)
         except db_session.DatabaseURLError as e:
             raise ConfigError(str(e)) from None
-        try:
-            await db_session.upgrade_db(self.engine)
-        except Exception as e:
-            raise ConfigError(
-                f"db_url: cannot use the database {db_session.redact(self.db_url)}: "
-                f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            ) from None
         self.sessions = db_session.make_sessionmaker(self.engine)
+
+    async def init_db(self):
+        """Upgrade the database; until that works, retry in the background.
+
+        A database server that is not up yet (at boot) or a database that
+        cannot be upgraded must not stop the service, or JupyterHub would not
+        start: meanwhile pages and API answer 503 naming the database.
+        """
+        delay = self.retry_interval
+        while True:
+            try:
+                await db_session.upgrade_db(self.engine)
+            except Exception as e:
+                first = str(e).splitlines()[0] if str(e) else ""
+                problem = (
+                    f"cannot use the database {db_session.redact(self.db_url)}: "
+                    f"{e.__class__.__name__}: {first}"
+                )
+                # What users and `health` see: our own message, or the class
+                # only (a driver's message may name hosts, users or SQL).
+                self.db_problem_public = (
+                    first if isinstance(e, db_session.UpgradeError) else e.__class__.__name__
+                )
+                if problem != self.db_problem:
+                    self.log.error("db_url: %s. Retrying every %gs", problem, delay)
+                self.db_problem = problem
+                await asyncio.sleep(delay)
+                continue
+            break
+        if self.db_problem:
+            self.log.info("The database can be used now")
+        self.db_problem = None
+        self.db_ready.set()
 
     def init_builder(self):
         builder_class = self.builder_class
@@ -393,7 +496,7 @@ class TljhRepo2Docker(Application):
     def init_hub_client(self):
         self.hub_client = HubClient(parent=self)
 
-    async def init_build_manager(self):
+    def init_build_manager(self):
         self.build_manager = BuildManager(
             parent=self,
             builder=self.builder,
@@ -401,7 +504,44 @@ class TljhRepo2Docker(Application):
             on_started=metrics.build_started,
             on_finished=metrics.build_finished,
         )
-        await self.build_manager.recover(environments.build_request)
+
+    async def init_builds(self):
+        """Recover builds once the database and the build backend answer.
+
+        Until then builds cannot be added, rebuilt, cancelled or removed
+        (503 naming the backend); retries in the background.
+        """
+        await self.db_ready.wait()
+        delay = self.retry_interval
+        while True:
+            try:
+                await self.builder.check()
+                await self.build_manager.recover(environments.build_request)
+            except Exception as e:
+                problem = e.message if isinstance(e, BuildError) else (
+                    f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                )
+                if problem != self.builder_problem:
+                    self.log.error("The build backend cannot be used yet: %s. Retrying every %gs",
+                                   problem, delay)
+                self.builder_problem = problem
+                await asyncio.sleep(delay)
+                continue
+            break
+        if self.builder_problem:
+            self.log.info("The build backend answers now: builds recovered")
+        self.builder_problem = None
+        self.builds_ready.set()
+
+    async def init_parts(self):
+        """What start() leaves to the background: database, then builds."""
+        try:
+            await self.init_db()
+            await self.init_builds()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("Start-up failed")
 
     def init_webapp(self):
         routes = []
@@ -452,12 +592,16 @@ class TljhRepo2Docker(Application):
         )
 
     async def start(self):
+        self.db_ready = asyncio.Event()
+        self.builds_ready = asyncio.Event()
+        self.db_problem = self.db_problem_public = None
+        self.builder_problem = None
         self.init_secrets()
-        await self.init_db()
+        self.init_engine()
         self.log.info("tljh-repo2docker %s, database %s", __version__, db_session.redact(self.db_url))
         self.init_builder()
         self.init_hub_client()
-        await self.init_build_manager()
+        self.init_build_manager()
         self.init_webapp()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -470,15 +614,41 @@ class TljhRepo2Docker(Application):
             # with 413 (see bodylimit.py); past this, the connection is closed.
             max_body_size=max(self.max_body_size, 1 << 30),
         )
-        self.http_server.listen(self.port, self.ip)
+        try:
+            self.http_server.listen(self.port, self.ip)
+        except OSError as e:
+            raise ConfigError(f"port: cannot listen on {self.ip}:{self.port}: {e.strerror}") from None
         self.log.info("Serving %s on http://%s:%d", self.base_url, self.ip, self.port)
+        background = [asyncio.create_task(self.init_parts())]
+        if self.secret_problem:
+            background.append(asyncio.create_task(self.retry_secret_file()))
         await stop.wait()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await self.stop()
+
+    def not_ready(self, needs_builds=False):
+        """Why requests cannot be served yet, for users (None when they can).
+
+        Set up by start(); an application made without it (tests that
+        build only the web app) is ready.
+        """
+        db_ready = getattr(self, "db_ready", None)
+        if db_ready is not None and not db_ready.is_set():
+            reason = self.db_problem_public if self.db_problem else "the service is starting"
+            return f"The database is not available yet ({reason}); the service keeps trying"
+        builds_ready = getattr(self, "builds_ready", None)
+        if needs_builds and builds_ready is not None and not builds_ready.is_set():
+            reason = self.builder_problem or "the service is starting"
+            return f"The build backend is not available yet ({reason}); the service keeps trying"
+        return None
 
     async def stop(self):
         self.log.info("Shutting down")
         self.http_server.stop()
-        await self.build_manager.close()
+        if self.builds_ready.is_set():
+            await self.build_manager.close()
         await self.builder.close()
         await self.hub_client.close()
         await self.engine.dispose()

@@ -130,6 +130,17 @@ class Builder(LoggingConfigurable):
         """
         return []
 
+    async def adopt_image(self, image_name: str, labels: dict) -> dict | None:
+        """Take over an existing image for an environment that has no image id yet.
+
+        Used for environments converted from tljh-repo2docker 3.x. Returns
+        ``{"image_id": ..., "size": ...}``, or None when the image is missing.
+        A backend that cannot look at images takes the name as the id.
+        """
+        if not await self.image_exists(image_name):
+            return None
+        return {"image_id": image_name, "size": None}
+
     async def check(self) -> str:
         """Raise if the backend cannot be reached; return a short description."""
         return self.__class__.__name__

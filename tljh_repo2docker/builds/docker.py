@@ -54,6 +54,8 @@ IMAGE_NAME_LABEL = "tljh_repo2docker.build_image"
 STAGING_NAME_LABEL = "tljh_repo2docker.build_staging"
 #: Image label that marks an environment's image (see adoptable_images()).
 UID_LABEL = "tljh_repo2docker.uid"
+#: The label every image of tljh-repo2docker 3.x carries (it has no uid label).
+LEGACY_LABEL = "tljh_repo2docker.image_name"
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 #: Where the git credential store goes inside the build container.
@@ -908,10 +910,15 @@ class DockerBuilder(Builder):
         self.log.info("Removed image %s", target)
 
     async def adoptable_images(self):
-        images = await self.docker.images.list(filters={"label": [UID_LABEL]})
+        # Ours carry the uid label; those of tljh-repo2docker 3.x only its
+        # image_name label (they are re-labelled when adopted: adopt_image()).
+        images = {}
+        for label in (UID_LABEL, LEGACY_LABEL):
+            for image in await self.docker.images.list(filters={"label": [label]}):
+                images[image["Id"]] = image
+        staging = self.container_prefix.lower()
         result = []
-        for image in images:
-            staging = self.container_prefix.lower()
+        for image in images.values():
             tags = sorted(
                 t
                 for t in image.get("RepoTags") or []
@@ -920,15 +927,58 @@ class DockerBuilder(Builder):
             )
             if not tags:
                 continue
+            labels = dict(image.get("Labels") or {})
+            wanted = labels.get(LEGACY_LABEL)
             result.append(
                 {
-                    "image_name": tags[0],
+                    "image_name": wanted if wanted in tags else tags[0],
                     "image_id": image["Id"],
                     "size": image.get("Size"),
-                    "labels": dict(image.get("Labels") or {}),
+                    "labels": labels,
                 }
             )
         return result
+
+    async def adopt_image(self, image_name, labels):
+        """Make ``image_name`` an image of the environment that ``labels`` describe.
+
+        An image that already carries the environment's uid is used as it
+        is. Otherwise (an image of tljh-repo2docker 3.x, without our labels)
+        a new image is made from it with the labels added: the same layers
+        (nothing is copied), a new id, the same name. Returns ``{"image_id",
+        "size"}``, or None when there is no such image.
+        """
+        try:
+            image = await self.docker.images.inspect(image_name)
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return None
+            raise BuildError(f"Cannot inspect image {image_name}: {_describe(e)}") from e
+        current = image["Config"].get("Labels") or {}
+        if current.get(UID_LABEL) == labels.get(UID_LABEL) and all(
+            current.get(k) == v for k, v in labels.items()
+        ):
+            return {"image_id": image["Id"], "size": image.get("Size")}
+        context = io.BytesIO()
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            dockerfile = f"FROM {image['Id']}\n".encode()
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(dockerfile))
+        context.seek(0)
+        try:
+            await self.docker.images.build(
+                fileobj=context, encoding="identity", tag=image_name, labels=labels, rm=True
+            )
+            relabelled = await self.docker.images.inspect(image_name)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            raise BuildError(f"Cannot label image {image_name}: {_describe(e)}") from e
+        self.log.info(
+            "Labelled image %s (was %s, now %s) for environment %s",
+            image_name, image["Id"][:19], relabelled["Id"][:19], labels.get(UID_LABEL),
+        )
+        return {"image_id": relabelled["Id"], "size": relabelled.get("Size")}
 
 
 # -- helpers -----------------------------------------------------------------

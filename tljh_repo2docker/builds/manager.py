@@ -8,7 +8,6 @@ the database and the SSE subscribers.
 
 import asyncio
 import collections
-import json
 import time
 
 from traitlets import Any, Float, Instance, Integer, Unicode, default
@@ -16,6 +15,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..db import store
 from ..db.errors import database_unavailable
+from .adoption import adopt_images
 from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildEvent, BuildRequest
 
 
@@ -477,6 +477,10 @@ class BuildManager(LoggingConfigurable):
         queued = await store.list_environments(self.sessions, [store.QUEUED])
         building = await store.list_environments(self.sessions, [store.BUILDING])
         await self._discard_leftovers(running, building)
+        # recover() is tried again when the backend fails half-way through
+        # (see TljhRepo2Docker.init_builds): what was recovered stays so.
+        building = [env for env in building if not self.is_active(env.uid)]
+        queued = [env for env in queued if not self.is_active(env.uid)]
         for env in building:
             events = self.builder.attach(env.uid, env.source_lines) if env.uid in running else None
             if events is None and self.builder.resubmit_on_recover and not env.private:
@@ -527,47 +531,12 @@ class BuildManager(LoggingConfigurable):
         await self._finish(env.uid, BuildEvent(FAILED, reason))
 
     async def _adopt_images(self):
-        known = {env.uid for env in await store.list_environments(self.sessions)}
-        for image in await self.builder.adoptable_images():
-            labels = image.get("labels", {})
-            uid = labels.get("tljh_repo2docker.uid")
-            if not uid or uid in known:
-                continue
-            if not image["image_name"].startswith(self.image_prefix):
-                continue
-            name = labels.get("tljh_repo2docker.display_name") or image["image_name"]
-            if await store.name_taken(self.sessions, name):
-                self.log.warning("Not adopting image %s: name %r is taken", image["image_name"], name)
-                continue
-            try:
-                node_selector = json.loads(labels.get("tljh_repo2docker.node_selector") or "{}")
-            except ValueError:
-                node_selector = {}
-            cpu = labels.get("tljh_repo2docker.cpu_limit") or None
-            await store.create_environment(
-                self.sessions,
-                uid=uid,
-                name=name,
-                image_name=image["image_name"],
-                repo=labels.get("tljh_repo2docker.repo", ""),
-                ref=labels.get("tljh_repo2docker.ref", ""),
-                memory=labels.get("tljh_repo2docker.mem_limit") or None,
-                cpu=float(cpu) if cpu else None,
-                machine_profile=labels.get("tljh_repo2docker.machine_profile") or None,
-                node_selector=node_selector,
-                build_args={},
-                owner=labels.get("tljh_repo2docker.owner") or None,
-            )
-            await store.update_environment(
-                self.sessions,
-                uid,
-                status=store.BUILT,
-                image_id=image.get("image_id"),
-                size=image.get("size"),
-                finished=store.now(),
-            )
-            known.add(uid)
-            self.log.info("Adopted image %s as environment %s", image["image_name"], uid)
+        await adopt_images(
+            self.sessions,
+            self.builder,
+            self.image_prefix,
+            adopt_legacy=bool(getattr(self.parent, "adopt_legacy_images", False)),
+        )
 
     async def close(self):
         """Stop following builds without cancelling them, so a restart re-attaches."""

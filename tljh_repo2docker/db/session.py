@@ -1,8 +1,9 @@
 """Engine and session set-up, and running the migrations at start-up."""
 
+import asyncio
 import importlib.util
 import logging
-import shutil
+import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,12 +11,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from ..paths import ALEMBIC
+from . import legacy
 
 log = logging.getLogger(__name__)
 
@@ -116,31 +118,132 @@ def head_revision():
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def known_revisions():
+    return {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+class UpgradeError(Exception):
+    """The database cannot be brought up to date; the message says what to do."""
+
+
 def _current_revision(connection):
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def _upgrade(connection, cfg):
+def _upgrade(connection, cfg, version_table=None):
     cfg.attributes["connection"] = connection
+    if version_table:
+        cfg.attributes["version_table"] = version_table
     command.upgrade(cfg, "head")
 
 
+def _inspect(connection):
+    """``(current revision, whether it is a 3.x database)``."""
+    current = _current_revision(connection)
+    return current, legacy.is_3x(connection, current)
+
+
 async def upgrade_db(engine):
-    """Bring the database to the newest revision; back up a SQLite file first."""
-    cfg = alembic_config()
+    """Bring the database to the newest revision, backing up a SQLite file first.
+
+    A database of the published 3.x is converted (see :mod:`.legacy`).
+    Raises :class:`UpgradeError` for a database this version cannot use.
+    """
     async with engine.connect() as conn:
-        current = await conn.run_sync(_current_revision)
+        current, from_3x = await conn.run_sync(_inspect)
     head = head_revision()
-    if current == head:
+    if current == head and not from_3x:
         return
-    url = engine.url
-    if url.get_backend_name() == "sqlite" and current is not None and url.database:
-        path = Path(url.database)
-        if path.exists():
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-            backup = path.with_name(f"{path.name}.bak-{stamp}")
-            shutil.copy2(path, backup)
-            log.info("Backed up %s to %s before upgrading the database", path, backup)
+    if current is not None and not from_3x and current not in known_revisions():
+        raise UpgradeError(
+            f"the database is at revision {current!r}, which this version "
+            f"({head}) does not know: it was made by a newer tljh-repo2docker. "
+            "Install that version again, or restore a backup of the database"
+        )
+    if current is not None or from_3x:
+        await backup(engine)
+    if from_3x:
+        await _convert_3x(engine, current)
+        return
     log.info("Upgrading the database from %s to %s", current or "empty", head)
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade, cfg)
+        await conn.run_sync(_upgrade, alembic_config())
+
+
+async def _convert_3x(engine, current):
+    head = head_revision()
+    log.info(
+        "Converting the database of tljh-repo2docker 3.x (revision %s) to this version (%s)",
+        current, head,
+    )
+
+    def convert(connection):
+        rows = legacy.read_rows(connection)
+        legacy.drop_partial_conversion(connection)
+        _upgrade(connection, alembic_config(), version_table=legacy.UPGRADE_VERSION_TABLE)
+        legacy.convert_rows(connection, rows)
+        # Last: from here on the database is ours.
+        if "alembic_version" not in set(inspect(connection).get_table_names()):
+            connection.execute(
+                text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+            )
+        connection.execute(text("DELETE FROM alembic_version"))
+        connection.execute(
+            text("INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": head}
+        )
+        connection.execute(text(f"DROP TABLE {legacy.UPGRADE_VERSION_TABLE}"))
+        return len(rows)
+
+    try:
+        async with engine.begin() as conn:
+            count = await conn.run_sync(convert)
+    except legacy.LegacyDatabaseError as e:
+        raise UpgradeError(
+            f"cannot convert the tljh-repo2docker 3.x database: {e}. Nothing was changed in "
+            "3.x's table; fix that row or move the database aside"
+        ) from None
+    log.info("Converted %d environments of tljh-repo2docker 3.x; its table 'images' is kept", count)
+
+
+async def backup(engine):
+    """Keep a copy of the database as it is now, before it is changed.
+
+    SQLite: a complete copy ``<file>.bak-<UTC time>`` made with SQLite's
+    online backup API, which reads through the write-ahead log (``-wal``),
+    where rows may still wait that a copy of the main file alone would miss.
+    Other databases are left to their own backups: the upgrade from 3.x
+    never changes or drops 3.x's table, and other upgrades are one
+    transaction where the server allows it.
+    """
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        log.info("Upgrading %s: back it up with the database's own tools", url.get_backend_name())
+        return None
+    path = Path(url.database)
+    if not path.exists():
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.bak-{stamp}")
+    number = 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{path.name}.bak-{stamp}-{number}")
+
+    def copy():
+        # Not read-only: a reader of a WAL database must be able to make its
+        # shared-memory index when the writer left none.
+        source = sqlite3.connect(path, timeout=30)
+        try:
+            dest = sqlite3.connect(target)
+            try:
+                source.backup(dest)
+                # A self-contained file: no -wal needed beside it.
+                dest.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                dest.close()
+        finally:
+            source.close()
+
+    await asyncio.to_thread(copy)
+    log.info("Backed up %s to %s before upgrading the database", path, target)
+    return target

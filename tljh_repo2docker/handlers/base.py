@@ -37,6 +37,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     """Authentication through JupyterHub, and HTML pages and errors."""
 
     is_admin = False
+    #: HTTP methods that need the builds recovered (the build backend reachable).
+    builds_needed_for = ()
 
     @property
     def log(self):
@@ -59,6 +61,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return self.settings["hub_client"]
 
     async def prepare(self):
+        # Until the database (and, for changes, the build backend) can be
+        # used, say so instead of failing on the first query.
+        reason = self.tljh_app.not_ready(self.request.method in self.builds_needed_for)
+        if reason:
+            self.set_header("Retry-After", "5")
+            raise web.HTTPError(503, reason)
         # Identify the user asynchronously: the hub's answer is cached on the
         # handler, so the synchronous ``current_user`` below does no I/O.
         user = await self.hub_auth.get_user(self, sync=False)

@@ -42,6 +42,8 @@ class EnvironmentAPIMixin:
 
 
 class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
+    builds_needed_for = ("POST",)
+
     @web.authenticated
     async def get(self):
         positions = self.builds.positions()
@@ -90,6 +92,8 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
 
 
 class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
+    builds_needed_for = ("DELETE",)
+
     @web.authenticated
     async def get(self, uid):
         env = await self.get_env(uid)
@@ -137,6 +141,8 @@ def _uses(server, env):
 
 
 class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
+    builds_needed_for = ("POST",)
+
     @web.authenticated
     @admin_only
     async def post(self, uid):
@@ -155,6 +161,8 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
 
 
 class CancelAPIHandler(EnvironmentAPIMixin, APIHandler):
+    builds_needed_for = ("POST",)
+
     @web.authenticated
     @admin_only
     async def post(self, uid):

@@ -44,23 +44,33 @@ class HealthHandler(APIHandler):
         pass
 
     async def get(self):
-        timeout = self.tljh_app.health_check_timeout
+        app = self.tljh_app
+        timeout = app.health_check_timeout
         result = {"database": "ok", "builder": None}
         failed = []
-        try:
-            await _bounded(store.ping(self.sessions), timeout)
-        except Exception as e:
-            reason = _reason(e)
-            self.log.warning("Health check: the database failed: %s", reason)
-            result["database"] = f"failed: {reason}"
+        if app.not_ready():
+            # Not upgraded (or not reachable) yet: the start-up retries.
+            result["database"] = f"failed: {app.db_problem_public or 'starting'}"
             failed.append("database")
+        else:
+            try:
+                await _bounded(store.ping(self.sessions), timeout)
+            except Exception as e:
+                reason = _reason(e)
+                self.log.warning("Health check: the database failed: %s", reason)
+                result["database"] = f"failed: {reason}"
+                failed.append("database")
         try:
-            result["builder"] = str(await _bounded(self.tljh_app.builder.check(), timeout))
+            result["builder"] = str(await _bounded(app.builder.check(), timeout))
         except Exception as e:
             reason = e.message if isinstance(e, BuildError) else _reason(e)
             self.log.warning("Health check: the build backend failed: %s", reason)
             result["builder"] = f"failed: {reason}"
             failed.append("builder")
+        secret_problem = getattr(app, "secret_problem", None)
+        if secret_problem:
+            result["cookie_secret"] = "failed: the cookie secret file cannot be used (see the log)"
+            failed.append("cookie_secret")
         if failed:
             message = "; ".join(f"{part}: {result[part][len('failed: '):]}" for part in failed)
             self.write_json({"status": 503, "message": message, **result}, status=503)
