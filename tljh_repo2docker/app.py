@@ -4,12 +4,13 @@ import asyncio
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, select_autoescape
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
@@ -25,6 +26,7 @@ from traitlets import (
     Type,
     Unicode,
     default,
+    observe,
     validate,
 )
 from traitlets.config import Application
@@ -83,6 +85,11 @@ class TljhRepo2Docker(Application):
         "image_prefix": "TljhRepo2Docker.image_prefix",
         "adopt_legacy_images": "TljhRepo2Docker.adopt_legacy_images",
         "retry_interval": "TljhRepo2Docker.retry_interval",
+        "custom_links": "TljhRepo2Docker.custom_links",
+        "template_paths": "TljhRepo2Docker.template_paths",
+        "logo_file": "TljhRepo2Docker.logo_file",
+        "logo_url": "TljhRepo2Docker.logo_url",
+        "service_prefix": "TljhRepo2Docker.service_prefix",
         "max_body_size": "TljhRepo2Docker.max_body_size",
         "authenticate_prometheus": "TljhRepo2Docker.authenticate_prometheus",
         "max_concurrent_builds": "BuildManager.max_concurrent_builds",
@@ -131,6 +138,86 @@ class TljhRepo2Docker(Application):
     @validate("base_url")
     def _validate_base_url(self, proposal):
         return _slashes(proposal.value)
+
+    service_prefix = Unicode(
+        "",
+        help="""
+        The name tljh-repo2docker 3.x gave ``base_url``; when set, it is the
+        service's URL prefix. Default: empty (use ``base_url``).
+        """,
+    ).tag(config=True)
+
+    @observe("service_prefix")
+    def _service_prefix_changed(self, change):
+        if change.new:
+            self.base_url = change.new
+
+    custom_links = Any(
+        {},
+        help="""
+        Extra links in the navigation bar, as ``{"label": "url"}`` (a dict, or
+        JSON on the command line: ``--custom_links='{"Permissions":
+        "../tljh_plasma/permissions"}'``). A URL is absolute (``https://…``),
+        or relative to the service's pages. Default: none.
+        """,
+    ).tag(config=True)
+
+    @validate("custom_links")
+    def _validate_custom_links(self, proposal):
+        value = proposal.value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise TraitError(f"custom_links: not valid JSON ({e.msg})") from None
+        if not isinstance(value, dict):
+            raise TraitError('custom_links: must map labels to URLs: {"Label": "url"}')
+        for label, url in value.items():
+            if not isinstance(label, str) or not label.strip():
+                raise TraitError("custom_links: every label must be a non-empty string")
+            if not isinstance(url, str) or not url.strip() or re.match(r"^\s*javascript:", url, re.I):
+                raise TraitError(f"custom_links: the URL of {label!r} must be a web address or a path")
+        return {label.strip(): url.strip() for label, url in value.items()}
+
+    template_paths = List(
+        Unicode(),
+        help="""
+        Folders searched for page templates before the service's own, for
+        custom pages: a template there with the name of one of ours
+        (``page.html``, ``servers.html``, ``environments.html``,
+        ``error.html``) replaces it; ours stay reachable as
+        ``tljh_repo2docker/<name>`` for ``{% extends %}``. Default: none.
+        """,
+    ).tag(config=True)
+
+    @validate("template_paths")
+    def _validate_template_paths(self, proposal):
+        for path in proposal.value:
+            if not Path(path).is_dir():
+                raise TraitError(f"template_paths: {path} is not a folder")
+        return proposal.value
+
+    logo_file = Unicode(
+        "",
+        help="""
+        An image to show as the logo in the navigation bar instead of the
+        hub's (served at ``{base_url}logo``). Default: the hub's logo.
+        """,
+    ).tag(config=True)
+
+    @validate("logo_file")
+    def _validate_logo_file(self, proposal):
+        if proposal.value and not Path(proposal.value).is_file():
+            raise TraitError(f"logo_file: {proposal.value} is not a file")
+        return proposal.value
+
+    logo_url = Unicode(
+        "",
+        help="""
+        Where the logo in the navigation bar links to. Default: the hub's
+        home page.
+        """,
+    ).tag(config=True)
 
     hub_prefix = Unicode(
         help="""
@@ -548,12 +635,19 @@ class TljhRepo2Docker(Application):
         for module in (pages, environments, logs, servers, health, openapi):
             routes.extend(module.default_handlers)
         handlers = [(url_path_join(self.base_url, path), handler) for path, handler in routes]
+        if self.logo_file:
+            handlers.append((url_path_join(self.base_url, "logo"), pages.LogoHandler))
         handlers += [
             (url_path_join(self.base_url, "oauth_callback"), HubOAuthCallbackHandler),
             (url_path_join(self.base_url, r"api/.*"), NotFoundAPIHandler),
         ]
         jinja = Environment(
-            loader=FileSystemLoader(str(TEMPLATES)),
+            loader=ChoiceLoader(
+                [
+                    FileSystemLoader([*self.template_paths, str(TEMPLATES)]),
+                    PrefixLoader({"tljh_repo2docker": FileSystemLoader(str(TEMPLATES))}),
+                ]
+            ),
             autoescape=select_autoescape(default=True),
         )
         settings = {
@@ -565,6 +659,9 @@ class TljhRepo2Docker(Application):
             "hub_prefix": self.hub_prefix,
             "hub_base_url": url_path_join(os.environ.get("JUPYTERHUB_BASE_URL", "/"), ""),
             "version": __version__,
+            "custom_links": self.custom_links,
+            "logo_src": url_path_join(self.base_url, "logo") if self.logo_file else None,
+            "logo_href": self.logo_url or None,
             "jinja2_env": jinja,
             "cookie_secret": self.cookie_secret,
             "static_path": str(STATIC),

@@ -96,6 +96,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             "xsrf_token": self.xsrf_token.decode("ascii"),
             "version": self.settings["version"],
             "url": self.url,
+            "custom_links": self.settings.get("custom_links") or {},
+            "logo_src": self.settings.get("logo_src"),
+            "logo_href": self.settings.get("logo_href"),
         }
         context.update(ns)
         return template.render(**context)

@@ -40,9 +40,47 @@ class EnvironmentAPIMixin:
         """Non-admins see only environments whose image can be used."""
         return self.is_admin or env.image_id is not None
 
+    async def delete_environment(self, env):
+        """Cancel its build, remove its image and forget it; 409 while servers use it."""
+        try:
+            servers = await self.hub.active_servers()
+        except HubError as e:
+            if e.status != 403:
+                raise web.HTTPError(502, f"Could not ask JupyterHub which servers run: {e.message}")
+            # Without the list:users scope the hub cannot tell; the builder
+            # still refuses to remove an image that a container uses.
+            self.log.warning("Cannot list servers (give the service list:users): %s", e.message)
+            servers = []
+        users = sorted(
+            f"{user}/{name}" if name else user
+            for user, name, server in servers
+            if _uses(server, env)
+        )
+        if users:
+            raise web.HTTPError(
+                409, f"The environment is used by running servers: {', '.join(users)}"
+            )
+        await self.builds.cancel(env.uid)
+        if env.image_id is not None or env.status == store.BUILT:
+            try:
+                await self.tljh_app.builder.delete_image(env.image_name, env.image_id)
+            except BuildError as e:
+                raise web.HTTPError(409, e.message)
+        await store.delete_environment(self.sessions, env.uid)
+        self.log.info("%s deleted environment %s", self.current_user["name"], env.uid)
+
+    def deprecated(self, replacement):
+        """Mark the answer of a tljh-repo2docker 3.x call kept as an alias."""
+        self.set_header("Deprecation", "true")
+        self.set_header("Link", f'<{self.url(replacement)}>; rel="successor-version"')
+        self.log.warning(
+            "%s %s is a tljh-repo2docker 3.x call: use %s instead",
+            self.request.method, self.request.path, replacement,
+        )
+
 
 class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
-    builds_needed_for = ("POST",)
+    builds_needed_for = ("POST", "DELETE")
 
     @web.authenticated
     async def get(self):
@@ -91,6 +129,53 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
         self.write_json(self.model(env), status=202)
 
 
+    @web.authenticated
+    @admin_only
+    async def delete(self):
+        """tljh-repo2docker 3.x's delete: ``{"name": <uid>}`` in the body."""
+        self.deprecated("api/environments/{uid}")
+        uid = self.get_json_body().get("name")
+        if not isinstance(uid, str) or not uid:
+            raise envs.FieldError(
+                "name", "give the environment's uid (or use DELETE api/environments/{uid})"
+            )
+        env = await store.get_environment(self.sessions, uid) or await store.find_environment(
+            self.sessions, uid
+        )
+        if env is None:
+            raise web.HTTPError(404, f"No environment with uid {uid!r}")
+        await self.delete_environment(env)
+        self.write_json({"status": "ok"})
+
+
+class LegacyImagesAPIHandler(EnvironmentAPIMixin, APIHandler):
+    """tljh-repo2docker 3.x's list: ``{"images": [...]}`` with 3.x's field names."""
+
+    @web.authenticated
+    async def get(self):
+        self.deprecated("api/environments")
+        images = []
+        for env in await store.list_environments(self.sessions):
+            if not self.visible(env):
+                continue
+            images.append(
+                {
+                    "uid": env.uid,
+                    "image_name": env.image_name,
+                    "display_name": env.name,
+                    "status": env.status,
+                    "repo": env.repo,
+                    "ref": env.ref,
+                    "mem_limit": env.memory or "",
+                    "cpu_limit": "" if env.cpu is None else f"{env.cpu:g}",
+                    "node_selector": env.node_selector or {},
+                    "owner": env.owner,
+                    "creation_date": env.created.strftime("%d/%m/%Y") if env.created else "",
+                }
+            )
+        self.write_json({"images": images})
+
+
 class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
     builds_needed_for = ("DELETE",)
 
@@ -104,33 +189,7 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
     @web.authenticated
     @admin_only
     async def delete(self, uid):
-        env = await self.get_env(uid)
-        try:
-            servers = await self.hub.active_servers()
-        except HubError as e:
-            if e.status != 403:
-                raise web.HTTPError(502, f"Could not ask JupyterHub which servers run: {e.message}")
-            # Without the list:users scope the hub cannot tell; the builder
-            # still refuses to remove an image that a container uses.
-            self.log.warning("Cannot list servers (give the service list:users): %s", e.message)
-            servers = []
-        users = sorted(
-            f"{user}/{name}" if name else user
-            for user, name, server in servers
-            if _uses(server, env)
-        )
-        if users:
-            raise web.HTTPError(
-                409, f"The environment is used by running servers: {', '.join(users)}"
-            )
-        await self.builds.cancel(env.uid)
-        if env.image_id is not None or env.status == store.BUILT:
-            try:
-                await self.tljh_app.builder.delete_image(env.image_name, env.image_id)
-            except BuildError as e:
-                raise web.HTTPError(409, e.message)
-        await store.delete_environment(self.sessions, env.uid)
-        self.log.info("%s deleted environment %s", self.current_user["name"], env.uid)
+        await self.delete_environment(await self.get_env(uid))
         self.set_status(204)
         self.finish()
 
@@ -174,6 +233,7 @@ class CancelAPIHandler(EnvironmentAPIMixin, APIHandler):
 
 default_handlers = [
     (r"api/environments", EnvironmentsAPIHandler),
+    (r"api/images", LegacyImagesAPIHandler),
     (r"api/environments/([^/]+)", EnvironmentAPIHandler),
     (r"api/environments/([^/]+)/rebuild", RebuildAPIHandler),
     (r"api/environments/([^/]+)/cancel", CancelAPIHandler),

@@ -62,6 +62,10 @@ class HealthHandler(APIHandler):
                 failed.append("database")
         try:
             result["builder"] = str(await _bounded(app.builder.check(), timeout))
+            if app.not_ready(needs_builds=True):
+                # Reachable, but the builds of before the start are not recovered yet.
+                result["builder"] = "failed: recovering the builds and images of before the start"
+                failed.append("builder")
         except Exception as e:
             reason = e.message if isinstance(e, BuildError) else _reason(e)
             self.log.warning("Health check: the build backend failed: %s", reason)

@@ -1,5 +1,8 @@
 """Server-rendered HTML pages."""
 
+import mimetypes
+from pathlib import Path
+
 from tornado import web
 
 from ..db import store
@@ -34,6 +37,21 @@ class EnvironmentsPageHandler(BaseHandler):
                 supports_build_args=app.builder.supports_build_args,
             )
         )
+
+
+class LogoHandler(web.RequestHandler):
+    """The image of ``logo_file``, shown in the navigation bar (no login needed)."""
+
+    def get(self):
+        path = Path(self.settings["tljh_app"].logo_file)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise web.HTTPError(404) from None
+        kind, _ = mimetypes.guess_type(path.name)
+        self.set_header("Content-Type", kind or "application/octet-stream")
+        self.set_header("Cache-Control", "max-age=3600")
+        self.finish(data)
 
 
 default_handlers = [
