@@ -39,6 +39,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     is_admin = False
     #: HTTP methods that need the builds recovered (the build backend reachable).
     builds_needed_for = ()
+    #: Whether the handler needs the database (all but the root's redirect).
+    needs_database = True
 
     @property
     def log(self):
@@ -63,7 +65,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     async def prepare(self):
         # Until the database (and, for changes, the build backend) can be
         # used, say so instead of failing on the first query.
-        reason = self.tljh_app.not_ready(self.request.method in self.builds_needed_for)
+        reason = self.needs_database and self.tljh_app.not_ready(
+            self.request.method in self.builds_needed_for
+        )
         if reason:
             self.set_header("Retry-After", "5")
             raise web.HTTPError(503, reason)

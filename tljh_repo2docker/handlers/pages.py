@@ -10,6 +10,10 @@ from .base import BaseHandler, admin_only
 
 
 class RootHandler(BaseHandler):
+    # JupyterHub waits at its start for this URL to answer without a 5xx, and
+    # does not start otherwise: it must answer while the database is away.
+    needs_database = False
+
     @web.authenticated
     async def get(self):
         self.redirect(self.url("servers"))

@@ -1,0 +1,201 @@
+"""The service is never the reason the hub is down.
+
+JupyterHub does not start while a managed service that is starting exits.
+At boot (TLJH's unit does not wait for Docker) the Docker engine or the
+database server may not be up yet, and a cookie secret file may be unusable:
+the service starts anyway, says what is missing (503 in the API's error shape,
+``health`` names the part) and works, without a restart, once the part is
+there. Through a real hub and proxy:
+
+- the Docker engine not answering yet (the service's engine address is a
+  socket that only appears later, forwarding to the real engine), with a
+  cookie secret file that cannot be read (a folder in its place);
+- a PostgreSQL server (this test's own) not running when the hub starts.
+"""
+
+import asyncio
+import shutil
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests import utils
+from tests.buildutils import dockerfile, token
+from tests.fixtures import running_hub
+from tests.gitserver import make_repo
+from tests.test_hub_databases import PrivatePostgres
+from tests.test_servers import wait_server
+
+pytestmark = [pytest.mark.hub, pytest.mark.docker]
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class SocketForwarder:
+    """A unix socket at ``path`` that forwards every connection to ``target``:
+    a Docker engine that starts answering when this starts."""
+
+    def __init__(self, path, target=DOCKER_SOCKET):
+        self.path, self.target = str(path), target
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = None
+
+    async def _pipe(self, reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader, writer):
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def start(self):
+        self.thread.start()
+
+        async def serve():
+            self.server = await asyncio.start_unix_server(self._handle, self.path)
+
+        asyncio.run_coroutine_threadsafe(serve(), self.loop).result(10)
+
+    def stop(self):
+        async def close():
+            if self.server is not None:
+                self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def health(info):
+    r = httpx.get(f"{info.service_url}health", timeout=15)
+    return r.status_code, r.json()
+
+
+def wait_healthy(info, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = health(info)
+        if status == 200:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.5)
+
+
+async def build_and_start(info, git_root, git_server, user_name):
+    """What must work once the part is back: a build and a server start."""
+    admin = await utils.HubUser.login(info, "admin")
+    user = await utils.HubUser.login(info, user_name)
+    try:
+        repo = f"startup-{token()}"
+        make_repo(git_root, repo, {"Dockerfile": dockerfile()})
+        env = await admin.create_env({"repo": git_server.url(repo), "name": repo})
+        env = await admin.wait_env(env["uid"], {"built", "failed"})
+        assert env["status"] == "built", env
+        r = await user.api("POST", "api/servers", json={"name": "boot", "environment": repo})
+        assert r.status_code == 202, r.text
+        await wait_server(user, "boot")
+        await user.api("DELETE", "api/servers/boot", params={"remove": "true"})
+        await wait_server(user, "boot", "absent")
+    finally:
+        await admin.close()
+        await user.close()
+
+
+async def test_hub_starts_without_docker_and_with_an_unreadable_cookie_secret(
+    tmp_path, test_images, git_root, git_server
+):
+    engine = tmp_path / "engine" / "docker.sock"
+    engine.parent.mkdir()
+    workdir = tmp_path / "hub"
+    workdir.mkdir()
+    # a folder where the cookie secret file should be: it cannot be read
+    (workdir / "tljh_repo2docker_cookie_secret").mkdir()
+    args = [f"--DockerBuilder.docker_url=unix://{engine}", "--retry_interval=1"]
+    forwarder = SocketForwarder(engine)
+    with running_hub(workdir, args) as info:
+        status, body = health(info)
+        assert status == 503, body
+        assert body["builder"].startswith("failed: ") and "Docker engine" in body["builder"]
+        assert body["cookie_secret"].startswith("failed: ")
+        assert body["database"] == "ok"
+        assert "Traceback" not in (workdir / "jupyterhub.log").read_text()
+        # pages and the API answer; changes that need the engine say why
+        admin = await utils.HubUser.login(info, "admin")  # logins work meanwhile
+        r = await admin.api("GET", "api/environments")
+        assert r.status_code == 200 and r.json() == {"environments": []}
+        r = await admin.api("POST", "api/environments", json={"repo": "https://example.org/x"})
+        body = utils.assert_json_error(r, 503, "build backend")
+        assert "Docker engine" in body["message"]
+        await admin.close()
+
+        # the parts come back: no restart needed
+        shutil.rmtree(workdir / "tljh_repo2docker_cookie_secret")
+        (workdir / "tljh_repo2docker_cookie_secret").write_text("ab" * 32)
+        forwarder.start()
+        try:
+            body = wait_healthy(info)
+            assert body["builder"].startswith("Docker ")
+            await build_and_start(info, git_root, git_server, "startupdocker")
+        finally:
+            forwarder.stop()
+    log = (workdir / "jupyterhub.log").read_text()
+    assert "Traceback" not in log
+    assert "The build backend answers now" in log and "logins now use it" in log
+
+
+async def test_hub_starts_before_its_postgresql(tmp_path, test_images, git_root, git_server):
+    pg = PrivatePostgres()
+    try:
+        pg.stop()
+        workdir = tmp_path / "hub"
+        workdir.mkdir()
+        args = [f"--db_url={pg.url}", "--retry_interval=1"]
+        # JupyterHub waits at its start for the service's URL to answer without a
+        # 5xx, and does not start otherwise: the root redirects, whatever is missing.
+        with running_hub(workdir, args) as info:
+            # the hub is up and the service answers, naming the database
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    status, body = health(info)
+                    break
+                except (httpx.HTTPError, ValueError):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.5)
+            assert status == 503 and body["database"].startswith("failed: "), body
+            assert "database" in body["message"]
+            r = httpx.get(f"{info.api}", timeout=10)
+            assert r.status_code == 200  # the hub itself
+            with utils.admin_api(info) as api:
+                r = httpx.get(
+                    f"{info.service_url}api/environments",
+                    headers={"Authorization": f"token {utils.make_token(info, 'admin', [])}"},
+                    timeout=10,
+                )
+            body = utils.assert_json_error(r, 503, "database")
+            assert pg.url not in r.text
+            pg.start()
+            wait_healthy(info)
+            await build_and_start(info, git_root, git_server, "startuppg")
+        log = (workdir / "jupyterhub.log").read_text()
+        assert "Traceback" not in log
+        assert "The database can be used now" in log
+    finally:
+        pg.remove()
