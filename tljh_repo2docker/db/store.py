@@ -5,6 +5,7 @@ session, so no session outlives one call.
 """
 
 import asyncio
+import collections
 import functools
 from datetime import datetime, timezone
 
@@ -52,8 +53,18 @@ def _uncancellable(func):
     return wrapper
 
 
-# How many writes that change API models each database has had (see version()).
-_versions = {}
+class _Changes:
+    """The writes that changed API models in one database: a count, and which uids."""
+
+    #: How many writes are remembered; a reader further behind loads everything.
+    KEPT = 10_000
+
+    def __init__(self):
+        self.version = 0
+        self.log = collections.deque(maxlen=self.KEPT)  # (version, uid)
+
+
+_changes = {}
 
 
 def version(sessions):
@@ -64,11 +75,24 @@ def version(sessions):
     then only costs a second query, never a stale answer. Writes that go
     around this module are not seen.
     """
-    return _versions.get(sessions, 0)
+    changes = _changes.get(sessions)
+    return changes.version if changes else 0
 
 
-def _changed(sessions):
-    _versions[sessions] = _versions.get(sessions, 0) + 1
+def changed_since(sessions, since):
+    """The uids written after version ``since``, or None when that is no longer known."""
+    changes = _changes.get(sessions)
+    if changes is None or changes.version == since:
+        return set()
+    if since > changes.version or not changes.log or changes.log[0][0] > since + 1:
+        return None
+    return {uid for number, uid in changes.log if number > since}
+
+
+def _changed(sessions, uid):
+    changes = _changes.setdefault(sessions, _Changes())
+    changes.version += 1
+    changes.log.append((changes.version, uid))
 
 
 class NameTaken(Exception):
@@ -135,7 +159,7 @@ async def create_environment(sessions, **fields) -> Environment:
         except IntegrityError:
             await session.rollback()
             raise NameTaken(fields.get("name")) from None
-    _changed(sessions)
+    _changed(sessions, env.uid)
     return env
 
 
@@ -185,6 +209,18 @@ async def list_environments(sessions, statuses=None) -> list[Environment]:
 
 
 @_uncancellable
+async def environments_by_uid(sessions, uids) -> list[Environment]:
+    """The environments among ``uids`` that exist (in no particular order)."""
+    found = []
+    uids = list(uids)
+    async with sessions() as session:
+        for start in range(0, len(uids), 500):  # bounded IN lists
+            chunk = uids[start:start + 500]
+            found += (await session.scalars(select(Environment).where(Environment.uid.in_(chunk)))).all()
+    return found
+
+
+@_uncancellable
 async def ping(sessions) -> None:
     """A trivial query: raises if the database cannot be used (for health checks)."""
     async with sessions() as session:
@@ -202,7 +238,7 @@ async def update_environment(sessions, uid, **fields) -> None:
     async with sessions() as session:
         await session.execute(update(Environment).where(Environment.uid == uid).values(**fields))
         await session.commit()
-    _changed(sessions)
+    _changed(sessions, uid)
 
 
 @_uncancellable
@@ -214,7 +250,7 @@ async def delete_environment(sessions, uid) -> None:
         await session.execute(delete(LogLine).where(LogLine.environment_id == env_id))
         await session.execute(delete(Environment).where(Environment.id == env_id))
         await session.commit()
-    _changed(sessions)
+    _changed(sessions, uid)
 
 
 @_uncancellable
@@ -233,7 +269,7 @@ async def start_rebuild(sessions, uid) -> Environment | None:
         env.build_number += 1
         env.source_lines = 0
         await session.commit()
-    _changed(sessions)
+    _changed(sessions, uid)
     return env
 
 

@@ -1,12 +1,11 @@
 """JSON API of environments: list, add, show, rebuild, cancel, delete."""
 
-import json
-
 from tornado import web
 
 from .. import environments as envs
 from ..builds.base import BuildError, BuildRequest
 from ..db import store
+from ..environment_list import EnvironmentList
 from ..hub import HubError
 from .base import APIHandler, admin_only
 
@@ -84,25 +83,14 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
 
     @web.authenticated
     async def get(self):
-        positions = self.builds.positions()
-        # The answer changes only with a write through the store or a move of
-        # the queue, so the encoded answer is reused until then: with 10,000
-        # environments, loading and encoding them takes most of a second,
-        # sending them a few milliseconds.
-        key = (store.version(self.sessions), tuple(positions.items()))
-        cache = self.settings.setdefault("environment_list_cache", {})
-        cached_key, body = cache.get(self.is_admin, (None, None))
-        if cached_key != key:
-            items = [
-                store.as_dict(env, position=positions.get(env.uid), admin=self.is_admin)
-                for env in await store.list_environments(self.sessions)
-                if self.visible(env)
-            ]
-            body = json.dumps({"environments": items}).encode()
-            cache[self.is_admin] = (key, body)
-        else:
-            # The cached answer holds only while the database answers: when
-            # it does not, say so (503) as an uncached answer would.
+        listing = self.settings.get("environment_list")
+        if listing is None:
+            listing = self.settings["environment_list"] = EnvironmentList(self.sessions)
+        version = listing.version
+        body = await listing.body(self.builds.positions(), admin=self.is_admin)
+        if version == listing.version:
+            # Nothing was read: the answer holds only while the database
+            # answers, so when it does not, say so (503) as a read would.
             await store.ping(self.sessions)
         self.set_status(200)
         self.finish(body)

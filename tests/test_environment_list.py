@@ -1,0 +1,92 @@
+"""The kept answer of GET api/environments is always what a fresh read gives.
+
+After every kind of write (add, change, rebuild, delete), with queue moves,
+with more writes than the store remembers, the pieces kept and updated per
+environment join into exactly the answer a list made from scratch gives.
+"""
+
+import json
+import random
+
+from tljh_repo2docker.db import store
+from tljh_repo2docker.environment_list import EnvironmentList
+
+
+async def add(sessions, number):
+    env = await store.create_environment(
+        sessions, uid=f"uid-{number}", name=f"env-{number}", image_name=f"p/env-{number}:HEAD",
+        repo="https://example.org/r", ref="HEAD", node_selector={}, build_args={},
+    )
+    return env.uid
+
+
+async def fresh(sessions, positions, admin):
+    return await EnvironmentList(sessions).body(positions, admin)
+
+
+async def assert_same(listing, sessions, positions):
+    for admin in (True, False):
+        kept = await listing.body(positions, admin)
+        assert kept == await fresh(sessions, positions, admin)
+        json.loads(kept)
+
+
+async def test_kept_list_follows_every_write(sqlite_sessions):
+    sessions = sqlite_sessions
+    uids = [await add(sessions, n) for n in range(40)]
+    listing = EnvironmentList(sessions)
+    await assert_same(listing, sessions, {})
+    rng = random.Random(7)
+    number = 40
+    for step in range(60):
+        action = rng.choice(["add", "build", "delete", "rebuild", "queue"])
+        positions = {}
+        if action == "add":
+            uids.append(await add(sessions, number))
+            number += 1
+        elif action == "build" and uids:
+            uid = rng.choice(uids)
+            await store.update_environment(
+                sessions, uid, status=store.BUILT, image_id=f"sha256:{step}", size=step
+            )
+        elif action == "delete" and uids:
+            uid = uids.pop(rng.randrange(len(uids)))
+            await store.delete_environment(sessions, uid)
+        elif action == "rebuild" and uids:
+            await store.start_rebuild(sessions, rng.choice(uids))
+        elif uids:
+            positions = {uid: n for n, uid in enumerate(rng.sample(uids, min(3, len(uids))), 1)}
+        await assert_same(listing, sessions, positions)
+    # users see only built ones
+    users = json.loads(await listing.body({}, admin=False))["environments"]
+    built = [e for e in await store.list_environments(sessions) if e.image_id is not None]
+    assert [e["uid"] for e in users] == [e.uid for e in built]
+
+
+async def test_more_writes_than_remembered_reads_everything_again(sqlite_sessions, monkeypatch):
+    sessions = sqlite_sessions
+    for n in range(5):
+        await add(sessions, n)
+    listing = EnvironmentList(sessions)
+    await listing.body({}, True)
+    changes = store._changes[sessions]
+    monkeypatch.setattr(changes, "log", type(changes.log)(changes.log, maxlen=3))
+    for n in range(5, 10):
+        await add(sessions, n)
+    assert store.changed_since(sessions, listing.version) is None
+    await assert_same(listing, sessions, {})
+    assert len(json.loads(await listing.body({}, True))["environments"]) == 10
+
+
+async def test_a_list_nothing_changed_is_not_read_again(sqlite_sessions, monkeypatch):
+    sessions = sqlite_sessions
+    await add(sessions, 1)
+    listing = EnvironmentList(sessions)
+    first = await listing.body({}, True)
+
+    async def no_reads(*args, **kwargs):
+        raise AssertionError("read again")
+
+    monkeypatch.setattr(store, "list_environments", no_reads)
+    monkeypatch.setattr(store, "environments_by_uid", no_reads)
+    assert await listing.body({}, True) is first

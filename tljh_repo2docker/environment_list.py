@@ -1,0 +1,87 @@
+"""The encoded answer of ``GET api/environments``, kept up to date per environment.
+
+With 10,000 environments, loading and encoding all of them takes most of a
+second, and every build step is a write. So each environment is encoded once
+and kept; after a write, only the environments it changed are read and
+encoded again (``store.changed_since``), and the answer is the kept pieces
+joined. The whole answer is also kept until the next write or queue move, so
+a list that nothing changed costs sending it.
+
+The encoded pieces are those of :func:`store.as_dict`, for admins and for
+users; ``position`` (the place in the build queue, admins only) moves without
+a write, so the environments in the queue are encoded again at each list.
+"""
+
+import json
+
+from .db import store
+
+
+class _Entry:
+    """One environment: its row and its encoded pieces."""
+
+    __slots__ = ("env", "key", "built", "admin", "user", "position")
+
+    def __init__(self, env, position):
+        self.env = env
+        self.key = (env.created, env.id)
+        self.built = env.image_id is not None
+        self.user = json.dumps(store.as_dict(env, admin=False)).encode()
+        self.position = position
+        self.admin = self._encode_admin()
+
+    def _encode_admin(self):
+        return json.dumps(store.as_dict(self.env, position=self.position, admin=True)).encode()
+
+    def admin_piece(self, position):
+        if position != self.position:  # moved in the queue, without a write
+            self.position = position
+            self.admin = self._encode_admin()
+        return self.admin
+
+
+class EnvironmentList:
+    """The list for one database (one per service)."""
+
+    def __init__(self, sessions):
+        self.sessions = sessions
+        self.version = None
+        self.entries = {}  # uid -> _Entry
+        self.order = []  # uids, oldest first
+        self.bodies = {}  # admin -> (key, bytes)
+
+    async def body(self, positions, admin):
+        """The encoded ``{"environments": [...]}`` for an admin or a user."""
+        await self._refresh()
+        key = (self.version, tuple(positions.items()) if admin else ())
+        cached = self.bodies.get(admin)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if admin:
+            pieces = [self.entries[uid].admin_piece(positions.get(uid)) for uid in self.order]
+        else:
+            pieces = [self.entries[uid].user for uid in self.order if self.entries[uid].built]
+        body = b'{"environments": [' + b", ".join(pieces) + b"]}"
+        self.bodies[admin] = (key, body)
+        return body
+
+    async def _refresh(self):
+        # The version is read before the query: a write in between costs a
+        # second read next time, never a stale answer.
+        current = store.version(self.sessions)
+        if self.version == current:
+            return
+        changed = None if self.version is None else store.changed_since(self.sessions, self.version)
+        if changed is None:
+            envs = await store.list_environments(self.sessions)
+            self.entries = {env.uid: _Entry(env, None) for env in envs}
+            self.order = [env.uid for env in envs]
+        else:
+            found = {env.uid: env for env in await store.environments_by_uid(self.sessions, changed)}
+            for uid in changed:
+                if uid in found:
+                    self.entries[uid] = _Entry(found[uid], None)
+                else:
+                    self.entries.pop(uid, None)
+            self.order = sorted(self.entries, key=lambda uid: self.entries[uid].key)
+        self.version = current
