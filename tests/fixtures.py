@@ -219,6 +219,7 @@ def running_hub(workdir, extra_service_args=(), extra_config=""):
         if hub_info.proc is not None and hub_info.proc.poll() is None:
             utils.stop_all_servers(hub_info)
         stop_hub(hub_info, signal.SIGTERM, timeout=20)
+        utils.remove_home_volumes(hub_info)
 
 
 @pytest.fixture(scope="session")

@@ -102,6 +102,18 @@ def make_spawner(docker_client):
     yield make
     for spawner in made:
         subprocess.run(["docker", "rm", "-f", spawner.object_name], capture_output=True)
+    remove_home_volumes(f"tljh_repo2docker.home.user={user.name}")
+
+
+def remove_home_volumes(label):
+    """Remove the home volumes carrying ``label`` (the tests' own)."""
+    names = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"label={label}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if names:
+        subprocess.run(["docker", "volume", "rm", "-f", *names], capture_output=True)
 
 
 def container_of(docker_client, spawner):

@@ -56,6 +56,7 @@ class FakeDocker:
         self.containers = {}
         self.created = []
         self.removed = []
+        self.volumes = {}
 
     def add_image(self, name, labels=None):
         image = {"Id": f"sha256:{next(_ids):064x}", "RepoTags": [name], "Labels": labels}
@@ -95,6 +96,10 @@ class FakeDocker:
             "State": {"Running": False},
             "Config": {"Env": [f"{k}={v}" for k, v in kwargs["environment"].items()]},
             "HostConfig": host_config,
+            "Mounts": [
+                {"Name": bind.split(":")[0], "Destination": bind.split(":")[1]}
+                for bind in host_config.get("Binds") or []
+            ],
         }
         self.created.append(self.containers[container_id])
         return {"Id": container_id}
@@ -107,6 +112,22 @@ class FakeDocker:
 
     def remove_container(self, container_id, v=False):
         self.removed.append(self.containers.pop(container_id))
+
+    def inspect_volume(self, name):
+        if name not in self.volumes:
+            raise not_found(docker.errors.NotFound, f"No such volume: {name}")
+        return self.volumes[name]
+
+    def create_volume(self, name, labels=None):
+        self.volumes.setdefault(name, {"Name": name, "Labels": labels})
+        return self.volumes[name]
+
+    # The archive API (home_owner): this engine keeps no files.
+    def _url(self, path, *args):
+        return path.format(*args)
+
+    def _get(self, url, **kwargs):
+        return SimpleNamespace(status_code=404, close=lambda: None)
 
     def port(self, container_id, port):
         return [{"HostIp": "127.0.0.1", "HostPort": "32768"}]

@@ -11,7 +11,7 @@ import logging
 import pluggy
 
 from . import hub_config
-from .spawner import Repo2DockerSpawner
+from .spawners.docker import Repo2DockerSpawner
 
 hookimpl = pluggy.HookimplMarker("tljh")
 log = logging.getLogger(__name__)
