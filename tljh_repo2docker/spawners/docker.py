@@ -111,6 +111,8 @@ class SpawnerMixin(EnvironmentMixin):
 
     #: The home of the container being made (set by start()).
     _home = None
+    #: The home this start created: still empty, a rescued home goes in as it is.
+    _new_home = None
 
     @property
     def host_homes(self):
@@ -172,6 +174,7 @@ class SpawnerMixin(EnvironmentMixin):
             raise self._failure(env, e) from e
         finally:
             self.restore_limits()
+            self._new_home = None
         self.image_id = env.image_id
         return result
 
@@ -206,8 +209,8 @@ class SpawnerMixin(EnvironmentMixin):
     async def prepare_home(self, env):
         """Make sure the home of this server for ``env`` exists; return it (None: no home)."""
         home = self.home_for(env.uid)
-        if home is not None:
-            await self.ensure_home(home)
+        if home is not None and await self.ensure_home(home):
+            self._new_home = home.source
         return home
 
     async def ensure_home(self, home):
@@ -298,7 +301,8 @@ class SpawnerMixin(EnvironmentMixin):
         """
         if home is None:
             return
-        fresh = await self.ensure_home(home)
+        fresh = await self.ensure_home(home) or self._new_home == home.source
+        self._new_home = None  # it holds files from now on
         if fresh:
             destination, root = posixpath.dirname(home.path), posixpath.basename(home.path)
         else:
