@@ -190,9 +190,11 @@ def stop_hub(hub_info, sig=signal.SIGTERM, timeout=30):
 
 
 @contextlib.contextmanager
-def running_hub(workdir, extra_service_args=(), extra_config=""):
+def running_hub(workdir, extra_service_args=(), extra_config="", image_prefix=None):
     """Start a real JupyterHub + proxy with the service (extra command-line options
-    for the service in ``extra_service_args``); stop it and clean up afterwards."""
+    for the service in ``extra_service_args``, extra lines for its
+    ``jupyterhub_config.py`` in ``extra_config``, the service's image prefix in
+    ``image_prefix``: a fresh one by default); stop it and clean up afterwards."""
     if shutil.which("configurable-http-proxy") is None:
         need("configurable-http-proxy is not installed (npm install -g configurable-http-proxy)")
     hub_info = utils.HubInfo(
@@ -203,6 +205,7 @@ def running_hub(workdir, extra_service_args=(), extra_config=""):
         service_port=_free_port(),
         gateway=_test_network(),
         network=TEST_NETWORK,
+        **({"image_prefix": image_prefix} if image_prefix else {}),
     )
     config = utils.hub_config(
         hub_info,
