@@ -228,3 +228,74 @@ def volume_text(volume, path):
         capture_output=True, text=True,
     )
     return out.stdout if out.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def tljh_hub(tmp_path_factory, test_images):
+    """A hub configured by the TLJH plugin (``remove = False``), back on the test network."""
+    from tests.utils import next_image_prefix
+
+    prefix = next_image_prefix()
+    config = f"""
+from tljh_repo2docker import tljh_plugin
+hub_ip = c.JupyterHub.hub_ip
+tljh_plugin.configure_docker(c)
+# the test hub's own network, and its own environments
+c.JupyterHub.hub_ip = hub_ip
+c.Repo2DockerSpawner.image_prefix = {prefix!r}
+"""
+    with running_hub(tmp_path_factory.mktemp("tljh-hub"), extra_config=config, image_prefix=prefix) as hub:
+        yield hub
+
+
+async def test_tljh_plugin_homes_survive_restarts_rebuilds_and_hub_restarts(
+    tljh_hub, git_server, git_root
+):
+    from tests.fixtures import start_hub, stop_hub
+
+    hub = tljh_hub
+    name = f"{RUN}tl"
+    make_repo(git_root, f"{RUN}-tljh", {"Dockerfile": dockerfile("RUN echo t-1")})
+    admin = await HubUser.login(hub, "admin")
+    user = await HubUser.login(hub, name)
+    files = Files(hub, name)
+    try:
+        env = await admin.wait_env(
+            await build(admin, git_server.url(f"{RUN}-tljh"), f"{RUN}-tljh"), {"built", "failed"}
+        )
+        assert env["status"] == "built", env
+        await start(user, "lab", env["name"])
+        await files.write("lab", NOTES, "kept by the plugin's hub\n")
+        [volume] = home_volumes(hub, name)
+
+        # stop and start: remove = False keeps the container, and the home is in the volume
+        await stop(user, "lab")
+        kept = container(name, "lab")
+        assert kept is not None and not kept["State"]["Running"]
+        await start(user, "lab")
+        assert container(name, "lab")["Id"] == kept["Id"]
+        assert await files.read("lab", NOTES) == "kept by the plugin's hub\n"
+
+        # a rebuild: the next start makes a new container, on the same home
+        add_commit(git_root, f"{RUN}-tljh", {"Dockerfile": dockerfile("RUN echo t-2")})
+        r = await admin.api("POST", f"api/environments/{env['uid']}/rebuild")
+        assert r.status_code == 202, r.text
+        assert (await admin.wait_env(env["uid"], {"built", "failed"}))["status"] == "built"
+        await stop(user, "lab")
+        await start(user, "lab")
+        assert container(name, "lab")["Id"] != kept["Id"]
+        assert await files.read("lab", NOTES) == "kept by the plugin's hub\n"
+
+        # the hub restarts (its servers are stopped with it)
+        stop_hub(hub)
+        start_hub(hub)
+        await user.refresh_xsrf()
+        await start(user, "lab")
+        assert await files.read("lab", NOTES) == "kept by the plugin's hub\n"
+        assert list(home_volumes(hub, name)) == [volume]
+        await stop(user, "lab", remove=True)
+        assert volume_text(volume, NOTES) == "kept by the plugin's hub\n"
+    finally:
+        await files.close()
+        await user.close()
+        await admin.close()
