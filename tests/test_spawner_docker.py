@@ -417,3 +417,14 @@ async def test_a_failed_start_says_why(environments, make_spawner, docker_client
     message = info.value.jupyterhub_message
     assert "could not be started from 'Small'" in message
     assert "tljh-r2d-no-such-network" in message
+
+
+async def test_module_level_list_images_of_3x(environments, upstream_image):
+    from tljh_repo2docker.docker import list_images
+
+    images = {i["image_name"]: i for i in await list_images()}
+    assert environments["small"] in images and environments["plain"] not in images
+    assert images[environments["small"]]["mem_limit"] == "512M"
+    assert images[environments["small"]]["cpu_limit"] == "0.5"
+    # with a prefix: only that hub's, relabelled 3.x images included
+    assert [i["image_name"] for i in await list_images("tljh-r2d-upgraded/")] == [upstream_image]

@@ -105,6 +105,10 @@ class KubeEnvironment(EnvironmentMixin):
     def _default_fs_gid(self):
         return self.image_user_id
 
+    @default("storage_capacity")
+    def _default_storage_capacity(self):
+        return "10Gi"
+
     async def built_environments(self):
         """The built environments in the service's database (needs ``db_url``)."""
         if not self.db_url:
@@ -164,6 +168,13 @@ class KubeEnvironment(EnvironmentMixin):
         template = self.pvc_name_template.replace("{environment}", environment)
         return self._expand_user_properties(template)
 
+    def _expand_user_properties(self, template, *args, **kwargs):
+        # KubeSpawner's templates, plus {environment} (the environment's uid:
+        # hex digits), which KubeSpawner would refuse (pvc_name is made when
+        # the spawner is, before an environment is chosen).
+        template = template.replace("{environment}", self.environment_uid)
+        return super()._expand_user_properties(template, *args, **kwargs)
+
     def _home_volume(self):
         return (
             {"name": HOME_VOLUME, "persistentVolumeClaim": {"claimName": self.pvc_name}},
@@ -175,7 +186,12 @@ class KubeEnvironment(EnvironmentMixin):
         env = self.chosen_environment or await self.choose_environment()
         self.apply_limits(env)
         volumes, mounts = list(self.volumes), list(self.volume_mounts)
-        if self.home_scope != "none":
+        configured = [m for m in mounts if m.get("mountPath") == self.home_path]
+        if self.home_scope != "none" and configured:
+            self.log.warning(
+                "Not mounting home claim %s: volume_mounts already mount %s", self.pvc_name, self.home_path
+            )
+        elif self.home_scope != "none":
             volume, mount = self._home_volume()
             volumes.append(volume)
             mounts.append(mount)
@@ -233,8 +249,11 @@ def make_kube_spawner():
         chooses their limits, and their image within ``image_prefix``.
 
         The user's home is a PersistentVolumeClaim (``pvc_name_template``, by
-        ``home_scope``), created when missing and never deleted with a server
-        (``delete_pvc = False``), mounted at ``/home/<image_user_name>``.
+        ``home_scope``), created when missing (``storage_pvc_ensure``,
+        ``storage_capacity`` 10Gi) and never deleted with a server
+        (``delete_pvc = False``), mounted at ``/home/<image_user_name>``
+        (unless ``volume_mounts`` already mount something there), with the
+        group ``fs_gid = image_user_id``.
         """
 
         db_url = Unicode(
