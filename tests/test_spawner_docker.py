@@ -428,3 +428,30 @@ async def test_module_level_list_images_of_3x(environments, upstream_image):
     assert images[environments["small"]]["cpu_limit"] == "0.5"
     # with a prefix: only that hub's, relabelled 3.x images included
     assert [i["image_name"] for i in await list_images("tljh-r2d-upgraded/")] == [upstream_image]
+
+
+async def test_a_new_image_adds_its_home_files_without_overwriting(environments, make_spawner, test_images):
+    tag = f"tljh-repo2docker-test/spawner-files:{uuid.uuid4().hex[:8]}"
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "--label", f"tljh_repo2docker.uid=files{tag[-8:]}", "-"],
+        input=(
+            f"FROM {test_images['singleuser']}\n"
+            "RUN echo 'from the repository' > /home/jovyan/new.ipynb"
+            " && echo 'the image version' > /home/jovyan/edited.txt\n"
+        ),
+        text=True, check=True, capture_output=True,
+    )
+    try:
+        spawner = make_spawner(user_options={"image": environments["small"]})
+        await spawner.start()
+        docker_out("exec", spawner.object_name, "sh", "-c", "echo 'my version' > ~/edited.txt")
+        await spawner.stop()
+        spawner.user_options = {"image": tag}
+        await spawner.start()
+        home = home_volume(spawner)
+        assert in_volume(home, "cat ~/new.ipynb ~/edited.txt; stat -c %u ~/new.ipynb") == (
+            "from the repository\nmy version\n1000\n"
+        )
+        await spawner.stop()
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)

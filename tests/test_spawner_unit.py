@@ -58,6 +58,7 @@ class FakeDocker:
         self.created = []
         self.removed = []
         self.volumes = {}
+        self.helpers = []
 
     def add_image(self, name, labels=None, cmd=("bash",)):
         image = {
@@ -92,8 +93,11 @@ class FakeDocker:
     def create_host_config(self, **kwargs):
         return docker.types.HostConfig(version="1.41", **kwargs)
 
-    def create_container(self, name, image, host_config, **kwargs):
+    def create_container(self, image, name=None, host_config=None, **kwargs):
         container_id = f"{next(_ids):064x}"
+        if "tljh_repo2docker.home.helper" in (kwargs.get("labels") or {}):
+            self.helpers.append(kwargs.get("entrypoint"))  # copies files: none here
+            return {"Id": container_id}
         image_id = self.images_by_name[image]["Id"]
         self.containers[container_id] = {
             "Id": container_id,
@@ -114,13 +118,18 @@ class FakeDocker:
         return {"Id": container_id}
 
     def start(self, container_id):
-        self.containers[container_id]["State"]["Running"] = True
+        if container_id in self.containers:
+            self.containers[container_id]["State"]["Running"] = True
+
+    def wait(self, container_id, timeout=None):
+        return {"StatusCode": 0}
 
     def stop(self, container_id):
         self.containers[container_id]["State"]["Running"] = False
 
-    def remove_container(self, container_id, v=False):
-        self.removed.append(self.containers.pop(container_id))
+    def remove_container(self, container_id, v=False, force=False):
+        if container_id in self.containers:
+            self.removed.append(self.containers.pop(container_id))
 
     def inspect_volume(self, name):
         if name not in self.volumes:
@@ -500,3 +509,19 @@ def test_image_labels_name_the_prefix():
         machine_profile=None, node_selector={}, owner=None,
     )
     assert image_labels(env, image_prefix="p/")["tljh_repo2docker.image_prefix"] == "p/"
+
+
+async def test_image_home_files_are_added_once_per_image(fake_docker, make_spawner):
+    fake_docker.add_image("one:1", env_labels(uid="one"))
+    fake_docker.add_image("two:1", env_labels(uid="two"))
+    spawner = make_spawner(user_options={"image": "one:1"})
+    copies = lambda: [e for e in fake_docker.helpers if e and e[0] == "cp"]  # noqa: E731
+    await spawner.start()
+    await spawner.stop()
+    await spawner.start()  # the same image: nothing to add
+    assert copies() == [["cp", "-an", "/home/jovyan/.", "/tljh-r2d-home/"]]
+    await spawner.stop()
+    spawner.user_options = {"image": "two:1"}
+    await spawner.start()
+    assert len(copies()) == 2
+    assert spawner.get_state()["home_image_id"] == fake_docker.images_by_name["two:1"]["Id"]

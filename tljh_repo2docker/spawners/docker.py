@@ -14,7 +14,7 @@ import posixpath
 
 import docker.errors
 from dockerspawner import DockerSpawner, SystemUserSpawner
-from traitlets import Unicode, default
+from traitlets import Bool, Unicode, default
 
 from . import homes
 from .mixin import (
@@ -91,6 +91,23 @@ class SpawnerMixin(EnvironmentMixin):
         """,
     ).tag(config=True)
 
+    home_image_files = Bool(
+        True,
+        help="""
+        When a server starts from an image its home has not seen yet (another
+        environment, a rebuild), copy into the home what the image has in its
+        home directory and the home lacks: the repository's new files,
+        dotfiles of the new image. Nothing that exists is overwritten, so a
+        file the repository changed keeps the user's version. (A new, empty
+        home gets the image's files from Docker anyway.) Default: True.
+        """,
+    ).tag(config=True)
+
+    home_image_id = Unicode(
+        "",
+        help="""The image whose home files were last added to this server's home (spawner state).""",
+    )
+
     shared_data_source = Unicode(
         "",
         help="""
@@ -103,6 +120,16 @@ class SpawnerMixin(EnvironmentMixin):
         "/srv/shared",
         help="""Where ``shared_data_source`` is mounted in the servers. Default: ``/srv/shared``.""",
     ).tag(config=True)
+
+    def get_state(self):
+        state = super().get_state()
+        if self.home_image_id:
+            state["home_image_id"] = self.home_image_id
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.home_image_id = state.get("home_image_id", "")
 
     @default("home_scope")
     def _default_home_scope(self):
@@ -330,9 +357,22 @@ class SpawnerMixin(EnvironmentMixin):
         return self.home_for(uid)
 
     async def start_object(self):
-        if self._home is not None and not self._home.host:
-            await self.fix_home_owner(self._home)
+        home, env = self._home, self.chosen_environment
+        if home is not None and self.home_image_files and env.image_id != self.home_image_id:
+            await self.add_image_files(home)
+            self.home_image_id = env.image_id
+        if home is not None and not home.host:
+            await self.fix_home_owner(home)
         await super().start_object()
+
+    async def add_image_files(self, home):
+        """Copy what the image has in its home directory and ``home`` lacks (nothing is overwritten)."""
+        self.log.info("Adding the files of %s's home directory to home %s", self.image, home.source)
+        problem = await asyncio.wrap_future(
+            self.executor.submit(homes.add_image_files, self.client, self.image, home)
+        )
+        if problem:
+            self.log.warning("Adding image files to home %s: %s", home.source, problem)
 
     async def fix_home_owner(self, home):
         """Give the home to ``image_user_id`` if another id owns it (``user_id`` changed)."""

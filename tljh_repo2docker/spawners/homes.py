@@ -8,7 +8,9 @@ These run in the spawner's executor thread (``DockerSpawner.executor``):
 - :func:`home_owner` reads who owns a home, from the first entry of its
   archive (cheap: a few hundred bytes, whatever the home holds);
 - :func:`chown_home` gives a home to the image's user (after ``user_id``
-  changed).
+  changed);
+- :func:`add_image_files` adds what a new image has in its home directory
+  (a repository's new files) without overwriting anything.
 
 Both copy and chown go through a short-lived helper container that mounts
 the home: Docker's archive API writes into a container's mounts, and the
@@ -119,6 +121,38 @@ def home_owner(client, container_id, path):
         return first.uid if first is not None else None
     finally:
         response.close()  # the rest of the home is never read
+
+
+#: Where helpers mount a home when the image's own home directory must stay visible.
+_HOME_MOUNT = "/tljh-r2d-home"
+
+
+def add_image_files(client, image, home, timeout=600):
+    """Copy the files of ``image``'s home directory that ``home`` lacks into it.
+
+    ``cp -an`` as root in a helper that sees both: owners, modes and times
+    are kept, nothing in the home is overwritten. A failure is logged by the
+    caller's exception, the home is left as it was.
+    """
+    helper = client.create_container(
+        image,
+        entrypoint=["cp", "-an", f"{home.path}/.", f"{_HOME_MOUNT}/"],
+        user="0",
+        host_config=client.create_host_config(
+            binds={home.source: {"bind": _HOME_MOUNT, "mode": "rw"}}
+        ),
+        network_disabled=True,
+        labels={HELPER_LABEL: "1"},
+    )["Id"]
+    try:
+        client.start(helper)
+        status = client.wait(helper, timeout=timeout)["StatusCode"]
+        if status != 0:  # e.g. a file the home has (cp -n may say so); the rest is copied
+            logs = client.logs(helper, tail=5).decode("utf-8", "replace").strip()
+            return f"cp exited with {status}: {logs}"
+        return ""
+    finally:
+        client.remove_container(helper, v=True, force=True)
 
 
 def chown_home(client, image, home, uid, timeout=600):
