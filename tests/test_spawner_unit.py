@@ -525,3 +525,24 @@ async def test_image_home_files_are_added_once_per_image(fake_docker, make_spawn
     await spawner.start()
     assert len(copies()) == 2
     assert spawner.get_state()["home_image_id"] == fake_docker.images_by_name["two:1"]["Id"]
+
+
+def test_every_spawner_setting_is_in_the_readme():
+    """The README's spawner settings table names every setting the spawners add."""
+    from pathlib import Path
+
+    from tljh_repo2docker.spawners.docker import SpawnerMixin
+    from tljh_repo2docker.spawners.kube import KubeEnvironment
+    from tljh_repo2docker.spawners.mixin import EnvironmentMixin
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### The spawner") : readme.index("## Kubernetes and BinderHub")]
+    names = set(EnvironmentMixin.class_own_traits(config=True))
+    names |= set(SpawnerMixin.class_own_traits(config=True))
+    names |= set(KubeEnvironment.class_own_traits(config=True))
+    names |= {"db_url"}  # Repo2DockerKubeSpawner's own
+    missing = sorted(name for name in names if f"`{name}`" not in section)
+    assert not missing, f"spawner settings missing from the README: {missing}"
+    for cls in (EnvironmentMixin, SpawnerMixin):
+        for name, trait in cls.class_own_traits(config=True).items():
+            assert trait.help and len(trait.help.strip().splitlines()) > 1, name

@@ -118,7 +118,10 @@ class SpawnerMixin(EnvironmentMixin):
 
     shared_data_path = Unicode(
         "/srv/shared",
-        help="""Where ``shared_data_source`` is mounted in the servers. Default: ``/srv/shared``.""",
+        help="""
+        Where ``shared_data_source`` is mounted (read-only) in the servers.
+        Default: ``/srv/shared``.
+        """,
     ).tag(config=True)
 
     def get_state(self):
