@@ -313,3 +313,18 @@ async def test_a_configured_home_mount_is_respected(make_spawner):
     mounts = as_sent(pod)["spec"]["containers"][0]["volumeMounts"]
     home_mounts = [m for m in mounts if m["mountPath"] == "/home/jovyan"]
     assert [m["name"] for m in home_mounts] == ["nfs-home"]
+
+
+async def test_with_db_url_the_form_lists_built_environments(make_spawner, service_db):
+    c = Config()
+    c.Repo2DockerKubeSpawner.db_url = service_db
+    spawner = make_user_spawner(c, user_options={})
+    form = await spawner.get_options_form()
+    assert 'value="registry.example.org/binder-built:1"' in form
+    assert "binder-queued" not in form
+    options = await spawner.options_from_form({"image": ["registry.example.org/binder-built:1"]})
+    assert options == {"image": "registry.example.org/binder-built:1", "environment": "built1"}
+    with pytest.raises(EnvironmentRefused):
+        await spawner.options_from_form({"image": ["registry.example.org/binder-queued:1"]})
+    # without the database there is nothing to list: no form
+    assert await make_user_spawner(user_options={}).get_options_form() == ""
