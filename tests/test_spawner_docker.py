@@ -17,6 +17,7 @@ import docker
 import pytest
 from jupyterhub.objects import Hub
 
+from tests.utils import remove_volumes
 from tljh_repo2docker.spawner import EnvironmentRefused, Repo2DockerSpawner, SpawnFailed
 
 pytestmark = pytest.mark.docker
@@ -107,18 +108,7 @@ def make_spawner(docker_client):
     yield make
     for spawner in made:
         subprocess.run(["docker", "rm", "-f", spawner.object_name], capture_output=True)
-    remove_home_volumes(f"tljh_repo2docker.home.user={user.name}")
-
-
-def remove_home_volumes(label):
-    """Remove the home volumes carrying ``label`` (the tests' own)."""
-    names = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", f"label={label}"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    if names:
-        subprocess.run(["docker", "volume", "rm", "-f", *names], capture_output=True)
+    remove_volumes(f"tljh_repo2docker.home.user={user.name}")  # the homes it made
 
 
 def container_of(docker_client, spawner):

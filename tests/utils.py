@@ -42,17 +42,22 @@ def remove_test_images():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
-def remove_home_volumes(info):
-    """Remove the home volumes of the users of the hub ``info`` (labelled with its prefix)."""
+def remove_volumes(label):
+    """Remove the Docker volumes carrying ``label`` (``key=value``)."""
     import subprocess
 
     names = subprocess.run(
-        ["docker", "volume", "ls", "-q", "--filter", f"label=tljh_repo2docker.home.prefix={info.image_prefix}"],
+        ["docker", "volume", "ls", "-q", "--filter", f"label={label}"],
         capture_output=True,
         text=True,
     ).stdout.split()
     if names:
         subprocess.run(["docker", "volume", "rm", "-f", *names], capture_output=True)
+
+
+def remove_home_volumes(info):
+    """Remove the home volumes of the users of the hub ``info`` (labelled with its prefix)."""
+    remove_volumes(f"tljh_repo2docker.home.prefix={info.image_prefix}")
 
 
 @dataclass
