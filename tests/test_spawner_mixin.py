@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.hub, pytest.mark.docker]
 RUN = f"mx{os.getpid() % 100000}"
 USER = f"{RUN}gina"
 PHYSICS, CHEMISTRY = f"{RUN}-physics", f"{RUN}-chemistry"
+#: An environment of the physics group whose image cannot start.
+BROKEN = f"{PHYSICS}-broken"
 
 SPAWNER_CONFIG = '''
 from dockerspawner import SystemUserSpawner
@@ -38,7 +40,8 @@ class GroupSpawner(SpawnerMixin, SystemUserSpawner):
 
     async def list_images(self):
         groups = {{group.name for group in self.user.groups}}
-        return [i for i in await super().list_images() if i["display_name"] in groups]
+        images = await super().list_images()
+        return [i for i in images if i["display_name"].split("-broken")[0] in groups]
 
     async def start(self):
         await super().set_limits()
@@ -105,6 +108,13 @@ def group_hub(tmp_path_factory, test_images):
             test_images["singleuser"], image, uid=uuid.uuid4().hex, display_name=display_name,
             image_name=image, mem_limit="384M", cpu_limit="0.5", node_selector="{}",
         )
+    images[BROKEN] = f"{prefix}broken:1"
+    subprocess.run(
+        ["docker", "build", "-q", "-t", images[BROKEN], "--label", f"tljh_repo2docker.uid={uuid.uuid4().hex}",
+         "--label", f"tljh_repo2docker.display_name={BROKEN}", "-"],
+        input=f'FROM {test_images["singleuser"]}\nENTRYPOINT ["/no/such/program"]\n',
+        text=True, check=True, capture_output=True,
+    )
     config = SPAWNER_CONFIG.format(prefix=prefix, homes=str(homes))
     try:
         with running_hub(workdir, extra_config=config, image_prefix=prefix) as hub:
@@ -151,6 +161,14 @@ async def test_the_filter_decides_what_is_offered_and_started(group_hub):
         assert [m["Source"] for m in info["Mounts"]] == [str(hub.workdir / "homes" / USER)]
         with admin_api(hub) as api:
             api.request("DELETE", f"users/{USER}/servers/s3", json={"remove": True})
+
+        # a start that fails says why, in Docker's words (not just "error")
+        ready, message = spawn_through_api(hub, "s5", images[BROKEN])
+        assert not ready
+        assert f"could not be started from {BROKEN!r}" in message, message
+        assert "/no/such/program" in message, message
+        with admin_api(hub) as api:
+            api.request("DELETE", f"users/{USER}/servers/s5", json={"remove": True})
 
             # out of the group: the same environment is refused, even on a restart
             r = api.request("DELETE", f"groups/{PHYSICS}/users", json={"users": [USER]})
