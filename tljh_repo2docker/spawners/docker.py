@@ -11,6 +11,7 @@ that had none mounted), then DockerSpawner's own ``start``.
 import asyncio
 import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 
 import docker.errors
 from dockerspawner import DockerSpawner, SystemUserSpawner
@@ -141,6 +142,10 @@ class SpawnerMixin(EnvironmentMixin):
 
     #: The home of the container being made (set by start()).
     _home = None
+    #: One thread for the long home operations (copies, chown) of all servers,
+    #: so that they never hold up DockerSpawner's own thread, which every
+    #: server's Docker calls share.
+    _homes_executor = None
     #: The home this start created: still empty, a rescued home goes in as it is.
     _new_home = None
 
@@ -342,12 +347,15 @@ class SpawnerMixin(EnvironmentMixin):
             "Copying %s of container %s (%s) into home %s as %s",
             self.home_path, self.object_name, self._log_name, home.source, posixpath.join(destination, root),
         )
-        await asyncio.wrap_future(
-            self.executor.submit(
-                homes.copy_home, self.client, container["Id"], self.home_path,
-                container["Image"], home, destination, root,
-            )
+        await self.in_homes_thread(
+            homes.copy_home, container["Id"], self.home_path, container["Image"], home, destination, root
         )
+
+    def in_homes_thread(self, func, *args):
+        """Run ``homes.func(self.client, *args)`` in the homes thread."""
+        if SpawnerMixin._homes_executor is None:
+            SpawnerMixin._homes_executor = ThreadPoolExecutor(1, thread_name_prefix="tljh-r2d-homes")
+        return asyncio.wrap_future(SpawnerMixin._homes_executor.submit(func, self.client, *args))
 
     async def _home_of(self, container):
         """The home the files of ``container`` belong in (when it is removed for good)."""
@@ -371,9 +379,7 @@ class SpawnerMixin(EnvironmentMixin):
     async def add_image_files(self, home):
         """Copy what the image has in its home directory and ``home`` lacks (nothing is overwritten)."""
         self.log.info("Adding the files of %s's home directory to home %s", self.image, home.source)
-        problem = await asyncio.wrap_future(
-            self.executor.submit(homes.add_image_files, self.client, self.image, home)
-        )
+        problem = await self.in_homes_thread(homes.add_image_files, self.image, home)
         if problem:
             self.log.warning("Adding image files to home %s: %s", home.source, problem)
 
@@ -388,9 +394,7 @@ class SpawnerMixin(EnvironmentMixin):
             "Home %s of %s belongs to uid %s: giving it to %s",
             home.source, self._log_name, owner, self.image_user_id,
         )
-        await asyncio.wrap_future(
-            self.executor.submit(homes.chown_home, self.client, self.image, home, self.image_user_id)
-        )
+        await self.in_homes_thread(homes.chown_home, self.image, home, self.image_user_id)
 
     # -- stop and delete ----------------------------------------------------------------
 

@@ -1,6 +1,9 @@
 """Moving home directories on a Docker engine, with docker-py's blocking client.
 
-These run in the spawner's executor thread (``DockerSpawner.executor``):
+They block: :func:`home_owner` (quick) runs in ``DockerSpawner.executor``
+like DockerSpawner's own calls; the long ones (copy, chown, adding files) in
+a thread of their own (``SpawnerMixin.in_homes_thread``), so that they never
+hold up the Docker calls of the other servers, which share that executor.
 
 - :func:`copy_home` copies the home directory of a container that has none
   mounted (made by tljh-repo2docker 3.x, or with ``home_scope = "none"``)
