@@ -299,3 +299,71 @@ async def test_tljh_plugin_homes_survive_restarts_rebuilds_and_hub_restarts(
         await files.close()
         await user.close()
         await admin.close()
+
+
+@pytest.fixture
+def upstream_server(hub, test_images):
+    """What 3.x left for one user: an image under its old name (relabelled by the
+    upgrade: ``tljh_repo2docker.image_prefix`` is this hub's) and the server's
+    container, without a home volume, the user's files in its own layer."""
+    from tests.test_spawner_docker import UPSTREAM, build_environment
+
+    user = f"{RUN}old"
+    old, image = f"{RUN}-upg-one:main-3x", f"{RUN}-upg-one:main"
+    labels = {**UPSTREAM["image_labels"], "tljh_repo2docker.image_name": image}
+    args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+    subprocess.run(
+        ["docker", "build", "-q", "-t", old, *args, "-"],
+        input=f"FROM {test_images['singleuser']}\n", text=True, check=True, capture_output=True,
+    )
+    build_environment(old, image, uid=f"upg{RUN}", image_prefix=hub.image_prefix)
+    name = f"tljh-r2d-test-{user}-s1"
+    subprocess.run(
+        ["docker", "create", "--name", name, old, "jupyterhub-singleuser"], check=True, capture_output=True
+    )
+    subprocess.run(  # a file written by the user under 3.x, in the container's own layer
+        ["docker", "cp", "-", f"{name}:/home/jovyan"],
+        input=_tar({"work/notes.txt": b"written under 3.x\n"}), check=True, capture_output=True,
+    )
+    yield user, {**UPSTREAM["user_options"], "image": image}
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    subprocess.run(["docker", "rmi", "-f", image, old], capture_output=True)
+
+
+def _tar(files):
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, data in files.items():
+            directory = tarfile.TarInfo(path.rsplit("/", 1)[0])
+            directory.type, directory.mode, directory.uid, directory.gid = tarfile.DIRTYPE, 0o755, 1000, 1000
+            tar.addfile(directory)
+            info = tarfile.TarInfo(path)
+            info.size, info.uid, info.gid = len(data), 1000, 1000
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+async def test_a_3x_server_restarts_from_its_options_with_its_files(hub, upstream_server):
+    user, options = upstream_server
+    assert "environment" not in options  # 3.x's user_options
+    old = await HubUser.login(hub, user)
+    files = Files(hub, user)
+    try:
+        with admin_api(hub) as api:
+            r = api.post(f"users/{user}/servers/s1", json=options)
+            assert r.status_code in (201, 202), r.text
+        await wait_server(old, "s1")
+        assert await files.read("s1", NOTES) == "written under 3.x\n"
+        mounts = {m["Destination"]: m for m in container(user, "s1")["Mounts"]}
+        [volume] = home_volumes(hub, user)
+        assert mounts["/home/jovyan"]["Name"] == volume
+        state = server_state(hub, user, "s1")
+        assert state["environment_uid"] == f"upg{RUN}"
+        await stop(old, "s1", remove=True)
+        assert volume_text(volume, NOTES) == "written under 3.x\n"
+    finally:
+        await files.close()
+        await old.close()
