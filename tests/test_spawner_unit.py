@@ -546,3 +546,19 @@ def test_every_spawner_setting_is_in_the_readme():
     for cls in (EnvironmentMixin, SpawnerMixin):
         for name, trait in cls.class_own_traits(config=True).items():
             assert trait.help and len(trait.help.strip().splitlines()) > 1, name
+
+
+async def test_a_configured_home_volume_is_respected(fake_docker, make_spawner):
+    """The classic DockerSpawner recipe, volumes = {"jupyterhub-user-{username}": "/home/jovyan"}:
+    no second mount at the same place (Docker would refuse the container)."""
+    fake_docker.add_image("one:1", env_labels(uid="one"))
+    spawner = make_spawner(
+        user_options={"image": "one:1"}, volumes={"jupyterhub-user-{username}": "/home/jovyan"}
+    )
+    await spawner.start()
+    binds = fake_docker.created[-1]["HostConfig"]["Binds"]
+    assert binds == ["jupyterhub-user-alice:/home/jovyan:rw"]
+    assert fake_docker.volumes == {}
+    await spawner.stop()
+    await spawner.start()  # the same container: its home is the configured one
+    assert len(fake_docker.created) == 1

@@ -244,9 +244,22 @@ class SpawnerMixin(EnvironmentMixin):
     async def prepare_home(self, env):
         """Make sure the home of this server for ``env`` exists; return it (None: no home)."""
         home = self.home_for(env.uid)
+        if home is not None and self._configured_home_mount():
+            self.log.info(
+                "Not mounting home %s for %s: the configured volumes already mount %s",
+                home.source, self._log_name, home.path,
+            )
+            return None
         if home is not None and await self.ensure_home(home):
             self._new_home = home.source
         return home
+
+    def _configured_home_mount(self):
+        """True when ``volumes``/``mounts`` (DockerSpawner's own) already mount the home path."""
+        binds = super().volume_binds.values()
+        return any(b["bind"] == self.home_path for b in binds) or any(
+            self.format_volume_name(m["target"], self) == self.home_path for m in self.mounts
+        )
 
     async def ensure_home(self, home):
         """Create ``home`` if it is missing. True when it was just created (it is empty)."""
