@@ -14,9 +14,10 @@ Real components, started once per session:
 - ``admin``, ``alice``, ``bob``: logged-in browser-like sessions
   (:class:`tests.utils.HubUser`) for a hub admin, a plain user, and a user whose
   role carries the ``custom:tljh_repo2docker:admin`` scope.
-- ``running_hub(workdir, extra_service_args)``: a context manager starting
-  another such hub, for modules that need the service configured differently
-  (e.g. with ``--binderhub_url``). ``stop_hub(info)`` and ``start_hub(info)``
+- ``running_hub(workdir, extra_service_args, extra_config, image_prefix)``: a
+  context manager starting another such hub, for modules that need the
+  service or the hub configured differently (e.g. with ``--binderhub_url``, or
+  another spawner class); it removes its users' home volumes when it stops. ``stop_hub(info)`` and ``start_hub(info)``
   stop its JupyterHub and start it again on the same configuration.
 - ``sqlite_sessions``: sessions of a fresh SQLite database made by the
   migrations, for tests of the service's parts without a hub.
