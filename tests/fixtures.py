@@ -14,9 +14,10 @@ Real components, started once per session:
 - ``admin``, ``alice``, ``bob``: logged-in browser-like sessions
   (:class:`tests.utils.HubUser`) for a hub admin, a plain user, and a user whose
   role carries the ``custom:tljh_repo2docker:admin`` scope.
-- ``running_hub(workdir, extra_service_args)``: a context manager starting
-  another such hub, for modules that need the service configured differently
-  (e.g. with ``--binderhub_url``). ``stop_hub(info)`` and ``start_hub(info)``
+- ``running_hub(workdir, extra_service_args, extra_config, image_prefix)``: a
+  context manager starting another such hub, for modules that need the
+  service or the hub configured differently (e.g. with ``--binderhub_url``, or
+  another spawner class); it removes its users' home volumes when it stops. ``stop_hub(info)`` and ``start_hub(info)``
   stop its JupyterHub and start it again on the same configuration.
 - ``sqlite_sessions``: sessions of a fresh SQLite database made by the
   migrations, for tests of the service's parts without a hub.
@@ -190,9 +191,11 @@ def stop_hub(hub_info, sig=signal.SIGTERM, timeout=30):
 
 
 @contextlib.contextmanager
-def running_hub(workdir, extra_service_args=(), extra_config=""):
+def running_hub(workdir, extra_service_args=(), extra_config="", image_prefix=None):
     """Start a real JupyterHub + proxy with the service (extra command-line options
-    for the service in ``extra_service_args``); stop it and clean up afterwards."""
+    for the service in ``extra_service_args``, extra lines for its
+    ``jupyterhub_config.py`` in ``extra_config``, the service's image prefix in
+    ``image_prefix``: a fresh one by default); stop it and clean up afterwards."""
     if shutil.which("configurable-http-proxy") is None:
         need("configurable-http-proxy is not installed (npm install -g configurable-http-proxy)")
     hub_info = utils.HubInfo(
@@ -203,6 +206,7 @@ def running_hub(workdir, extra_service_args=(), extra_config=""):
         service_port=_free_port(),
         gateway=_test_network(),
         network=TEST_NETWORK,
+        **({"image_prefix": image_prefix} if image_prefix else {}),
     )
     config = utils.hub_config(
         hub_info,
@@ -219,6 +223,7 @@ def running_hub(workdir, extra_service_args=(), extra_config=""):
         if hub_info.proc is not None and hub_info.proc.poll() is None:
             utils.stop_all_servers(hub_info)
         stop_hub(hub_info, signal.SIGTERM, timeout=20)
+        utils.remove_home_volumes(hub_info)
 
 
 @pytest.fixture(scope="session")

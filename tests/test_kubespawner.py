@@ -220,3 +220,111 @@ async def test_with_db_url_an_unreadable_database_is_a_503(make_spawner, tmp_pat
         await manifest_of(spawner)
     assert info.value.status_code == 503
     assert "database cannot be read" in info.value.jupyterhub_message
+
+
+# -- homes: a PersistentVolumeClaim per user -------------------------------------------
+
+
+def as_sent(obj):
+    """A pod or claim as the Kubernetes API receives it (camelCase JSON)."""
+    from kubernetes_asyncio.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(obj)
+
+
+def make_user_spawner(config=None, name="", user="ann", user_options=None):
+    from jupyterhub.objects import Hub
+    from types import SimpleNamespace
+
+    from tljh_repo2docker import Repo2DockerKubeSpawner
+
+    spawner = Repo2DockerKubeSpawner(
+        config=config or Config(),
+        _mock=True,
+        user=SimpleNamespace(name=user, id=7, url=f"/user/{user}/", groups=[]),
+        orm_spawner=SimpleNamespace(name=name, server=None, user_options=None),
+        hub=Hub(),
+    )
+    spawner.user_options = user_options or {
+        "image": "registry.example.org/r2d/python-env:abc",
+        "environment": "env1",
+        "metadata": {},
+    }
+    return spawner
+
+
+async def test_pod_mounts_the_users_home_claim(make_spawner):
+    spawner = make_user_spawner()
+    pod = await manifest_of(spawner)
+    assert spawner.pvc_name == "tljh-r2d-home-ann"
+    assert spawner.storage_pvc_ensure is True
+    assert spawner.delete_pvc is False, "deleting a server must not delete the user's files"
+    sent = as_sent(pod)["spec"]
+    [volume] = [v for v in sent["volumes"] if v["name"] == "tljh-r2d-home"]
+    assert volume["persistentVolumeClaim"]["claimName"] == "tljh-r2d-home-ann"
+    [mount] = [m for m in sent["containers"][0]["volumeMounts"] if m["name"] == "tljh-r2d-home"]
+    assert mount["mountPath"] == "/home/jovyan"
+    assert sent["securityContext"]["fsGroup"] == 1000
+    # a named server of the same user: the same claim
+    other = make_user_spawner(name="analysis")
+    await manifest_of(other)
+    assert other.pvc_name == "tljh-r2d-home-ann"
+    # the configured volumes are kept, and stay as configured
+    assert spawner.volumes == [] and spawner.volume_mounts == []
+
+
+async def test_claim_carries_the_home_labels(make_spawner):
+    spawner = make_user_spawner(name="lab")
+    await manifest_of(spawner)
+    pvc = spawner.get_pvc_manifest()
+    assert pvc.metadata.name == "tljh-r2d-home-ann"
+    assert pvc.spec.resources.requests["storage"] == "10Gi"
+    labels = pvc.metadata.labels
+    assert labels["tljh_repo2docker.home"] == "1"
+    assert labels["tljh_repo2docker.home.user"] == "ann"
+    assert labels["tljh_repo2docker.home.server"] == ""  # one home per user
+    assert pvc.metadata.annotations["tljh_repo2docker.home.user"] == "ann"
+
+
+async def test_home_per_environment_and_none(make_spawner):
+    c = Config()
+    c.Repo2DockerKubeSpawner.home_scope = "environment"
+    spawner = make_user_spawner(c)
+    await manifest_of(spawner)
+    assert spawner.pvc_name == "tljh-r2d-home-ann--env-env1"
+    assert spawner.get_pvc_manifest().metadata.labels["tljh_repo2docker.home.environment"] == "env1"
+    spawner.user_options = {"image": "registry.example.org/r2d/other:1", "environment": "env2"}
+    await manifest_of(spawner)
+    assert spawner.pvc_name == "tljh-r2d-home-ann--env-env2"
+
+    c = Config()
+    c.Repo2DockerKubeSpawner.home_scope = "none"
+    spawner = make_user_spawner(c)
+    pod = await manifest_of(spawner)
+    assert not [v for v in as_sent(pod)["spec"].get("volumes", []) if v["name"] == "tljh-r2d-home"]
+    assert spawner.storage_pvc_ensure is False
+
+
+async def test_a_configured_home_mount_is_respected(make_spawner):
+    c = Config()
+    c.KubeSpawner.volumes = [{"name": "nfs-home", "nfs": {"server": "nfs", "path": "/homes"}}]
+    c.KubeSpawner.volume_mounts = [{"name": "nfs-home", "mountPath": "/home/jovyan"}]
+    pod = await manifest_of(make_user_spawner(c))
+    mounts = as_sent(pod)["spec"]["containers"][0]["volumeMounts"]
+    home_mounts = [m for m in mounts if m["mountPath"] == "/home/jovyan"]
+    assert [m["name"] for m in home_mounts] == ["nfs-home"]
+
+
+async def test_with_db_url_the_form_lists_built_environments(make_spawner, service_db):
+    c = Config()
+    c.Repo2DockerKubeSpawner.db_url = service_db
+    spawner = make_user_spawner(c, user_options={})
+    form = await spawner.get_options_form()
+    assert 'value="registry.example.org/binder-built:1"' in form
+    assert "binder-queued" not in form
+    options = await spawner.options_from_form({"image": ["registry.example.org/binder-built:1"]})
+    assert options == {"image": "registry.example.org/binder-built:1", "environment": "built1"}
+    with pytest.raises(EnvironmentRefused):
+        await spawner.options_from_form({"image": ["registry.example.org/binder-queued:1"]})
+    # without the database there is nothing to list: no form
+    assert await make_user_spawner(user_options={}).get_options_form() == ""

@@ -7,6 +7,7 @@ cover the edge cases; ``test_spawner_docker.py`` runs against a real engine.
 
 import html
 import itertools
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ import requests
 from jupyterhub.objects import Hub
 
 from tljh_repo2docker import spawner as spawner_module
-from tljh_repo2docker.spawner import EnvironmentRefused, Repo2DockerSpawner
+from tljh_repo2docker.spawner import EnvironmentRefused, Repo2DockerSpawner, SpawnFailed
 
 GIB = 1024**3
 _ids = itertools.count(1)
@@ -56,9 +57,16 @@ class FakeDocker:
         self.containers = {}
         self.created = []
         self.removed = []
+        self.volumes = {}
+        self.helpers = []
 
-    def add_image(self, name, labels=None):
-        image = {"Id": f"sha256:{next(_ids):064x}", "RepoTags": [name], "Labels": labels}
+    def add_image(self, name, labels=None, cmd=("bash",)):
+        image = {
+            "Id": f"sha256:{next(_ids):064x}",
+            "RepoTags": [name],
+            "Labels": labels,
+            "Cmd": list(cmd) if cmd is not None else None,
+        }
         self.images_by_name[name] = image
         return image["Id"]
 
@@ -74,7 +82,7 @@ class FakeDocker:
         if name not in self.images_by_name:
             raise not_found(docker.errors.ImageNotFound, f"No such image: {name}")
         image = self.images_by_name[name]
-        return {"Id": image["Id"], "Config": {"Labels": image["Labels"], "Cmd": ["bash"]}}
+        return {"Id": image["Id"], "Config": {"Labels": image["Labels"], "Cmd": image.get("Cmd")}}
 
     def inspect_container(self, name):
         for container in self.containers.values():
@@ -85,28 +93,59 @@ class FakeDocker:
     def create_host_config(self, **kwargs):
         return docker.types.HostConfig(version="1.41", **kwargs)
 
-    def create_container(self, name, image, host_config, **kwargs):
+    def create_container(self, image, name=None, host_config=None, **kwargs):
         container_id = f"{next(_ids):064x}"
+        if "tljh_repo2docker.home.helper" in (kwargs.get("labels") or {}):
+            self.helpers.append(kwargs.get("entrypoint"))  # copies files: none here
+            return {"Id": container_id}
         image_id = self.images_by_name[image]["Id"]
         self.containers[container_id] = {
             "Id": container_id,
             "Name": name,
             "Image": image_id,
             "State": {"Running": False},
-            "Config": {"Env": [f"{k}={v}" for k, v in kwargs["environment"].items()]},
+            "Config": {
+                "Env": [f"{k}={v}" for k, v in kwargs["environment"].items()],
+                "Cmd": kwargs.get("command"),
+            },
             "HostConfig": host_config,
+            "Mounts": [
+                {"Name": bind.split(":")[0], "Destination": bind.split(":")[1]}
+                for bind in host_config.get("Binds") or []
+            ],
         }
         self.created.append(self.containers[container_id])
         return {"Id": container_id}
 
     def start(self, container_id):
-        self.containers[container_id]["State"]["Running"] = True
+        if container_id in self.containers:
+            self.containers[container_id]["State"]["Running"] = True
+
+    def wait(self, container_id, timeout=None):
+        return {"StatusCode": 0}
 
     def stop(self, container_id):
         self.containers[container_id]["State"]["Running"] = False
 
-    def remove_container(self, container_id, v=False):
-        self.removed.append(self.containers.pop(container_id))
+    def remove_container(self, container_id, v=False, force=False):
+        if container_id in self.containers:
+            self.removed.append(self.containers.pop(container_id))
+
+    def inspect_volume(self, name):
+        if name not in self.volumes:
+            raise not_found(docker.errors.NotFound, f"No such volume: {name}")
+        return self.volumes[name]
+
+    def create_volume(self, name, labels=None):
+        self.volumes.setdefault(name, {"Name": name, "Labels": labels})
+        return self.volumes[name]
+
+    # The archive API (home_owner): this engine keeps no files.
+    def _url(self, path, *args):
+        return path.format(*args)
+
+    def _get(self, url, **kwargs):
+        return SimpleNamespace(status_code=404, close=lambda: None)
 
     def port(self, container_id, port):
         return [{"HostIp": "127.0.0.1", "HostPort": "32768"}]
@@ -119,8 +158,12 @@ def fake_docker():
 
 @pytest.fixture
 def make_spawner(fake_docker):
+    return spawner_maker(fake_docker, Repo2DockerSpawner)
+
+
+def spawner_maker(fake_docker, base, **methods):
     # DockerSpawner keeps one docker client per class: a subclass per test holds the fake.
-    spawner_class = type("FakeEngineSpawner", (Repo2DockerSpawner,), {"_client": fake_docker})
+    spawner_class = type("FakeEngineSpawner", (base,), {"_client": fake_docker, **methods})
 
     def make(server_name="python", **traits):
         user = SimpleNamespace(
@@ -322,3 +365,200 @@ async def test_image_prefix_limits_the_environments(fake_docker, make_spawner):
     with pytest.raises(EnvironmentRefused, match="not one of this hub's environments"):
         await spawner.inspect_environment("theirs/python-env:main")
     assert (await spawner.inspect_environment("mine/python-env:main")).uid == "abc123"
+
+
+# -- the 3.x surface: list_images, set_limits, SpawnerMixin ----------------------------
+
+
+def test_the_3x_names_import_from_the_package_root():
+    code = (
+        "from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE, SpawnerMixin, "
+        "Repo2DockerSpawner, tljh_custom_jupyterhub_config\n"
+        "from tljh_repo2docker.spawner import Repo2DockerSpawner as old\n"
+        "from tljh_repo2docker.docker import list_images\n"
+        "from dockerspawner import DockerSpawner\n"
+        "assert old is Repo2DockerSpawner and issubclass(old, (SpawnerMixin, DockerSpawner))\n"
+        "assert callable(tljh_custom_jupyterhub_config)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_list_images_has_the_3x_keys(fake_docker, make_spawner):
+    image_id = fake_docker.add_image("python-env:main", env_labels())
+    [image] = await make_spawner().list_images()
+    assert image == {
+        "image_name": "python-env:main",
+        "display_name": "Python env",
+        "mem_limit": "2G",
+        "cpu_limit": "1.5",
+        "repo": "https://example.org/repo.git",
+        "ref": "main",
+        "status": "built",
+        "uid": "abc123",
+        "node_selector": {"gpu": "yes"},
+        "image_id": image_id,
+    }
+
+
+@pytest.fixture
+def filtered(fake_docker):
+    """A third-party spawner that offers only the environments whose name has "ok"."""
+
+    async def list_images(self):
+        return [i for i in await Repo2DockerSpawner.list_images(self) if "ok" in i["display_name"]]
+
+    fake_docker.add_image("ok-env:1", env_labels(uid="ok", image="ok-env:1", display_name="ok env"))
+    fake_docker.add_image("no-env:1", env_labels(uid="no", image="no-env:1", display_name="other"))
+    return spawner_maker(fake_docker, Repo2DockerSpawner, list_images=list_images)
+
+
+async def test_a_filtered_list_decides_the_form_and_the_start(fake_docker, filtered):
+    spawner = filtered()
+    form = await spawner.get_options_form()
+    assert 'value="ok-env:1"' in form and "no-env" not in form
+    with pytest.raises(EnvironmentRefused, match="not one of the environments offered to you"):
+        await spawner.options_from_form({"image": ["no-env:1"]})
+    spawner.user_options = {"image": "no-env:1"}
+    with pytest.raises(EnvironmentRefused, match="not one of the environments offered to you"):
+        await spawner.start()
+    assert fake_docker.created == []
+    spawner.user_options = await spawner.options_from_form({"image": ["ok-env:1"]})
+    await spawner.start()
+    assert fake_docker.created[-1]["Image"] == fake_docker.images_by_name["ok-env:1"]["Id"]
+
+
+async def test_set_limits_twice_then_start_restores_the_configured(fake_docker, make_spawner):
+    fake_docker.add_image("big:1", env_labels(uid="big", mem_limit="2G", cpu_limit="1.5"))
+    spawner = make_spawner(mem_limit="1G", cpu_limit=0.5, user_options={"image": "big:1"})
+    await spawner.set_limits()
+    await spawner.set_limits()
+    assert (spawner.mem_limit, spawner.cpu_limit) == (2 * GIB, 1.5)
+    await spawner.start()
+    assert fake_docker.created[-1]["HostConfig"]["Memory"] == 2 * GIB
+    assert (spawner.mem_limit, spawner.cpu_limit) == (GIB, 0.5)
+
+
+async def test_state_records_the_image_id_started_from(fake_docker, make_spawner):
+    image_id = fake_docker.add_image("one:1", env_labels(uid="one"))
+    spawner = make_spawner(user_options={"image": "one:1"})
+    await spawner.start()
+    state = spawner.get_state()
+    assert state["image_id"] == image_id and state["environment_uid"] == "one"
+
+
+async def test_without_cmd_and_without_image_cmd_jupyterhub_singleuser_runs(fake_docker, make_spawner):
+    fake_docker.add_image("nocmd:1", env_labels(uid="n"), cmd=None)
+    spawner = make_spawner(user_options={"image": "nocmd:1"})
+    await spawner.start()
+    assert fake_docker.created[-1]["Config"]["Cmd"][0] == "jupyterhub-singleuser"
+
+
+def test_system_user_spawners_keep_their_host_homes(fake_docker):
+    from dockerspawner import SystemUserSpawner
+
+    from tljh_repo2docker import SpawnerMixin
+
+    class PlasmaLike(SpawnerMixin, SystemUserSpawner):
+        pass
+
+    spawner = spawner_maker(fake_docker, PlasmaLike)(user_id=1000, group_id=1000)
+    assert spawner.home_scope == "none"
+    assert spawner.home_for("abc") is None
+
+
+@pytest.mark.parametrize(
+    "scope, user, server, environment, name",
+    [
+        ("user", "alice", "lab", "e1", "tljh-r2d-home-alice"),
+        ("server", "alice", "lab", "e1", "tljh-r2d-home-alice--lab"),
+        ("server", "alice", "", "e1", "tljh-r2d-home-alice"),
+        ("environment", "alice", "lab", "e1", "tljh-r2d-home-alice--env-e1"),
+        ("user", "ann@example.org", "", "", "tljh-r2d-home-ann-40example.org"),
+        ("user", "a-b", "", "", "tljh-r2d-home-a-2db"),
+        ("user", "Ünï", "", "", "tljh-r2d-home--c3-9cn-c3-af"),
+    ],
+)
+def test_home_volume_names(fake_docker, scope, user, server, environment, name):
+    make = spawner_maker(fake_docker, Repo2DockerSpawner)
+    spawner = make(server_name=server, home_scope=scope)
+    spawner.user.name = user
+    home = spawner.home_for(environment)
+    assert home.source == name
+    assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", home.source)  # Docker's rule for volume names
+    assert home.labels["tljh_repo2docker.home.user"] == user
+    assert home.labels["tljh_repo2docker.home.server"] == (server if scope == "server" else "")
+    assert home.labels["tljh_repo2docker.home.environment"] == (
+        environment if scope == "environment" else ""
+    )
+
+
+async def test_a_home_volume_of_another_hub_is_refused(fake_docker, make_spawner):
+    fake_docker.add_image("mine/env:1", env_labels(uid="m", image="mine/env:1"))
+    fake_docker.create_volume("tljh-r2d-home-alice", labels={"tljh_repo2docker.home.prefix": "theirs/"})
+    spawner = make_spawner(image_prefix="mine/", user_options={"image": "mine/env:1"})
+    with pytest.raises(SpawnFailed, match="belongs to another hub"):
+        await spawner.start()
+    assert fake_docker.created == []
+
+
+def test_image_labels_name_the_prefix():
+    from tljh_repo2docker.environments import image_labels
+
+    env = SimpleNamespace(
+        uid="u", name="n", image_name="p/n:1", repo="r", ref="main", memory=None, cpu=None,
+        machine_profile=None, node_selector={}, owner=None,
+    )
+    assert image_labels(env, image_prefix="p/")["tljh_repo2docker.image_prefix"] == "p/"
+
+
+async def test_image_home_files_are_added_once_per_image(fake_docker, make_spawner):
+    fake_docker.add_image("one:1", env_labels(uid="one"))
+    fake_docker.add_image("two:1", env_labels(uid="two"))
+    spawner = make_spawner(user_options={"image": "one:1"})
+    copies = lambda: [e for e in fake_docker.helpers if e and e[0] == "cp"]  # noqa: E731
+    await spawner.start()
+    await spawner.stop()
+    await spawner.start()  # the same image: nothing to add
+    assert copies() == [["cp", "-an", "/home/jovyan/.", "/tljh-r2d-home/"]]
+    await spawner.stop()
+    spawner.user_options = {"image": "two:1"}
+    await spawner.start()
+    assert len(copies()) == 2
+    assert spawner.get_state()["home_image_id"] == fake_docker.images_by_name["two:1"]["Id"]
+
+
+def test_every_spawner_setting_is_in_the_readme():
+    """The README's spawner settings table names every setting the spawners add."""
+    from pathlib import Path
+
+    from tljh_repo2docker.spawners.docker import SpawnerMixin
+    from tljh_repo2docker.spawners.kube import KubeEnvironment
+    from tljh_repo2docker.spawners.mixin import EnvironmentMixin
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### The spawner") : readme.index("## Kubernetes and BinderHub")]
+    names = set(EnvironmentMixin.class_own_traits(config=True))
+    names |= set(SpawnerMixin.class_own_traits(config=True))
+    names |= set(KubeEnvironment.class_own_traits(config=True))
+    names |= {"db_url"}  # Repo2DockerKubeSpawner's own
+    missing = sorted(name for name in names if f"`{name}`" not in section)
+    assert not missing, f"spawner settings missing from the README: {missing}"
+    for cls in (EnvironmentMixin, SpawnerMixin):
+        for name, trait in cls.class_own_traits(config=True).items():
+            assert trait.help and len(trait.help.strip().splitlines()) > 1, name
+
+
+async def test_a_configured_home_volume_is_respected(fake_docker, make_spawner):
+    """The classic DockerSpawner recipe, volumes = {"jupyterhub-user-{username}": "/home/jovyan"}:
+    no second mount at the same place (Docker would refuse the container)."""
+    fake_docker.add_image("one:1", env_labels(uid="one"))
+    spawner = make_spawner(
+        user_options={"image": "one:1"}, volumes={"jupyterhub-user-{username}": "/home/jovyan"}
+    )
+    await spawner.start()
+    binds = fake_docker.created[-1]["HostConfig"]["Binds"]
+    assert binds == ["jupyterhub-user-alice:/home/jovyan:rw"]
+    assert fake_docker.volumes == {}
+    await spawner.stop()
+    await spawner.start()  # the same container: its home is the configured one
+    assert len(fake_docker.created) == 1

@@ -42,6 +42,24 @@ def remove_test_images():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
+def remove_volumes(label):
+    """Remove the Docker volumes carrying ``label`` (``key=value``)."""
+    import subprocess
+
+    names = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"label={label}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if names:
+        subprocess.run(["docker", "volume", "rm", "-f", *names], capture_output=True)
+
+
+def remove_home_volumes(info):
+    """Remove the home volumes of the users of the hub ``info`` (labelled with its prefix)."""
+    remove_volumes(f"tljh_repo2docker.home.prefix={info.image_prefix}")
+
+
 @dataclass
 class HubInfo:
     workdir: Path
@@ -121,6 +139,9 @@ c.DockerSpawner.remove = True
 c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
 c.DockerSpawner.name_template = "tljh-r2d-test-{{username}}-{{servername}}"
 c.Repo2DockerSpawner.image_prefix = "{info.image_prefix}"
+# Each test hub its own home volumes on the shared engine (users of every hub
+# are called alice and bob); removed with the hub (tests/fixtures.py).
+c.Repo2DockerSpawner.home_volume_name_template = "tljh-r2d-test-home-{{prefix}}-{{username}}"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
 c.Spawner.poll_interval = 5

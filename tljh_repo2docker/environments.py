@@ -233,8 +233,12 @@ def user_options(env):
     }
 
 
-def image_labels(env):
-    """The labels that make an image self-describing (no secrets)."""
+def image_labels(env, image_prefix=""):
+    """The labels that make an image self-describing (no secrets).
+
+    ``image_prefix`` is the service's: images that keep a name without it
+    (those of 3.x, relabelled) are still known as this hub's by it.
+    """
 
     return {
         f"{LABEL_PREFIX}.uid": env.uid,
@@ -247,4 +251,5 @@ def image_labels(env):
         f"{LABEL_PREFIX}.machine_profile": env.machine_profile or "",
         f"{LABEL_PREFIX}.node_selector": json.dumps(env.node_selector or {}, sort_keys=True),
         f"{LABEL_PREFIX}.owner": env.owner or "",
+        f"{LABEL_PREFIX}.image_prefix": image_prefix,
     }

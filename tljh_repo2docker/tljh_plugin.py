@@ -11,7 +11,7 @@ import logging
 import pluggy
 
 from . import hub_config
-from .spawner import Repo2DockerSpawner
+from .spawners.docker import Repo2DockerSpawner
 
 hookimpl = pluggy.HookimplMarker("tljh")
 log = logging.getLogger(__name__)
@@ -75,10 +75,13 @@ def configure_docker(c):
     # repo2docker images have no entrypoint for JupyterHub; start the
     # single-user server explicitly.
     c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
-    # Keep stopped containers: TLJH's idle culler stops servers after ten
-    # minutes, and users keep their files until the server's environment
-    # changes (Repo2DockerSpawner then makes a new container) or the server is
-    # deleted (the container goes with it). Set True for throw-away servers.
+    # Users' files are in their home volume (Repo2DockerSpawner.home_scope,
+    # one per user by default), which outlives containers. Stopped containers
+    # are kept all the same (TLJH's idle culler stops servers after ten
+    # minutes): what users installed outside their home (pip or conda into
+    # the environment) stays until the environment changes or is rebuilt, or
+    # the server is deleted. Containers made by 3.x, without a home volume,
+    # have their home copied into the volume when they are replaced.
     c.DockerSpawner.remove = False
     # DockerSpawner's default names are kept: jupyter-<user> and
     # jupyter-<user>--<server>, one container per server and no image in the

@@ -1,0 +1,288 @@
+"""The Kubernetes engine: :class:`Repo2DockerKubeSpawner`, made on first use.
+
+There are no image labels to read on Kubernetes: with ``db_url`` the
+environments come from the service's database, otherwise from
+``user_options``. Homes are PersistentVolumeClaims (KubeSpawner's storage
+settings), one per user by default, never deleted with a server.
+"""
+
+from tornado import web
+from traitlets import Unicode, default
+
+from .mixin import (
+    HOME_LABEL,
+    BuiltEnvironment,
+    EnvironmentMixin,
+    EnvironmentRefused,
+    _environments_form,
+    belongs_to_hub,
+)
+
+_PVC_TEMPLATES = {
+    "user": "tljh-r2d-home-{username}",
+    "server": "tljh-r2d-home-{user_server}",
+    "environment": "tljh-r2d-home-{username}--env-{environment}",
+    "none": "",
+}
+#: The name of the home volume in the pod.
+HOME_VOLUME = "tljh-r2d-home"
+
+# One engine per database URL for the whole hub process (spawners come and go).
+_engines = {}
+
+
+def _sessions_for(db_url):
+    from ..db.session import make_engine, make_sessionmaker
+
+    if db_url not in _engines:
+        _engines[db_url] = make_sessionmaker(make_engine(db_url))
+    return _engines[db_url]
+
+
+def _database_unreadable(error):
+    message = f"The environments' database cannot be read ({error.__class__.__name__}): try again."
+    http_error = web.HTTPError(503, "%s", message)
+    http_error.jupyterhub_message = message  # shown as it is on the spawn pages
+    return http_error
+
+
+async def stored_user_options(db_url, user_options):
+    """``user_options`` with the image, limits and node selector the service
+    stored for the chosen environment (``user_options["environment"]``, its
+    uid): what a user sends cannot raise their limits or pick another image."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..db import store
+    from ..environments import user_options as stored_options
+
+    uid = user_options.get("environment")
+    if not uid or not isinstance(uid, str):
+        raise EnvironmentRefused(
+            "No environment was chosen: start servers from the Environments page."
+        )
+    try:
+        env = await store.get_environment(_sessions_for(db_url), uid)
+    except (SQLAlchemyError, OSError) as e:
+        raise _database_unreadable(e) from None
+    if env is None:
+        raise EnvironmentRefused("This environment no longer exists: choose another one.")
+    if env.image_id is None:
+        raise EnvironmentRefused(
+            f"The environment {env.name!r} is not built (status: {env.status}): choose another one."
+        )
+    stored = stored_options(env)
+    return {
+        **user_options,
+        **stored,
+        "metadata": {**(user_options.get("metadata") or {}), **stored["metadata"]},
+    }
+
+
+class KubeEnvironment(EnvironmentMixin):
+    """What Repo2DockerKubeSpawner adds to KubeSpawner.
+
+    A plain mixin, so that this module imports without kubespawner installed.
+    """
+
+    @default("options_form")
+    def _default_options_form(self):
+        # Without the database there is no list of environments to offer.
+        return _environments_form if self.db_url else ""
+
+    @default("storage_pvc_ensure")
+    def _default_storage_pvc_ensure(self):
+        return self.home_scope != "none"
+
+    @default("delete_pvc")
+    def _default_delete_pvc(self):
+        return False  # deleting a user's files is never a side effect
+
+    @default("pvc_name_template")
+    def _default_pvc_name_template(self):
+        return _PVC_TEMPLATES[self.home_scope] or "claim-{user_server}"
+
+    @default("fs_gid")
+    def _default_fs_gid(self):
+        return self.image_user_id
+
+    @default("storage_capacity")
+    def _default_storage_capacity(self):
+        return "10Gi"
+
+    async def built_environments(self):
+        """The built environments in the service's database (needs ``db_url``)."""
+        if not self.db_url:
+            # Nothing to list: the environment user_options name is the only one known.
+            image = self.user_options.get("image") if self.user_options else None
+            return [BuiltEnvironment.from_user_options(self.user_options)] if image else []
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from ..db import store
+        from ..environments import user_options as stored_options
+
+        try:
+            rows = await store.list_environments(_sessions_for(self.db_url))
+        except (SQLAlchemyError, OSError) as e:
+            raise _database_unreadable(e) from None
+        environments = [
+            BuiltEnvironment.from_user_options(stored_options(env))
+            for env in rows
+            if env.image_id is not None and belongs_to_hub(env.image_name, {}, self.image_prefix)
+        ]
+        return sorted(environments, key=lambda env: (env.display_name.lower(), env.image))
+
+    async def inspect_environment(self, image):
+        env = BuiltEnvironment.from_user_options(self.user_options)
+        if image != env.image:
+            raise EnvironmentRefused(f"{image!r} is not the environment being started.")
+        if not belongs_to_hub(env.image, {}, self.image_prefix):
+            raise EnvironmentRefused(
+                f"{env.image!r} is not one of this hub's environments: choose one of the built environments."
+            )
+        return env
+
+    async def environment_options_from_form(self, formdata):
+        uid = (formdata.get("environment") or [""])[0]
+        image = (formdata.get("image") or [""])[0]
+        for entry in await self.list_images():
+            if entry["image_name"] == image or (uid and entry["uid"] == uid):
+                return {"image": entry["image_name"], "environment": entry["uid"]}
+        raise EnvironmentRefused("Choose one of the environments offered to you.")
+
+    async def load_user_options(self):
+        # KubeSpawner's documented hook for user_options (profiles come first).
+        await super().load_user_options()
+        if self.db_url:
+            self.user_options = await stored_user_options(self.db_url, self.user_options)
+        if not self.user_options.get("image"):
+            raise EnvironmentRefused(
+                "No environment was chosen: start servers from the Environments page."
+            )
+        env = await self.choose_environment()
+        home = self.home_for(env.uid)
+        if home is not None and self.pvc_name != home.source:
+            self.pvc_name = home.source
+            self._pvc_exists = False  # another claim (per environment): make sure it exists
+
+    def render_home_name(self, server, environment):
+        template = self.pvc_name_template.replace("{environment}", environment)
+        return self._expand_user_properties(template)
+
+    def _expand_user_properties(self, template, *args, **kwargs):
+        # KubeSpawner's templates, plus {environment} (the environment's uid:
+        # hex digits), which KubeSpawner would refuse (pvc_name is made when
+        # the spawner is, before an environment is chosen).
+        template = template.replace("{environment}", self.environment_uid)
+        return super()._expand_user_properties(template, *args, **kwargs)
+
+    def _home_volume(self):
+        return (
+            {"name": HOME_VOLUME, "persistentVolumeClaim": {"claimName": self.pvc_name}},
+            {"name": HOME_VOLUME, "mountPath": self.home_path},
+        )
+
+    async def get_pod_manifest(self):
+        """The pod with the environment's limits, node selector and the user's home."""
+        env = self.chosen_environment or await self.choose_environment()
+        self.apply_limits(env)
+        volumes, mounts = list(self.volumes), list(self.volume_mounts)
+        configured = [m for m in mounts if m.get("mountPath") == self.home_path]
+        if self.home_scope != "none" and configured:
+            self.log.warning(
+                "Not mounting home claim %s: volume_mounts already mount %s", self.pvc_name, self.home_path
+            )
+        elif self.home_scope != "none":
+            volume, mount = self._home_volume()
+            volumes.append(volume)
+            mounts.append(mount)
+        saved = (self.node_selector, self.volumes, self.volume_mounts)
+        self.node_selector = {**self.node_selector, **env.node_selector}
+        self.volumes, self.volume_mounts = volumes, mounts
+        try:
+            return await super().get_pod_manifest()
+        finally:
+            self.node_selector, self.volumes, self.volume_mounts = saved
+            self.restore_limits()
+
+    def get_pvc_manifest(self):
+        """The claim of the user's home, with the labels every home carries."""
+        home = self.home_for(self.environment_uid)
+        pvc = super().get_pvc_manifest()
+        if home is not None:
+            labels = {
+                # label values: 63 characters of [A-Za-z0-9_.-]
+                HOME_LABEL: "1",
+                f"{HOME_LABEL}.user": self._expand_user_properties("{username}"),
+                f"{HOME_LABEL}.server": self._expand_user_properties("{servername}")
+                if home.labels[f"{HOME_LABEL}.server"]
+                else "",
+                f"{HOME_LABEL}.environment": home.labels[f"{HOME_LABEL}.environment"],
+            }
+            pvc.metadata.labels = {**(pvc.metadata.labels or {}), **labels}
+            # the exact names (and the prefix, which holds "/") as annotations
+            pvc.metadata.annotations = {**(pvc.metadata.annotations or {}), **home.labels}
+        return pvc
+
+
+def make_kube_spawner():
+    try:
+        from kubespawner import KubeSpawner
+    except ImportError as e:
+        raise ImportError(
+            "Repo2DockerKubeSpawner needs jupyterhub-kubespawner: "
+            "install tljh-repo2docker with the 'kubernetes' extra "
+            "(pip install 'tljh-repo2docker[kubernetes]')"
+        ) from e
+
+    class Repo2DockerKubeSpawner(KubeEnvironment, KubeSpawner):
+        """KubeSpawner for environments built by tljh-repo2docker (e.g. with BinderHub).
+
+        Takes ``user_options["image"]``, and the memory and CPU limits and node
+        selector from ``user_options["metadata"]``; limits fall back to the
+        configured ``mem_limit``/``cpu_limit``, and the node selector is merged
+        into the configured ``node_selector``.
+
+        Unlike the Docker spawner, it has no image labels to check these
+        against. Set ``db_url`` to the service's database and it takes image,
+        limits and node selector from there, by the environment's uid; without
+        it a user who calls JupyterHub's REST API with their own user_options
+        chooses their limits, and their image within ``image_prefix``.
+
+        The user's home is a PersistentVolumeClaim (``pvc_name_template``, by
+        ``home_scope``), created when missing (``storage_pvc_ensure``,
+        ``storage_capacity`` 10Gi) and never deleted with a server
+        (``delete_pvc = False``), mounted at ``/home/<image_user_name>``
+        (unless ``volume_mounts`` already mount something there), with the
+        group ``fs_gid = image_user_id``.
+        """
+
+        db_url = Unicode(
+            "",
+            help="""
+            The service's database (the same URL as ``TljhRepo2Docker.db_url``;
+            the spawner only reads it). When set, the spawner starts only built
+            environments and takes their image, memory and CPU limits and node
+            selector from the database, whatever ``user_options`` say, and the
+            spawn form lists them. Default: trust ``user_options`` (within
+            ``image_prefix``).
+            """,
+        ).tag(config=True)
+
+        async def start(self):
+            # KubeSpawner's own start: the environment is chosen in
+            # load_user_options() and applied in get_pod_manifest().
+            return await KubeSpawner.start(self)
+
+    Repo2DockerKubeSpawner.__qualname__ = "Repo2DockerKubeSpawner"
+    Repo2DockerKubeSpawner.__module__ = "tljh_repo2docker.spawners.kube"
+    return Repo2DockerKubeSpawner
+
+
+def __getattr__(name):
+    # Made on first use: importing kubespawner (and kubernetes_asyncio) costs
+    # time and needs the 'kubernetes' extra.
+    if name == "Repo2DockerKubeSpawner":
+        spawner_class = make_kube_spawner()
+        globals()[name] = spawner_class
+        return spawner_class
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,529 @@
+"""What every tljh-repo2docker spawner shares, whatever its engine.
+
+- **Which environment**: ``user_options["image"]`` (or the one the server ran
+  last, from the spawner's state) is looked up as a built environment
+  (:meth:`EnvironmentMixin.inspect_environment`, one per engine).
+- **May this user use it**: only what :meth:`EnvironmentMixin.list_images`
+  returns may be offered or started; override it to filter (by groups, say)
+  and both the spawn form and ``start`` follow.
+- **Limits**: :meth:`EnvironmentMixin.set_limits` sets ``mem_limit`` and
+  ``cpu_limit`` from the environment, falling back to the configured ones.
+- **Homes**: where a user's files live (:meth:`EnvironmentMixin.home_for`: one
+  home per user, per server or per environment, its name and its labels).
+
+The engines add how: ``docker.py`` (labels, named volumes) and ``kube.py``
+(the service's database, a PersistentVolumeClaim).
+"""
+
+import html
+import json
+from dataclasses import dataclass, field
+
+from tornado import web
+from traitlets import Enum, Integer, Unicode, default
+from traitlets.config import Configurable
+
+from .. import LABEL_PREFIX
+from ..limits import LimitError, memory_bytes, parse_cpu, parse_memory
+
+#: The label that makes an image a built environment.
+UID_LABEL = f"{LABEL_PREFIX}.uid"
+#: The label the service puts on images that keep a name without its prefix
+#: (images of 3.x, relabelled when the service is upgraded).
+IMAGE_PREFIX_LABEL = f"{LABEL_PREFIX}.image_prefix"
+#: Labels of a home volume (the contract with the service's homes page).
+HOME_LABEL = f"{LABEL_PREFIX}.home"
+
+
+def _label(labels, name):
+    return (labels or {}).get(f"{LABEL_PREFIX}.{name}") or ""
+
+
+class EnvironmentRefused(web.HTTPError):
+    """A server was asked to start something that is not a usable environment.
+
+    A 400 whose message JupyterHub shows as it is, on the spawn form and in the
+    spawn progress events.
+    """
+
+    def __init__(self, message):
+        super().__init__(400, "%s", message)
+        self.jupyterhub_message = message
+
+
+class SpawnFailed(Exception):
+    """Starting a server failed; the message says why, and JupyterHub shows it."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.jupyterhub_message = message
+
+
+def _unusable(image, problem):
+    return EnvironmentRefused(
+        f"The environment {image!r} cannot be started: its {problem}. "
+        "Ask an administrator to rebuild it."
+    )
+
+
+def belongs_to_hub(image, labels, image_prefix):
+    """True when ``image`` is one of the environments of the hub with ``image_prefix``.
+
+    Its name starts with the prefix, or (for images of 3.x, which the service
+    relabels under their old names) its ``tljh_repo2docker.image_prefix``
+    label is that prefix. An empty prefix takes every environment.
+    """
+    if image.startswith(image_prefix):
+        return True
+    return bool(image_prefix) and (labels or {}).get(IMAGE_PREFIX_LABEL) == image_prefix
+
+
+@dataclass(frozen=True)
+class BuiltEnvironment:
+    """An environment as its image's labels (or the service's database) describe it."""
+
+    uid: str
+    #: The image reference to start (``name:tag``).
+    image: str
+    display_name: str
+    repo: str = ""
+    ref: str = ""
+    #: Normalised memory limit (``"2G"``), None for the configured default.
+    memory: str | None = None
+    #: CPU limit, None for the configured default.
+    cpu: float | None = None
+    node_selector: dict = field(default_factory=dict)
+    image_id: str = ""
+
+    @classmethod
+    def from_labels(cls, labels, image, image_id=""):
+        """Read the labels of ``image``; refuse an image that is not a built environment."""
+        uid = _label(labels, "uid")
+        if not uid:
+            raise EnvironmentRefused(
+                f"{image!r} is not an environment built by tljh-repo2docker: "
+                "choose one of the built environments."
+            )
+        memory, cpu, node_selector = _checked_limits(
+            image,
+            _label(labels, "mem_limit"),
+            _label(labels, "cpu_limit"),
+            _label(labels, "node_selector") or "{}",
+        )
+        return cls(
+            uid=uid,
+            image=image,
+            display_name=_label(labels, "display_name") or image,
+            repo=_label(labels, "repo") or (labels or {}).get("repo2docker.repo", ""),
+            ref=_label(labels, "ref") or (labels or {}).get("repo2docker.ref", ""),
+            memory=memory,
+            cpu=cpu,
+            node_selector=node_selector,
+            image_id=image_id,
+        )
+
+    @classmethod
+    def from_user_options(cls, user_options):
+        """The environment ``user_options`` name (for engines without labels to read)."""
+        image = user_options.get("image")
+        if not image or not isinstance(image, str):
+            raise EnvironmentRefused(
+                "No environment was chosen: start servers from the Environments page."
+            )
+        metadata = user_options.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            metadata = {}
+        memory, cpu, node_selector = _checked_limits(
+            image, metadata.get("memory"), metadata.get("cpu"), metadata.get("node_selector") or {}
+        )
+        uid = user_options.get("environment")
+        return cls(
+            uid=uid if isinstance(uid, str) else "",
+            image=image,
+            display_name=str(metadata.get("display_name") or image),
+            memory=memory,
+            cpu=cpu,
+            node_selector=node_selector,
+        )
+
+    def user_options(self):
+        """The user_options that start this environment, as the service sends them."""
+        return {
+            "image": self.image,
+            "environment": self.uid,
+            "metadata": {
+                "node_selector": dict(self.node_selector),
+                "memory": self.memory,
+                "cpu": self.cpu,
+                "display_name": self.display_name,
+            },
+        }
+
+    def image_dict(self):
+        """This environment as an entry of :meth:`EnvironmentMixin.list_images`.
+
+        The keys of tljh-repo2docker 3.x (``image_name``, ``display_name``,
+        ``mem_limit``, ``cpu_limit`` as strings, ``repo``, ``ref``, ``status``)
+        and ``uid``, ``node_selector``, ``image_id``.
+        """
+        return {
+            "image_name": self.image,
+            "display_name": self.display_name,
+            "mem_limit": self.memory or "",
+            "cpu_limit": "" if self.cpu is None else f"{self.cpu:g}",
+            "repo": self.repo,
+            "ref": self.ref,
+            "status": "built",
+            "uid": self.uid,
+            "node_selector": dict(self.node_selector),
+            "image_id": self.image_id,
+        }
+
+
+def _checked_limits(image, memory, cpu, node_selector):
+    try:
+        memory = parse_memory(memory, field="memory limit")
+        cpu = parse_cpu(cpu, field="CPU limit")
+    except LimitError as e:
+        raise _unusable(image, str(e)) from None
+    if isinstance(node_selector, str):
+        try:
+            node_selector = json.loads(node_selector)
+        except json.JSONDecodeError:
+            node_selector = None
+    if not isinstance(node_selector, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in node_selector.items()
+    ):
+        raise _unusable(image, "node selector is not a JSON object of names to strings")
+    return memory, cpu, node_selector
+
+
+def _image_reference(image):
+    """The name to start a listed image by, or None for an untagged (superseded) build."""
+    tags = [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
+    wanted = _label(image.get("Labels"), "image_name")
+    if wanted in tags:
+        return wanted
+    return tags[0] if tags else None
+
+
+def environments_from_images(images, image_prefix="", log=None):
+    """The built environments among Docker's image list ``images`` (``GET /images/json``),
+    of the hub with ``image_prefix``, sorted by display name."""
+    environments = []
+    for image in images:
+        reference = _image_reference(image)
+        labels = image.get("Labels")
+        if reference is None or not belongs_to_hub(reference, labels, image_prefix):
+            continue
+        try:
+            environments.append(
+                BuiltEnvironment.from_labels(labels, reference, image_id=image.get("Id", ""))
+            )
+        except EnvironmentRefused as e:
+            if log is not None:
+                log.warning("Not offering image %s: %s", reference, e.jupyterhub_message)
+    return sorted(environments, key=lambda env: (env.display_name.lower(), env.image))
+
+
+def _format_memory(value):
+    if not value:
+        return None
+    for unit, size in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if value >= size:
+            return f"{round(value / size, 2):g}{unit}"
+    return f"{value}B"
+
+
+def escape_name(text):
+    """``text`` made safe (and still distinct) for Docker object names.
+
+    Letters, digits, ``_`` and ``.`` stay; every other byte becomes ``-XX``
+    (hex), ``-`` included, so two names never escape to the same text:
+    ``alice`` -> ``alice``, ``a-b`` -> ``a-2db``, ``ann@x.org`` -> ``ann-40x.org``.
+    """
+    out = []
+    for char in text:
+        if char.isascii() and (char.isalnum() or char in "_."):
+            out.append(char)
+        else:
+            out.extend(f"-{byte:02x}" for byte in char.encode())
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Home:
+    """Where a server's home directory lives."""
+
+    #: Docker volume name, or host directory when ``host`` is true.
+    source: str
+    #: Mount point in the container (``/home/<image user>``).
+    path: str
+    #: The volume's labels (the contract with the service's homes page).
+    labels: dict
+    host: bool = False
+
+
+async def _environments_form(spawner):
+    # JupyterHub calls a callable options_form with the spawner as argument.
+    return await spawner.environments_form()
+
+
+class EnvironmentMixin(Configurable):
+    """The rules every tljh-repo2docker spawner follows (see the module's docstring).
+
+    Engines implement :meth:`built_environments` and :meth:`inspect_environment`.
+    """
+
+    image_prefix = Unicode(
+        "",
+        help="""
+        Offer and start only environments whose image name starts with this
+        prefix: the service's ``image_prefix`` (``tljh-r2d/`` by default), or
+        for images of tljh-repo2docker 3.x that kept their names, whose
+        ``tljh_repo2docker.image_prefix`` label is this prefix. Set it when
+        several services or hubs share one Docker engine, so that each hub
+        shows only its own environments; it also names the hub on its users'
+        home volumes. Default: every built environment on the engine.
+        """,
+    ).tag(config=True)
+
+    image_user_name = Unicode(
+        "jovyan",
+        help="""
+        The user inside the environments' images: their home directory
+        ``/home/<image_user_name>`` is where the user's home is mounted. The
+        same as the service's ``DockerBuilder.user_name``. Default: ``jovyan``
+        (repo2docker's).
+        """,
+    ).tag(config=True)
+
+    image_user_id = Integer(
+        1000,
+        help="""
+        The numeric id of that user (the service's ``DockerBuilder.user_id``).
+        A home whose files belong to another id (the id was changed) is given
+        to this one when a server starts. Default: 1000.
+        """,
+    ).tag(config=True)
+
+    home_scope = Enum(
+        ["user", "server", "environment", "none"],
+        help="""
+        Which servers share a home (the user's files, mounted at
+        ``/home/<image_user_name>``), which outlives stopping, removing and
+        recreating servers, rebuilds, changes of environment and restarts:
+
+        - ``user``: one home per user, for all their servers (the default);
+        - ``server``: one per user and server name;
+        - ``environment``: one per user and environment;
+        - ``none``: no home; files live in the server's container and are
+          lost when it is removed (``remove = True``, a rebuild, another
+          environment, removing the server).
+
+        Default: ``user``, or ``none`` for a ``SystemUserSpawner``, which
+        mounts the user's home directory from the host itself.
+        """,
+    ).tag(config=True)
+
+    @default("home_scope")
+    def _default_home_scope(self):
+        return "user"
+
+    environment_image = Unicode(
+        "",
+        help="""
+        The image of the environment this server was last started with.
+
+        Kept in the spawner's state so that a server restarted without
+        user_options starts the same environment again. Set by `start()`,
+        not by configuration.
+        """,
+    )
+
+    environment_uid = Unicode(
+        "",
+        help="""The uid of that environment (spawner state; set by `start()`).""",
+    )
+
+    image_id = Unicode(
+        "",
+        help="""
+        The id of the image the server was last started from (spawner state,
+        ``state["image_id"]``; set by `start()`). When the environment has been
+        rebuilt since, its image has another id: the server runs the old
+        build until it is restarted.
+        """,
+    )
+
+    #: The environment being started (set by choose_environment()).
+    chosen_environment = None
+    #: The configured (mem_limit, cpu_limit) while an environment's are applied.
+    _configured_limits = None
+
+    @default("options_form")
+    def _default_options_form(self):
+        return _environments_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return self.environment_options_from_form
+
+    # -- the engine's part -------------------------------------------------------
+
+    async def built_environments(self):
+        """Every built environment of this hub, as :class:`BuiltEnvironment`, sorted."""
+        raise NotImplementedError
+
+    async def inspect_environment(self, image):
+        """The built environment ``image``; raises EnvironmentRefused for anything else."""
+        raise NotImplementedError
+
+    # -- which environments this user may use ----------------------------------------
+
+    async def list_images(self):
+        """The environments this user may see and start, as dicts (see
+        :meth:`BuiltEnvironment.image_dict`).
+
+        Override it to filter (``await super().list_images()`` and keep some):
+        the spawn form offers only these, and ``start`` refuses any other.
+        """
+        return [env.image_dict() for env in await self.built_environments()]
+
+    async def allowed_environment(self, image):
+        """The environment ``image`` if this user may start it; EnvironmentRefused otherwise."""
+        env = await self.inspect_environment(image)
+        offered = {entry.get("image_name") for entry in await self.list_images()}
+        if env.image not in offered:
+            raise EnvironmentRefused(
+                f"You may not start the environment {env.display_name!r}: "
+                "it is not one of the environments offered to you."
+            )
+        return env
+
+    async def choose_environment(self):
+        """Find, check and remember the environment to start.
+
+        ``user_options["image"]``, else the image this server ran last.
+        """
+        image = self.user_options.get("image") or self.environment_image
+        env = await self.allowed_environment(image)
+        self.chosen_environment = env
+        self.environment_image = self.image = env.image
+        self.environment_uid = env.uid
+        return env
+
+    # -- limits ---------------------------------------------------------------------
+
+    async def set_limits(self):
+        """Set ``mem_limit`` and ``cpu_limit`` to the chosen environment's, or the
+        configured ones where it has none. Safe to call more than once; ``start``
+        puts the configured values back when it is done."""
+        self.apply_limits(await self.choose_environment())
+
+    def apply_limits(self, env):
+        if self._configured_limits is None:
+            self._configured_limits = (self.mem_limit, self.cpu_limit)
+        mem_limit, cpu_limit = self._configured_limits
+        self.mem_limit = memory_bytes(env.memory) if env.memory else mem_limit
+        self.cpu_limit = env.cpu or cpu_limit
+
+    def restore_limits(self):
+        """Put the configured limits back: the fallback for the next environment."""
+        if self._configured_limits is not None:
+            self.mem_limit, self.cpu_limit = self._configured_limits
+            self._configured_limits = None
+
+    # -- homes ----------------------------------------------------------------------
+
+    @property
+    def home_path(self):
+        return f"/home/{self.image_user_name}"
+
+    def home_for(self, environment_uid=""):
+        """The home of this server for the environment ``environment_uid``, or
+        None (``home_scope = "none"``, or per environment with none known)."""
+        scope = self.home_scope
+        if scope == "none" or (scope == "environment" and not environment_uid):
+            return None
+        server = (self.name or "") if scope == "server" else ""
+        environment = environment_uid if scope == "environment" else ""
+        labels = {
+            HOME_LABEL: "1",
+            f"{HOME_LABEL}.user": self.user.name,
+            f"{HOME_LABEL}.server": server,
+            f"{HOME_LABEL}.environment": environment,
+            f"{HOME_LABEL}.prefix": self.image_prefix,
+        }
+        source = self.render_home_name(server, environment)
+        return Home(source=source, path=self.home_path, labels=labels, host=self.host_homes)
+
+    #: True when homes are host directories (set by engines that offer them).
+    host_homes = False
+
+    def render_home_name(self, server, environment):
+        raise NotImplementedError
+
+    # -- the spawn form ---------------------------------------------------------------
+
+    async def environments_form(self):
+        """The spawn form: one radio button ``image`` per environment of :meth:`list_images`."""
+        images = await self.list_images()
+        if not images:
+            return (
+                '<div class="alert alert-warning" role="alert">'
+                "No environment has been built yet, so there is nothing to start. "
+                "Ask an administrator to add one.</div>"
+            )
+        images = sorted(
+            images, key=lambda i: (str(i.get("display_name", "")).lower(), i["image_name"])
+        )
+        names = [entry["image_name"] for entry in images]
+        selected = self.environment_image if self.environment_image in names else names[0]
+        items = [
+            self._form_item(number, entry, entry["image_name"] == selected)
+            for number, entry in enumerate(images)
+        ]
+        return (
+            '<fieldset class="tljh-repo2docker-environments">\n'
+            "<legend>Environment</legend>\n" + "\n".join(items) + "\n</fieldset>"
+        )
+
+    def _form_item(self, number, entry, checked):
+        esc = html.escape
+        memory = entry.get("mem_limit") or _format_memory(self.mem_limit) or "no limit"
+        cpu = entry.get("cpu_limit") or (f"{self.cpu_limit:g}" if self.cpu_limit else "")
+        cpus = cpu or "no limit"
+        repo, ref = entry.get("repo", ""), entry.get("ref", "")
+        source = f"{repo} @ {ref}" if ref else repo
+        input_id = f"tljh-r2d-env-{number}"
+        return (
+            '<div class="form-check mb-2">'
+            f'<input class="form-check-input" type="radio" name="image" id="{input_id}" '
+            f'value="{esc(entry["image_name"])}" required{" checked" if checked else ""}>'
+            f'<label class="form-check-label" for="{input_id}">'
+            f"<strong>{esc(str(entry.get('display_name') or entry['image_name']))}</strong> "
+            f'<small class="text-muted">{esc(source)}</small><br>'
+            f"<small>Memory: {esc(str(memory))} · CPUs: {esc(str(cpus))}</small>"
+            "</label></div>"
+        )
+
+    async def environment_options_from_form(self, formdata):
+        """Form data -> user_options of an environment this user may start."""
+        image = (formdata.get("image") or [""])[0]
+        env = await self.allowed_environment(image)
+        return env.user_options()
+
+    # -- state ------------------------------------------------------------------------
+
+    def get_state(self):
+        state = super().get_state()
+        for key in ("environment_image", "environment_uid", "image_id"):
+            if getattr(self, key):
+                state[key] = getattr(self, key)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        for key in ("environment_image", "environment_uid", "image_id"):
+            setattr(self, key, state.get(key, ""))
