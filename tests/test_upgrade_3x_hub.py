@@ -35,6 +35,7 @@ import pytest
 from tests import utils
 from tests.buildutils import docker, token
 from tests.fixtures import SINGLEUSER_IMAGE, running_hub
+from tests.test_homes import Files
 from tests.test_servers import container, wait_server
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
@@ -212,7 +213,8 @@ async def test_spawn_form_offers_them_and_a_new_server_starts(upgraded, user3x):
     await wait_server(user3x, "fresh")
     info = container("upgbob", "fresh")
     assert info["HostConfig"]["Memory"] == 1024**3
-    assert info["HostConfig"]["NanoCpus"] == 500_000_000
+    host = info["HostConfig"]
+    assert host["CpuQuota"] / host["CpuPeriod"] == pytest.approx(0.5)
     text = await read_file(user3x, "fresh", "marker.txt")
     assert text.strip() == "one"
     await user3x.api("DELETE", "api/servers/fresh", params={"remove": "true"})
@@ -220,25 +222,24 @@ async def test_spawn_form_offers_them_and_a_new_server_starts(upgraded, user3x):
 
 
 async def read_file(user, server, path):
-    token = utils.make_token(user.info, user.name, ["access:servers"])
-    async with httpx.AsyncClient(base_url=user.info.url, timeout=30) as client:
-        r = await client.get(
-            f"user/{user.name}/{server}/api/contents/{path}",
-            headers={"Authorization": f"token {token}"},
-        )
-    assert r.status_code == 200, (r.status_code, r.text[:300])
-    return r.json()["content"]
+    files = Files(user.info, user.name)
+    try:
+        return await files.read(server, path)
+    finally:
+        await files.close()
 
 
-async def test_server_made_under_3x_restarts_with_its_files(upgraded, user3x):
+async def test_server_made_under_3x_restarts_with_its_files(upgraded):
     """The hub replays the user_options 3.x stored; the container 3.x made keeps the
     user's files in its writable layer: they survive the restart on the labelled image."""
     info, names = upgraded["info"], upgraded["names"]
+    # a user who had a server under 3.x and none since (so no home yet)
+    user3x = await utils.HubUser.login(info, "upgold")
     options = json.loads(json.dumps(STATE["hub_user_options"]["bob/s1"]))
     options["image"] = names["upg-one"]
     # the container 3.x's spawner made for this server, with a file the user wrote
     old = upgraded["old_images"]["upg-one"]["Id"]
-    name = f"tljh-r2d-test-upgbob-s1"
+    name = f"tljh-r2d-test-upgold-s1"
     docker("create", "--name", name, old, "sleep", "1")
     workfile = upgraded["workdir"] / "notes.txt"
     workfile.write_text("written under 3.x\n")
@@ -246,26 +247,27 @@ async def test_server_made_under_3x_restarts_with_its_files(upgraded, user3x):
     try:
         with utils.admin_api(info) as api:
             # what the hub stored under 3.x: started once with these options...
-            r = api.post("users/upgbob/servers/s1", json=options)
+            r = api.post("users/upgold/servers/s1", json=options)
             assert r.status_code in (201, 202), r.text
         server = await wait_server(user3x, "s1")
         assert server["environment"] == "upg-one"
         assert (await read_file(user3x, "s1", "notes.txt")) == "written under 3.x\n"
         with utils.admin_api(info) as api:
-            api.delete("users/upgbob/servers/s1")
+            api.delete("users/upgold/servers/s1")
         await wait_server(user3x, "s1", "stopped")
         # ...and started again by the hub alone, replaying them
         with utils.admin_api(info) as api:
-            r = api.post("users/upgbob/servers/s1")
+            r = api.post("users/upgold/servers/s1")
             assert r.status_code in (201, 202), r.text
         await wait_server(user3x, "s1")
         assert (await read_file(user3x, "s1", "notes.txt")) == "written under 3.x\n"
-        assert container("upgbob", "s1")["HostConfig"]["Memory"] == 1024**3
+        assert container("upgold", "s1")["HostConfig"]["Memory"] == 1024**3
     finally:
         with utils.admin_api(info) as api:
-            api.request("DELETE", "users/upgbob/servers/s1", json={"remove": True})
+            api.request("DELETE", "users/upgold/servers/s1", json={"remove": True})
         await wait_server(user3x, "s1", "absent")
         docker("rm", "-f", name, check=False)
+        await user3x.close()
 
 
 async def test_admin_removes_one_with_3x_delete_call_and_rebuilds_the_other(upgraded, admin3x):

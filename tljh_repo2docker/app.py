@@ -603,7 +603,9 @@ class TljhRepo2Docker(Application):
         while True:
             try:
                 await self.builder.check()
-                await self.build_manager.recover(environments.build_request)
+                await self.build_manager.recover(
+                    lambda env: environments.build_request(env, image_prefix=self.image_prefix)
+                )
             except Exception as e:
                 problem = e.message if isinstance(e, BuildError) else (
                     f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"

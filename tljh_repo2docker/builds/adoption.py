@@ -34,7 +34,7 @@ LEGACY_NAME_LABEL = f"{LABEL}.image_name"
 
 def labels_for(env, image_prefix):
     """The labels an adopted image of ``env`` carries."""
-    return {**image_labels(env), PREFIX_LABEL: image_prefix}
+    return image_labels(env, image_prefix)
 
 
 async def adopt_images(sessions, builder, image_prefix, adopt_legacy=False):

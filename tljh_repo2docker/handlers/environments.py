@@ -10,14 +10,16 @@ from ..hub import HubError
 from .base import APIHandler, admin_only
 
 
-def build_request(env, credentials=(None, None)):
+def build_request(env, credentials=(None, None), image_prefix=""):
+    """What the build backend needs to build ``env``; ``image_prefix`` (the
+    service's) goes into the image's labels, marking it as this hub's."""
     username, password = credentials
     return BuildRequest(
         uid=env.uid,
         repo=env.repo,
         ref=env.ref,
         image_name=env.image_name,
-        labels=envs.image_labels(env),
+        labels=envs.image_labels(env, image_prefix),
         build_args=dict(env.build_args or {}),
         provider=env.provider,
         username=username,
@@ -113,7 +115,9 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
         except store.NameTaken:
             raise web.HTTPError(409, f"name: an environment named {fields['name']!r} exists")
         self.log.info("%s added environment %s (%s)", self.current_user["name"], env.uid, env.name)
-        await self.builds.submit(env, build_request(env, credentials))
+        await self.builds.submit(
+            env, build_request(env, credentials, self.tljh_app.image_prefix)
+        )
         self.write_json(self.model(env), status=202)
 
 
@@ -203,7 +207,9 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
                 "password", "this repository is private: give the credentials again to rebuild"
             )
         env = await store.start_rebuild(self.sessions, env.uid)
-        await self.builds.submit(env, build_request(env, (username, password)))
+        await self.builds.submit(
+            env, build_request(env, (username, password), self.tljh_app.image_prefix)
+        )
         self.write_json(self.model(env), status=202)
 
 

@@ -71,14 +71,17 @@ class ServersMixin:
             )
         except HubError as e:
             raise web.HTTPError(502, f"JupyterHub answered: {e.message}") from None
-        envs = {e.uid: e for e in await store.list_environments(self.sessions)}
+        listed = await store.list_environments(self.sessions)
+        envs = {e.uid: e for e in listed}
+        # Servers started under tljh-repo2docker 3.x name only their image.
+        by_image = {e.image_name: e for e in listed}
         self._options = {}
         servers = []
         for server_name, server in sorted((model.get("servers") or {}).items()):
             if not server_name:
                 continue  # the default server is the hub's own business
             options = server.get("user_options") or {}
-            env = envs.get(options.get("environment"))
+            env = envs.get(options.get("environment")) or by_image.get(options.get("image"))
             if server.get("ready"):
                 status = "running"
             elif server.get("pending"):
