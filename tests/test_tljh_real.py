@@ -16,9 +16,11 @@ The hub starts anyway, the service answers 503 naming the engine, and works
 once a forwarder to the real engine appears there.
 """
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -106,18 +108,23 @@ class Tljh:
         self.traefik = subprocess.Popen(
             [shutil.which("traefik", path=str(VENV / "bin")), "--configFile",
              str(self.state / "traefik.toml")],
-            cwd=self.state, stdout=log, stderr=subprocess.STDOUT, env=tljh_env(self.prefix),
+            cwd=self.prefix, stdout=log, stderr=subprocess.STDOUT, env=tljh_env(self.prefix),
+            start_new_session=True,
         )
 
     def start_hub(self):
+        t0 = time.monotonic()
         log = open(self.state / "jupyterhub.log", "a")
         # As TLJH's jupyterhub.service: in the state directory, its config file.
         self.hub = subprocess.Popen(
             [str(PYTHON), "-m", "jupyterhub", "-f", self.config_py, "--upgrade-db"],
             cwd=self.state, stdout=log, stderr=subprocess.STDOUT, env=tljh_env(self.prefix),
+            # its own process group: the services it starts go with it (see stop_hub)
+            start_new_session=True,
         )
         try:
             utils.wait_for_http(f"{self.url}hub/api/", timeout=90, proc=self.hub)
+            print(f"TLJH's hub answered after {time.monotonic() - t0:.1f} s")
         except Exception:
             print(self.log()[-6000:])
             traefik_log = self.state / "traefik.log"
@@ -126,13 +133,16 @@ class Tljh:
             raise
 
     def stop_hub(self):
-        if self.hub is not None and self.hub.poll() is None:
-            self.hub.terminate()
-            try:
-                self.hub.wait(30)
-            except subprocess.TimeoutExpired:
-                self.hub.kill()
-                self.hub.wait(10)
+        _stop_group(self.hub)
+        # Managed services run in sessions of their own, in the hub's directory;
+        # a hub that failed to start leaves them behind.
+        for pid in _processes_in(self.state):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def stop(self):
+        self.stop_hub()
+        _stop_group(self.traefik)
 
     def log(self):
         return (self.state / "jupyterhub.log").read_text()
@@ -140,6 +150,34 @@ class Tljh:
     def api(self, method, path, **kwargs):
         headers = {"Authorization": f"token {ADMIN_TOKEN}"}
         return httpx.request(method, f"{self.url}hub/api/{path}", headers=headers, timeout=15, **kwargs)
+
+
+def _processes_in(directory):
+    """Pids of the processes working in ``directory`` (started there by this test)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "cwd") == str(directory):
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _stop_group(proc):
+    """Stop ``proc`` and what it started (its own session), even if it has exited."""
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    # a hub that stopped leaves its managed services to the group's end
+    time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -169,15 +207,21 @@ def tljh(tmp_path_factory, tljh_venv, docker_engine):
     install.service_port = _free_port()
     install.image_prefix = f"tljh-r2d-tljh-{os.getpid()}/"
     install.engine_socket = prefix / "docker-later.sock"
-    set_ = lambda key, value: tljh_config(prefix, "set", key, value)  # noqa: E731
-    set_("auth.type", "dummy")
-    tljh_config(prefix, "add-item", "users.admin", "admin")
-    set_("http.port", str(install.http_port))
     traefik_api_port = _free_port()
-    set_("traefik_api.port", str(traefik_api_port))
+    # What is not under test goes straight into config.yaml (JSON is YAML), as
+    # TLJH's docs allow; each tljh-config call costs 2 s.
+    (prefix / "config" / "config.yaml").write_text(json.dumps({
+        "auth": {"type": "dummy"},
+        "users": {"admin": ["admin"]},
+        "http": {"port": install.http_port},
+        "traefik_api": {"port": traefik_api_port},
+        "services": {"tljh_repo2docker": {
+            "image_prefix": install.image_prefix,
+            "default_memory_limit": 2,  # a number, as tljh-config would give it
+        }},
+    }))
+    set_ = lambda key, value: tljh_config(prefix, "set", key, value)  # noqa: E731
     set_("services.tljh_repo2docker.port", str(install.service_port))
-    set_("services.tljh_repo2docker.image_prefix", install.image_prefix)
-    set_("services.tljh_repo2docker.default_memory_limit", "2")
     set_("services.tljh_repo2docker.retry_interval", "1")
     set_("services.tljh_repo2docker.DockerBuilder.docker_url", f"unix://{install.engine_socket}")
     tljh_config(prefix, "add-item", "services.tljh_repo2docker.machine_profiles",
@@ -195,13 +239,14 @@ def tljh(tmp_path_factory, tljh_venv, docker_engine):
         "    'scopes': ['admin:users', 'admin:servers', 'read:roles', 'list:services', 'read:services']})\n"
     )
     (extra / "repo2docker.py").write_text(README_SNIPPET)
-    install.start_traefik()
-    install.start_hub()
-    yield install
-    install.stop_hub()
-    if install.traefik is not None:
-        install.traefik.terminate()
-        install.traefik.wait(10)
+    try:
+        install.start_traefik()
+        install.start_hub()
+        yield install
+    finally:
+        install.stop()
+        if getattr(install, "forwarder", None) is not None:
+            install.forwarder.stop()
 
 
 def service_pid(port):
@@ -296,7 +341,6 @@ def test_spawner_prefix_follows_and_port_changes_on_reload(tljh):
     assert r.json()[SERVICE]["url"] == f"http://127.0.0.1:{new_port}"
     utils.wait_for_http(f"{tljh.url}services/{SERVICE}/health", timeout=60, ok=(200,))
     assert len(service_pid(new_port)) == 1
-    tljh.forwarder.stop()
 
 
 def test_unknown_setting_is_named(tljh):
