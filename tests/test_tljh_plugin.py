@@ -333,3 +333,10 @@ def test_bad_value_from_tljh_config_stops_the_service_with_one_line(tmp_path):
     assert result.returncode != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and "default_memory_limit" in lines[0], lines
+
+
+def test_bad_value_is_named_by_the_hub():
+    with pytest.raises(ValueError) as info:
+        tljh_module.configure(Config(), tljh_yaml(default_memory_limit="2X"))
+    assert str(info.value).startswith("services.tljh_repo2docker: ")
+    assert "default_memory_limit" in str(info.value)

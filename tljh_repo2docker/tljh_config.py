@@ -129,6 +129,13 @@ def service_config(section):
         cls = classes.get(class_name)
         trait = cls.class_traits(config=True).get(name) if cls is not None else None
         config[class_name][name] = _coerce(trait, value, key) if trait is not None else value
+    if app_class.__name__ in config:
+        # The service's own checks (limits, profiles, node selector…), here, so
+        # that the hub says what is wrong rather than a service that exits.
+        try:
+            app_class(config=Config({app_class.__name__: config[app_class.__name__]}))
+        except TraitError as e:
+            raise ValueError(f"{_PREFIX}: {e}") from None
     return config
 
 
