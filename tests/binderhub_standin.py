@@ -376,7 +376,7 @@ class _BuildHandler(_BaseHandler):
 class _HealthHandler(_BaseHandler):
     def get(self):
         checks = [
-            {"service": "Docker registry", "ok": self.standin.healthy},
+            *([{"service": "Docker registry", "ok": self.standin.healthy}] if self.standin.registry else []),
             {
                 "service": "Pod quota",
                 "ok": True,
@@ -405,6 +405,8 @@ class BinderHubStandin:
         self.api_only = api_only
         self.image = image
         self.healthy = True
+        #: Whether health lists a "Docker registry" check (BinderHub.use_registry).
+        self.registry = True
         self.scenarios = default_scenarios() if scenarios is None else scenarios
         self.default_scenario = success()
         self.requests = []

@@ -211,7 +211,10 @@ async def test_build_ok_and_servers_refused_up_front(hub, admin, git_daemon):
     assert "built by BinderHub" in text  # repo2docker's build output reached the log
     assert "\n\n" not in text  # BinderHub's blank line after each event is dropped
 
-    # Repo2DockerSpawner cannot start an image without our labels: refused at once.
+    # Repo2DockerSpawner cannot start an image without our labels: refused at
+    # once. BinderHub says it has no registry by listing no check of one.
+    health = httpx.get(hub.binder_url + "health", timeout=10).json()
+    assert "Docker registry" not in {c["service"] for c in health["checks"]}, health
     r = await admin.api("POST", "api/servers", json={"name": f"bhr-{token()}", "environment": name})
     body = utils.assert_json_error(r, 409, "environment:")
     assert "without a registry" in body["message"], body

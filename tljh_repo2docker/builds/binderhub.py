@@ -218,12 +218,6 @@ def _failure_message(body, status_code):
     return httpx.codes.get_reason_phrase(status_code) or "error"
 
 
-def _has_registry(image_name):
-    """Whether an image reference names a registry host (Docker's rule)."""
-    first, sep, _ = image_name.partition("/")
-    return bool(sep) and ("." in first or ":" in first or first == "localhost")
-
-
 @dataclass
 class _Follower:
     """One followed build: the task reading the stream and the queue to ``build()``."""
@@ -356,6 +350,8 @@ class BinderHubBuilder(Builder):
         super().__init__(**kwargs)
         self._client = None
         self._followers = {}
+        # Whether BinderHub's health lists its registry; None until it is read.
+        self._registry = None
 
     # -- HTTP --------------------------------------------------------------
 
@@ -600,17 +596,18 @@ class BinderHubBuilder(Builder):
     def unstartable(self, image_name):
         """A BinderHub without a registry leaves its images on its own Docker engine.
 
-        Such an image (a name without a registry host) carries none of the
-        labels Repo2DockerSpawner starts servers from, and no other spawner
-        can pull it: say so before the hub is asked. Images in a registry
-        (BinderHub's usual set-up, for KubeSpawner) are left to the spawner.
+        BinderHub's health lists a "Docker registry" check exactly when it
+        pushes to one (``BinderHub.use_registry``). Without one (its
+        single-machine set-up) the image carries none of the labels
+        Repo2DockerSpawner starts servers from, and no other spawner can pull
+        it: say so before the hub is asked. Images in a registry (its
+        Kubernetes set-up) are left to the spawner.
         """
-        if image_name and not _has_registry(image_name):
+        if image_name and self._registry is False:
             return (
                 f"its image {image_name} was built by a BinderHub without a registry "
-                "and exists only on that BinderHub's Docker engine; servers start from "
-                "images in a registry (BinderHub.use_registry) or from this service's "
-                "own Docker builds"
+                "(BinderHub.use_registry is off) and exists only on that BinderHub's Docker "
+                "engine, without the labels Repo2DockerSpawner starts servers from"
             )
         return None
 
@@ -642,6 +639,11 @@ class BinderHubBuilder(Builder):
             health = response.json()
         except ValueError:
             health = None
+        if isinstance(health, dict) and isinstance(health.get("checks"), list):
+            self._registry = any(
+                isinstance(c, dict) and c.get("service") == "Docker registry"
+                for c in health["checks"]
+            )
         if response.status_code != 200 or not isinstance(health, dict) or not health.get("ok"):
             failing = []
             if isinstance(health, dict):
