@@ -38,18 +38,17 @@ pytestmark = [pytest.mark.hub, pytest.mark.docker]
 VENV = ROOT / ".venv-tljh"
 PYTHON = VENV / "bin" / "python"
 ADMIN_TOKEN = "tljh-real-admin-token-5d1c0b7e"
+SECRET = "tljh-binder-token-9f4e2a61c3"
 SERVICE = "tljh_repo2docker"
 #: README's snippet for TLJH's jupyterhub_config.d/: it must add to, not replace,
 #: what TLJH and the plugin set.
-README_SNIPPET = """
-from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
+README_SNIPPET_NAME = "# /opt/tljh/config/jupyterhub_config.d/repo2docker.py"
 
-# Add to the lists (append/extend): this file gets a fresh `c`, merged into
-# TLJH's and the plugin's afterwards, and an assignment would replace them.
-c.JupyterHub.load_roles.append(
-    {"name": "teachers-manage-environments", "scopes": [TLJH_R2D_ADMIN_SCOPE], "groups": ["teachers"]}
-)
-"""
+
+def readme_snippet():
+    text = (ROOT / "README.md").read_text()
+    start = text.index(README_SNIPPET_NAME)
+    return text[start : text.index("```", start)]
 
 
 def tljh_env(prefix):
@@ -218,6 +217,8 @@ def tljh(tmp_path_factory, tljh_venv, docker_engine):
         "services": {"tljh_repo2docker": {
             "image_prefix": install.image_prefix,
             "default_memory_limit": 2,  # a number, as tljh-config would give it
+            # a secret among the settings (unused: builds go to Docker here)
+            "BinderHubBuilder": {"token": SECRET},
         }},
     }))
     set_ = lambda key, value: tljh_config(prefix, "set", key, value)  # noqa: E731
@@ -238,7 +239,7 @@ def tljh(tmp_path_factory, tljh_venv, docker_engine):
         "c.JupyterHub.load_roles.append({'name': 'test-admin', 'services': ['test-admin'],\n"
         "    'scopes': ['admin:users', 'admin:servers', 'read:roles', 'list:services', 'read:services']})\n"
     )
-    (extra / "repo2docker.py").write_text(README_SNIPPET)
+    (extra / "repo2docker.py").write_text(readme_snippet())
     try:
         install.start_traefik()
         install.start_hub()
@@ -278,11 +279,14 @@ def test_tljh_config_reaches_hub_and_service(tljh):
     assert services[SERVICE]["url"] == f"http://127.0.0.1:{tljh.service_port}"
     pids = service_pid(tljh.service_port)
     assert len(pids) == 1
-    # the settings travel in the environment, never on the command line
+    # the settings travel in the environment, never on the command line (which
+    # every user of the machine sees, and the hub's API with read:services)
     cmdline = Path(f"/proc/{pids[0]}/cmdline").read_text()
     assert tljh.image_prefix not in cmdline and "Tljh-small" not in cmdline
     environ = Path(f"/proc/{pids[0]}/environ").read_bytes().decode()
-    assert "TLJH_REPO2DOCKER_TLJH_CONFIG" in environ
+    assert "TLJH_REPO2DOCKER_TLJH_CONFIG" in environ and SECRET in environ
+    assert SECRET not in cmdline and SECRET not in r.text
+    assert SECRET not in tljh.log()
 
     # roles: the plugin's, and the admins of tljh-config
     assert "tljh-repo2docker-service" in services[SERVICE]["roles"]
