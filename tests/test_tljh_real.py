@@ -31,7 +31,6 @@ import pytest
 from tests import utils
 from tests.fixtures import ROOT, _free_port, need
 from tests.test_startup import SocketForwarder
-from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
