@@ -5,12 +5,16 @@ tested over real HTTP on loopback:
 
 * ``GET {prefix}build/<provider>/<spec>`` needs ``Accept: text/event-stream``
   (400 otherwise) and, when a token is configured, ``Authorization: token
-  <token>`` (403 otherwise). Errors are written as a ``failed`` event, the
-  way BinderHub's ``send_error`` does, with the HTTP status set.
+  <token>`` (403 otherwise). These errors of BinderHub's own are answered
+  the way its ``send_error`` does: HTTP 200 and one ``failed`` event whose
+  ``status_code`` says the status. Only a scenario's ``status`` (what a proxy
+  in front of BinderHub may answer) sets the HTTP status.
 * ``build_only=true`` is accepted when ``api_only`` is on (BinderHub's
   ``enable_api_only_mode``) and refused with 400 otherwise.
 * The answer is ``Content-Type: text/event-stream`` with ``data: {json}``
-  messages carrying ``phase`` and ``message``, ``:keepalive`` comment lines,
+  messages carrying ``phase`` and ``message`` (repo2docker's log lines as
+  BinderHub relays them: some without ``phase``, each followed by a blank
+  line of its own), ``:keepalive`` comment lines,
   and a final ``ready`` (build only) or ``built`` event with ``imageName``.
 * ``GET {prefix}health`` answers ``{"ok": ..., "checks": [...]}`` (503 when
   unhealthy) and ``GET {prefix}versions`` a small version document.
@@ -92,9 +96,10 @@ class Endless:
 @dataclass
 class Scenario:
     steps: list = field(default_factory=list)
-    #: HTTP status of the answer; not 200 means an error written as a failed event.
+    #: HTTP status of the answer (a proxy's error, as plain text); 200 plays ``steps``.
     status: int = 200
-    #: Answer the first ``failures`` requests of this scenario with HTTP 503.
+    #: Answer the first ``failures`` requests of this scenario the way BinderHub
+    #: says 503 (HTTP 200, a failed event with ``status_code`` 503).
     failures: int = 0
     #: Content type of the answer (BinderHub always sends text/event-stream).
     content_type: str = "text/event-stream"
@@ -115,7 +120,10 @@ def building_steps():
         Event({"phase": "fetching", "message": "Picked Git content provider.\n"}),
         Event({"phase": "fetching", "message": "Cloning into '/tmp/repo2docker'...\n"}),
         Event({"phase": "building", "message": "Step 1/3 : FROM buildpack-deps:jammy\n"}),
-        Event({"phase": "building", "message": "Step 2/3 : RUN pip install -r requirements.txt\n"}),
+        # What repo2docker logs reaches the stream as it is: no phase, and a
+        # blank line after each event.
+        Event({"message": "Step 2/3 : RUN pip install -r requirements.txt\n"}),
+        Event({"message": "\n"}),
         Event(
             {
                 "phase": "pushing",
@@ -270,9 +278,14 @@ class _BuildHandler(_BaseHandler):
         return scheme.lower() in {"token", "bearer"} and token == self.standin.token
 
     def _error(self, status, message):
-        self.set_status(status)
+        # BinderHub's send_error: the answer stays 200, the status is in the event.
         event = {"phase": "failed", "status_code": status, "message": message + "\n"}
         self.finish(f"data: {json.dumps(event)}\n\n")
+
+    def _http_error(self, status, message):
+        self.set_status(status)
+        self.set_header("Content-Type", "text/plain")
+        self.finish(message + "\n")
 
     async def _write(self, text):
         self.write(text)
@@ -304,7 +317,7 @@ class _BuildHandler(_BaseHandler):
                 self.standin.failures_served[name] = served + 1
                 return self._error(503, "Service Unavailable")
         if scenario.status != 200:
-            return self._error(scenario.status, f"Stand-in error {scenario.status}")
+            return self._http_error(scenario.status, f"Stand-in error {scenario.status}")
         self.set_header("Content-Type", scenario.content_type)
 
         self.standin._active += 1
@@ -363,7 +376,7 @@ class _BuildHandler(_BaseHandler):
 class _HealthHandler(_BaseHandler):
     def get(self):
         checks = [
-            {"service": "Docker registry", "ok": self.standin.healthy},
+            *([{"service": "Docker registry", "ok": self.standin.healthy}] if self.standin.registry else []),
             {
                 "service": "Pod quota",
                 "ok": True,
@@ -392,6 +405,8 @@ class BinderHubStandin:
         self.api_only = api_only
         self.image = image
         self.healthy = True
+        #: Whether health lists a "Docker registry" check (BinderHub.use_registry).
+        self.registry = True
         self.scenarios = default_scenarios() if scenarios is None else scenarios
         self.default_scenario = success()
         self.requests = []

@@ -25,6 +25,7 @@ from tljh_repo2docker.builds.base import (
     BuildRequest,
 )
 from tljh_repo2docker.builds.binderhub import (
+    CANCEL_NOTE,
     PROVIDERS,
     BinderHubBuilder,
     SpecError,
@@ -497,3 +498,96 @@ async def test_delete_image_keeps_registry_image(builder, caplog):
     builder.log = logging.getLogger("test.binderhub")
     await builder.delete_image(IMAGE)
     assert "stays in BinderHub's registry" in caplog.text
+
+
+# -- what the real BinderHub does, and the stand-in now does too ------------------
+
+
+async def test_standin_answers_its_errors_like_binderhub(binder):
+    """HTTP 200 and a failed event with status_code (BinderHub's send_error)."""
+    import json
+
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{binder.url}build/gh/owner/repo/main", params={"build_only": "true"})
+    assert r.status_code == 200
+    event = json.loads(r.text.strip().removeprefix("data:"))
+    assert event == {
+        "phase": "failed",
+        "status_code": 400,
+        "message": "Missing Accept header: text/event-stream\n",
+    }
+
+
+async def test_event_status_5xx_is_retried_4xx_is_not(binder, builder):
+    events = await collect(builder, request(repo="owner/flaky"))  # 503 in the event, twice
+    assert [e.phase for e in events] == [STATUS, STATUS, *[e.phase for e in events[2:]]]
+    assert events[-1].phase == BUILT
+    builder.token = "wrong"
+    events = await collect(builder, request())
+    assert [(e.phase, e.message) for e in events] == [
+        (FAILED, "BinderHub refused the build (HTTP 403): Forbidden")
+    ]
+
+
+async def test_lines_without_phase_and_blank_lines(binder, builder):
+    events = await collect(builder, request())
+    logs = [e.message for e in events if e.phase == LOG]
+    assert "Step 2/3 : RUN pip install -r requirements.txt" in logs  # an event without phase
+    assert "" not in logs  # the blank line after it is dropped
+    assert events[-1].phase == BUILT
+
+
+async def test_failure_reason_is_the_log_line_that_says_why(binder, builder):
+    command = "docker buildx build --progress plain --load -t r2d:1 " + "--build-arg A=b " * 30
+    binder.scenarios["buildx-fail"] = binder_failed_like_repo2docker(command)
+    events = await collect(builder, request(repo="owner/buildx-fail"))
+    assert events[-1].phase == FAILED
+    assert events[-1].message == (
+        "The build failed on BinderHub: ERROR: failed to solve: process "
+        '"/bin/sh -c exit 3" did not complete successfully: exit code: 3'
+    )
+
+
+def binder_failed_like_repo2docker(command):
+    from .binderhub_standin import Event, Scenario, building_steps
+
+    return Scenario(
+        steps=[
+            *building_steps()[:4],
+            Event({"message": "#5 [2/2] RUN exit 3\n"}),
+            Event({"message": "\n"}),
+            Event({"message": 'ERROR: failed to solve: process "/bin/sh -c exit 3" did not '
+                              "complete successfully: exit code: 3\n"}),
+            Event({"phase": "failed", "message": command + "\n"}),
+            Event({"phase": "failed"}),
+        ]
+    )
+
+
+async def test_cancel_returns_the_note_for_the_log(binder, builder):
+    task = asyncio.create_task(collect(builder, request(repo="owner/endless-stream", uid="c1")))
+    deadline = time.monotonic() + 5
+    while "c1" not in await builder.running():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    note = await builder.cancel("c1")
+    assert note == CANCEL_NOTE and "BinderHub cannot cancel a build" in note
+    events = await task
+    assert events[-1].phase == CANCELLED
+    # no build followed: the note all the same (the manager writes it to the log)
+    assert await builder.cancel("gone") == CANCEL_NOTE
+
+
+@pytest.mark.parametrize("registry", [True, False])
+async def test_images_of_a_binderhub_without_registry_are_unstartable(binder, builder, registry):
+    image = "r2d-test-binderhub-abc:1"
+    assert builder.unstartable(image) is None  # health not read yet: left to the spawner
+    binder.registry = registry  # BinderHub lists the check only with use_registry
+    await builder.check()
+    reason = builder.unstartable(image)
+    if registry:
+        assert reason is None
+    else:
+        assert image in reason and "without a registry" in reason

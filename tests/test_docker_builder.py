@@ -227,6 +227,8 @@ async def test_failing_build_yields_failed_and_leaves_no_image(builder, made, gi
     final = events[-1]
     assert final.phase == FAILED, explain(events)
     assert re.match(r"repo2docker exited with code [1-9]", final.message), final.message
+    # the line that says why, by the rule BinderHub builds use too (builds/failure.py)
+    assert "exit code: 3" in final.message, final.message
     assert any("about-to-fail" in line for line in logs_of(events))
     assert not await builder.image_exists(request.image_name)
     assert await build_containers(builder, request.uid) == []

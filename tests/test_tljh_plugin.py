@@ -15,6 +15,7 @@ import pytest
 from traitlets.config import Config
 
 from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE, hub_config, tljh_plugin
+from tljh_repo2docker import tljh_config as tljh_module
 from tljh_repo2docker.spawner import Repo2DockerSpawner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,3 +211,132 @@ def test_binderhub_roles_and_admin_role():
     admin = by_name(c.JupyterHub.load_roles)[hub_config.ADMIN_ROLE]
     assert admin["scopes"] == [TLJH_R2D_ADMIN_SCOPE]
     assert admin["users"] == ["bob"]
+
+
+# -- the service's settings from TLJH's config.yaml (tljh_repo2docker/tljh_config.py) --
+
+
+def tljh_yaml(**section):
+    """TLJH's config as its configurer loads it, with ``services.tljh_repo2docker``."""
+    return {"services": {"cull": {"enabled": True}, "tljh_repo2docker": section}}
+
+
+def service_environment(c):
+    service = by_name(c.JupyterHub.services)["tljh_repo2docker"]
+    return service.get("environment") or {}
+
+
+def test_tljh_settings_reach_the_hub_and_the_service(monkeypatch, tmp_path):
+    c = tljh_config()
+    secret_url = "postgresql://r2d:hunter2-db@db/r2d"
+    tljh_module.configure(
+        c,
+        tljh_yaml(
+            port=6790,
+            image_prefix="school-envs/",
+            default_memory_limit=2,  # tljh-config gives numbers as numbers
+            machine_profiles=['{"label": "Small", "cpu": 1, "memory": 2}'],
+            max_concurrent_builds="3",
+            db_url=secret_url,
+            DockerBuilder={"docker_url": "tcp://127.0.0.1:2375"},
+            admin_users=["bob"],
+            admin_groups="teachers",
+        ),
+    )
+    service = by_name(c.JupyterHub.services)["tljh_repo2docker"]
+    assert service["url"] == "http://127.0.0.1:6790"
+    assert "--port=6790" in service["command"]
+    # settings (a DB password among them) never on the command line
+    assert not any("hunter2" in arg or "school-envs" in arg for arg in service["command"])
+    assert by_name(c.JupyterHub.services)["cull-idle"]["admin"] is True
+    assert c.Repo2DockerSpawner.image_prefix == "school-envs/"
+    admin = by_name(c.JupyterHub.load_roles)[hub_config.ADMIN_ROLE]
+    assert admin["users"] == ["bob"] and admin["groups"] == ["teachers"]
+
+    # The service reads them back from its environment; the command line wins.
+    from tljh_repo2docker.app import TljhRepo2Docker
+
+    monkeypatch.chdir(tmp_path)
+    for key, value in service_environment(c).items():
+        monkeypatch.setenv(key, value)
+    app = TljhRepo2Docker()
+    app.initialize(["--max_concurrent_builds=5"])
+    assert app.image_prefix == "school-envs/"
+    assert app.default_memory_limit == "2G"
+    assert app.machine_profiles == [{"label": "Small", "cpu": 1.0, "memory": "2G"}]
+    assert app.db_url == secret_url
+    assert app.config.DockerBuilder.docker_url == "tcp://127.0.0.1:2375"
+    assert app.config.BuildManager.max_concurrent_builds == 5
+
+
+def test_the_service_file_wins_over_tljh_config(monkeypatch, tmp_path):
+    from tljh_repo2docker.app import TljhRepo2Docker
+
+    c = Config()
+    tljh_module.configure(c, tljh_yaml(image_prefix="from-tljh/", default_cpu_limit=1))
+    for key, value in service_environment(c).items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "tljh_repo2docker_config.py").write_text('c.TljhRepo2Docker.image_prefix = "from-file/"\n')
+    monkeypatch.chdir(tmp_path)
+    app = TljhRepo2Docker()
+    app.initialize([])
+    assert app.image_prefix == "from-file/"
+    assert app.default_cpu_limit == 1.0
+
+
+def test_no_tljh_settings_change_nothing():
+    c = tljh_config()
+    tljh_module.configure(c, {"services": {"cull": {}}})
+    assert service_environment(c) == {}
+    assert "image_prefix" not in c.Repo2DockerSpawner
+    assert by_name(c.JupyterHub.services)["tljh_repo2docker"]["url"] == "http://127.0.0.1:6789"
+
+
+def test_binderhub_url_from_tljh_config_adds_the_binder_scope():
+    c = Config()
+    tljh_module.configure(c, tljh_yaml(binderhub_url="http://127.0.0.1:8585/services/binder/"))
+    service_role = by_name(c.JupyterHub.load_roles)[hub_config.SERVICE_ROLE]
+    assert hub_config.BINDER_ACCESS_SCOPE in service_role["scopes"]
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"prot": 6790}, "services.tljh_repo2docker.prot: not a setting of the service"),
+        ({"DockerBuilder": {"url": "x"}}, "services.tljh_repo2docker.DockerBuilder.url:"),
+        ({"port": "high"}, "services.tljh_repo2docker.port:"),
+        ({"admin_users": [1]}, "services.tljh_repo2docker.admin_users:"),
+    ],
+)
+def test_bad_tljh_settings_name_the_key(section, message):
+    with pytest.raises(ValueError) as info:
+        tljh_module.configure(Config(), tljh_yaml(**section))
+    assert message in str(info.value)
+
+
+def test_section_that_is_no_mapping_is_refused():
+    with pytest.raises(ValueError, match="services.tljh_repo2docker must hold settings"):
+        tljh_module.configure(Config(), {"services": {"tljh_repo2docker": "yes"}})
+
+
+def test_bad_value_from_tljh_config_stops_the_service_with_one_line(tmp_path):
+    import json as json_module
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    env[tljh_module.ENV_VAR] = json_module.dumps({"TljhRepo2Docker": {"default_memory_limit": "2X"}})
+    result = subprocess.run(
+        [sys.executable, "-m", "tljh_repo2docker"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "default_memory_limit" in lines[0], lines
+
+
+def test_bad_value_is_named_by_the_hub():
+    with pytest.raises(ValueError) as info:
+        tljh_module.configure(Config(), tljh_yaml(default_memory_limit="2X"))
+    assert str(info.value).startswith("services.tljh_repo2docker: ")
+    assert "default_memory_limit" in str(info.value)

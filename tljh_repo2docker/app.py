@@ -31,7 +31,7 @@ from traitlets import (
 )
 from traitlets.config import Application
 
-from . import __version__, metrics
+from . import __version__, metrics, tljh_config
 from .bodylimit import BodyLimit
 from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
@@ -448,14 +448,22 @@ class TljhRepo2Docker(Application):
         self.init_logging()
 
     def load_config_file_if_any(self):
+        # TLJH's config.yaml (handed over by the hub), then the file, then the command line.
+        try:
+            from_tljh = tljh_config.config_from_environment()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if from_tljh is not None:
+            self.update_config(from_tljh)
         path = Path(self.config_file)
         named = "TljhRepo2Docker" in self.cli_config and "config_file" in self.cli_config.TljhRepo2Docker
         if path.exists():
             self.load_config_file(path.name, path=[str(path.parent.resolve())])
-            # command-line options win over the file
-            self.update_config(self.cli_config)
         elif named:
             raise ConfigError(f"config: the file {self.config_file} does not exist")
+        if from_tljh is not None or path.exists():
+            # command-line options win
+            self.update_config(self.cli_config)
 
     def init_logging(self):
         self.log.propagate = False

@@ -10,7 +10,7 @@ import logging
 
 import pluggy
 
-from . import hub_config
+from . import tljh_config
 from .spawners.docker import Repo2DockerSpawner
 
 hookimpl = pluggy.HookimplMarker("tljh")
@@ -52,7 +52,8 @@ def tljh_extra_hub_pip_packages():
 @hookimpl
 def tljh_custom_jupyterhub_config(c):
     configure_docker(c)
-    hub_config.configure(c)
+    # the service as TLJH's config.yaml says (services.tljh_repo2docker.*)
+    tljh_config.configure(c)
 
 
 def configure_docker(c):

@@ -102,9 +102,21 @@ class Builder(LoggingConfigurable):
         """Uids of the builds this backend still runs (for recovery)."""
         return set()
 
-    async def cancel(self, uid: str) -> None:
-        """Stop a running build, leaving no partial image."""
+    async def cancel(self, uid: str) -> str | None:
+        """Stop a running build, leaving no partial image.
+
+        May return a note for the build's log, for a backend that cannot stop
+        the build itself (what goes on, and what becomes of its image).
+        """
         raise NotImplementedError
+
+    def unstartable(self, image_name: str) -> str | None:
+        """Why servers cannot start from this backend's ``image_name``, or None.
+
+        For a message before the hub is asked, rather than a spawner refusing
+        the server after the start was accepted.
+        """
+        return None
 
     async def discard(self, uid: str) -> None:
         """Remove what is left of a build that the database says has ended

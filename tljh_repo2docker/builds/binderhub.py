@@ -18,7 +18,16 @@ What BinderHub does not offer, and what this backend does instead:
 * no labels on the image and no choice of its name: the name comes from the
   final event, and the environment's metadata lives in our database only;
 * no cancel endpoint: :meth:`BinderHubBuilder.cancel` stops following the
-  stream; the build pod may still finish and push its image;
+  stream; BinderHub notices the closed stream only when it next has an event
+  to send, and the build may still finish and push its image, which the
+  cancelled (or deleted) environment never takes up;
+* errors of its own (no token, no ``Accept``, ``build_only`` refused) come
+  with HTTP 200 as a ``failed`` event carrying ``status_code``, which counts
+  here as the answer's status;
+* a failed build's ``failed`` message is repo2docker's summary (often the
+  whole ``docker buildx build`` command line): the reason stored is the log
+  line that says why, chosen by :func:`.failure.describe` like the Docker
+  backend does;
 * no re-attach by build id: :meth:`BinderHubBuilder.attach` returns None and
   a build that was running when the service restarted is requested again
   (``resubmit_on_recover``), which BinderHub answers by following the build
@@ -27,6 +36,7 @@ What BinderHub does not offer, and what this backend does instead:
 """
 
 import asyncio
+import collections
 import json
 import os
 import re
@@ -38,6 +48,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from traitlets import Float, Integer, Unicode, default, validate
 
+from . import failure
 from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildError, BuildEvent
 
 #: Repository providers of BinderHub's default configuration (its
@@ -67,6 +78,13 @@ _DOI_RE = re.compile(r"^10\.\d{4,}/\S+$")
 _DOI_PREFIXES = ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "http://dx.doi.org/")
 _HYDROSHARE_ID_RE = re.compile(r"[0-9a-f]{32}")
 _SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+
+#: What the build's log says when a BinderHub build is cancelled.
+CANCEL_NOTE = (
+    "Stopped following the BinderHub build. BinderHub cannot cancel a build: it "
+    "notices only when it next has news to send, and may still finish the build "
+    "and make its image, which this environment will not use."
+)
 
 
 class SpecError(ValueError):
@@ -216,6 +234,15 @@ class _Follower:
         self.queue.put_nowait(event)
 
 
+class _Answered(Exception):
+    """BinderHub answered with an error status (HTTP, or ``status_code`` of its event)."""
+
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 class _StreamEnded(Exception):
     """The stream ended; ``event`` is the final event to report."""
 
@@ -323,6 +350,8 @@ class BinderHubBuilder(Builder):
         super().__init__(**kwargs)
         self._client = None
         self._followers = {}
+        # Whether BinderHub's health lists its registry; None until it is read.
+        self._registry = None
 
     # -- HTTP --------------------------------------------------------------
 
@@ -378,13 +407,7 @@ class BinderHubBuilder(Builder):
         except _StreamEnded as e:
             follower.emit(e.event)
         except asyncio.CancelledError:
-            follower.emit(
-                BuildEvent(
-                    CANCELLED,
-                    "Stopped following the BinderHub build. BinderHub cannot cancel a "
-                    "build, so it may still finish and push its image.",
-                )
-            )
+            follower.emit(BuildEvent(CANCELLED, CANCEL_NOTE))
             raise
         except Exception:
             self.log.exception("Following BinderHub build %s failed", request.uid)
@@ -430,21 +453,19 @@ class BinderHubBuilder(Builder):
                     timeout=self._stream_timeout(),
                 ) as source:
                     response = source.response
-                    if response.status_code >= 500:
+                    if response.status_code != 200:
                         body = await response.aread()
-                        retry_reason = (
-                            f"BinderHub answered HTTP {response.status_code}: "
-                            f"{_failure_message(body, response.status_code)}"
+                        raise _Answered(
+                            response.status_code, _failure_message(body, response.status_code)
                         )
-                    elif response.status_code != 200:
-                        body = await response.aread()
-                        raise self._fail(
-                            f"BinderHub refused the build (HTTP {response.status_code}): "
-                            f"{_failure_message(body, response.status_code)}"
-                        )
-                    else:
-                        await self._relay(request, source, follower)
-                        return
+                    await self._relay(request, source, follower)
+                    return
+            except _Answered as e:
+                if e.status < 500:
+                    raise self._fail(
+                        f"BinderHub refused the build (HTTP {e.status}): {e.reason}"
+                    ) from None
+                retry_reason = f"BinderHub answered HTTP {e.status}: {e.reason}"
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
                 retry_reason = (
                     f"Could not connect to BinderHub at {self.url}: {e or type(e).__name__}"
@@ -478,6 +499,8 @@ class BinderHubBuilder(Builder):
     async def _relay(self, request, source, follower):
         """Turn BinderHub's events into ours until a final one."""
         last_phase = None
+        first = True
+        tail = collections.deque(maxlen=failure.TAIL_LINES)
         async for sse in source.aiter_sse():
             if not sse.data.strip():
                 continue
@@ -493,8 +516,22 @@ class BinderHubBuilder(Builder):
             message = payload.get("message")
             message = message if isinstance(message, str) else ""
 
+            status_code = payload.get("status_code")
+            if (
+                phase in _FAILED_PHASES
+                and first
+                and isinstance(status_code, int)
+                and not isinstance(status_code, bool)
+                and status_code != 200
+            ):
+                # BinderHub's own error (send_error): the answer is 200, the
+                # status is in the event.
+                raise _Answered(status_code, message.strip() or f"HTTP {status_code}")
+            first = False
             if phase in _FAILED_PHASES:
-                reason = message.strip() or "BinderHub reported the build failed"
+                reason = failure.describe(
+                    "The build failed on BinderHub", [*tail, *message.splitlines()]
+                ) if (tail or message.strip()) else "BinderHub reported the build failed"
                 self.log.info("BinderHub build %s failed: %s", request.uid, reason)
                 raise self._fail(reason)
             if phase in _DONE_PHASES:
@@ -518,9 +555,12 @@ class BinderHubBuilder(Builder):
             if phase not in _LOG_ONLY_PHASES and phase != last_phase:
                 last_phase = phase
                 follower.emit(BuildEvent(STATUS, f"BinderHub: {phase}"))
-            if message:
+            # BinderHub relays a blank line after each of repo2docker's events.
+            if message.strip():
                 for line in message.rstrip("\n").split("\n"):
-                    follower.emit(BuildEvent(LOG, line.rstrip("\r")))
+                    line = line.rstrip("\r")
+                    tail.append(line)
+                    follower.emit(BuildEvent(LOG, line))
         after = f" (last phase: {last_phase})" if last_phase else ""
         raise self._fail(f"BinderHub closed the event stream before the build finished{after}")
 
@@ -541,14 +581,35 @@ class BinderHubBuilder(Builder):
         return set(self._followers)
 
     async def cancel(self, uid):
-        """Stop following the build; BinderHub has no endpoint to stop the build itself."""
+        """Stop following the build; BinderHub has no endpoint to stop the build itself.
+
+        Returns the note for the build's log saying so.
+        """
         follower = self._followers.get(uid)
-        if follower is None:
-            return
-        self.log.info("Stopped following BinderHub build %s", uid)
-        await self._stop(follower)
-        if not follower.finished:
-            follower.emit(BuildEvent(CANCELLED, "Stopped following the BinderHub build"))
+        if follower is not None:
+            self.log.info("Stopped following BinderHub build %s", uid)
+            await self._stop(follower)
+            if not follower.finished:
+                follower.emit(BuildEvent(CANCELLED, CANCEL_NOTE))
+        return CANCEL_NOTE
+
+    def unstartable(self, image_name):
+        """A BinderHub without a registry leaves its images on its own Docker engine.
+
+        BinderHub's health lists a "Docker registry" check exactly when it
+        pushes to one (``BinderHub.use_registry``). Without one (its
+        single-machine set-up) the image carries none of the labels
+        Repo2DockerSpawner starts servers from, and no other spawner can pull
+        it: say so before the hub is asked. Images in a registry (its
+        Kubernetes set-up) are left to the spawner.
+        """
+        if image_name and self._registry is False:
+            return (
+                f"its image {image_name} was built by a BinderHub without a registry "
+                "(BinderHub.use_registry is off) and exists only on that BinderHub's Docker "
+                "engine, without the labels Repo2DockerSpawner starts servers from"
+            )
+        return None
 
     async def delete_image(self, image_name, image_id=None):
         """Nothing to do here: images stay in BinderHub's registry.
@@ -578,6 +639,11 @@ class BinderHubBuilder(Builder):
             health = response.json()
         except ValueError:
             health = None
+        if isinstance(health, dict) and isinstance(health.get("checks"), list):
+            self._registry = any(
+                isinstance(c, dict) and c.get("service") == "Docker registry"
+                for c in health["checks"]
+            )
         if response.status_code != 200 or not isinstance(health, dict) or not health.get("ok"):
             failing = []
             if isinstance(health, dict):

@@ -44,6 +44,7 @@ import aiodocker
 import aiohttp
 from traitlets import Bool, Float, Integer, List, Unicode, default, validate
 
+from . import failure
 from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildError, BuildEvent
 
 #: Container label holding the build's uid; also marks the container as ours.
@@ -81,13 +82,7 @@ fi
 _FULL_SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 # What explains a failure best: the build tool's or git's own error line, else
 # any line that sounds like an error (Python's traceback comes last in the log).
-_ERROR_RES = (
-    re.compile(r"^(?:#\d+ )?(?:ERROR|error|fatal)\b"),
-    re.compile(r"error|fatal|failed", re.IGNORECASE),
-)
-_NO_SPACE_RE = re.compile(r"no space left on device", re.IGNORECASE)
-# Lines kept to explain a failure.
-_TAIL_LINES = 50
+_TAIL_LINES = failure.TAIL_LINES
 # aiodocker's status of a DockerError when the engine cannot be reached at all.
 _NO_CONNECTION = 900
 # Engine losses one build lives through before it is marked failed.
@@ -1112,32 +1107,7 @@ def _credentials_tar(content):
 
 
 def _failure_message(code, tail):
-    message = f"repo2docker exited with code {code}"
-    lines = [_strip_ansi(line).strip() for line in tail]
-    full = next((line for line in reversed(lines) if _NO_SPACE_RE.search(line)), None)
-    if full is not None:
-        # git, the build tools and the engine all say it this way (ENOSPC).
-        return (
-            "The build ran out of disk space (no space left on device): free space or "
-            f"give builds more, then rebuild. {message}: {full[:500]}"
-        )
-    reason = None
-    for pattern in _ERROR_RES:
-        reason = next((line for line in reversed(lines) if pattern.search(line)), None)
-        if reason:
-            break
-    if reason is None and lines:
-        reason = lines[-1]
-    if reason:
-        message += f": {reason[:500]}"
-    return message
-
-
-_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def _strip_ansi(text):
-    return _ANSI_RE.sub("", text)
+    return failure.describe(f"repo2docker exited with code {code}", tail)
 
 
 def _describe(error):

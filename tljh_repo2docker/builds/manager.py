@@ -314,9 +314,12 @@ class BuildManager(LoggingConfigurable):
                 raise
             final = BuildEvent(CANCELLED, "Build cancelled")
             try:
-                await self.builder.cancel(uid)
+                note = await self.builder.cancel(uid)
             except Exception:
                 self.log.exception("Could not stop build %s", uid)
+            else:
+                if note:
+                    log.add(STATUS, note)
         except Exception as e:
             self.log.exception("Build %s crashed", uid)
             final = BuildEvent(FAILED, f"The build failed unexpectedly: {e.__class__.__name__}")

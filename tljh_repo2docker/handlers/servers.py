@@ -115,6 +115,8 @@ class ServersMixin:
             raise FieldError(
                 "environment", f"{env.name!r} is not built yet (status: {env.status})", status=409
             )
+        if reason := self.builds.builder.unstartable(env.image_name):
+            raise FieldError("environment", f"{env.name!r} cannot be started: {reason}", status=409)
         return env
 
     async def find_server(self, name):
