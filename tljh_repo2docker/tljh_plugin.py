@@ -30,7 +30,10 @@ def docker_bridge_ip(network="bridge"):
             ipam = client.networks.get(network).attrs["IPAM"]["Config"]
         finally:
             client.close()
-        return next(c["Gateway"] for c in ipam if c.get("Gateway"))
+        gateway = next((c["Gateway"] for c in ipam or () if c.get("Gateway")), None)
+        if not gateway:
+            raise LookupError("its IPAM configuration names no gateway")
+        return gateway
     except Exception as e:  # no engine, no such network, no gateway: use Docker's default
         log.warning(
             "Could not read the gateway of Docker network %r (%s); using %s",
