@@ -207,6 +207,9 @@ async def test_container_exit_while_starting_shows_its_output(keeping_hub, git_s
         remove_servers(keeping_hub, "hs-fay")
         await admin.close()
         await fay.close()
+        # this hub keeps stopped containers: remove them
+        for name in ("kept", "gone"):
+            subprocess.run(["docker", "rm", "-f", f"tljh-r2d-test-hs-2dfay-{name}"], capture_output=True)
 
 
 async def test_server_says_when_its_environment_has_a_newer_build(hub, admin, dora, git_server, git_root):
