@@ -39,8 +39,8 @@
         home.user || muted("unknown"),
         el("div", { class: "small text-body-secondary fw-normal home-volume" }, home.name)
       ),
-      el("td", { class: "home-server" }, home.server || muted("default")),
-      el("td", { class: "home-environment" }, environment || muted("any")),
+      el("td", { class: "home-server" }, home.server || muted("–")),
+      el("td", { class: "home-environment" }, environment || muted("–")),
       el(
         "td",
         { class: "home-size text-end text-nowrap" },

@@ -60,9 +60,9 @@ _GENERIC = {"", "error", "internal server error", "bad request", "bad gateway", 
 
 # DockerSpawner's words when the container stopped before it had an address.
 _NO_ADDRESS = "The 'ip' trait of a Server instance expected"
-_NO_ADDRESS_HINT = (
-    " (the server's container stopped as soon as it started: the environment's image "
-    "does not run a notebook server)"
+_NO_ADDRESS_REASON = (
+    "The server's container stopped as soon as it started{status}: the environment's image "
+    "does not run a notebook server (JupyterHub: {message})"
 )
 
 # Why a container exited while its server started, seen by this service, by
@@ -79,8 +79,6 @@ def _reason(message):
     message = str(message).strip()
     if message.startswith("Spawn failed:"):
         message = message.split(":", 1)[1].strip() or message
-    if message.startswith(_NO_ADDRESS):
-        message += _NO_ADDRESS_HINT
     return message
 
 
@@ -182,6 +180,8 @@ class ServersMixin:
         if status == "stopped":
             model["outdated"] = False if env is not None else None
             failure = _reason(await self.hub.spawn_failure(*key))
+            if failure and failure.startswith(_NO_ADDRESS) and key not in _exit_reasons:
+                failure = await self._no_address(failure, hub_model, key)
             model["error"] = _exit_reasons.get(key) or failure
             return
         homes = Homes.for_app(self.tljh_app)
@@ -201,6 +201,21 @@ class ServersMixin:
                 _exit_reasons.pop(key, None)
         elif container_state.get("Status") in {"exited", "dead"}:
             model["error"] = _exit_reasons[key] = await homes.exit_reason(info)
+
+    async def _no_address(self, failure, hub_model, key):
+        """DockerSpawner's cryptic failure when the container stopped before
+        it had an address, said plainly, with the exit status if the engine
+        still knows it."""
+        homes = Homes.for_app(self.tljh_app)
+        code = None
+        if homes.available:
+            code = await homes.exit_status(
+                time.time() - 3600,
+                image=(hub_model.get("user_options") or {}).get("image"),
+                name_parts=[_escape(key[0]), _escape(key[1].lower())],
+            )
+        status = f" (it exited with status {code})" if code is not None else ""
+        return _NO_ADDRESS_REASON.format(status=status, message=failure)
 
     async def _gone(self, model, hub_model, homes, ref, key):
         """The container of a starting or running server is gone: it exited,
