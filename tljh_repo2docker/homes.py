@@ -54,6 +54,12 @@ def valid_volume_name(name):
     return isinstance(name, str) and bool(_VOLUME_NAME.match(name))
 
 
+def name_matches(name, parts):
+    """Whether the container ``name`` holds each of ``parts`` between
+    separators (``-``, ``_``, ``.`` or an end): ``bo`` is not in ``x-bob-lab``."""
+    return all(re.search(rf"(^|[-_.]){re.escape(p)}($|[-_.])", name) for p in parts)
+
+
 class EngineError(Exception):
     """The Docker engine could not be asked (503); the message says which engine."""
 
@@ -340,7 +346,8 @@ class Homes(LoggingConfigurable):
         """The exit status of a container that is gone, from the engine's
         events since ``since`` (Unix time): the container ``ref`` (id or
         name), or the last one of ``image`` whose name holds every one of
-        ``name_parts``. None when the engine does not know."""
+        ``name_parts`` (each between separators: ``-``, ``_``, ``.``, or an
+        end). None when the engine does not know."""
         if not self.available or not (ref or image):
             return None
         filters = {"type": ["container"], "event": ["die"]}
@@ -368,7 +375,7 @@ class Homes(LoggingConfigurable):
                 attributes = (json.loads(line).get("Actor") or {}).get("Attributes") or {}
             except (ValueError, AttributeError):
                 continue
-            if not all(part in attributes.get("name", "") for part in name_parts):
+            if not name_matches(attributes.get("name", ""), name_parts):
                 continue
             code = attributes.get("exitCode")
             if code is not None and code.lstrip("-").isdigit():

@@ -1,6 +1,7 @@
 """The user's servers: JSON API, the Servers page, and direct launch links."""
 
 import asyncio
+import collections
 import hashlib
 import re
 import string
@@ -69,7 +70,16 @@ _NO_ADDRESS_REASON = (
 # (user, hub server name): the hub only remembers what came after (a timeout,
 # or no address), and the container is gone by then. Forgotten when the
 # server starts again or runs.
-_exit_reasons = {}
+_exit_reasons = collections.OrderedDict()
+_EXIT_REASONS_KEPT = 1000
+
+
+def _remember(key, reason):
+    _exit_reasons[key] = reason
+    _exit_reasons.move_to_end(key)
+    while len(_exit_reasons) > _EXIT_REASONS_KEPT:
+        _exit_reasons.popitem(last=False)
+    return reason
 
 
 def _reason(message):
@@ -200,7 +210,7 @@ class ServersMixin:
             if status == "running":
                 _exit_reasons.pop(key, None)
         elif container_state.get("Status") in {"exited", "dead"}:
-            model["error"] = _exit_reasons[key] = await homes.exit_reason(info)
+            model["error"] = _remember(key, await homes.exit_reason(info))
 
     async def _no_address(self, failure, hub_model, key):
         """DockerSpawner's cryptic failure when the container stopped before
@@ -237,9 +247,10 @@ class ServersMixin:
             code = await homes.exit_status(started - 5, image=image, name_parts=parts)
         if code is None:
             return
-        model["error"] = _exit_reasons[key] = (
+        model["error"] = _remember(
+            key,
             f"The server's container exited with status {code} and was removed "
-            "(DockerSpawner's remove), so its output is gone"
+            "(DockerSpawner's remove), so its output is gone",
         )
 
     async def find_built(self, environment):
@@ -361,6 +372,8 @@ class ServerAPIHandler(ServersMixin, APIHandler):
         except HubError as e:
             status = e.status if 400 <= e.status < 500 else 502
             raise web.HTTPError(status, f"JupyterHub could not stop {name!r}: {e.message}")
+        if remove:
+            _exit_reasons.pop((self.current_user["name"], server["server_name"]), None)
         self.set_status(202 if not remove else 204)
         self.finish()
 
