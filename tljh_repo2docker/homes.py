@@ -18,6 +18,7 @@ routes answer 501.
 """
 
 import asyncio
+import collections
 import json
 import re
 import time
@@ -44,6 +45,9 @@ _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
 # Environment variables of a container whose values never reach a message.
 _SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
+# Deaths of containers remembered from the engine's event stream.
+_DEATHS_KEPT = 2000
+
 # However slow the engine, a measurement is given up after this many seconds
 # (then the next list starts another).
 _MEASURE_LIMIT = 600
@@ -153,6 +157,10 @@ class Homes(LoggingConfigurable):
         self._sizes = None  # {volume name: bytes or None}
         self._sizes_at = 0.0
         self._df_task = None
+        # Containers that died lately, as the engine's event stream told:
+        # {container id: (name, image, exit status, Unix time)}, the newest last.
+        self._deaths = collections.OrderedDict()
+        self._watcher = None
 
     # -- the engine ------------------------------------------------------------
 
@@ -342,6 +350,53 @@ class Homes(LoggingConfigurable):
         reason += f". Its last output:\n{tail}" if tail else ", without output."
         return reason
 
+    # -- containers that died -----------------------------------------------------
+
+    def watch_deaths(self):
+        """Follow the engine's ``die`` events from now on (once), so that the
+        exit status of a server's container is known even when Docker removed
+        it at once and its event left the engine's short event buffer."""
+        if self.available and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.ensure_future(self._watch_deaths())
+
+    async def _watch_deaths(self):
+        params = {"filters": clean_filters({"type": ["container"], "event": ["die"]})}
+        while True:
+            try:
+                async with self.builder.docker._query("events", params=params, timeout=None) as response:
+                    async for line in response.content:
+                        self._record_death(line)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the engine went away: try again shortly
+                self.log.debug("Lost the engine's events (%s): following again in 5 s", e)
+            await asyncio.sleep(5)
+
+    def _record_death(self, line):
+        try:
+            event = json.loads(line)
+            attributes = (event.get("Actor") or {}).get("Attributes") or {}
+            code = int(attributes["exitCode"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        container = (event.get("Actor") or {}).get("ID") or event.get("id") or ""
+        self._deaths[container] = (attributes.get("name", ""), attributes.get("image", ""), code, time.time())
+        self._deaths.move_to_end(container)
+        while len(self._deaths) > _DEATHS_KEPT:
+            self._deaths.popitem(last=False)
+
+    def _known_death(self, since, ref, image, name_parts):
+        for container, (name, died_image, code, when) in reversed(self._deaths.items()):
+            if when < since:
+                break
+            if ref and ref not in (container, name):
+                continue
+            if image and died_image != image:
+                continue
+            if name_matches(name, name_parts):
+                return code
+        return None
+
     async def exit_status(self, since, ref=None, image=None, name_parts=()):
         """The exit status of a container that is gone, from the engine's
         events since ``since`` (Unix time): the container ``ref`` (id or
@@ -350,6 +405,9 @@ class Homes(LoggingConfigurable):
         end). None when the engine does not know."""
         if not self.available or not (ref or image):
             return None
+        known = self._known_death(since, ref, image, name_parts)
+        if known is not None:
+            return known
         filters = {"type": ["container"], "event": ["die"]}
         if ref:
             filters["container"] = [ref]

@@ -130,6 +130,7 @@ class ServersMixin:
             )
         except HubError as e:
             raise web.HTTPError(502, f"JupyterHub answered: {e.message}") from None
+        Homes.for_app(self.tljh_app).watch_deaths()
         envs = {e.uid: e for e in await store.list_environments(self.sessions)}
         self._options = {}
         servers = []
@@ -200,6 +201,10 @@ class ServersMixin:
         if not homes.available or status not in {"spawn", "running"}:
             return
         info = await homes.container(ref) if ref else None
+        self.log.debug(
+            "Server %s/%s is %s; its container %s is %s", *key, status, ref or "(unknown)",
+            (info.get("State") or {}).get("Status") if info else "not found",
+        )
         if info is None:
             await self._gone(model, hub_model, homes, ref, key)
             return
@@ -245,6 +250,7 @@ class ServersMixin:
             image = (hub_model.get("user_options") or {}).get("image")
             parts = [_escape(key[0]), _escape(key[1].lower())]
             code = await homes.exit_status(started - 5, image=image, name_parts=parts)
+        self.log.debug("Server %s/%s: exit status of its container from events: %s", *key, code)
         if code is None:
             return
         model["error"] = _remember(
@@ -282,6 +288,7 @@ class ServersMixin:
         options = user_options(env) if env is not None else dict(previous_options or {})
         server_name = server_name or await self.hub_server_name(name)
         _exit_reasons.pop((self.current_user["name"], server_name), None)
+        Homes.for_app(self.tljh_app).watch_deaths()
         try:
             await self.hub.start_server(
                 self.current_user["name"], server_name, options, display_name=name
