@@ -19,6 +19,7 @@ ADMIN_API = [
     ("POST", "api/environments/does-not-exist/rebuild", {}),
     ("POST", "api/environments/does-not-exist/cancel", {}),
     ("GET", "api/environments/does-not-exist/logs", None),
+    ("DELETE", "api/homes/does-not-exist", None),
 ]
 USER_API = [
     ("GET", "api/environments", None),

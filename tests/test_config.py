@@ -84,9 +84,10 @@ def test_help_all_documents_every_option(tmp_path):
 
 def test_every_setting_has_help():
     from tljh_repo2docker.builds.manager import BuildManager
+    from tljh_repo2docker.homes import Homes
     from tljh_repo2docker.hub import HubClient
 
-    for cls in (TljhRepo2Docker, BuildManager, HubClient):
+    for cls in (TljhRepo2Docker, BuildManager, HubClient, Homes):
         for name, trait in cls.class_traits(config=True).items():
             if cls is TljhRepo2Docker and name in TljhRepo2Docker.__base__.class_traits(config=True):
                 continue
@@ -139,11 +140,12 @@ def test_every_setting_is_in_the_readme():
     from tljh_repo2docker.builds.binderhub import BinderHubBuilder
     from tljh_repo2docker.builds.docker import DockerBuilder
     from tljh_repo2docker.builds.manager import BuildManager
+    from tljh_repo2docker.homes import Homes
     from tljh_repo2docker.hub import HubClient
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = []
-    for cls in (TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient):
+    for cls in (TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Homes):
         for name in cls.class_own_traits(config=True):
             label = f"`{name}`" if cls is TljhRepo2Docker else f"{cls.__name__}.{name}"
             if label not in readme:

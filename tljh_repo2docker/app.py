@@ -38,8 +38,9 @@ from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
 from .db import session as db_session
 from .db import store
-from .handlers import environments, health, logs, openapi, pages, servers
+from .handlers import environments, health, homes, logs, openapi, pages, servers
 from .handlers.base import NotFoundAPIHandler
+from .homes import Homes
 from .hub import HubClient
 from .limits import (
     LimitError,
@@ -105,7 +106,7 @@ class TljhRepo2Docker(Application):
         ),
     }
 
-    classes = [BuildManager, DockerBuilder, HubClient]
+    classes = [BuildManager, DockerBuilder, HubClient, Homes]
 
     config_file = Unicode(
         "tljh_repo2docker_config.py",
@@ -642,7 +643,7 @@ class TljhRepo2Docker(Application):
 
     def init_webapp(self):
         routes = []
-        for module in (pages, environments, logs, servers, health, openapi):
+        for module in (pages, environments, logs, servers, homes, health, openapi):
             routes.extend(module.default_handlers)
         handlers = [(url_path_join(self.base_url, path), handler) for path, handler in routes]
         if self.logo_file:

@@ -1,6 +1,7 @@
 """A small client of JupyterHub's REST API, authenticated with the service's token."""
 
 import asyncio
+import json
 import re
 import time
 from urllib.parse import quote
@@ -153,6 +154,36 @@ class HubClient(LoggingConfigurable):
     async def stop_server(self, user, server_name, remove=False):
         path = f"users/{quote(user, safe='')}/servers/{quote(server_name, safe='')}"
         return await self.request("DELETE", path, json={"remove": remove})
+
+    async def spawn_failure(self, user, server_name, timeout=5):
+        """Why the last start of a server that is not starting failed: the
+        message of the final event of the hub's progress stream (``failed``),
+        or None (it did not fail, the hub forgot, or did not answer in
+        ``timeout`` seconds). Only ask for servers that are not pending: the
+        stream of a starting server lasts until it is up."""
+        path = f"users/{quote(user, safe='')}/servers/{quote(server_name, safe='')}/progress"
+
+        async def read():
+            async with self.client.stream("GET", path) as response:
+                if response.status_code != 200:
+                    return None  # 400: not starting and no failure kept; 404: gone
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    try:
+                        event = json.loads(line[5:])
+                    except ValueError:
+                        continue
+                    if event.get("failed"):
+                        return str(event.get("message") or "Spawn failed")
+                    if event.get("ready"):
+                        return None
+            return None
+
+        try:
+            return await asyncio.wait_for(read(), timeout)
+        except (asyncio.TimeoutError, httpx.HTTPError):
+            return None
 
     async def check(self):
         await self.request("GET", "")

@@ -21,6 +21,10 @@
   function statusBadge(server) {
     const status = server.status;
     const text = STATUS_TEXT[status] || status;
+    if (server.error && status !== "stopped") {
+      // The hub still says starting (or running), but the container exited.
+      return el("span", { class: "badge text-bg-danger" }, icon("fa-xmark"), " Failed");
+    }
     if (PENDING.has(status)) {
       return el(
         "span",
@@ -70,14 +74,50 @@
     );
   }
 
+  function environmentCell(server) {
+    return el(
+      "td",
+      { class: "server-environment" },
+      server.environment || el("span", { class: "text-body-secondary" }, "unknown"),
+      server.outdated
+        ? el(
+            "div",
+            { class: "mt-1" },
+            el(
+              "span",
+              { class: "badge text-bg-warning server-outdated", title: "The environment was rebuilt since this server started" },
+              icon("fa-arrows-rotate"),
+              " newer build available — restart to use it"
+            )
+          )
+        : null
+    );
+  }
+
+  function statusCell(server) {
+    return el(
+      "td",
+      { class: "server-status" },
+      statusBadge(server),
+      server.error
+        ? el(
+            "div",
+            { class: "server-error small text-danger mt-1", title: server.error },
+            server.status === "stopped" ? "Last start failed: " : "",
+            server.error
+          )
+        : null
+    );
+  }
+
   function row(server) {
     const name = server.status === "running" ? el("a", { href: server.url }, server.name) : server.name;
     return el(
       "tr",
-      { dataset: { name: server.name, status: server.status } },
+      { dataset: { name: server.name, status: server.status, failed: server.error ? "true" : null } },
       el("th", { scope: "row", class: "server-name" }, name),
-      el("td", { class: "server-environment" }, server.environment || el("span", { class: "text-body-secondary" }, "unknown")),
-      el("td", { class: "server-status" }, statusBadge(server)),
+      environmentCell(server),
+      statusCell(server),
       el("td", { class: "server-activity" }, R.timeElement(server.last_activity)),
       actions(server)
     );
@@ -118,7 +158,10 @@
         }
         if (starting.has(server.name)) {
           const since = starting.get(server.name);
-          if (server.status === "running") starting.delete(server.name);
+          if (server.error) {
+            starting.delete(server.name);
+            showPageError(`Could not start ${server.name}: ${server.error}`, server.server_name || server.name);
+          } else if (server.status === "running") starting.delete(server.name);
           else if (server.status === "stopped" && Date.now() - since > 4000) {
             starting.delete(server.name);
             showPageError(
@@ -213,6 +256,8 @@
       environment: result.environment || (env && env.name),
       environment_uid: environment,
       status: "spawn",
+      outdated: false,
+      error: null,
       url: result.url,
       last_activity: server ? server.last_activity : null,
     };
@@ -374,6 +419,10 @@
         return;
       }
       const seconds = Math.round((Date.now() - started) / 1000);
+      if (server && server.error) {
+        fail(`The server ${name} could not be started: ${server.error}`);
+        return;
+      }
       if (server && server.status === "running") {
         progress.textContent = "The server is ready: opening it…";
         R.announce(`${name} is ready`);

@@ -1,13 +1,20 @@
 """The user's servers: JSON API, the Servers page, and direct launch links."""
 
+import asyncio
+import collections
 import hashlib
 import re
+import string
+import time
+from datetime import datetime
 from urllib.parse import quote
 
+from escapism import escape
 from tornado import web
 
 from ..db import store
 from ..environments import user_options
+from ..homes import Homes
 from ..hub import HubError
 from .base import APIHandler, BaseHandler, FieldError
 
@@ -48,6 +55,58 @@ def slug_for(name):
     return f"{readable}-{digest}"
 
 
+# Answers of the hub that say nothing about why a start failed.
+_GENERIC = {"", "error", "internal server error", "bad request", "bad gateway", "unknown error"}
+
+
+# DockerSpawner's words when the container stopped before it had an address.
+_NO_ADDRESS = "The 'ip' trait of a Server instance expected"
+_NO_ADDRESS_REASON = (
+    "The server's container stopped as soon as it started{status}: the environment's image "
+    "does not run a notebook server (JupyterHub: {message})"
+)
+
+# Why a container exited while its server started, seen by this service, by
+# (user, hub server name): the hub only remembers what came after (a timeout,
+# or no address), and the container is gone by then. Forgotten when the
+# server starts again or runs.
+_exit_reasons = collections.OrderedDict()
+_EXIT_REASONS_KEPT = 1000
+
+
+def _remember(key, reason):
+    _exit_reasons[key] = reason
+    _exit_reasons.move_to_end(key)
+    while len(_exit_reasons) > _EXIT_REASONS_KEPT:
+        _exit_reasons.popitem(last=False)
+    return reason
+
+
+def _reason(message):
+    """The hub's ``Spawn failed: <why>`` as ``<why>``, explained where it is cryptic."""
+    if not message:
+        return None
+    message = str(message).strip()
+    if message.startswith("Spawn failed:"):
+        message = message.split(":", 1)[1].strip() or message
+    return message
+
+
+def _escape(text):
+    """DockerSpawner's escaping of user and server names in container names."""
+    return escape(text, set(string.ascii_lowercase + string.digits), escape_char="-").lower()
+
+
+def _timestamp(iso):
+    """The hub's ISO 8601 time as Unix time, or None."""
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 class ServersMixin:
     """What the API and the page share: reading and starting the user's servers."""
 
@@ -71,12 +130,14 @@ class ServersMixin:
             )
         except HubError as e:
             raise web.HTTPError(502, f"JupyterHub answered: {e.message}") from None
+        Homes.for_app(self.tljh_app).watch_deaths()
         listed = await store.list_environments(self.sessions)
         envs = {e.uid: e for e in listed}
         # Servers started under tljh-repo2docker 3.x name only their image.
         by_image = {e.image_name: e for e in listed}
         self._options = {}
         servers = []
+        facts = []
         for server_name, server in sorted((model.get("servers") or {}).items()):
             if not server_name:
                 continue  # the default server is the hub's own business
@@ -101,9 +162,105 @@ class ServersMixin:
                     "url": self.server_url(server_name),
                     "last_activity": server.get("last_activity"),
                     "started": server.get("started"),
+                    "outdated": None,
+                    "error": None,
                 }
             )
+            facts.append(self.add_engine_facts(servers[-1], server, env))
+        await asyncio.gather(*facts)
         return servers
+
+    async def add_engine_facts(self, model, hub_model, env):
+        """Fill ``outdated`` and ``error`` of the server ``model``.
+
+        ``outdated``: the server's container runs another image than its
+        environment's current build. The hub does not say which image a
+        container runs, but its server model carries the spawner's state
+        (the service's role has ``admin:servers``), where DockerSpawner keeps
+        the container's id: the engine then tells its image. A stopped server
+        is never outdated (starting it again uses the newest build); without
+        an engine (BinderHub and Kubernetes) or a container it is unknown (null).
+
+        ``error``: why its last start failed, or why it is not running when
+        the hub thinks it is. The hub's progress stream keeps the failure of a
+        stopped server. A server "starting" whose container has exited failed
+        too (the hub only notices when its ``http_timeout`` ends), and so has a
+        "running" one whose container is gone (the hub took another
+        container's answer at the same address for its own): the container,
+        or the engine's events once Docker removed it, tell why.
+        """
+        status = model["status"]
+        key = (self.current_user["name"], model["server_name"])
+        if status == "stopped":
+            model["outdated"] = False if env is not None else None
+            failure = _reason(await self.hub.spawn_failure(*key))
+            if failure and failure.startswith(_NO_ADDRESS) and key not in _exit_reasons:
+                failure = await self._no_address(failure, hub_model, key)
+            model["error"] = _exit_reasons.get(key) or failure
+            return
+        homes = Homes.for_app(self.tljh_app)
+        state = hub_model.get("state") or {}
+        ref = state.get("object_id") or state.get("object_name")
+        if not homes.available or status not in {"spawn", "running"}:
+            return
+        info = await homes.container(ref) if ref else None
+        self.log.debug(
+            "Server %s/%s is %s; its container %s is %s", *key, status, ref or "(unknown)",
+            (info.get("State") or {}).get("Status") if info else "not found",
+        )
+        if info is None:
+            await self._gone(model, hub_model, homes, ref, key)
+            return
+        if env is not None and env.image_id:
+            model["outdated"] = info.get("Image") != env.image_id
+        container_state = info.get("State") or {}
+        if container_state.get("Running"):
+            if status == "running":
+                _exit_reasons.pop(key, None)
+        elif container_state.get("Status") in {"exited", "dead"}:
+            model["error"] = _remember(key, await homes.exit_reason(info))
+
+    async def _no_address(self, failure, hub_model, key):
+        """DockerSpawner's cryptic failure when the container stopped before
+        it had an address, said plainly, with the exit status if the engine
+        still knows it."""
+        homes = Homes.for_app(self.tljh_app)
+        code = None
+        if homes.available:
+            code = await homes.exit_status(
+                time.time() - 3600,
+                image=(hub_model.get("user_options") or {}).get("image"),
+                name_parts=[_escape(key[0]), _escape(key[1].lower())],
+            )
+        status = f" (it exited with status {code})" if code is not None else ""
+        return _NO_ADDRESS_REASON.format(status=status, message=failure)
+
+    async def _gone(self, model, hub_model, homes, ref, key):
+        """The container of a starting or running server is gone: it exited,
+        and Docker removed it at once (DockerSpawner's ``remove``). Say so,
+        with its exit status from the engine's events."""
+        if key in _exit_reasons:
+            model["error"] = _exit_reasons[key]  # seen before it was removed
+            return
+        started = _timestamp(hub_model.get("started")) or time.time() - 3600
+        if ref:
+            code = await homes.exit_status(started - 5, ref=ref)
+        else:
+            # DockerSpawner forgets the container's id once it saw it gone;
+            # its name holds the escaped user and server names (as in
+            # DockerSpawner's name_template, which must have both for named
+            # servers), and it ran the environment's image.
+            image = (hub_model.get("user_options") or {}).get("image")
+            parts = [_escape(key[0]), _escape(key[1].lower())]
+            code = await homes.exit_status(started - 5, image=image, name_parts=parts)
+        self.log.debug("Server %s/%s: exit status of its container from events: %s", *key, code)
+        if code is None:
+            return
+        model["error"] = _remember(
+            key,
+            f"The server's container exited with status {code} and was removed "
+            "(DockerSpawner's remove), so its output is gone",
+        )
 
     async def find_built(self, environment):
         if not isinstance(environment, str) or not environment.strip():
@@ -135,14 +292,48 @@ class ServersMixin:
         ``server_name``) with its own options; returns the hub's name for it."""
         options = user_options(env) if env is not None else dict(previous_options or {})
         server_name = server_name or await self.hub_server_name(name)
+        _exit_reasons.pop((self.current_user["name"], server_name), None)
+        Homes.for_app(self.tljh_app).watch_deaths()
         try:
             await self.hub.start_server(
                 self.current_user["name"], server_name, options, display_name=name
             )
         except HubError as e:
             status = e.status if 400 <= e.status < 500 else 502
-            raise web.HTTPError(status, f"JupyterHub could not start {name!r}: {e.message}")
+            reason = e.message
+            if e.status >= 500 or reason.strip().lower() in _GENERIC:
+                # The hub's answer is often generic ("error", "Internal Server
+                # Error"): the server's progress or its container know better.
+                still_starting, known = await self.failure_reason(server_name)
+                if still_starting:
+                    # The hub answered 500 while the start goes on (it does
+                    # when its spawner takes longer than its slow_spawn_timeout
+                    # and then looks dead): like a slow start, the caller
+                    # follows it, and the list gives the reason if it fails.
+                    self.log.info("Start of %s goes on after the hub's %d", server_name, e.status)
+                    return server_name
+                reason = known or reason
+            raise web.HTTPError(status, f"JupyterHub could not start {name!r}: {reason}")
         return server_name
+
+    async def failure_reason(self, server_name, wait=5):
+        """``(still starting, reason)`` of the user's server ``server_name``
+        whose start the hub refused: its error when known, waiting up to
+        ``wait`` seconds for one while the hub still says it is starting."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                servers = await self.user_servers()
+            except web.HTTPError:
+                return False, None
+            server = next((s for s in servers if s["server_name"] == server_name), None)
+            if server is None:
+                return False, None
+            if server["error"] or server["status"] != "spawn":
+                return False, server["error"]
+            if time.monotonic() > deadline:
+                return True, None
+            await asyncio.sleep(1)
 
 
 class ServersAPIHandler(ServersMixin, APIHandler):
@@ -193,6 +384,8 @@ class ServerAPIHandler(ServersMixin, APIHandler):
         except HubError as e:
             status = e.status if 400 <= e.status < 500 else 502
             raise web.HTTPError(status, f"JupyterHub could not stop {name!r}: {e.message}")
+        if remove:
+            _exit_reasons.pop((self.current_user["name"], server["server_name"]), None)
         self.set_status(202 if not remove else 204)
         self.finish()
 
