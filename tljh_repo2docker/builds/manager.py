@@ -4,6 +4,24 @@ This is the one place that runs builds, whatever the backend. Handlers call
 :meth:`BuildManager.submit`, :meth:`cancel` and :meth:`subscribe`; they never
 run a build themselves. Data flows one way: backend events -> this manager ->
 the database and the SSE subscribers.
+
+Stored first, then sent
+-----------------------
+Every event gets its id here, and live subscribers receive it only once the
+database holds it (with, for a log line, the backend's ``cursor`` just after
+that line, in the same transaction). So an event id a client has seen is
+always stored with that very event, whatever the moment the service dies
+(SIGKILL included): after the restart, the stored log, its last event id and
+the stored cursor agree, the backend goes on right after the cursor
+(:meth:`Builder.attach`), and a client that comes back with ``Last-Event-ID``
+gets the next event, never a different one under an id it saw, nor a line it
+saw under a new id. What a kill loses is only what no client was sent: the
+events not yet stored, which the backend reads again after the cursor.
+
+The price is that a line reaches clients after its write: the writer starts
+as soon as something waits, and at most every ``flush_interval`` seconds, so
+with a local database a line is sent a few milliseconds after it arrived,
+and lines that come fast are written (and sent) in batches.
 """
 
 import asyncio
@@ -20,7 +38,12 @@ from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildEvent, Bu
 
 
 class BuildLog:
-    """The live log of one build: recent events in memory and their subscribers."""
+    """The live log of one build: recent events in memory and their subscribers.
+
+    Events are ``(event_id, phase, message)``. :meth:`add` gives the next id
+    and keeps the event in memory; only :meth:`publish`, called once events
+    are stored, hands them to subscribers (see the module's docstring).
+    """
 
     def __init__(self, uid, next_id, head, tail):
         self.uid = uid
@@ -30,13 +53,18 @@ class BuildLog:
         self.head_events = []
         self.tail_events = collections.deque(maxlen=tail)
         self.subscribers = set()
-        # Events up to this id are in the database. The rest wait in memory,
-        # bounded like the log itself (see ``unstored``).
+        # Events up to this id are in the database (and were sent). The rest
+        # wait in memory, bounded like the log itself (see ``unstored``).
         self.stored_id = next_id - 1
         # Whether the last write of this log found the database unavailable.
         self.waiting_for_database = False
+        # Lines read from the backend so far, and the cursor after the last
+        # one: stored with the events that hold them.
         self.source_lines = 0
+        self.source_cursor = None
         self.done = False
+        # Set when an event waits to be written; the flusher waits for it.
+        self.pending = asyncio.Event()
         # One write of this log at a time, in order: the stored last event id
         # and line count must never go back (the periodic flush and the final
         # one can overlap).
@@ -49,14 +77,19 @@ class BuildLog:
             self.head_events.append(event)
         else:
             self.tail_events.append(event)
-        for queue in self.subscribers:
-            queue.put_nowait(event)
+        self.pending.set()
         return event
 
+    def publish(self, events):
+        """Hand stored events to the subscribers (id None: a notice, never stored)."""
+        for queue in self.subscribers:
+            for event in events:
+                queue.put_nowait(event)
+
     def since(self, after):
-        """Events in memory with an id above ``after``, with a marker where lines were dropped."""
-        events = [e for e in self.head_events if e[0] > after]
-        tail = [e for e in self.tail_events if e[0] > after]
+        """Stored events in memory with an id above ``after``, with a marker where lines were dropped."""
+        events = [e for e in self.head_events if after < e[0] <= self.stored_id]
+        tail = [e for e in self.tail_events if after < e[0] <= self.stored_id]
         if tail:
             last_head = self.head_events[-1][0] if self.head_events else 0
             gap_from = max(after, last_head) + 1
@@ -87,6 +120,13 @@ def omitted_marker(count):
     return f"... {count} log lines omitted ..."
 
 
+#: Sent (without an id, and not stored) to live clients when the log cannot
+#: be written: lines are sent once stored, so they wait.
+DATABASE_AWAY_NOTICE = (
+    "the database is unavailable: the build goes on, and its log continues here once it is back"
+)
+
+
 class BuildManager(LoggingConfigurable):
     """Runs builds through the configured backend, at most ``max_concurrent_builds`` at a time."""
 
@@ -115,8 +155,16 @@ class BuildManager(LoggingConfigurable):
     ).tag(config=True)
 
     flush_interval = Float(
-        0.25,
-        help="Seconds between writes of new log lines to the database.",
+        0.05,
+        min=0,
+        help="""
+        Shortest time, in seconds, between two writes of one build's new log
+        lines to the database. Live clients get a line once it is written
+        (so that an event id they saw is always stored, even if the service
+        is killed), so this is also the longest a line waits when lines come
+        fast; a line after a quiet spell is written at once. Larger values
+        mean fewer, bigger writes. Default: 0.05.
+        """,
     ).tag(config=True)
 
     db_retry_interval = Float(
@@ -220,6 +268,8 @@ class BuildManager(LoggingConfigurable):
         """Yield ``(event_id, phase, message)`` from ``after`` on, live while the build runs.
 
         Ends after a final event. For a finished build, replays the stored log.
+        Only stored events are yielded (see the module's docstring); events
+        with id None are markers ("lines omitted") or notices for live clients.
         """
         log = self._logs.get(uid)
         if log is None or log.done:
@@ -232,13 +282,15 @@ class BuildManager(LoggingConfigurable):
             # Everything still in memory covers the stored part too, except
             # for lines dropped from the middle of a very long log.
             first_in_memory = (log.head_events or list(log.tail_events) or [(log.next_id,)])[0][0]
+            last = after
             if after + 1 < first_in_memory:
                 for event in await self._stored(uid, after):
                     if event[0] is not None and event[0] >= first_in_memory:
                         break
+                    if event[0] is not None:
+                        last = event[0]
                     yield event
-            last = after
-            for event in log.since(after):
+            for event in log.since(last):
                 if event[0] is not None:
                     last = event[0]
                 yield event
@@ -246,8 +298,14 @@ class BuildManager(LoggingConfigurable):
                     return
             while True:
                 event = await queue.get()
+                if event[0] is None:
+                    yield event  # a notice for live clients, not part of the log
+                    continue
                 if event[0] <= last:
                     continue
+                if last > after and event[0] > last + 1:
+                    # Dropped from the middle while the database was away.
+                    yield (None, LOG, omitted_marker(event[0] - last - 1))
                 last = event[0]
                 yield event
                 if event[1] in (BUILT, FAILED, CANCELLED):
@@ -299,6 +357,8 @@ class BuildManager(LoggingConfigurable):
             async for event in events:
                 if event.phase == LOG:
                     log.source_lines += 1
+                    if event.cursor is not None:
+                        log.source_cursor = event.cursor
                     log.add(LOG, event.message)
                 elif event.phase == STATUS:
                     log.add(STATUS, event.message)
@@ -389,22 +449,35 @@ class BuildManager(LoggingConfigurable):
             self._flushers[uid] = asyncio.create_task(self._flush_loop(uid))
 
     async def _flush_loop(self, uid):
+        """Write a build's new events as soon as some wait, at most every ``flush_interval``."""
         while True:
             log = self._logs.get(uid)
-            waiting = log is not None and log.waiting_for_database
-            await asyncio.sleep(self.db_retry_interval if waiting else self.flush_interval)
+            if log is None:
+                return
+            if log.waiting_for_database:
+                await asyncio.sleep(self.db_retry_interval)
+            else:
+                await log.pending.wait()
             try:
                 await self._flush(uid)
             except Exception as e:
                 if not database_unavailable(e):
                     self.log.exception("Could not store the log of build %s; will retry", uid)
+                    await asyncio.sleep(self.db_retry_interval)
+            await asyncio.sleep(self.flush_interval)
 
     async def _flush(self, uid):
-        """Write the log's new events. Raises when that fails; they are written next time."""
+        """Write the log's new events, then send them to subscribers.
+
+        Raises when the write fails; the events are written (and sent) next
+        time. The line count and cursor are read together with the events:
+        they describe exactly the lines written.
+        """
         log = self._logs.get(uid)
         if log is None:
             return
         async with log.flush_lock:
+            log.pending.clear()
             events = log.unstored()
             if not events:
                 return
@@ -414,19 +487,24 @@ class BuildManager(LoggingConfigurable):
                     uid,
                     events,
                     source_lines=log.source_lines,
+                    source_cursor=log.source_cursor,
                     head=self.log_head_lines,
                     tail=self.log_tail_lines,
                 )
             except asyncio.CancelledError:
                 # The store finishes a write before passing a cancel on.
                 log.stored_id = events[-1][0]
+                log.publish(events)
                 raise
             except Exception as e:
+                log.pending.set()
                 if database_unavailable(e) and not log.waiting_for_database:
                     log.waiting_for_database = True
                     self._warn_unavailable(e, f"the log of build {uid}")
+                    log.publish([(None, STATUS, DATABASE_AWAY_NOTICE)])
                 raise
             log.stored_id = events[-1][0]
+            log.publish(events)
             if log.waiting_for_database:
                 log.waiting_for_database = False
                 self.log.info(
@@ -478,7 +556,11 @@ class BuildManager(LoggingConfigurable):
         building = await store.list_environments(self.sessions, [store.BUILDING])
         await self._discard_leftovers(running, building)
         for env in building:
-            events = self.builder.attach(env.uid, env.source_lines) if env.uid in running else None
+            events = (
+                self.builder.attach(env.uid, env.source_lines, env.source_cursor)
+                if env.uid in running
+                else None
+            )
             if events is None and self.builder.resubmit_on_recover and not env.private:
                 self.log.info("Re-submitting build %s after a restart", env.uid)
                 await store.update_environment(self.sessions, env.uid, status=store.QUEUED)
@@ -494,6 +576,7 @@ class BuildManager(LoggingConfigurable):
             self.log.info("Re-attaching to build %s", env.uid)
             log = self._open_log(env.uid, env.last_event_id + 1)
             log.source_lines = env.source_lines
+            log.source_cursor = env.source_cursor
             log.add(STATUS, "re-attached after a service restart")
             self._ensure_flusher(env.uid)
             self._running[env.uid] = asyncio.create_task(self._run(env.uid, events, resumed=True))
@@ -576,7 +659,7 @@ class BuildManager(LoggingConfigurable):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Store what subscribers were sent: after the restart, ids go on from there.
+        # Store (and send) what waits: after the restart, ids go on from there.
         for uid in list(self._logs):
             try:
                 await self._flush(uid)
@@ -584,8 +667,11 @@ class BuildManager(LoggingConfigurable):
                 if not database_unavailable(e):
                     self.log.exception("Could not store the log of build %s", uid)
                     continue
+                # Never sent to anyone, and after the stored cursor: a
+                # re-attach reads them from the backend again.
                 self.log.warning(
-                    "The database is unavailable (%s): the last %d log lines of build %s are lost",
+                    "The database is unavailable (%s): the last %d log lines of build %s "
+                    "are not stored",
                     e.__class__.__name__, len(self._logs[uid].unstored()), uid,
                 )
         self._queue.clear()
