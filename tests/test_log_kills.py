@@ -1,0 +1,348 @@
+"""Build logs stay exact when the service is killed (SIGKILL) at any moment.
+
+Issue 14: a line printed just before a kill came twice, under two ids. The
+service now sends an event to live clients only once it is stored, together
+with where the stored log ends in the build container's output (a Docker log
+time stamp and a count, see ``DockerBuilder``'s ``_LogReader``); a restart
+goes on from there.
+
+- Unit level (fakes, where the engine cannot produce the case on demand): the
+  log reader against generated Docker logs (lines cut into several messages,
+  empty lines, output without a final line end, stdout and stderr stamps out
+  of order, a rotated log), resumed after every line; the follower when the
+  stream breaks in the middle of a line.
+- Through a real hub, the real engine and repo2docker: builds that print
+  lines steadily while the service is killed at random moments, many times
+  (the service runs under ``tests/restarter.py``, which starts it again at
+  once, as JupyterHub does after its next poll), and once through JupyterHub
+  itself, which also measures how long the service is away.
+
+Each checks that every line comes exactly once to a client that reconnects
+with ``Last-Event-ID``, and is stored exactly once.
+"""
+
+import asyncio
+import os
+import random
+import signal
+import time
+
+import aiohttp
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests import logkills
+from tests.buildutils import wait_building
+from tests.fixtures import running_hub
+from tests.test_service_restart import service_pids
+from tests.utils import HubUser, figure
+from tljh_repo2docker.builds.base import BUILT, LOG, FAILED
+from tljh_repo2docker.builds.docker import DockerBuilder, _LogReader
+
+SEED = int(os.environ.get("TLJH_R2D_TEST_SEED", random.randrange(1 << 30)))
+
+
+# -- the log reader (unit) ---------------------------------------------------------
+
+
+def _stamp(ns):
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{fraction:09d}Z"
+
+
+@st.composite
+def docker_logs(draw):
+    """Messages as aiodocker yields them: ``"<stamp> <text>"``, one per engine message."""
+    pieces = draw(
+        st.lists(
+            st.one_of(
+                st.text(st.characters(blacklist_characters="\n\r"), max_size=8).map(lambda t: t + "\n"),
+                st.just("\n"),  # an empty line
+                st.just("\r\n"),
+                # part of a long line: the engine cut it without a line end
+                st.text(st.characters(blacklist_characters="\n"), min_size=1, max_size=8),
+            ),
+            max_size=40,
+        )
+    )
+    now = 1_796_115_786_000_000_000
+    stamps = []
+    for _ in pieces:
+        now += draw(st.sampled_from([0, 1, 30_000, 400_000_000, 1_300_000_000]))
+        # stdout and stderr are stamped by two threads: a stamp may be a
+        # little older than the one stored before it.
+        stamps.append(now - draw(st.sampled_from([0, 0, 0, 20_000])))
+    return [f"{_stamp(ns)} {text}" for ns, text in zip(stamps, pieces)]
+
+
+def read_all(messages, **kwargs):
+    reader = _LogReader(**kwargs)
+    out = []
+    for message in messages:
+        out += reader.feed(message)
+    return out + reader.finish()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docker_logs())
+def test_reading_again_after_any_line_goes_on_exactly_after_it(messages):
+    lines = read_all(messages)
+    text = "".join(m.partition(" ")[2] for m in messages)
+    expected = text.split("\n")
+    if expected[-1] == "":
+        expected.pop()
+    assert [line for line, _, _ in lines] == [e.removesuffix("\r") for e in expected]
+    assert all(new for _, new, _ in lines)
+    for index, (_, _, cursor) in enumerate(lines):
+        again = read_all(messages, cursor=cursor)
+        assert [(line, new) for line, new, _ in again] == [
+            (line, position > index) for position, (line, _, _) in enumerate(lines)
+        ]
+        # The cursors of the lines read again are the same: resuming twice works too.
+        assert [c for _, _, c in again] == [c for _, _, c in lines]
+
+
+@settings(max_examples=200, deadline=None)
+@given(docker_logs(), st.data())
+def test_a_rotated_log_still_resumes_exactly(messages, data):
+    lines = read_all(messages)
+    if not lines:
+        return
+    index = data.draw(st.integers(0, len(lines) - 1))
+    cursor = lines[index][2]
+    since = int(cursor.split()[0])
+    # The engine dropped the start of the log (max-size), up to a message
+    # stamped before the cursor's time.
+    first_kept = data.draw(st.integers(0, len(messages)))
+    kept = messages[first_kept:]
+    if any(_LogReader()._split(m)[0] >= since for m in messages[:first_kept]):
+        return  # rotated past the cursor: nothing can be exact then
+    again = read_all(kept, cursor=cursor)
+    assert [line for line, new, _ in again if new] == [line for line, _, _ in lines[index + 1 :]]
+
+
+def test_lines_cut_into_messages_empty_lines_and_an_unfinished_last_line():
+    messages = [
+        "2026-12-01T09:00:00.000000001Z one\n",
+        "2026-12-01T09:00:00.000000002Z \n",
+        "2026-12-01T09:00:00.100000000Z a long li",
+        "2026-12-01T09:00:00.100000001Z ne cut in three",
+        "2026-12-01T09:00:00.100000002Z  messages\r\n",
+        "2026-12-01T09:00:03.000000000Z no line end",
+    ]
+    reader = _LogReader()
+    fed = [reader.feed(m) for m in messages]
+    assert [[line for line, _, _ in out] for out in fed] == [
+        ["one"], [""], [], [], ["a long line cut in three messages"], []
+    ]
+    # Output without a line end is a line only once the log has ended.
+    assert [line for line, _, _ in reader.finish()] == ["no line end"]
+    assert reader.finish() == []
+    # A log written by a version that stored only a count of lines.
+    assert [(line, new) for line, new, _ in read_all(messages, skip_lines=2)] == [
+        ("one", False), ("", False), ("a long line cut in three messages", True), ("no line end", True)
+    ]
+    # A cursor that is not one of ours counts as none.
+    assert all(new for _, new, _ in read_all(messages, cursor="garbage"))
+
+
+class FakeContainer:
+    """A build container whose log streams are scripted; ``breaks`` the first one."""
+
+    def __init__(self, streams, code=0):
+        self.streams = list(streams)
+        self.code = code
+        self.broken = False
+
+    async def show(self):
+        return {
+            "Config": {"Cmd": ["jupyter-repo2docker", "--ref", "main"], "Labels": {}},
+            "State": {"Running": bool(self.streams), "ExitCode": self.code},
+        }
+
+    async def _log(self, items, breaks):
+        for item in items:
+            yield item
+        if breaks:
+            self.broken = True
+
+    def log(self, **kwargs):
+        assert kwargs["timestamps"] and kwargs["follow"]
+        items, breaks = self.streams.pop(0)
+        return self._log(items, breaks)
+
+    async def wait(self):
+        if self.broken:
+            # aiodocker ends the log stream quietly when the connection
+            # breaks; the next request fails.
+            self.broken = False
+            raise aiohttp.ClientConnectionError("Connection reset by peer")
+        return {"StatusCode": self.code}
+
+    async def delete(self, **kwargs):
+        pass
+
+
+async def test_a_stream_that_breaks_in_the_middle_of_a_line_repeats_nothing(monkeypatch):
+    log = [
+        "2026-12-01T09:00:00.000000001Z first\n",
+        "2026-12-01T09:00:00.000000002Z second, cut ",
+        "2026-12-01T09:00:00.000000003Z in two\n",
+        "2026-12-01T09:00:01.500000000Z last, without line end",
+    ]
+    container = FakeContainer([(log[:2], True), (log, False)], code=1)
+    builder = DockerBuilder(engine_wait_timeout=1)
+
+    async def answers():
+        return True
+
+    async def ok():
+        return "ok"
+
+    monkeypatch.setattr(builder, "_wait_for_engine", answers)
+    monkeypatch.setattr(builder, "_probe_engine", ok)
+    monkeypatch.setattr(builder, "_remove_staging", lambda *a: asyncio.sleep(0))
+    events = [
+        e async for e in builder._follow(container, "u", "img", None, _LogReader(), [])
+    ]
+    lines = [e.message for e in events if e.phase == LOG]
+    assert lines == ["first", "second, cut in two", "last, without line end"]
+    assert all(e.cursor for e in events if e.phase == LOG)
+    assert events[-1].phase == FAILED and "last, without line end" in events[-1].message
+
+
+# -- the real thing -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kill_hub(tmp_path_factory, test_images):
+    """A hub whose service runs under tests/restarter.py."""
+    workdir = tmp_path_factory.mktemp("kill-hub")
+    pidfile = workdir / "service.pid"
+    with running_hub(workdir, extra_config=logkills.restarter_config(pidfile)) as info:
+        info.pidfile = pidfile
+        yield info
+
+
+async def test_many_kills_at_random_moments_lose_and_repeat_nothing(kill_hub, git_root, git_server):
+    rng = random.Random(SEED)
+    print(f"seed {SEED} (TLJH_R2D_TEST_SEED={SEED} repeats it)")
+    user = await HubUser.login(kill_hub, "logkill-admin")
+    await user.close()
+    user = await HubUser.login(kill_hub, "admin")
+    builds = [
+        {"ticks": 100, "interval": 0.2, "burst": 0},  # a line every 0.2 s
+        {"ticks": 50, "interval": 0.4, "burst": 400},  # 400 lines at once first
+    ]
+    try:
+        uids = []
+        for build in builds:
+            name = logkills.ticking_repo(git_root, build["ticks"], build["interval"], build["burst"])
+            env = await user.create_env({"repo": git_server.url(name), "name": name})
+            uids.append(env["uid"])
+        lives = [[] for _ in uids]
+        followers = [
+            asyncio.ensure_future(logkills.follow_reconnecting(user, uid, live))
+            for uid, live in zip(uids, lives)
+        ]
+        # Kill from the first line of the build step on.
+        await wait_building(user, uids[0], contains="tick-1")
+        kills = []
+        await logkills.kill_repeatedly(
+            kill_hub,
+            kill_hub.pidfile,
+            rng,
+            until=lambda: all(f.done() for f in followers),
+            gaps=(0.1, 1.5),
+            kills=kills,
+        )
+        opened = await asyncio.gather(*followers)
+        problems = {}
+        for uid, live, build in zip(uids, lives, builds):
+            stored = logkills.stored_log(kill_hub.db_path, uid)
+            found = logkills.log_problems(live, stored, build["ticks"], build["burst"])
+            if found:
+                problems[uid] = found
+        starting = sum(1 for _, moment in kills if moment == "starting")
+        figure(
+            f"log kills: {len(kills)} SIGKILLs of the service during 2 builds "
+            f"({starting} while it started), {sum(opened)} SSE connections, seed {SEED}"
+        )
+        assert len(kills) >= 3, "the builds ended before the service was killed a few times"
+        reattached = [
+            d for live in lives for _, d in live if d["message"] == "re-attached after a service restart"
+        ]
+        assert reattached, "no kill landed while a build was followed"
+        assert not problems, problems
+    finally:
+        for uid in uids:
+            await user.api("POST", f"api/environments/{uid}/cancel")
+            await user.delete_env(uid)
+        await user.close()
+
+
+async def stream_end(user, uid):
+    """``(monotonic time, how)`` a log stream opened now ends: with no watchdog but
+    30 s of silence (the service sends a keep-alive every 25 s)."""
+    url = user.service_path(f"api/environments/{uid}/logs")
+    try:
+        async with user.client.stream("GET", url, timeout=httpx.Timeout(10, read=30)) as r:
+            async for _ in r.aiter_lines():
+                pass
+        how = "ended"
+    except httpx.HTTPError as e:
+        how = f"broke ({e.__class__.__name__})"
+    return time.monotonic(), how
+
+
+async def test_a_kill_through_jupyterhub_while_lines_arrive(hub, admin, git_root, git_server):
+    """As in the issue: JupyterHub notices the dead service and starts it again."""
+    rng = random.Random(SEED + 1)
+    ticks = 40
+    name = logkills.ticking_repo(git_root, ticks, 0.5)
+    env = await admin.create_env({"repo": git_server.url(name), "name": name})
+    uid = env["uid"]
+    try:
+        live = []
+        follower = asyncio.ensure_future(logkills.follow_reconnecting(admin, uid, live))
+        at_line = rng.randint(2, 8)
+        deadline = time.monotonic() + 120
+        while not any(d["message"].endswith(f" tick-{at_line}") for _, d in live):
+            assert time.monotonic() < deadline and not follower.done(), live[-5:]
+            await asyncio.sleep(0.02)
+        # A client without a watchdog: how does its stream end?
+        probe_end = asyncio.ensure_future(stream_end(admin, uid))
+        await asyncio.sleep(rng.uniform(0, 0.5))  # a line arrives every 0.5 s
+        (pid,) = service_pids(hub)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        # What users get meanwhile.
+        seen = set()
+        async with httpx.AsyncClient(base_url=hub.url, cookies=admin.client.cookies, timeout=10) as c:
+            while True:
+                page = await c.get("services/tljh_repo2docker/environments", follow_redirects=False)
+                api = await c.get(f"services/tljh_repo2docker/api/environments/{uid}")
+                seen.add((page.status_code, api.status_code))
+                pids = service_pids(hub)
+                if api.status_code == 200 and pids and pids != [pid]:
+                    break
+                assert time.monotonic() - killed < 90, "the service did not come back"
+                await asyncio.sleep(0.25)
+        away = time.monotonic() - killed
+        opened = await asyncio.wait_for(follower, 120)
+        ended_at, how = await asyncio.wait_for(probe_end, 120)
+        figure(
+            f"service away after SIGKILL, until JupyterHub started it again and it answered: "
+            f"{away:.1f} s; (page, API) statuses meanwhile: {sorted(seen)}; "
+            f"a stream open at the kill {how} {ended_at - killed:.1f} s after it; "
+            f"SSE connections of the reconnecting client: {opened}"
+        )
+        stored = logkills.stored_log(hub.db_path, uid)
+        assert not logkills.log_problems(live, stored, ticks), logkills.log_problems(live, stored, ticks)
+        assert any(d["message"] == "re-attached after a service restart" for _, d in live)
+    finally:
+        await admin.api("POST", f"api/environments/{uid}/cancel")
+        await admin.delete_env(uid)
