@@ -346,3 +346,134 @@ async def test_a_kill_through_jupyterhub_while_lines_arrive(hub, admin, git_root
     finally:
         await admin.api("POST", f"api/environments/{uid}/cancel")
         await admin.delete_env(uid)
+
+
+# -- the manager (unit: a scripted backend, a real SQLite database) -----------------
+
+
+from tests.test_build_manager_outage import FlakySessions  # noqa: E402
+from tljh_repo2docker.builds.base import STATUS, Builder, BuildEvent, BuildRequest  # noqa: E402
+from tljh_repo2docker.builds.manager import BuildManager, without_replay  # noqa: E402
+from tljh_repo2docker.db import store  # noqa: E402
+
+LINES = 60
+
+
+class CountingBuilder(Builder):
+    """Prints ``line-1..line-60`` with random pauses; each line's cursor is its number."""
+
+    def __init__(self, rng, **kwargs):
+        super().__init__(**kwargs)
+        self.rng = rng
+
+    async def _lines(self, after):
+        for number in range(after + 1, LINES + 1):
+            await asyncio.sleep(self.rng.choice([0, 0, 0.001, 0.003]))
+            yield BuildEvent(LOG, f"line-{number}", cursor=str(number))
+        yield BuildEvent(BUILT, "done", image_id="sha256:x")
+
+    def build(self, request):
+        return self._lines(0)
+
+    async def running(self):
+        return {"k"}
+
+    def attach(self, uid, skip_lines, cursor=None):
+        return self._lines(int(cursor or 0))
+
+    async def cancel(self, uid):
+        pass
+
+
+async def test_what_a_client_saw_is_stored_whenever_the_service_dies(sqlite_sessions):
+    """In process: the service "dies" at random moments (its database writes
+    stop, its client is cut off), a new one recovers. Every id the client
+    saw is stored with the same event, and the client, coming back with its
+    last id, gets each line exactly once."""
+    rng = random.Random(SEED + 2)
+    for round_ in range(25):
+        uid = "k"
+        env = await store.create_environment(
+            sqlite_sessions, uid=uid, name=f"k{round_}", image_name="x/k:1", repo="r",
+            ref="main", node_selector={}, build_args={},
+        )
+        seen = []
+        dying = FlakySessions(sqlite_sessions)
+        first = BuildManager(builder=CountingBuilder(rng), sessions=dying, flush_interval=0)
+        await first.submit(env, BuildRequest(uid=uid, repo="r", ref="main", image_name="x/k:1"))
+
+        async def follow(manager, after):
+            async for event in manager.subscribe(uid, after):
+                seen.append(event)
+
+        client = asyncio.ensure_future(follow(first, 0))
+        await asyncio.sleep(rng.uniform(0, 0.12))
+        dying.down = True  # the process is gone: nothing more is written or sent
+        client.cancel()
+        first._closing = True
+        for task in [*first._running.values(), *first._flushers.values()]:
+            task.cancel()
+        # A write that had begun ends (commits) now, as it would have before
+        # a real kill: a dead process writes nothing later.
+        for _ in range(500):
+            if len(asyncio.all_tasks()) == 1:
+                break
+            await asyncio.sleep(0.01)
+
+        stored = await store.read_log(sqlite_sessions, uid)
+        assert set(seen) <= set(stored), (round_, seen[-3:], stored[-3:])
+
+        second = BuildManager(builder=CountingBuilder(rng), sessions=sqlite_sessions, flush_interval=0)
+        await second.recover(lambda env: None)
+        after = seen[-1][0] if seen else 0
+        await asyncio.wait_for(follow(second, after), 10)
+        await second.close()
+        lines = [m for _, phase, m in seen if phase == LOG]
+        missing = sorted(set(f"line-{n}" for n in range(1, LINES + 1)) - set(lines))
+        assert lines == [f"line-{n}" for n in range(1, LINES + 1)], (round_, missing, seen[-6:], stored[-4:])
+        ids = [i for i, _, _ in seen]
+        assert ids == list(range(1, len(ids) + 1))
+        assert await store.read_log(sqlite_sessions, uid) == seen
+        await store.delete_environment(sqlite_sessions, uid)
+
+
+async def _events(*events):
+    for event in events:
+        yield event
+
+
+def _logs(*messages):
+    return [BuildEvent(LOG, m) for m in messages]
+
+
+async def _run_filter(stored, complete, *events):
+    return [(e.phase, e.message) async for e in without_replay(_events(*events), stored, complete, "BinderHub")]
+
+
+async def test_lines_binderhub_sends_again_are_not_repeated_and_each_case_is_said():
+    done = BuildEvent(BUILT, "Image ready")
+    stored = ["one", "two", "three"]
+    # BinderHub follows its build from its start: the old lines come again.
+    got = await _run_filter(stored, True, BuildEvent(STATUS, "BinderHub: building"), *_logs("one", "two", "three", "four"), done)
+    assert got == [
+        (STATUS, "BinderHub: building"),
+        (STATUS, "BinderHub sent the 3 log lines above again (it follows its build from its start); they are not repeated"),
+        (LOG, "four"),
+        (BUILT, "Image ready"),
+    ]
+    # BinderHub runs the build anew: its log starts over, nothing is dropped.
+    got = await _run_filter(stored, True, *_logs("one", "other"), done)
+    assert got == [
+        (STATUS, "BinderHub runs the build again: its log starts over here"),
+        (LOG, "one"), (LOG, "other"), (BUILT, "Image ready"),
+    ]
+    # The build ended meanwhile: BinderHub only says it is ready.
+    got = await _run_filter(stored, True, done)
+    assert got[0][0] == STATUS and "lines it printed after those above are not in this log" in got[0][1]
+    assert got[1:] == [(BUILT, "Image ready")]
+    # A stored log too long to compare: lines may repeat, and the log says so.
+    got = await _run_filter(stored, False, *_logs("one"), done)
+    assert got[0][0] == STATUS and "may send lines shown above again" in got[0][1]
+    assert got[1:] == [(LOG, "one"), (BUILT, "Image ready")]
+    # Nothing stored: nothing to compare.
+    assert await _run_filter([], True, *_logs("one"), done) == [(LOG, "one"), (BUILT, "Image ready")]

@@ -83,6 +83,8 @@ class Builder(LoggingConfigurable):
     #: being marked failed). Right for a backend where asking again for the
     #: same build is cheap and joins the build still running.
     resubmit_on_recover = False
+    #: How status lines about the backend name it.
+    display_name = "the build backend"
 
     def build(self, request: BuildRequest) -> AsyncIterator[BuildEvent]:
         """Start a build and yield its events; the last one is final.

@@ -116,6 +116,72 @@ class BuildLog:
         return tail
 
 
+async def without_replay(events, stored, complete, backend):
+    """The events of a build asked for again after a restart, without the lines it repeats.
+
+    A backend that cannot re-attach (``Builder.resubmit_on_recover``) is
+    asked for the same build again. BinderHub then follows the build it
+    still runs from its start, so its log begins with the lines already
+    stored (``stored``, in order); or it runs the build anew; or, when its
+    build ended meanwhile, it only says so, and what it printed while the
+    service was down is lost. Which one happened shows in the lines: those
+    that repeat ``stored`` from its first line are held back, and dropped
+    once all of ``stored`` came again, or sent after all once a line
+    differs (a new run). Each case is said in a status line, so that the
+    stored log never holds a silent repeat or a silent gap. When
+    ``complete`` is False (lines were dropped from the middle of a long
+    stored log), nothing can be compared: a status line says that lines may
+    repeat.
+    """
+    if not stored:
+        async for event in events:
+            yield event
+        return
+    if not complete:
+        yield BuildEvent(
+            STATUS,
+            f"{backend} may send lines shown above again: the stored log is too long "
+            "to tell them apart",
+        )
+        async for event in events:
+            yield event
+        return
+    held = []
+    comparing = True
+    async for event in events:
+        if comparing and event.phase == LOG:
+            if event.message == stored[len(held)]:
+                held.append(event)
+                if len(held) == len(stored):
+                    comparing = False
+                    yield BuildEvent(
+                        STATUS,
+                        f"{backend} sent the {len(held)} log lines above again (it follows "
+                        "its build from its start); they are not repeated",
+                    )
+                continue
+            comparing = False
+            yield BuildEvent(STATUS, f"{backend} runs the build again: its log starts over here")
+            for line in held:
+                yield line
+        elif comparing and event.final:
+            comparing = False
+            if held:
+                yield BuildEvent(
+                    STATUS,
+                    f"{backend} sent {len(held)} of the {len(stored)} log lines above again, "
+                    "then ended; lines it printed while the service was not running are "
+                    "not in this log",
+                )
+            else:
+                yield BuildEvent(
+                    STATUS,
+                    f"{backend}'s build ended while the service was not running: lines it "
+                    "printed after those above are not in this log",
+                )
+        yield event
+
+
 def omitted_marker(count):
     return f"... {count} log lines omitted ..."
 
@@ -210,6 +276,8 @@ class BuildManager(LoggingConfigurable):
         self._running = {}  # uid -> asyncio.Task
         self._logs = {}  # uid -> BuildLog
         self._flushers = {}  # uid -> asyncio.Task
+        # uid -> (stored log lines, whether complete), for re-submitted builds
+        self._replays = {}
         self._closing = False
 
     # -- what handlers ask -------------------------------------------------
@@ -337,7 +405,11 @@ class BuildManager(LoggingConfigurable):
             return
         while self._queue and len(self._running) < self.max_concurrent_builds:
             uid, request = self._queue.popitem(last=False)
-            self._running[uid] = asyncio.create_task(self._run(uid, self.builder.build(request)))
+            events = self.builder.build(request)
+            replay = self._replays.pop(uid, None)
+            if replay is not None:
+                events = without_replay(events, *replay, self.builder.display_name)
+            self._running[uid] = asyncio.create_task(self._run(uid, events))
             if self.on_started is not None:
                 self.on_started(uid)
 
@@ -424,18 +496,23 @@ class BuildManager(LoggingConfigurable):
             if env.image_id and env.build_number > 1:
                 message = f"{event.message}. The previous image is kept and still used."
                 fields["error"] = message
-        if env is not None:
-            await self._until_stored(
-                result, lambda: store.update_environment(self.sessions, uid, **fields)
-            )
-        # Subscribers hear of the end only once it is stored (a client that
-        # saw it may ask for the environment at once), and the log is replayed
-        # from the database only once its last event is there.
+        # The result, the final event and the lines not yet stored are
+        # written in one transaction: a kill can never leave a result
+        # without the end of its log (the restarted service would not
+        # re-attach to a finished build). Subscribers hear of the end only
+        # once it is stored (a client that saw it may ask for the
+        # environment at once).
         log = self._logs.get(uid)
         if log is not None:
             log.add(event.phase, message)
-        # _flush says itself when the database goes away and comes back.
-        await self._until_stored(None, lambda: self._flush(uid))
+            # _flush says itself when the database goes away and comes back.
+            await self._until_stored(
+                None, lambda: self._flush(uid, fields if env is not None else None)
+            )
+        elif env is not None:
+            await self._until_stored(
+                result, lambda: store.update_environment(self.sessions, uid, **fields)
+            )
         if log is not None:
             log.done = True
         flusher = self._flushers.pop(uid, None)
@@ -466,12 +543,13 @@ class BuildManager(LoggingConfigurable):
                     await asyncio.sleep(self.db_retry_interval)
             await asyncio.sleep(self.flush_interval)
 
-    async def _flush(self, uid):
+    async def _flush(self, uid, fields=None):
         """Write the log's new events, then send them to subscribers.
 
         Raises when the write fails; the events are written (and sent) next
         time. The line count and cursor are read together with the events:
-        they describe exactly the lines written.
+        they describe exactly the lines written. ``fields`` (the result of
+        the build) are written in the same transaction.
         """
         log = self._logs.get(uid)
         if log is None:
@@ -480,6 +558,8 @@ class BuildManager(LoggingConfigurable):
             log.pending.clear()
             events = log.unstored()
             if not events:
+                if fields:
+                    await store.update_environment(self.sessions, uid, **fields)
                 return
             try:
                 await store.append_log(
@@ -490,6 +570,7 @@ class BuildManager(LoggingConfigurable):
                     source_cursor=log.source_cursor,
                     head=self.log_head_lines,
                     tail=self.log_tail_lines,
+                    fields=fields,
                 )
             except asyncio.CancelledError:
                 # The store finishes a write before passing a cancel on.
@@ -563,9 +644,13 @@ class BuildManager(LoggingConfigurable):
             )
             if events is None and self.builder.resubmit_on_recover and not env.private:
                 self.log.info("Re-submitting build %s after a restart", env.uid)
+                # The backend may send again what it sent before: compare.
+                lines = [e[2] for e in await store.read_log(self.sessions, env.uid) if e[1] == LOG]
+                self._replays[env.uid] = (lines, len(lines) == env.source_lines)
                 await store.update_environment(self.sessions, env.uid, status=store.QUEUED)
                 await self.submit(env, request_for(env))
                 if env.uid in self._logs:
+                    self._logs[env.uid].source_lines = env.source_lines
                     self._logs[env.uid].add(STATUS, "re-submitted after a service restart")
                 continue
             if events is None:
