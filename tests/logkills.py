@@ -52,15 +52,16 @@ def ticking_repo(git_root, ticks, interval, burst=0):
     return name
 
 
-async def follow_reconnecting(user, uid, into, timeout=240, read_timeout=2.0, ends=None):
+async def follow_reconnecting(user, uid, into, timeout=240, read_timeout=2.0, ends=None, times=None):
     """Append ``(id, data)`` of ``uid``'s log to ``into`` until its final event.
 
     Reconnects with the last id seen whenever the stream breaks, stays
     silent for ``read_timeout`` seconds (configurable-http-proxy can keep a
     client's stream open after the service behind it died, so only silence
     tells), or the service does not answer. Appends ``(monotonic time,
-    why)`` to ``ends`` for each stream that ended without the final event.
-    Returns how many streams were opened.
+    why)`` to ``ends`` for each stream that ended without the final event,
+    and the arrival time of each event to ``times``. Returns how many
+    streams were opened.
     """
     url = user.service_path(f"api/environments/{uid}/logs")
     deadline = time.monotonic() + timeout
@@ -71,6 +72,8 @@ async def follow_reconnecting(user, uid, into, timeout=240, read_timeout=2.0, en
     def handle(event_id, data):
         nonlocal last
         into.append((event_id, data))
+        if times is not None:
+            times.append(time.monotonic())
         if event_id is not None:
             last = event_id
         return data["phase"] in FINAL
@@ -184,7 +187,9 @@ async def kill_repeatedly(hub, pidfile, rng, until, gaps=(0.2, 2.5), starting=0.
     After each start, waits until the service answers, then ``rng.uniform(*gaps)``
     seconds; but with probability ``starting`` kills it while it starts (and
     re-attaches to builds) instead. Appends ``(monotonic time, "serving" or
-    "starting")`` of each kill to ``kills`` and returns their number.
+    "starting")`` of each kill to ``kills``, and to that the seconds until
+    the service answered again when that was waited for. Returns how many
+    kills there were.
     """
     kills = [] if kills is None else kills
     while not until():
@@ -194,6 +199,9 @@ async def kill_repeatedly(hub, pidfile, rng, until, gaps=(0.2, 2.5), starting=0.
         else:
             moment = "serving"
             await serving(hub)
+            if kills and len(kills[-1]) == 2:
+                # How long the service was away after the last kill.
+                kills[-1] = (*kills[-1], time.monotonic() - kills[-1][0])
             await asyncio.sleep(rng.uniform(*gaps))
         if until():
             break

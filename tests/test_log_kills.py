@@ -266,7 +266,7 @@ async def test_many_kills_at_random_moments_lose_and_repeat_nothing(kill_hub, gi
             found = logkills.log_problems(live, stored, build["ticks"], build["burst"])
             if found:
                 problems[uid] = found
-        starting = sum(1 for _, moment in kills if moment == "starting")
+        starting = sum(1 for kill in kills if kill[1] == "starting")
         figure(
             f"log kills: {len(kills)} SIGKILLs of the service during 2 builds "
             f"({starting} while it started), {sum(opened)} SSE connections, seed {SEED}"
@@ -477,3 +477,67 @@ async def test_lines_binderhub_sends_again_are_not_repeated_and_each_case_is_sai
     assert got[1:] == [(LOG, "one"), (BUILT, "Image ready")]
     # Nothing stored: nothing to compare.
     assert await _run_filter([], True, *_logs("one"), done) == [(LOG, "one"), (BUILT, "Image ready")]
+
+
+async def test_a_binderhub_build_resubmitted_after_a_kill_repeats_no_line(sqlite_sessions):
+    """Over HTTP with the stand-in BinderHub: the service dies mid-build; the
+    new one asks BinderHub again, which follows its build from its start
+    (the lines already stored come again): they are dropped, and said so."""
+    from tests.binderhub_standin import BinderHubStandin, Done, Event, Scenario, Sleep, building_steps
+    from tljh_repo2docker.builds.binderhub import BinderHubBuilder
+
+    steps = building_steps()
+    async with BinderHubStandin(prefix="/", scenarios={}) as binder:
+        binder.scenarios["replay"] = Scenario(steps=[*steps[:5], Sleep(60)])
+        env = await store.create_environment(
+            sqlite_sessions, uid="bh", name="bh", image_name="", repo="https://github.com/o/replay",
+            ref="main", provider="gh", node_selector={}, build_args={},
+        )
+        request = BuildRequest(uid="bh", repo=env.repo, ref="main", image_name="", provider="gh")
+        dying = FlakySessions(sqlite_sessions)
+        first = BuildManager(builder=BinderHubBuilder(url=binder.url), sessions=dying, flush_interval=0)
+        await first.submit(env, request)
+        seen = []
+
+        async def follow(manager, after):
+            async for event in manager.subscribe("bh", after):
+                seen.append(event)
+
+        client = asyncio.ensure_future(follow(first, 0))
+        for _ in range(500):
+            if sum(1 for e in seen if e[1] == LOG) == 5:
+                break
+            await asyncio.sleep(0.01)
+        dying.down = True
+        client.cancel()
+        first._closing = True
+        for task in [*first._running.values(), *first._flushers.values()]:
+            task.cancel()
+        await first.builder.close()
+
+        # Meanwhile the build went on; asked again, BinderHub plays it from its start.
+        binder.scenarios["replay"] = Scenario(
+            steps=[*steps, Event({"phase": "building", "message": "after the restart\n"}), Done()]
+        )
+        builder = BinderHubBuilder(url=binder.url)
+        second = BuildManager(builder=builder, sessions=sqlite_sessions, flush_interval=0)
+        from tljh_repo2docker.handlers.environments import build_request
+
+        await second.recover(build_request)
+        await asyncio.wait_for(follow(second, seen[-1][0]), 10)
+        await second.close()
+        await builder.close()
+    lines = [m for _, phase, m in seen if phase == LOG]
+    assert lines == [
+        "Waiting for build to start...", "Picked Git content provider.",
+        "Cloning into '/tmp/repo2docker'...", "Step 1/3 : FROM buildpack-deps:jammy",
+        "Step 2/3 : RUN pip install -r requirements.txt", "Pushing image", "after the restart",
+    ]
+    statuses = [m for _, phase, m in seen if phase == STATUS]
+    assert "re-submitted after a service restart" in statuses
+    assert (
+        "BinderHub sent the 5 log lines above again (it follows its build from its start); "
+        "they are not repeated"
+    ) in statuses
+    assert seen[-1][1] == BUILT
+    assert await store.read_log(sqlite_sessions, "bh") == seen
