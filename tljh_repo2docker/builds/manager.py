@@ -26,6 +26,7 @@ and lines that come fast are written (and sent) in batches.
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
 
@@ -133,6 +134,13 @@ async def without_replay(events, stored, complete, backend):
     stored log), nothing can be compared: a status line says that lines may
     repeat.
     """
+    # Closing this closes the backend's events too (the build is only followed).
+    async with contextlib.aclosing(events) as source:
+        async for event in _without_replay(source, stored, complete, backend):
+            yield event
+
+
+async def _without_replay(events, stored, complete, backend):
     if not stored:
         async for event in events:
             yield event
@@ -240,7 +248,8 @@ class BuildManager(LoggingConfigurable):
         while the database is unavailable. Meanwhile builds go on, their log
         waits in memory (at most ``log_head_lines + log_tail_lines`` lines per
         build, the part that would be stored) and their result waits too:
-        everything is written once the database is back.
+        everything is written, and sent to live clients, once the database is
+        back.
         """,
     ).tag(config=True)
 
@@ -320,6 +329,7 @@ class BuildManager(LoggingConfigurable):
         """Cancel a queued or running build. Returns True if there was one."""
         if uid in self._queue:
             del self._queue[uid]
+            self._replays.pop(uid, None)
             await self._finish(uid, BuildEvent(CANCELLED, "Build cancelled before it started"))
             return True
         task = self._running.get(uid)
@@ -760,3 +770,4 @@ class BuildManager(LoggingConfigurable):
                     e.__class__.__name__, len(self._logs[uid].unstored()), uid,
                 )
         self._queue.clear()
+        self._replays.clear()
