@@ -541,3 +541,39 @@ async def test_a_binderhub_build_resubmitted_after_a_kill_repeats_no_line(sqlite
     ) in statuses
     assert seen[-1][1] == BUILT
     assert await store.read_log(sqlite_sessions, "bh") == seen
+
+
+@pytest.mark.docker
+async def test_a_kill_after_the_build_ended_but_before_its_result_was_stored(git_root, git_server, test_images):
+    """The container stays until the consumer moves on from the final event,
+    so a service killed in between re-attaches to the ended build and reports
+    the same result, with no line again; only then is the container removed."""
+    from tests import test_docker_builder as t
+
+    made = {"uids": [], "images": []}
+    builder = t.make_builder()
+    request = t.new_request(made, git_server.url(t.new_repo(git_root, {"Dockerfile": t.dockerfile("RUN echo done-1")})))
+    try:
+        first = []
+        events = builder.build(request)
+        async for event in events:
+            first.append(event)
+            if event.final:
+                break  # the manager stores the result now: the service dies here
+        await builder.close()
+        assert first[-1].phase == BUILT, t.explain(first)
+        again_builder = t.make_builder()
+        try:
+            assert request.uid in await again_builder.running()
+            cursor = [e.cursor for e in first if e.phase == LOG][-1]
+            again = await t.collect(again_builder.attach(request.uid, 0, cursor))
+            assert t.logs_of(again) == []
+            assert again[-1].phase == BUILT and again[-1].image_id == first[-1].image_id
+            assert again[-1].commit == first[-1].commit
+            assert await t.build_containers(again_builder, request.uid) == []
+        finally:
+            await again_builder.close()
+        await events.aclose()
+    finally:
+        for image in made["images"]:
+            t.docker("rmi", "-f", image, check=False)

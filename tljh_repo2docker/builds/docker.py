@@ -526,10 +526,11 @@ class DockerBuilder(Builder):
         and the failure message, but not yielded. Each line yielded carries
         its cursor (see :class:`_LogReader`).
 
-        Shared by build() and attach(). The container is removed before the
-        final event is yielded. If the consumer stops early (its task is
+        Shared by build() and attach(). The container is removed after the
+        final event, when the consumer asks for more (the manager does once
+        the result is stored). If the consumer stops early (its task is
         cancelled, or it closes this generator), only the following stops:
-        the container keeps running for attach() or cancel().
+        the container stays for attach() or cancel().
 
         A restart of the engine (``dockerd``) is told from a failed build:
         a stopping engine first closes its socket to new connections, keeps
@@ -645,7 +646,7 @@ class DockerBuilder(Builder):
                 # Even if the build got to its end: cancel() removes its image.
                 final = BuildEvent(CANCELLED, "Build cancelled")
             elif code == 0:
-                final = await self._publish(staging, image_name, commit)
+                final = await self._publish(staging, image_name, commit, uid)
             elif lost is not None:
                 final = BuildEvent(
                     FAILED,
@@ -656,9 +657,12 @@ class DockerBuilder(Builder):
                 final = BuildEvent(FAILED, _failure_message(code, tail))
         if final.phase != BUILT:
             await self._remove_staging(uid, staging)
-        await self._remove(container, uid)
         self.log.info("Build %s: %s after %.1f s", uid, final.phase, time.monotonic() - started)
         yield final
+        # Only once the consumer asks for more (the manager: once it stored
+        # the result), so that a service killed before that finds the
+        # container, re-attaches and reports the same result.
+        await self._remove(container, uid)
 
     async def _probe_engine(self):
         """``"ok"``, ``"refused"`` (no new connection) or ``"error"``, asking the engine anew.
@@ -691,14 +695,22 @@ class DockerBuilder(Builder):
                 return False
             await asyncio.sleep(1)
 
-    async def _publish(self, staging, image_name, commit):
-        """Give the image built as ``staging`` its real name; the final event."""
+    async def _publish(self, staging, image_name, commit, uid=None):
+        """Give the image built as ``staging`` its real name; the final event.
+
+        A build re-attached after it ended (the service was killed before it
+        stored the result) was named already: its staging name is gone, and
+        ``image_name`` is the image (labelled with the build's uid; repo2docker
+        ended with 0, so it built it, perhaps all from BuildKit's cache).
+        """
         if staging and staging != image_name:
             repository, tag = _split_reference(image_name)
             try:
                 await self.docker.images.tag(staging, repository, tag=tag)
             except aiodocker.DockerError as e:
                 if e.status == 404:
+                    if await self._made_by(image_name, uid):
+                        return await self._built_event(image_name, commit)
                     return BuildEvent(
                         FAILED, f"repo2docker finished but the image {staging} does not exist"
                     )
@@ -707,6 +719,16 @@ class DockerBuilder(Builder):
                 return BuildEvent(FAILED, f"Cannot name the built image: {_describe(e)}")
             await self._untag(staging)
         return await self._built_event(image_name, commit)
+
+    async def _made_by(self, image_name, uid):
+        """Whether ``image_name`` exists and is labelled as built for ``uid``."""
+        if not uid:
+            return False
+        try:
+            image = await self.docker.images.inspect(image_name)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError):
+            return False
+        return (image["Config"].get("Labels") or {}).get(UID_LABEL) == uid
 
     async def _untag(self, name):
         await self._delete_quietly(name, noprune=True)

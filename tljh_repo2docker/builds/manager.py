@@ -190,6 +190,11 @@ async def _without_replay(events, stored, complete, backend):
         yield event
 
 
+async def _drain(events):
+    async for _ in events:
+        pass
+
+
 def omitted_marker(count):
     return f"... {count} log lines omitted ..."
 
@@ -427,6 +432,9 @@ class BuildManager(LoggingConfigurable):
         started = time.monotonic()
         log = self._logs[uid]
         final = None
+        # The backend's own final event. The backend goes on after it only
+        # once the result is stored (see _finish's ``release``).
+        reported = None
         try:
             if not resumed:
                 await self._until_stored(
@@ -445,7 +453,7 @@ class BuildManager(LoggingConfigurable):
                 elif event.phase == STATUS:
                     log.add(STATUS, event.message)
                 elif event.final:
-                    final = event
+                    final = reported = event
                     break
             if final is None:
                 final = BuildEvent(FAILED, "The build ended without a result")
@@ -463,25 +471,43 @@ class BuildManager(LoggingConfigurable):
             self.log.exception("Build %s crashed", uid)
             final = BuildEvent(FAILED, f"The build failed unexpectedly: {e.__class__.__name__}")
         finally:
-            closer = getattr(events, "aclose", None)
-            if closer is not None and not self._closing:
-                try:
-                    await asyncio.shield(closer())
-                except BaseException:
-                    pass
+            if reported is None:
+                await self._close_events(events)
+
+        async def release():
+            # Let the backend run to its end: the Docker backend removes the
+            # build container only now, so that a kill before the result is
+            # stored still finds it, re-attaches and reports the same result.
+            try:
+                await asyncio.wait_for(_drain(events), 60)
+            except Exception as e:
+                self.log.warning("Build %s: the backend did not end cleanly: %s", uid, e)
+            finally:
+                await self._close_events(events)
+
         try:
-            await self._finish(uid, final)
+            await self._finish(uid, final, release if reported is not None else None)
         finally:
             self._running.pop(uid, None)
             if self.on_finished is not None:
                 self.on_finished(uid, final.phase, time.monotonic() - started)
             self._pump()
 
-    async def _finish(self, uid, event):
+    async def _close_events(self, events):
+        """Stop following a backend's events (never while shutting down: the build goes on)."""
+        closer = getattr(events, "aclose", None)
+        if closer is not None and not self._closing:
+            try:
+                await asyncio.shield(closer())
+            except BaseException:
+                pass
+
+    async def _finish(self, uid, event, release=None):
         """Record the final state of a build, then tell subscribers.
 
         Waits for the database when it is unavailable: the result is written
-        once it is back, never dropped.
+        once it is back, never dropped. ``release()``, when given, runs once
+        the result is stored and before subscribers hear of it.
         """
         result = f"the result of build {uid}"
         env = await self._until_stored(result, lambda: store.get_environment(self.sessions, uid))
@@ -513,16 +539,22 @@ class BuildManager(LoggingConfigurable):
         # once it is stored (a client that saw it may ask for the
         # environment at once).
         log = self._logs.get(uid)
+        stored = []
         if log is not None:
             log.add(event.phase, message)
             # _flush says itself when the database goes away and comes back.
-            await self._until_stored(
-                None, lambda: self._flush(uid, fields if env is not None else None)
+            stored = await self._until_stored(
+                None,
+                lambda: self._flush(uid, fields if env is not None else None, publish=False),
             )
         elif env is not None:
             await self._until_stored(
                 result, lambda: store.update_environment(self.sessions, uid, **fields)
             )
+        if release is not None:
+            await release()
+        if log is not None:
+            log.publish(stored)
         if log is not None:
             log.done = True
         flusher = self._flushers.pop(uid, None)
@@ -553,24 +585,25 @@ class BuildManager(LoggingConfigurable):
                     await asyncio.sleep(self.db_retry_interval)
             await asyncio.sleep(self.flush_interval)
 
-    async def _flush(self, uid, fields=None):
+    async def _flush(self, uid, fields=None, publish=True):
         """Write the log's new events, then send them to subscribers.
 
         Raises when the write fails; the events are written (and sent) next
         time. The line count and cursor are read together with the events:
         they describe exactly the lines written. ``fields`` (the result of
-        the build) are written in the same transaction.
+        the build) are written in the same transaction. Returns the events
+        written; with ``publish=False`` the caller sends them.
         """
         log = self._logs.get(uid)
         if log is None:
-            return
+            return []
         async with log.flush_lock:
             log.pending.clear()
             events = log.unstored()
             if not events:
                 if fields:
                     await store.update_environment(self.sessions, uid, **fields)
-                return
+                return []
             try:
                 await store.append_log(
                     self.sessions,
@@ -585,7 +618,8 @@ class BuildManager(LoggingConfigurable):
             except asyncio.CancelledError:
                 # The store finishes a write before passing a cancel on.
                 log.stored_id = events[-1][0]
-                log.publish(events)
+                if publish:
+                    log.publish(events)
                 raise
             except Exception as e:
                 log.pending.set()
@@ -595,12 +629,14 @@ class BuildManager(LoggingConfigurable):
                     log.publish([(None, STATUS, DATABASE_AWAY_NOTICE)])
                 raise
             log.stored_id = events[-1][0]
-            log.publish(events)
+            if publish:
+                log.publish(events)
             if log.waiting_for_database:
                 log.waiting_for_database = False
                 self.log.info(
                     "The database is back: stored %d waiting log lines of build %s", len(events), uid
                 )
+            return events
 
     async def _until_stored(self, what, write):
         """``await write()`` until the database takes it; other errors are raised.
