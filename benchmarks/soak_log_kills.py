@@ -69,7 +69,8 @@ async def one_round(hub, git, root, rng):
         problems, waits = [], []
         for uid, live, build, arrived in zip(uids, lives, builds, times):
             stored = logkills.stored_log(hub.db_path, uid)
-            problems += [f"{uid}: {p}" for p in logkills.log_problems(live, stored, build["ticks"], build["burst"])]
+            found = logkills.log_problems(live, stored, build["ticks"], build["burst"])
+            problems += [f"{uid}: {p}" for p in found]
             for kill in kills:
                 later = [t for t in arrived if t > kill[0]]
                 if later:

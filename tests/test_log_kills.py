@@ -447,17 +447,23 @@ def _logs(*messages):
 
 
 async def _run_filter(stored, complete, *events):
-    return [(e.phase, e.message) async for e in without_replay(_events(*events), stored, complete, "BinderHub")]
+    filtered = without_replay(_events(*events), stored, complete, "BinderHub")
+    return [(e.phase, e.message) async for e in filtered]
 
 
 async def test_lines_binderhub_sends_again_are_not_repeated_and_each_case_is_said():
     done = BuildEvent(BUILT, "Image ready")
     stored = ["one", "two", "three"]
     # BinderHub follows its build from its start: the old lines come again.
-    got = await _run_filter(stored, True, BuildEvent(STATUS, "BinderHub: building"), *_logs("one", "two", "three", "four"), done)
+    building = BuildEvent(STATUS, "BinderHub: building")
+    got = await _run_filter(stored, True, building, *_logs("one", "two", "three", "four"), done)
     assert got == [
         (STATUS, "BinderHub: building"),
-        (STATUS, "BinderHub sent the 3 log lines above again (it follows its build from its start); they are not repeated"),
+        (
+            STATUS,
+            "BinderHub sent the 3 log lines above again (it follows its build from its start); "
+            "they are not repeated",
+        ),
         (LOG, "four"),
         (BUILT, "Image ready"),
     ]
@@ -544,7 +550,9 @@ async def test_a_binderhub_build_resubmitted_after_a_kill_repeats_no_line(sqlite
 
 
 @pytest.mark.docker
-async def test_a_kill_after_the_build_ended_but_before_its_result_was_stored(git_root, git_server, test_images):
+async def test_a_kill_after_the_build_ended_but_before_its_result_was_stored(
+    git_root, git_server, test_images
+):
     """The container stays until the consumer moves on from the final event,
     so a service killed in between re-attaches to the ended build and reports
     the same result, with no line again; only then is the container removed."""
@@ -552,7 +560,8 @@ async def test_a_kill_after_the_build_ended_but_before_its_result_was_stored(git
 
     made = {"uids": [], "images": []}
     builder = t.make_builder()
-    request = t.new_request(made, git_server.url(t.new_repo(git_root, {"Dockerfile": t.dockerfile("RUN echo done-1")})))
+    repo = t.new_repo(git_root, {"Dockerfile": t.dockerfile("RUN echo done-1")})
+    request = t.new_request(made, git_server.url(repo))
     try:
         first = []
         events = builder.build(request)
