@@ -230,8 +230,6 @@ def kill_hub(tmp_path_factory, test_images):
 async def test_many_kills_at_random_moments_lose_and_repeat_nothing(kill_hub, git_root, git_server):
     rng = random.Random(SEED)
     print(f"seed {SEED} (TLJH_R2D_TEST_SEED={SEED} repeats it)")
-    user = await HubUser.login(kill_hub, "logkill-admin")
-    await user.close()
     user = await HubUser.login(kill_hub, "admin")
     builds = [
         {"ticks": 100, "interval": 0.2, "burst": 0},  # a line every 0.2 s
