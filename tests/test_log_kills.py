@@ -59,11 +59,11 @@ def docker_logs(draw):
     pieces = draw(
         st.lists(
             st.one_of(
-                st.text(st.characters(blacklist_characters="\n\r"), max_size=8).map(lambda t: t + "\n"),
+                st.text(st.characters(exclude_characters="\n\r"), max_size=8).map(lambda t: t + "\n"),
                 st.just("\n"),  # an empty line
                 st.just("\r\n"),
                 # part of a long line: the engine cut it without a line end
-                st.text(st.characters(blacklist_characters="\n"), min_size=1, max_size=8),
+                st.text(st.characters(exclude_characters="\n"), min_size=1, max_size=8),
             ),
             max_size=40,
         )
