@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from tljh_repo2docker.builds.base import BUILT, LOG, Builder, BuildEvent, BuildRequest
-from tljh_repo2docker.builds.manager import BuildManager
+from tljh_repo2docker.builds.manager import DATABASE_AWAY_NOTICE, BuildManager
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.errors import database_unavailable
 
@@ -129,7 +129,11 @@ async def test_log_and_result_wait_for_the_database(setup, sqlite_sessions, capl
     got = await store.get_environment(sqlite_sessions, env.uid)
     assert got.status == store.BUILDING
     assert await stored_ids(sqlite_sessions, env.uid) == [1, 2, 3]
-    assert [e[2] for e in live] == ["queued (position 1)", "building", "line 1", "line 2", "line 3", "line 4"]
+    # Live clients get events once they are stored (so that an id they saw
+    # survives a kill of the service): lines 2-4 wait, and a notice without
+    # an id says why.
+    assert [e[2] for e in live] == ["queued (position 1)", "building", "line 1", DATABASE_AWAY_NOTICE]
+    assert live[-1][0] is None
     assert manager.running_count == 1 and not follower.done()
 
     sessions.down = False
@@ -140,7 +144,7 @@ async def test_log_and_result_wait_for_the_database(setup, sqlite_sessions, capl
     assert got.last_event_id == 7 and got.source_lines == 4
     stored = await store.read_log(sqlite_sessions, env.uid)
     # head 3 + tail 5 hold all 7 events: nothing dropped, nothing twice.
-    assert stored == live
+    assert stored == [e for e in live if e[0] is not None]
     assert [e[0] for e in stored] == list(range(1, 8)) and stored[-1][1] == BUILT
     assert [e async for e in manager.subscribe(env.uid)] == stored
 

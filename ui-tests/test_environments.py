@@ -196,6 +196,34 @@ async def test_finished_log_replays_and_survives_a_dropped_connection(admin_page
     await page.keyboard.press("Escape")
 
 
+async def test_a_log_stream_left_silent_is_opened_again(admin_page, demo_env):
+    """When the service is killed, the proxy can keep the page's stream open with
+    nothing coming: after 35 s of silence the page opens it again."""
+    page = admin_page
+    await page.clock.install()
+    await open_environments(page)
+    requests = []
+
+    async def silent_first(route):
+        requests.append(route.request.url)
+        if len(requests) > 1:
+            await route.continue_()
+        # The first one never answers, like a stream to a dead service.
+
+    logs_url = re.compile(r".*/api/environments/[^/]+/logs.*")
+    await page.route(logs_url, silent_first)
+    row = env_row(page, demo_env["name"])
+    await row.get_by_role("button", name=f"Logs {demo_env['name']}").click()
+    await expect(page.locator("#logs-status")).to_have_text("Connecting…")
+    await page.clock.run_for(34_000)
+    assert len(requests) == 1, requests
+    await page.clock.run_for(2_000)
+    await expect(page.locator("#logs-status")).to_have_text(re.compile("^Built"))
+    assert len(requests) == 2, requests
+    await page.unroute(logs_url)
+    await page.keyboard.press("Escape")
+
+
 async def test_ansi_parser(admin_page):
     page = admin_page
     await open_environments(page)

@@ -8,6 +8,8 @@
   const ACTIVE = new Set(["queued", "building"]);
   const FINAL_PHASES = new Set(["built", "failed", "cancelled"]);
   const POLL_MS = 2500;
+  // A log stream silent this long is opened again (see watchLogs).
+  const LOG_SILENCE_MS = 35000;
 
   let environments = R.pageData("environments-data") || [];
 
@@ -415,6 +417,7 @@
     stick: true,
     failures: 0,
     retryTimer: null,
+    silenceTimer: null,
     done: false,
   };
 
@@ -456,14 +459,32 @@
     const url = `${R.baseUrl}api/environments/${encodeURIComponent(env.uid)}/logs?${params}`;
     const source = new EventSource(url);
     logs.source = source;
+    watchLogs(source);
     source.onopen = () => {
+      watchLogs(source);
       if (!logs.done) setLogStatus(ACTIVE.has((find(env.uid) || env).status) ? "Following the build…" : "Loading the log…", true);
     };
     source.onmessage = (event) => {
+      watchLogs(source);
       logs.failures = 0;
       onEvent(event);
     };
     source.onerror = () => onLogError(source);
+  }
+
+  /**
+   * When the service dies (even SIGKILL), configurable-http-proxy may keep
+   * this stream open with nothing coming, and EventSource never shows the
+   * service's keep-alive comments (every 25 s): a stream silent for longer
+   * is opened again from the last event seen, which repeats nothing.
+   */
+  function watchLogs(source) {
+    window.clearTimeout(logs.silenceTimer);
+    logs.silenceTimer = window.setTimeout(() => {
+      if (logs.done || source !== logs.source) return;
+      source.close();
+      connectLogs();
+    }, LOG_SILENCE_MS);
   }
 
   /**
@@ -543,6 +564,7 @@
 
   function stopLogs() {
     window.clearTimeout(logs.retryTimer);
+    window.clearTimeout(logs.silenceTimer);
     if (logs.source) {
       logs.source.close();
       logs.source = null;

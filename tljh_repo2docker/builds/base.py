@@ -30,6 +30,11 @@ class BuildEvent:
     image_id: str | None = None
     size: int | None = None
     commit: str | None = None
+    #: On ``log`` events: where the backend's output stands just after this
+    #: line, as an opaque string. The manager stores it in the same
+    #: transaction as the line, and after a restart gives the stored one
+    #: back to :meth:`Builder.attach`, which goes on just after it.
+    cursor: str | None = field(default=None, repr=False)
 
     @property
     def final(self):
@@ -78,6 +83,8 @@ class Builder(LoggingConfigurable):
     #: being marked failed). Right for a backend where asking again for the
     #: same build is cheap and joins the build still running.
     resubmit_on_recover = False
+    #: How status lines about the backend name it.
+    display_name = "the build backend"
 
     def build(self, request: BuildRequest) -> AsyncIterator[BuildEvent]:
         """Start a build and yield its events; the last one is final.
@@ -89,11 +96,18 @@ class Builder(LoggingConfigurable):
         """
         raise NotImplementedError
 
-    def attach(self, uid: str, skip_lines: int) -> AsyncIterator[BuildEvent] | None:
+    def attach(
+        self, uid: str, skip_lines: int, cursor: str | None = None
+    ) -> AsyncIterator[BuildEvent] | None:
         """Follow a build that was started before the service restarted.
 
-        ``skip_lines`` log lines were already recorded and must not be yielded
-        again. Returns None when there is nothing to re-attach to (the build
+        What is stored of its log ends at ``cursor``, the ``cursor`` of the
+        last stored ``log`` event, or None when nothing carried one (then
+        ``skip_lines`` counts the lines stored, as earlier versions recorded
+        it). Nothing stored must be yielded again, and nothing after it
+        left out: the manager only sends events to live clients once they
+        are stored, so this is what makes a log exact across a restart.
+        Returns None when there is nothing to re-attach to (the build
         vanished); the manager then marks it failed.
         """
         return None

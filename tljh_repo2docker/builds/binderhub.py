@@ -259,6 +259,7 @@ class BinderHubBuilder(Builder):
     # Asking again for the same build attaches to it while BinderHub still
     # runs it, or finds the pushed image: see attach().
     resubmit_on_recover = True
+    display_name = "BinderHub"
 
     url = Unicode(
         "",
@@ -566,7 +567,7 @@ class BinderHubBuilder(Builder):
 
     # -- the rest of the interface -------------------------------------------
 
-    def attach(self, uid, skip_lines):
+    def attach(self, uid, skip_lines, cursor=None):
         """Always None: BinderHub has no way to follow a build by our id.
 
         Asking again for the same ``/build/<provider>/<spec>`` does attach to a
@@ -574,6 +575,10 @@ class BinderHubBuilder(Builder):
         interface only passes the uid. Instead, ``resubmit_on_recover`` tells
         the manager to queue the build again from the stored environment
         (BinderHub builds never carry credentials, so nothing is missing).
+        BinderHub then sends the build's log again from its start, or, if
+        the build ended meanwhile, not at all: the manager drops the lines
+        it already stored and says in a status line what happened (see
+        :func:`~.manager.without_replay`).
         """
         return None
 

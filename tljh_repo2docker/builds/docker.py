@@ -416,7 +416,7 @@ class DockerBuilder(Builder):
             request.repo,
             request.ref,
         )
-        follow = self._follow(container, uid, request.image_name, staging, 0, secrets)
+        follow = self._follow(container, uid, request.image_name, staging, _LogReader(), secrets)
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield event
@@ -478,12 +478,12 @@ class DockerBuilder(Builder):
         }
         return await self.docker.containers.create(config, name=name)
 
-    def attach(self, uid, skip_lines):
+    def attach(self, uid, skip_lines, cursor=None):
         if self._known_builds is not None and uid not in self._known_builds:
             return None
-        return self._attach(uid, skip_lines)
+        return self._attach(uid, skip_lines, cursor)
 
-    async def _attach(self, uid, skip_lines):
+    async def _attach(self, uid, skip_lines, cursor=None):
         try:
             container = await self._find(uid)
             info = await container.show() if container is not None else None
@@ -503,22 +503,31 @@ class DockerBuilder(Builder):
         # Defence in depth after a restart: the request's credentials are
         # gone, so read them back from the container to scrub the log.
         secrets = await self._stored_secrets(container)
-        self.log.info("Build %s: re-attached, skipping %d lines", uid, skip_lines)
-        follow = self._follow(container, uid, image_name, staging, skip_lines, secrets)
+        if cursor is not None:
+            self.log.info("Build %s: re-attached, going on after log position %s", uid, cursor)
+        else:
+            self.log.info("Build %s: re-attached, skipping %d lines", uid, skip_lines)
+        reader = _LogReader(cursor=cursor, skip_lines=skip_lines)
+        follow = self._follow(container, uid, image_name, staging, reader, secrets)
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield event
 
-    async def _follow(self, container, uid, image_name, staging, skip_lines, secrets):
+    async def _follow(self, container, uid, image_name, staging, reader, secrets):
         """Yield a started container's log lines, then the final event.
 
         repo2docker builds ``staging``; a successful build is then tagged
-        ``image_name`` (see :meth:`_publish`).
+        ``image_name`` (see :meth:`_publish`). ``reader`` (a
+        :class:`_LogReader`) knows which lines were yielded before (by the
+        service before it restarted): those are read again, for the commit
+        and the failure message, but not yielded. Each line yielded carries
+        its cursor (see :class:`_LogReader`).
 
-        Shared by build() and attach(). The container is removed before the
-        final event is yielded. If the consumer stops early (its task is
+        Shared by build() and attach(). The container is removed after the
+        final event, when the consumer asks for more (the manager does once
+        the result is stored). If the consumer stops early (its task is
         cancelled, or it closes this generator), only the following stops:
-        the container keeps running for attach() or cancel().
+        the container stays for attach() or cancel().
 
         A restart of the engine (``dockerd``) is told from a failed build:
         a stopping engine first closes its socket to new connections, keeps
@@ -536,11 +545,22 @@ class DockerBuilder(Builder):
         commit = None
         ref = None
         tail = collections.deque(maxlen=_TAIL_LINES)
-        seen = 0
         final = None
         lost = None  # why the engine was lost, while it is
         losses = 0
         code = None
+
+        def take(line):
+            """Scrub ``line``, note what it tells, and return it."""
+            nonlocal commit
+            match = _CHECKOUT_RE.match(line) or _HEAD_RE.search(line)
+            if match:
+                commit = match.group(1)
+            line = _scrub(line, secrets)
+            if line.strip():
+                tail.append(line)
+            return line
+
         try:
             while True:
                 try:
@@ -553,24 +573,28 @@ class DockerBuilder(Builder):
                     if lost is not None:
                         self.log.info("Build %s: the Docker engine is back; following again", uid)
                         yield BuildEvent(STATUS, "the Docker engine answers again; following the build")
-                        # The log is read again from its start: skip what was yielded.
-                        skip_lines, seen = max(skip_lines, seen), 0
+                        # The log is read again from its start: what was
+                        # yielded is skipped, an unfinished line read again.
+                        reader = reader.again()
                         tail.clear()
                         lost = None
                     async with contextlib.aclosing(
-                        container.log(stdout=True, stderr=True, follow=True)
+                        container.log(stdout=True, stderr=True, follow=True, timestamps=True)
                     ) as chunks:
-                        async for line in _lines(chunks):
-                            seen += 1
-                            match = _CHECKOUT_RE.match(line) or _HEAD_RE.search(line)
-                            if match:
-                                commit = match.group(1)
-                            line = _scrub(line, secrets)
-                            if line.strip():
-                                tail.append(line)
-                            if seen > skip_lines:
-                                yield BuildEvent(LOG, line)
+                        async for chunk in chunks:
+                            for line, new, cursor in reader.feed(chunk):
+                                line = take(line)
+                                if new:
+                                    yield BuildEvent(LOG, line, cursor=cursor)
                     code = (await container.wait()).get("StatusCode")
+                    # The container has ended, so its log has: output it
+                    # left without a line end is its last line. (aiodocker
+                    # also ends the stream when the connection breaks; then
+                    # the wait above fails and the line is read again.)
+                    for line, new, cursor in reader.finish():
+                        line = take(line)
+                        if new:
+                            yield BuildEvent(LOG, line, cursor=cursor)
                     # A busy engine is not a stopping one: only a refused
                     # connection means that it is going away.
                     if code == 0 or await self._probe_engine() != "refused":
@@ -619,7 +643,7 @@ class DockerBuilder(Builder):
                 # Even if the build got to its end: cancel() removes its image.
                 final = BuildEvent(CANCELLED, "Build cancelled")
             elif code == 0:
-                final = await self._publish(staging, image_name, commit)
+                final = await self._publish(staging, image_name, commit, uid)
             elif lost is not None:
                 final = BuildEvent(
                     FAILED,
@@ -630,9 +654,12 @@ class DockerBuilder(Builder):
                 final = BuildEvent(FAILED, _failure_message(code, tail))
         if final.phase != BUILT:
             await self._remove_staging(uid, staging)
-        await self._remove(container, uid)
         self.log.info("Build %s: %s after %.1f s", uid, final.phase, time.monotonic() - started)
         yield final
+        # Only once the consumer asks for more (the manager: once it stored
+        # the result), so that a service killed before that finds the
+        # container, re-attaches and reports the same result.
+        await self._remove(container, uid)
 
     async def _probe_engine(self):
         """``"ok"``, ``"refused"`` (no new connection) or ``"error"``, asking the engine anew.
@@ -665,14 +692,22 @@ class DockerBuilder(Builder):
                 return False
             await asyncio.sleep(1)
 
-    async def _publish(self, staging, image_name, commit):
-        """Give the image built as ``staging`` its real name; the final event."""
+    async def _publish(self, staging, image_name, commit, uid=None):
+        """Give the image built as ``staging`` its real name; the final event.
+
+        A build re-attached after it ended (the service was killed before it
+        stored the result) was named already: its staging name is gone, and
+        ``image_name`` is the image (labelled with the build's uid; repo2docker
+        ended with 0, so it built it, perhaps all from BuildKit's cache).
+        """
         if staging and staging != image_name:
             repository, tag = _split_reference(image_name)
             try:
                 await self.docker.images.tag(staging, repository, tag=tag)
             except aiodocker.DockerError as e:
                 if e.status == 404:
+                    if await self._made_by(image_name, uid):
+                        return await self._built_event(image_name, commit)
                     return BuildEvent(
                         FAILED, f"repo2docker finished but the image {staging} does not exist"
                     )
@@ -681,6 +716,16 @@ class DockerBuilder(Builder):
                 return BuildEvent(FAILED, f"Cannot name the built image: {_describe(e)}")
             await self._untag(staging)
         return await self._built_event(image_name, commit)
+
+    async def _made_by(self, image_name, uid):
+        """Whether ``image_name`` exists and is labelled as built for ``uid``."""
+        if not uid:
+            return False
+        try:
+            image = await self.docker.images.inspect(image_name)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError):
+            return False
+        return (image["Config"].get("Labels") or {}).get(UID_LABEL) == uid
 
     async def _untag(self, name):
         await self._delete_quietly(name, noprune=True)
@@ -979,16 +1024,152 @@ class DockerBuilder(Builder):
 # -- helpers -----------------------------------------------------------------
 
 
-async def _lines(chunks):
-    """Split decoded log chunks into lines, without their line ends."""
-    buffer = ""
-    async for chunk in chunks:
-        buffer += chunk
-        *lines, buffer = buffer.split("\n")
-        for line in lines:
-            yield line.removesuffix("\r")
-    if buffer:
-        yield buffer.removesuffix("\r")
+class _LogReader:
+    """The lines of a build container's Docker log, and where each one ends.
+
+    Fed the items of ``container.log(..., follow=True, timestamps=True)``.
+    For a container without a terminal the engine stores each line written
+    to stdout or stderr as one message, stamped (to the nanosecond) when the
+    engine read it; a line longer than the engine's buffer (16 KiB) becomes
+    several messages without a line end but the last, and so does output a
+    container leaves without a line end when it exits. aiodocker yields one
+    item per message: ``"<RFC 3339 stamp> <text>"``. A line here is the text
+    of consecutive messages up to one ending with ``\n``, without it (and a
+    ``\r`` before it). Empty lines are lines. Stdout and stderr are read as
+    one stream, in the engine's order (aiodocker does not say which stream a
+    message came from): a long stdout line would take a stderr line written
+    while it was cut in the middle; that happens the same way on every read.
+
+    **Cursor** (stored with each line; see :class:`~.base.BuildEvent`):
+    ``"<since> <count>"``, where ``<since>`` is a time stamp in nanoseconds
+    since the epoch, a whole second at least ``_CURSOR_MARGIN_NS`` before
+    the last message read, and ``<count>`` how many messages read so far are
+    stamped at or after ``<since>``. Reading the log again from its start,
+    the messages up to the cursor are those stamped before ``<since>`` and
+    the first ``<count>`` stamped at or after it. This is exact whatever the
+    order of the stamps: the messages read are a prefix of the log, so those
+    of them stamped at or after ``<since>`` come first among all the log's
+    messages stamped at or after it. Stamps are almost in order (stdout and
+    stderr are stamped by two threads of the engine, microseconds apart);
+    the margin covers a message stamped before ``<since>`` but stored after
+    the last message read. It does not rely on counting the same number of
+    lines on every read: when the engine rotated the log (``max-size``) and
+    lost its start, the messages around the cursor are still there.
+
+    ``skip_lines`` (without a cursor): lines a service that stored no cursor
+    recorded; the first ``skip_lines`` lines are then the old ones.
+    """
+
+    def __init__(self, cursor=None, skip_lines=0):
+        self._skip_since, self._skip_count = _parse_cursor(cursor)
+        self._skip_lines = 0 if self._skip_since is not None else max(skip_lines or 0, 0)
+        self._seen_at_or_after = 0  # messages stamped at or after _skip_since
+        self._pending = []  # texts of the unfinished line
+        self._pending_new = False
+        self._lines = 0  # complete lines read, old and new
+        self._recent = collections.deque()  # stamps of messages read, newest last
+        self._since = None
+        self._count = 0
+        self._last_stamp = 0
+        self.cursor = cursor
+
+    def again(self):
+        """A reader for the same log read again from its start, after what this one read."""
+        if self.cursor is not None:
+            return _LogReader(cursor=self.cursor)
+        return _LogReader(skip_lines=max(self._skip_lines, self._lines))
+
+    def feed(self, item):
+        """``[(line, new, cursor)]`` for the lines that the message ``item`` completes.
+
+        ``new`` is False for lines up to the cursor the reader started from.
+        """
+        stamp, text = self._split(item)
+        old = self._is_old(stamp)
+        self._read(stamp)
+        self._pending.append(text)
+        self._pending_new = self._pending_new or not old
+        if not text.endswith("\n"):
+            return []
+        return [self._complete()]
+
+    def finish(self):
+        """The unfinished last line, once the log has ended: ``[]`` or ``[(line, new, cursor)]``."""
+        if not self._pending:
+            return []
+        return [self._complete()]
+
+    def _complete(self):
+        line = "".join(self._pending)
+        line = line.removesuffix("\n").removesuffix("\r")
+        new = self._pending_new
+        self._pending = []
+        self._pending_new = False
+        self._lines += 1
+        if self._skip_lines and self._lines <= self._skip_lines:
+            new = False
+        self.cursor = self._make_cursor()
+        return line, new, self.cursor
+
+    def _split(self, item):
+        head, sep, text = item.partition(" ")
+        stamp = _nanoseconds(head) if sep else None
+        if stamp is None:
+            # Not stamped (cannot happen with timestamps=True): keep the text
+            # whole, with the last stamp, so that cursors still only grow.
+            return self._last_stamp, item
+        self._last_stamp = stamp
+        return stamp, text
+
+    def _is_old(self, stamp):
+        if self._skip_since is None:
+            return False
+        if stamp < self._skip_since:
+            return True
+        self._seen_at_or_after += 1
+        return self._seen_at_or_after <= self._skip_count
+
+    def _read(self, stamp):
+        self._recent.append(stamp)
+        if self._since is not None and stamp >= self._since:
+            self._count += 1
+
+    def _make_cursor(self):
+        newest = self._recent[-1]
+        target = (newest - _CURSOR_MARGIN_NS) // 1_000_000_000 * 1_000_000_000
+        if self._since is None or target > self._since:
+            # At most once a second of log: count again what is recent.
+            self._since = target
+            while self._recent and self._recent[0] < target:
+                self._recent.popleft()
+            self._count = sum(1 for stamp in self._recent if stamp >= target)
+        return f"{self._since} {self._count}"
+
+
+#: How far before the last message read a cursor's ``<since>`` lies (ns).
+_CURSOR_MARGIN_NS = 1_000_000_000
+
+_STAMP_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def _nanoseconds(stamp):
+    """Nanoseconds since the epoch of a Docker log stamp (RFC 3339), or None."""
+    match = _STAMP_RE.match(stamp)
+    if not match:
+        return None
+    seconds, fraction, zone = match.groups()
+    zone = "+00:00" if zone == "Z" else zone
+    whole = int(datetime.datetime.fromisoformat(seconds + zone).timestamp())
+    return whole * 1_000_000_000 + int((fraction or "").ljust(9, "0"))
+
+
+def _parse_cursor(cursor):
+    """``(since, count)`` of a cursor made by :class:`_LogReader`, or ``(None, 0)``."""
+    try:
+        since, count = (int(part) for part in (cursor or "").split(" "))
+    except ValueError:
+        return None, 0
+    return since, max(count, 0)
 
 
 def _timestamp(text):

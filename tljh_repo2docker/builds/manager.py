@@ -4,10 +4,29 @@ This is the one place that runs builds, whatever the backend. Handlers call
 :meth:`BuildManager.submit`, :meth:`cancel` and :meth:`subscribe`; they never
 run a build themselves. Data flows one way: backend events -> this manager ->
 the database and the SSE subscribers.
+
+Stored first, then sent
+-----------------------
+Every event gets its id here, and live subscribers receive it only once the
+database holds it (with, for a log line, the backend's ``cursor`` just after
+that line, in the same transaction). So an event id a client has seen is
+always stored with that very event, whatever the moment the service dies
+(SIGKILL included): after the restart, the stored log, its last event id and
+the stored cursor agree, the backend goes on right after the cursor
+(:meth:`Builder.attach`), and a client that comes back with ``Last-Event-ID``
+gets the next event, never a different one under an id it saw, nor a line it
+saw under a new id. What a kill loses is only what no client was sent: the
+events not yet stored, which the backend reads again after the cursor.
+
+The price is that a line reaches clients after its write: the writer starts
+as soon as something waits, and at most every ``flush_interval`` seconds, so
+with a local database a line is sent a few milliseconds after it arrived,
+and lines that come fast are written (and sent) in batches.
 """
 
 import asyncio
 import collections
+import contextlib
 import time
 
 from traitlets import Any, Float, Instance, Integer, Unicode, default
@@ -20,7 +39,12 @@ from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildEvent, Bu
 
 
 class BuildLog:
-    """The live log of one build: recent events in memory and their subscribers."""
+    """The live log of one build: recent events in memory and their subscribers.
+
+    Events are ``(event_id, phase, message)``. :meth:`add` gives the next id
+    and keeps the event in memory; only :meth:`publish`, called once events
+    are stored, hands them to subscribers (see the module's docstring).
+    """
 
     def __init__(self, uid, next_id, head, tail):
         self.uid = uid
@@ -30,13 +54,18 @@ class BuildLog:
         self.head_events = []
         self.tail_events = collections.deque(maxlen=tail)
         self.subscribers = set()
-        # Events up to this id are in the database. The rest wait in memory,
-        # bounded like the log itself (see ``unstored``).
+        # Events up to this id are in the database (and were sent). The rest
+        # wait in memory, bounded like the log itself (see ``unstored``).
         self.stored_id = next_id - 1
         # Whether the last write of this log found the database unavailable.
         self.waiting_for_database = False
+        # Lines read from the backend so far, and the cursor after the last
+        # one: stored with the events that hold them.
         self.source_lines = 0
+        self.source_cursor = None
         self.done = False
+        # Set when an event waits to be written; the flusher waits for it.
+        self.pending = asyncio.Event()
         # One write of this log at a time, in order: the stored last event id
         # and line count must never go back (the periodic flush and the final
         # one can overlap).
@@ -49,14 +78,19 @@ class BuildLog:
             self.head_events.append(event)
         else:
             self.tail_events.append(event)
-        for queue in self.subscribers:
-            queue.put_nowait(event)
+        self.pending.set()
         return event
 
+    def publish(self, events):
+        """Hand stored events to the subscribers (id None: a notice, never stored)."""
+        for queue in self.subscribers:
+            for event in events:
+                queue.put_nowait(event)
+
     def since(self, after):
-        """Events in memory with an id above ``after``, with a marker where lines were dropped."""
-        events = [e for e in self.head_events if e[0] > after]
-        tail = [e for e in self.tail_events if e[0] > after]
+        """Stored events in memory with an id above ``after``, with a marker where lines were dropped."""
+        events = [e for e in self.head_events if after < e[0] <= self.stored_id]
+        tail = [e for e in self.tail_events if after < e[0] <= self.stored_id]
         if tail:
             last_head = self.head_events[-1][0] if self.head_events else 0
             gap_from = max(after, last_head) + 1
@@ -83,8 +117,93 @@ class BuildLog:
         return tail
 
 
+async def without_replay(events, stored, complete, backend):
+    """The events of a build asked for again after a restart, without the lines it repeats.
+
+    A backend that cannot re-attach (``Builder.resubmit_on_recover``) is
+    asked for the same build again. BinderHub then follows the build it
+    still runs from its start, so its log begins with the lines already
+    stored (``stored``, in order); or it runs the build anew; or, when its
+    build ended meanwhile, it only says so, and what it printed while the
+    service was down is lost. Which one happened shows in the lines: those
+    that repeat ``stored`` from its first line are held back, and dropped
+    once all of ``stored`` came again, or sent after all once a line
+    differs (a new run). Each case is said in a status line, so that the
+    stored log never holds a silent repeat or a silent gap. When
+    ``complete`` is False (lines were dropped from the middle of a long
+    stored log), nothing can be compared: a status line says that lines may
+    repeat.
+    """
+    # Closing this closes the backend's events too (the build is only followed).
+    async with contextlib.aclosing(events) as source:
+        async for event in _without_replay(source, stored, complete, backend):
+            yield event
+
+
+async def _without_replay(events, stored, complete, backend):
+    if not stored:
+        async for event in events:
+            yield event
+        return
+    if not complete:
+        yield BuildEvent(
+            STATUS,
+            f"{backend} may send lines shown above again: the stored log is too long "
+            "to tell them apart",
+        )
+        async for event in events:
+            yield event
+        return
+    held = []
+    comparing = True
+    async for event in events:
+        if comparing and event.phase == LOG:
+            if event.message == stored[len(held)]:
+                held.append(event)
+                if len(held) == len(stored):
+                    comparing = False
+                    yield BuildEvent(
+                        STATUS,
+                        f"{backend} sent the {len(held)} log lines above again (it follows "
+                        "its build from its start); they are not repeated",
+                    )
+                continue
+            comparing = False
+            yield BuildEvent(STATUS, f"{backend} runs the build again: its log starts over here")
+            for line in held:
+                yield line
+        elif comparing and event.final:
+            comparing = False
+            if held:
+                yield BuildEvent(
+                    STATUS,
+                    f"{backend} sent {len(held)} of the {len(stored)} log lines above again, "
+                    "then ended; lines it printed while the service was not running are "
+                    "not in this log",
+                )
+            else:
+                yield BuildEvent(
+                    STATUS,
+                    f"{backend}'s build ended while the service was not running: lines it "
+                    "printed after those above are not in this log",
+                )
+        yield event
+
+
+async def _drain(events):
+    async for _ in events:
+        pass
+
+
 def omitted_marker(count):
     return f"... {count} log lines omitted ..."
+
+
+#: Sent (without an id, and not stored) to live clients when the log cannot
+#: be written: lines are sent once stored, so they wait.
+DATABASE_AWAY_NOTICE = (
+    "the database is unavailable: the build goes on, and its log continues here once it is back"
+)
 
 
 class BuildManager(LoggingConfigurable):
@@ -115,8 +234,16 @@ class BuildManager(LoggingConfigurable):
     ).tag(config=True)
 
     flush_interval = Float(
-        0.25,
-        help="Seconds between writes of new log lines to the database.",
+        0.05,
+        min=0,
+        help="""
+        Shortest time, in seconds, between two writes of one build's new log
+        lines to the database. Live clients get a line once it is written
+        (so that an event id they saw is always stored, even if the service
+        is killed), so this is also the longest a line waits when lines come
+        fast; a line after a quiet spell is written at once. Larger values
+        mean fewer, bigger writes. Default: 0.05.
+        """,
     ).tag(config=True)
 
     db_retry_interval = Float(
@@ -126,7 +253,8 @@ class BuildManager(LoggingConfigurable):
         while the database is unavailable. Meanwhile builds go on, their log
         waits in memory (at most ``log_head_lines + log_tail_lines`` lines per
         build, the part that would be stored) and their result waits too:
-        everything is written once the database is back.
+        everything is written, and sent to live clients, once the database is
+        back.
         """,
     ).tag(config=True)
 
@@ -162,6 +290,8 @@ class BuildManager(LoggingConfigurable):
         self._running = {}  # uid -> asyncio.Task
         self._logs = {}  # uid -> BuildLog
         self._flushers = {}  # uid -> asyncio.Task
+        # uid -> (stored log lines, whether complete), for re-submitted builds
+        self._replays = {}
         self._closing = False
 
     # -- what handlers ask -------------------------------------------------
@@ -204,6 +334,7 @@ class BuildManager(LoggingConfigurable):
         """Cancel a queued or running build. Returns True if there was one."""
         if uid in self._queue:
             del self._queue[uid]
+            self._replays.pop(uid, None)
             await self._finish(uid, BuildEvent(CANCELLED, "Build cancelled before it started"))
             return True
         task = self._running.get(uid)
@@ -220,6 +351,8 @@ class BuildManager(LoggingConfigurable):
         """Yield ``(event_id, phase, message)`` from ``after`` on, live while the build runs.
 
         Ends after a final event. For a finished build, replays the stored log.
+        Only stored events are yielded (see the module's docstring); events
+        with id None are markers ("lines omitted") or notices for live clients.
         """
         log = self._logs.get(uid)
         if log is None or log.done:
@@ -232,13 +365,15 @@ class BuildManager(LoggingConfigurable):
             # Everything still in memory covers the stored part too, except
             # for lines dropped from the middle of a very long log.
             first_in_memory = (log.head_events or list(log.tail_events) or [(log.next_id,)])[0][0]
+            last = after
             if after + 1 < first_in_memory:
                 for event in await self._stored(uid, after):
                     if event[0] is not None and event[0] >= first_in_memory:
                         break
+                    if event[0] is not None:
+                        last = event[0]
                     yield event
-            last = after
-            for event in log.since(after):
+            for event in log.since(last):
                 if event[0] is not None:
                     last = event[0]
                 yield event
@@ -246,8 +381,14 @@ class BuildManager(LoggingConfigurable):
                     return
             while True:
                 event = await queue.get()
+                if event[0] is None:
+                    yield event  # a notice for live clients, not part of the log
+                    continue
                 if event[0] <= last:
                     continue
+                if last > after and event[0] > last + 1:
+                    # Dropped from the middle while the database was away.
+                    yield (None, LOG, omitted_marker(event[0] - last - 1))
                 last = event[0]
                 yield event
                 if event[1] in (BUILT, FAILED, CANCELLED):
@@ -279,7 +420,11 @@ class BuildManager(LoggingConfigurable):
             return
         while self._queue and len(self._running) < self.max_concurrent_builds:
             uid, request = self._queue.popitem(last=False)
-            self._running[uid] = asyncio.create_task(self._run(uid, self.builder.build(request)))
+            events = self.builder.build(request)
+            replay = self._replays.pop(uid, None)
+            if replay is not None:
+                events = without_replay(events, *replay, self.builder.display_name)
+            self._running[uid] = asyncio.create_task(self._run(uid, events))
             if self.on_started is not None:
                 self.on_started(uid)
 
@@ -287,6 +432,9 @@ class BuildManager(LoggingConfigurable):
         started = time.monotonic()
         log = self._logs[uid]
         final = None
+        # The backend's own final event. The backend goes on after it only
+        # once the result is stored (see _finish's ``release``).
+        reported = None
         try:
             if not resumed:
                 await self._until_stored(
@@ -299,11 +447,13 @@ class BuildManager(LoggingConfigurable):
             async for event in events:
                 if event.phase == LOG:
                     log.source_lines += 1
+                    if event.cursor is not None:
+                        log.source_cursor = event.cursor
                     log.add(LOG, event.message)
                 elif event.phase == STATUS:
                     log.add(STATUS, event.message)
                 elif event.final:
-                    final = event
+                    final = reported = event
                     break
             if final is None:
                 final = BuildEvent(FAILED, "The build ended without a result")
@@ -324,25 +474,43 @@ class BuildManager(LoggingConfigurable):
             self.log.exception("Build %s crashed", uid)
             final = BuildEvent(FAILED, f"The build failed unexpectedly: {e.__class__.__name__}")
         finally:
-            closer = getattr(events, "aclose", None)
-            if closer is not None and not self._closing:
-                try:
-                    await asyncio.shield(closer())
-                except BaseException:
-                    pass
+            if reported is None:
+                await self._close_events(events)
+
+        async def release():
+            # Let the backend run to its end: the Docker backend removes the
+            # build container only now, so that a kill before the result is
+            # stored still finds it, re-attaches and reports the same result.
+            try:
+                await asyncio.wait_for(_drain(events), 60)
+            except Exception as e:
+                self.log.warning("Build %s: the backend did not end cleanly: %s", uid, e)
+            finally:
+                await self._close_events(events)
+
         try:
-            await self._finish(uid, final)
+            await self._finish(uid, final, release if reported is not None else None)
         finally:
             self._running.pop(uid, None)
             if self.on_finished is not None:
                 self.on_finished(uid, final.phase, time.monotonic() - started)
             self._pump()
 
-    async def _finish(self, uid, event):
+    async def _close_events(self, events):
+        """Stop following a backend's events (never while shutting down: the build goes on)."""
+        closer = getattr(events, "aclose", None)
+        if closer is not None and not self._closing:
+            try:
+                await asyncio.shield(closer())
+            except BaseException:
+                pass
+
+    async def _finish(self, uid, event, release=None):
         """Record the final state of a build, then tell subscribers.
 
         Waits for the database when it is unavailable: the result is written
-        once it is back, never dropped.
+        once it is back, never dropped. ``release()``, when given, runs once
+        the result is stored and before subscribers hear of it.
         """
         result = f"the result of build {uid}"
         env = await self._until_stored(result, lambda: store.get_environment(self.sessions, uid))
@@ -367,18 +535,29 @@ class BuildManager(LoggingConfigurable):
             if env.image_id and env.build_number > 1:
                 message = f"{event.message}. The previous image is kept and still used."
                 fields["error"] = message
-        if env is not None:
+        # The result, the final event and the lines not yet stored are
+        # written in one transaction: a kill can never leave a result
+        # without the end of its log (the restarted service would not
+        # re-attach to a finished build). Subscribers hear of the end only
+        # once it is stored (a client that saw it may ask for the
+        # environment at once).
+        log = self._logs.get(uid)
+        stored = []
+        if log is not None:
+            log.add(event.phase, message)
+            # _flush says itself when the database goes away and comes back.
+            stored = await self._until_stored(
+                None,
+                lambda: self._flush(uid, fields if env is not None else None, publish=False),
+            )
+        elif env is not None:
             await self._until_stored(
                 result, lambda: store.update_environment(self.sessions, uid, **fields)
             )
-        # Subscribers hear of the end only once it is stored (a client that
-        # saw it may ask for the environment at once), and the log is replayed
-        # from the database only once its last event is there.
-        log = self._logs.get(uid)
+        if release is not None:
+            await release()
         if log is not None:
-            log.add(event.phase, message)
-        # _flush says itself when the database goes away and comes back.
-        await self._until_stored(None, lambda: self._flush(uid))
+            log.publish(stored)
         if log is not None:
             log.done = True
         flusher = self._flushers.pop(uid, None)
@@ -392,49 +571,75 @@ class BuildManager(LoggingConfigurable):
             self._flushers[uid] = asyncio.create_task(self._flush_loop(uid))
 
     async def _flush_loop(self, uid):
+        """Write a build's new events as soon as some wait, at most every ``flush_interval``."""
         while True:
             log = self._logs.get(uid)
-            waiting = log is not None and log.waiting_for_database
-            await asyncio.sleep(self.db_retry_interval if waiting else self.flush_interval)
+            if log is None:
+                return
+            if log.waiting_for_database:
+                await asyncio.sleep(self.db_retry_interval)
+            else:
+                await log.pending.wait()
             try:
                 await self._flush(uid)
             except Exception as e:
                 if not database_unavailable(e):
                     self.log.exception("Could not store the log of build %s; will retry", uid)
+                    await asyncio.sleep(self.db_retry_interval)
+            await asyncio.sleep(self.flush_interval)
 
-    async def _flush(self, uid):
-        """Write the log's new events. Raises when that fails; they are written next time."""
+    async def _flush(self, uid, fields=None, publish=True):
+        """Write the log's new events, then send them to subscribers.
+
+        Raises when the write fails; the events are written (and sent) next
+        time. The line count and cursor are read together with the events:
+        they describe exactly the lines written. ``fields`` (the result of
+        the build) are written in the same transaction. Returns the events
+        written; with ``publish=False`` the caller sends them.
+        """
         log = self._logs.get(uid)
         if log is None:
-            return
+            return []
         async with log.flush_lock:
+            log.pending.clear()
             events = log.unstored()
             if not events:
-                return
+                if fields:
+                    await store.update_environment(self.sessions, uid, **fields)
+                return []
             try:
                 await store.append_log(
                     self.sessions,
                     uid,
                     events,
                     source_lines=log.source_lines,
+                    source_cursor=log.source_cursor,
                     head=self.log_head_lines,
                     tail=self.log_tail_lines,
+                    fields=fields,
                 )
             except asyncio.CancelledError:
                 # The store finishes a write before passing a cancel on.
                 log.stored_id = events[-1][0]
+                if publish:
+                    log.publish(events)
                 raise
             except Exception as e:
+                log.pending.set()
                 if database_unavailable(e) and not log.waiting_for_database:
                     log.waiting_for_database = True
                     self._warn_unavailable(e, f"the log of build {uid}")
+                    log.publish([(None, STATUS, DATABASE_AWAY_NOTICE)])
                 raise
             log.stored_id = events[-1][0]
+            if publish:
+                log.publish(events)
             if log.waiting_for_database:
                 log.waiting_for_database = False
                 self.log.info(
                     "The database is back: stored %d waiting log lines of build %s", len(events), uid
                 )
+            return events
 
     async def _until_stored(self, what, write):
         """``await write()`` until the database takes it; other errors are raised.
@@ -485,12 +690,20 @@ class BuildManager(LoggingConfigurable):
         building = [env for env in building if not self.is_active(env.uid)]
         queued = [env for env in queued if not self.is_active(env.uid)]
         for env in building:
-            events = self.builder.attach(env.uid, env.source_lines) if env.uid in running else None
+            events = (
+                self.builder.attach(env.uid, env.source_lines, env.source_cursor)
+                if env.uid in running
+                else None
+            )
             if events is None and self.builder.resubmit_on_recover and not env.private:
                 self.log.info("Re-submitting build %s after a restart", env.uid)
+                # The backend may send again what it sent before: compare.
+                lines = [e[2] for e in await store.read_log(self.sessions, env.uid) if e[1] == LOG]
+                self._replays[env.uid] = (lines, len(lines) == env.source_lines)
                 await store.update_environment(self.sessions, env.uid, status=store.QUEUED)
                 await self.submit(env, request_for(env))
                 if env.uid in self._logs:
+                    self._logs[env.uid].source_lines = env.source_lines
                     self._logs[env.uid].add(STATUS, "re-submitted after a service restart")
                 continue
             if events is None:
@@ -501,6 +714,7 @@ class BuildManager(LoggingConfigurable):
             self.log.info("Re-attaching to build %s", env.uid)
             log = self._open_log(env.uid, env.last_event_id + 1)
             log.source_lines = env.source_lines
+            log.source_cursor = env.source_cursor
             log.add(STATUS, "re-attached after a service restart")
             self._ensure_flusher(env.uid)
             self._running[env.uid] = asyncio.create_task(self._run(env.uid, events, resumed=True))
@@ -548,7 +762,7 @@ class BuildManager(LoggingConfigurable):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Store what subscribers were sent: after the restart, ids go on from there.
+        # Store (and send) what waits: after the restart, ids go on from there.
         for uid in list(self._logs):
             try:
                 await self._flush(uid)
@@ -556,8 +770,12 @@ class BuildManager(LoggingConfigurable):
                 if not database_unavailable(e):
                     self.log.exception("Could not store the log of build %s", uid)
                     continue
+                # Never sent to anyone, and after the stored cursor: a
+                # re-attach reads them from the backend again.
                 self.log.warning(
-                    "The database is unavailable (%s): the last %d log lines of build %s are lost",
+                    "The database is unavailable (%s): the last %d log lines of build %s "
+                    "are not stored",
                     e.__class__.__name__, len(self._logs[uid].unstored()), uid,
                 )
         self._queue.clear()
+        self._replays.clear()

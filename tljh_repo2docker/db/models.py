@@ -88,6 +88,11 @@ class Environment(Base):
     # Lines of the build container's output already stored: where to resume
     # reading after the service restarts and re-attaches to a running build.
     source_lines: Mapped[int] = mapped_column(Integer, default=0)
+    # Where the stored log ends in the backend's output (the cursor of the
+    # last stored log line, opaque; for Docker a log time stamp and a count):
+    # what a re-attach resumes from. Written in the same transaction as the
+    # lines. None for builds recorded by versions without it (source_lines).
+    source_cursor: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # Last log event id handed out; ids only grow, across rebuilds too, so an
     # SSE client's Last-Event-ID stays meaningful.
     last_event_id: Mapped[int] = mapped_column(Integer, default=0)

@@ -268,17 +268,22 @@ async def start_rebuild(sessions, uid) -> Environment | None:
         env.error = None
         env.build_number += 1
         env.source_lines = 0
+        env.source_cursor = None
         await session.commit()
     _changed(sessions, uid)
     return env
 
 
 @_uncancellable
-async def append_log(sessions, uid, events, *, source_lines=None, head=0, tail=0) -> None:
+async def append_log(
+    sessions, uid, events, *, source_lines=None, source_cursor=None, head=0, tail=0, fields=None
+) -> None:
     """Store log events ``[(event_id, phase, message), ...]``.
 
     ``source_lines`` records how many lines of the backend's output are now
-    stored. When ``head``/``tail`` are set, the log keeps its first ``head``
+    stored, and ``source_cursor`` (when not None) where they end in it, in
+    the same transaction as the events; so are ``fields`` of the environment
+    (a build's result with its last events). When ``head``/``tail`` are set, the log keeps its first ``head``
     and last ``tail`` events; the middle is dropped (readers show a marker).
     """
     if not events:
@@ -294,10 +299,15 @@ async def append_log(sessions, uid, events, *, source_lines=None, head=0, tail=0
         values = {"last_event_id": events[-1][0]}
         if source_lines is not None:
             values["source_lines"] = source_lines
+        if source_cursor is not None:
+            values["source_cursor"] = source_cursor
+        values.update(fields or {})
         await session.execute(update(Environment).where(Environment.id == env_id).values(**values))
         if head and tail:
             await _prune_log(session, env_id, head, tail)
         await session.commit()
+    if fields:
+        _changed(sessions)
 
 
 async def _prune_log(session, env_id, head, tail):
