@@ -39,7 +39,7 @@ async def test_kept_list_follows_every_write(sqlite_sessions):
     rng = random.Random(7)
     number = 40
     for step in range(60):
-        action = rng.choice(["add", "build", "delete", "rebuild", "queue"])
+        action = rng.choice(["add", "build", "delete", "rebuild", "queue", "finish"])
         positions = {}
         if action == "add":
             uids.append(await add(sessions, number))
@@ -52,6 +52,14 @@ async def test_kept_list_follows_every_write(sqlite_sessions):
         elif action == "delete" and uids:
             uid = uids.pop(rng.randrange(len(uids)))
             await store.delete_environment(sessions, uid)
+        elif action == "finish" and uids:
+            # the manager stores a build's result with its last log lines
+            uid = rng.choice(uids)
+            env = await store.get_environment(sessions, uid)
+            await store.append_log(
+                sessions, uid, [(env.last_event_id + 1, "built", "done")],
+                fields={"status": store.BUILT, "image_id": f"sha256:f{step}"},
+            )
         elif action == "rebuild" and uids:
             await store.start_rebuild(sessions, rng.choice(uids))
         elif uids:

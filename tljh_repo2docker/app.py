@@ -544,6 +544,26 @@ class TljhRepo2Docker(Application):
             raise ConfigError(str(e)) from None
         self.sessions = db_session.make_sessionmaker(self.engine)
 
+    async def _until_done(self, attempt, problem_of):
+        """``await attempt()`` every ``retry_interval`` seconds until it succeeds.
+
+        ``problem_of(exc)`` records what went wrong and returns it for the
+        log, which says it once, and again only when it changes. Returns
+        whether there was a problem at all.
+        """
+        last = None
+        while True:
+            try:
+                await attempt()
+            except Exception as e:
+                problem = problem_of(e)
+                if problem != last:
+                    self.log.error("%s. Retrying every %gs", problem, self.retry_interval)
+                last = problem
+                await asyncio.sleep(self.retry_interval)
+                continue
+            return last is not None
+
     async def init_db(self):
         """Upgrade the database; until that works, retry in the background.
 
@@ -551,28 +571,21 @@ class TljhRepo2Docker(Application):
         cannot be upgraded must not stop the service, or JupyterHub would not
         start: meanwhile pages and API answer 503 naming the database.
         """
-        delay = self.retry_interval
-        while True:
-            try:
-                await db_session.upgrade_db(self.engine)
-            except Exception as e:
-                first = str(e).splitlines()[0] if str(e) else ""
-                problem = (
-                    f"cannot use the database {db_session.redact(self.db_url)}: "
-                    f"{e.__class__.__name__}: {first}"
-                )
-                # What users and `health` see: our own message, or the class
-                # only (a driver's message may name hosts, users or SQL).
-                self.db_problem_public = (
-                    first if isinstance(e, db_session.UpgradeError) else e.__class__.__name__
-                )
-                if problem != self.db_problem:
-                    self.log.error("db_url: %s. Retrying every %gs", problem, delay)
-                self.db_problem = problem
-                await asyncio.sleep(delay)
-                continue
-            break
-        if self.db_problem:
+
+        def problem_of(e):
+            first = str(e).splitlines()[0] if str(e) else ""
+            self.db_problem = (
+                f"cannot use the database {db_session.redact(self.db_url)}: "
+                f"{e.__class__.__name__}: {first}"
+            )
+            # What users and `health` see: our own message, or the class
+            # only (a driver's message may name hosts, users or SQL).
+            self.db_problem_public = (
+                first if isinstance(e, db_session.UpgradeError) else e.__class__.__name__
+            )
+            return f"db_url: {self.db_problem}"
+
+        if await self._until_done(lambda: db_session.upgrade_db(self.engine), problem_of):
             self.log.info("The database can be used now")
         self.db_problem = None
         self.db_ready.set()
@@ -608,25 +621,20 @@ class TljhRepo2Docker(Application):
         (503 naming the backend); retries in the background.
         """
         await self.db_ready.wait()
-        delay = self.retry_interval
-        while True:
-            try:
-                await self.builder.check()
-                await self.build_manager.recover(
-                    lambda env: environments.build_request(env, image_prefix=self.image_prefix)
-                )
-            except Exception as e:
-                problem = e.message if isinstance(e, BuildError) else (
-                    f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                )
-                if problem != self.builder_problem:
-                    self.log.error("The build backend cannot be used yet: %s. Retrying every %gs",
-                                   problem, delay)
-                self.builder_problem = problem
-                await asyncio.sleep(delay)
-                continue
-            break
-        if self.builder_problem:
+
+        async def recover():
+            await self.builder.check()
+            await self.build_manager.recover(
+                lambda env: environments.build_request(env, image_prefix=self.image_prefix)
+            )
+
+        def problem_of(e):
+            self.builder_problem = e.message if isinstance(e, BuildError) else (
+                f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            )
+            return f"The build backend cannot be used yet: {self.builder_problem}"
+
+        if await self._until_done(recover, problem_of):
             self.log.info("The build backend answers now: builds recovered")
         self.builder_problem = None
         self.builds_ready.set()
