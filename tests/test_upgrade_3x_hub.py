@@ -299,3 +299,19 @@ async def test_settings_of_3x_plugins_are_honoured(upgraded, user3x):
     assert f'src="{base}logo"' in page and 'href="https://plasma.example.org/"' in page
     r = await user3x.client.get(user3x.service_path("logo"))
     assert r.status_code == 200 and r.content == upgraded["logo"].read_bytes()
+
+
+async def test_3x_server_call_is_kept_as_an_alias(upgraded, user3x):
+    names = upgraded["names"]
+    body = {"imageName": names["upg-one"], "serverName": "viaold", "userName": "upgbob"}
+    r = await user3x.api("POST", "api/servers", json=body)
+    assert r.status_code == 202, r.text
+    assert r.headers["Deprecation"] == "true" and "api/servers" in r.headers["Link"]
+    assert r.json()["environment"] == "upg-one"
+    await wait_server(user3x, "viaold")
+    r = await user3x.api("DELETE", "api/servers/viaold", params={"remove": "true"})
+    await wait_server(user3x, "viaold", "absent")
+    # for someone else: refused, naming the field
+    body = {"imageName": names["upg-one"], "serverName": "viaold", "userName": "someoneelse"}
+    r = await user3x.api("POST", "api/servers", json=body)
+    assert utils.assert_json_error(r, 403, "yourself")["field"] == "userName"

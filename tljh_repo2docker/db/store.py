@@ -189,14 +189,23 @@ async def get_environment(sessions, uid) -> Environment | None:
 
 @_uncancellable
 async def find_environment(sessions, uid_or_name) -> Environment | None:
-    """An environment by uid, else by display name (case-insensitive)."""
+    """An environment by uid, else by display name (case-insensitive), else by
+    image name (what tljh-repo2docker 3.x's clients send)."""
     env = await get_environment(sessions, uid_or_name)
     if env is not None:
         return env
     async with sessions() as session:
-        return await session.scalar(
+        env = await session.scalar(
             select(Environment).where(func.lower(Environment.name) == uid_or_name.lower())
         )
+        if env is None:
+            env = await session.scalar(
+                select(Environment)
+                .where(Environment.image_name == uid_or_name)
+                .order_by(Environment.id)
+                .limit(1)
+            )
+        return env
 
 
 @_uncancellable

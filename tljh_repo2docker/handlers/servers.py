@@ -344,6 +344,8 @@ class ServersAPIHandler(ServersMixin, APIHandler):
     @web.authenticated
     async def post(self):
         body = self.get_json_body()
+        if {"imageName", "serverName", "userName"} & set(body):
+            body = self.body_of_3x(body)
         name = check_server_name(body.get("name"))
         env = await self.find_built(body.get("environment"))
         existing = await self.find_server(name)
@@ -369,6 +371,26 @@ class ServersAPIHandler(ServersMixin, APIHandler):
             },
             status=202,
         )
+
+
+    def body_of_3x(self, body):
+        """tljh-repo2docker 3.x's ``{"imageName", "serverName", "userName"}``, as ours."""
+        self.set_header("Deprecation", "true")
+        self.set_header("Link", f'<{self.url("api/servers")}>; rel="successor-version"')
+        self.log.warning(
+            'POST api/servers with "imageName" is a tljh-repo2docker 3.x call: send '
+            '{"name", "environment"} instead'
+        )
+        user = body.get("userName")
+        if user not in (None, "", self.current_user["name"]):
+            raise FieldError(
+                "userName", "servers can only be started for yourself (leave userName out)",
+                status=403,
+            )
+        unknown = sorted(set(body) - {"imageName", "serverName", "userName"})
+        if unknown:
+            raise FieldError(unknown[0], "is not a known field (with imageName and serverName)")
+        return {"name": body.get("serverName"), "environment": body.get("imageName")}
 
 
 class ServerAPIHandler(ServersMixin, APIHandler):
