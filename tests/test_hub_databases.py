@@ -362,16 +362,20 @@ async def test_database_lost_mid_build(private_postgres, tmp_path_factory, test_
             assert body["database"].startswith("failed: "), body
             assert not body["builder"].startswith("failed"), body
 
-            # The build goes on and ends while the database is away; the live
-            # client keeps getting its lines, but not the end, which is not stored.
-            await wait_for(lambda: not build_containers(uid), timeout=180, what="build ended")
-            built_images = images_of(uid)
-            assert len(built_images) == 1, built_images
+            # The build goes on and ends while the database is away. Its
+            # container stays until the result is stored (a kill meanwhile
+            # must find it), and the live client gets no line that is not
+            # stored: it waits, its stream open.
+            def running_builds():
+                out = docker("ps", "-q", "--filter", f"label=tljh_repo2docker.build={uid}")
+                return out.stdout.split()
+
+            await wait_for(lambda: not running_builds(), timeout=180, what="build ended")
+            assert build_containers(uid), "the container waits for the result to be stored"
             await asyncio.sleep(2)  # a few rounds of retries
-            assert printed([(i, d) for i, d, _ in live], "lost-done") == 1, log_text(
-                [(i, d) for i, d, _ in live]
-            )[-2000:]
-            assert not watcher.done() and live[-1][1]["phase"] == "log"
+            stored_before = [i for i, d, _ in live if i is not None]
+            assert printed([(i, d) for i, d, _ in live], "lost-done") == 0
+            assert not watcher.done()
             utils.assert_json_error(await admin.api("GET", f"api/environments/{uid}"), 503)
             assert service_pids(info) == [pid], "the service must stay up"
 
@@ -385,10 +389,17 @@ async def test_database_lost_mid_build(private_postgres, tmp_path_factory, test_
             assert env["status"] == "built", env
             await asyncio.wait_for(watcher, 60)
             assert service_pids(info) == [pid]
+            await wait_for(lambda: not build_containers(uid), timeout=60, what="container removed")
+            built_images = images_of(uid)
+            assert len(built_images) == 1, built_images
+            assert [i for i, d, _ in live if i is not None][: len(stored_before)] == stored_before
 
             # The stored log is whole: what the live client saw, lines from
             # while the database was away included, nothing twice.
-            events = [(event_id, data) for event_id, data, _ in live]
+            # (and, while it was away, one notice without an id, not stored)
+            notices = [data for event_id, data, _ in live if event_id is None]
+            assert notices and all("database" in n["message"].lower() for n in notices), notices
+            events = [(event_id, data) for event_id, data, _ in live if event_id is not None]
             assert_complete(events, "lost", count)
             replay = await read_events(admin, uid)
             assert replay == events
