@@ -57,6 +57,9 @@ class SpawnFailed(Exception):
     def __init__(self, message):
         super().__init__(message)
         self.jupyterhub_message = message
+        # JupyterHub 5's REST API answers a spawn error with
+        # ``log_message % args`` (and only "error" without it).
+        self.log_message = "%s"
 
 
 def _unusable(image, problem):
