@@ -287,6 +287,7 @@ class BuildManager(LoggingConfigurable):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._queue = collections.OrderedDict()  # uid -> BuildRequest, waiting
+        self._owners = {}  # uid -> owner of a queued or running build (fairness)
         self._running = {}  # uid -> asyncio.Task
         self._logs = {}  # uid -> BuildLog
         self._flushers = {}  # uid -> asyncio.Task
@@ -324,6 +325,9 @@ class BuildManager(LoggingConfigurable):
     async def submit(self, env, request: BuildRequest):
         """Queue a build of ``env`` (already stored with status queued)."""
         log = self._open_log(env.uid, env.last_event_id + 1)
+        if len(self._owners) > 1000:
+            self._owners = {uid: o for uid, o in self._owners.items() if self.is_active(uid)}
+        self._owners[env.uid] = getattr(env, "owner", None)
         self._queue[env.uid] = request
         position = len(self._queue)
         log.add(STATUS, f"queued (position {position})")
@@ -414,12 +418,28 @@ class BuildManager(LoggingConfigurable):
         self._logs[uid] = log
         return log
 
+    def _next_queued(self):
+        """The queued build to start next: the oldest of the owners with the
+        fewest builds running, so that one user's builds cannot hold every
+        slot while others wait (admins' builds, with no owner known, count
+        as one more owner)."""
+        running = collections.Counter(self._owners.get(uid) for uid in self._running)
+        best = None
+        for uid in self._queue:
+            count = running[self._owners.get(uid)]
+            if best is None or count < best[0]:
+                best = (count, uid)
+                if count == 0:
+                    break
+        return best[1]
+
     def _pump(self):
         """Start queued builds while there is room."""
         if self._closing:
             return
         while self._queue and len(self._running) < self.max_concurrent_builds:
-            uid, request = self._queue.popitem(last=False)
+            uid = self._next_queued()
+            request = self._queue.pop(uid)
             events = self.builder.build(request)
             replay = self._replays.pop(uid, None)
             if replay is not None:
