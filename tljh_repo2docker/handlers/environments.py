@@ -44,6 +44,10 @@ class EnvironmentAPIMixin:
             raise web.HTTPError(
                 403, "Only the environment's owner or an admin may change it"
             )
+        if manage and not (self.is_admin or self.is_builder):
+            raise web.HTTPError(
+                403, "Changing an environment needs the tljh-repo2docker build scope"
+            )
         return env
 
     def model(self, env):
