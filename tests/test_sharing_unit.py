@@ -179,3 +179,41 @@ async def test_spawner_without_the_database_file(tmp_path):
     spawner.user.admin = False
     assert {i["uid"] for i in await spawner.list_images()} == {"m", "o"}
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+async def test_kept_list_per_user_follows_sharing(sqlite_sessions):
+    """The kept list filters per user, and a change of sharing (one write) counts at once."""
+    import json
+
+    from tljh_repo2docker.environment_list import EnvironmentList
+
+    sessions = sqlite_sessions
+    for uid, owner, sharing, built in [
+        ("e1", "owner", SHARED, True),
+        ("e2", "owner", PRIVATE, True),
+        ("e3", "other", EVERYONE, True),
+        ("e4", "owner", EVERYONE, False),  # not built: its owner's only
+    ]:
+        await store.create_environment(
+            sessions, uid=uid, name=uid, image_name=f"{uid}:1", repo="r", ref="HEAD",
+            owner=owner, sharing=sharing,
+        )
+        if built:
+            await store.update_environment(sessions, uid, status="built", image_id="sha256:x")
+    listing = EnvironmentList(sessions)
+
+    async def uids(viewer, positions=None):
+        body = json.loads(await listing.body(positions or {}, viewer))
+        return [e["uid"] for e in body["environments"]]
+
+    member = Viewer("member", frozenset({"team"}))
+    assert await uids(Viewer("owner")) == ["e1", "e2", "e3", "e4"]
+    assert await uids(member) == ["e1", "e3"]
+    assert await uids(Viewer("stranger")) == ["e3"]
+    assert await uids(Viewer("root", admin=True)) == ["e1", "e2", "e3", "e4"]
+    # the owner sees their own builds' queue position; others never do
+    body = json.loads(await listing.body({"e4": 1}, Viewer("owner")))
+    assert body["environments"][3]["position"] == 1
+    await store.update_environment(sessions, "e1", sharing=PRIVATE)
+    assert await uids(member) == ["e3"]
+    assert await uids(Viewer("member", frozenset())) == ["e3"]

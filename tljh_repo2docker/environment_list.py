@@ -53,8 +53,9 @@ class _Entry:
 class EnvironmentList:
     """The list for one database (one per service)."""
 
-    #: How many users' last answers are kept.
+    #: How many users' last answers are kept, and how many bytes in all.
     KEPT_BODIES = 256
+    KEPT_BYTES = 64 * 1024 * 1024
 
     def __init__(self, sessions):
         self.sessions = sessions
@@ -62,6 +63,7 @@ class EnvironmentList:
         self.entries = {}  # uid -> _Entry
         self.order = []  # uids, oldest first
         self.bodies = collections.OrderedDict()  # viewer (None: admins) -> (key, bytes)
+        self.kept_bytes = 0
 
     async def body(self, positions, viewer=None, *, admin=None):
         """The encoded ``{"environments": [...]}`` for ``viewer`` (an access.Viewer;
@@ -93,10 +95,16 @@ class EnvironmentList:
                 elif entry.built and entry.access.allows(viewer):
                     pieces.append(entry.user)
         body = b'{"environments": [' + b", ".join(pieces) + b"]}"
+        old = self.bodies.pop(cache_key, None)
+        if old is not None:
+            self.kept_bytes -= len(old[1])
         self.bodies[cache_key] = (key, body)
-        self.bodies.move_to_end(cache_key)
-        while len(self.bodies) > self.KEPT_BODIES:
-            self.bodies.popitem(last=False)
+        self.kept_bytes += len(body)
+        while len(self.bodies) > 1 and (
+            len(self.bodies) > self.KEPT_BODIES or self.kept_bytes > self.KEPT_BYTES
+        ):
+            _, (_, dropped) = self.bodies.popitem(last=False)
+            self.kept_bytes -= len(dropped)
         return body
 
     async def _refresh(self):

@@ -131,11 +131,16 @@ class HubClient(LoggingConfigurable):
         if cached and cached[1] > time.monotonic():
             return cached[0]
         try:
-            admin = bool((await self.get_user(name)).get("admin"))
+            model = await self.get_user(name)
         except HubError as e:
             self.log.warning("Could not check whether %s is an admin: %s", name, e.message)
             return False
-        self._admin_cache[name] = (admin, time.monotonic() + self.admin_cache_seconds)
+        admin = bool(model.get("admin"))
+        now = time.monotonic()
+        self._admin_cache[name] = (admin, now + self.admin_cache_seconds)
+        if "groups" in model:  # the same answer says the groups: one request, not two
+            groups = frozenset(g for g in model["groups"] or () if isinstance(g, str))
+            self._groups_cache[name] = (groups, now + self.groups_cache_seconds)
         return admin
 
     async def user_groups(self, name):
@@ -154,6 +159,8 @@ class HubClient(LoggingConfigurable):
             return frozenset()
         groups = frozenset(g for g in model.get("groups") or () if isinstance(g, str))
         now = time.monotonic()
+        if len(self._admin_cache) > 10000:
+            self._admin_cache = {k: v for k, v in self._admin_cache.items() if v[1] > now}
         self._groups_cache[name] = (groups, now + self.groups_cache_seconds)
         self._admin_cache[name] = (bool(model.get("admin")), now + self.admin_cache_seconds)
         if len(self._groups_cache) > 10000:  # forget the expired ones
