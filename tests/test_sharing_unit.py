@@ -141,8 +141,11 @@ async def test_spawner_offers_and_starts_only_usable(spawner_with_db):
     shared = await s.add("shared", "owner", SHARED)
     private = await s.add("private", "owner", PRIVATE)
     await s.add("public", "admin", EVERYONE)
-    # an image the database does not know, with an owner label: its owner's only
-    s.fake.add_image("stray:1", env_labels(uid="stray", image="stray:1", owner="owner", display_name="stray"))
+    # an image the database does not know, built since sharing exists: its owner's only
+    s.fake.add_image(
+        "stray:1",
+        env_labels(uid="stray", image="stray:1", owner="owner", display_name="stray", access="database"),
+    )
     admin_role = SimpleNamespace(scopes=[TLJH_R2D_ADMIN_SCOPE])
     cases = {
         ("owner", ()): {"shared", "private", "public", "stray"},
@@ -169,12 +172,13 @@ async def test_spawner_offers_and_starts_only_usable(spawner_with_db):
 
 
 async def test_spawner_without_the_database_file(tmp_path):
-    """A SQLite file that is not there holds nothing: images go by their owner label."""
+    """A SQLite file that is not there holds nothing: images built since sharing
+    exists go to their owner only, older ones (3.x's) to everyone, as before."""
     fake = FakeDocker()
     make = spawner_maker(fake, Repo2DockerSpawner, environment_access=Repo2DockerSpawner.environment_access)
-    fake.add_image("mine:1", env_labels(uid="m", image="mine:1", owner="alice"))
-    fake.add_image("theirs:1", env_labels(uid="t", image="theirs:1", owner="bob"))
-    fake.add_image("old:1", env_labels(uid="o", image="old:1", owner=""))
+    fake.add_image("mine:1", env_labels(uid="m", image="mine:1", owner="alice", access="database"))
+    fake.add_image("theirs:1", env_labels(uid="t", image="theirs:1", owner="bob", access="database"))
+    fake.add_image("old:1", env_labels(uid="o", image="old:1", owner="bob"))
     spawner = make(db_url=f"sqlite:///{tmp_path / 'missing.sqlite'}")
     spawner.user.admin = False
     assert {i["uid"] for i in await spawner.list_images()} == {"m", "o"}

@@ -253,4 +253,7 @@ def image_labels(env, image_prefix=""):
         f"{LABEL_PREFIX}.node_selector": json.dumps(env.node_selector or {}, sort_keys=True),
         f"{LABEL_PREFIX}.owner": env.owner or "",
         f"{LABEL_PREFIX}.image_prefix": image_prefix,
+        # Who may use it is in the service's database only (it changes after
+        # the build): a spawner that cannot find it offers it to its owner only.
+        f"{LABEL_PREFIX}.access": "database",
     }

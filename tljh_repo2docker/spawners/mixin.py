@@ -103,6 +103,9 @@ class BuiltEnvironment:
     image_id: str = ""
     #: The ``owner`` label (who added it), "" when unknown.
     owner: str = ""
+    #: The ``access`` label: "database" when only the service's database says
+    #: who may use it (images built since sharing exists), else "".
+    access: str = ""
 
     @classmethod
     def from_labels(cls, labels, image, image_id=""):
@@ -130,6 +133,7 @@ class BuiltEnvironment:
             node_selector=node_selector,
             image_id=image_id,
             owner=_label(labels, "owner"),
+            access=_label(labels, "access"),
         )
 
     @classmethod
@@ -334,10 +338,13 @@ async def read_access(db_url, log=None):
 
 
 def label_access(env):
-    """What an image the database does not know (made by hand, a database
-    lost) is shared as: with everyone when it names no owner (3.x's, hand
-    made), else with its owner only."""
-    return Access(env.owner, PRIVATE) if env.owner else Access(None, None)
+    """What an image the database does not know is shared as. Images built
+    since sharing exists (their ``access`` label says "database"): with
+    their owner only. Others (3.x's, made by hand, built before): with
+    everyone, as they always were."""
+    if env.access == "database":
+        return Access(env.owner or None, PRIVATE)
+    return Access(None, None)
 
 
 class EnvironmentMixin(Configurable):
@@ -369,8 +376,9 @@ class EnvironmentMixin(Configurable):
         the TLJH plugin set it to the service's. Default: the service's own
         default, ``sqlite:///<the hub's directory>/tljh_repo2docker.sqlite``
         (a managed service runs in the hub's directory). When that file does
-        not exist, images are offered by their ``owner`` label: to their
-        owner only, or to everyone when they name none.
+        not exist (or has no row for an image), images built since sharing
+        exists are offered to their owner only, older ones (3.x's, made by
+        hand) to everyone, as before.
         """,
     ).tag(config=True)
 
