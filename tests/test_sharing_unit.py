@@ -86,6 +86,9 @@ def test_builders_choose_a_profile_when_there_are_some():
     with pytest.raises(FieldError) as e:
         quotas.check_request({"memory": "1G", "cpu": None, "machine_profile": None}, {"memory": "1G"})
     assert e.value.field == "machine_profile" and "Small" in e.value.log_message
+    # none chosen: the first profile
+    chosen = quotas.check_request({"memory": None, "cpu": None, "machine_profile": None}, {})
+    assert chosen == {"memory": "64G", "cpu": 8.0, "machine_profile": "Small"}
     # a profile is what the admin offers: taken as it is, whatever max_memory says
     fields = {"memory": "64G", "cpu": 8.0, "machine_profile": "Small"}
     assert quotas.check_request(fields, {"machine_profile": "Small"}) == fields

@@ -130,7 +130,7 @@ def test_service_roles_and_scope(pm):
     assert service_role["services"] == ["tljh_repo2docker"]
     assert set(service_role["scopes"]) == {
         "list:users", "read:users", "read:roles:users", "admin:servers",
-        "read:groups", "read:users:groups",  # who belongs to the groups environments are shared with
+        "list:groups", "read:groups", "read:users:groups",  # who belongs to the groups environments are shared with
     }
     assert TLJH_R2D_BUILD_SCOPE in service["oauth_client_allowed_scopes"]
     assert TLJH_R2D_BUILD_SCOPE in c.JupyterHub.custom_scopes

@@ -172,7 +172,7 @@ c.JupyterHub.load_roles = [
         "name": "{SERVICE}-service",
         "scopes": [
             "list:users", "read:users", "read:roles:users", "admin:servers",
-            "read:groups", "read:users:groups",
+            "list:groups", "read:groups", "read:users:groups",
         ],
         "services": ["{SERVICE}"],
     }},

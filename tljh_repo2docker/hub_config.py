@@ -67,11 +67,11 @@ def roles(*, binderhub=False):
     its default ``self`` scope, or extended when the config defines it already:
     see :func:`configure`).
     """
-    # read:groups and read:users:groups: who belongs to the groups that
-    # environments are shared with.
+    # list:groups, read:groups and read:users:groups: the groups that
+    # environments are shared with, and who belongs to them.
     service_scopes = [
         "list:users", "read:users", "read:roles:users", "admin:servers",
-        "read:groups", "read:users:groups",
+        "list:groups", "read:groups", "read:users:groups",
     ]
     if binderhub:
         service_scopes.append(BINDER_ACCESS_SCOPE)

@@ -75,9 +75,9 @@ class Quotas(LoggingConfigurable):
         The largest memory limit a builder may give their environments
         (``512M``, ``2G``; a bare number is GB). A larger one is refused with
         403 (field ``memory``); an environment added without one gets
-        ``default_memory_limit`` or this, whichever is smaller. When
-        ``machine_profiles`` are configured, they are a builder's only
-        choice. Empty or None: no limit. Default: ``4G``.
+        this. When ``machine_profiles`` are configured, they are a
+        builder's only choice (the first when none is chosen). Empty or
+        None: no limit. Default: ``4G``.
         """,
     ).tag(config=True)
 
@@ -94,10 +94,9 @@ class Quotas(LoggingConfigurable):
         help="""
         The largest CPU limit (number of CPUs, may be fractional) a builder
         may give their environments. A larger one is refused with 403 (field
-        ``cpu``); an environment added without one gets ``default_cpu_limit``
-        or this, whichever is smaller. When ``machine_profiles`` are
-        configured, they are a builder's only choice. None: no limit.
-        Default: 2.
+        ``cpu``); an environment added without one gets this. When
+        ``machine_profiles`` are configured, they are a builder's only
+        choice (the first when none is chosen). None: no limit. Default: 2.
         """,
     ).tag(config=True)
 
@@ -136,6 +135,10 @@ class Quotas(LoggingConfigurable):
         if fields.get("machine_profile"):
             return fields  # profiles are what the admin offers: within the quota
         fields = dict(fields)
+        if app.machine_profiles:  # none chosen: the first, as the Add dialog offers
+            first = app.machine_profiles[0]
+            fields.update(machine_profile=first["label"], memory=first["memory"], cpu=first["cpu"])
+            return fields
         if self.max_memory:
             largest = memory_bytes(self.max_memory)
             if fields.get("memory") and memory_bytes(fields["memory"]) > largest:

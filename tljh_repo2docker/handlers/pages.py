@@ -41,7 +41,7 @@ class EnvironmentsPageHandler(BaseHandler):
         try:
             groups = await self.hub.groups()
         except HubError as e:
-            self.log.warning("Cannot list the hub's groups (give the service read:groups): %s", e.message)
+            self.log.warning("Cannot list the hub's groups (give the service list:groups): %s", e.message)
             groups = []
         app = self.tljh_app
         self.finish(
