@@ -120,10 +120,15 @@ class EnvironmentList:
             self.order = [env.uid for env in envs]
         else:
             found = {env.uid: env for env in await store.environments_by_uid(self.sessions, changed)}
+            moved = False
             for uid in changed:
+                old = self.entries.get(uid)
                 if uid in found:
                     self.entries[uid] = _Entry(found[uid], None)
-                else:
-                    self.entries.pop(uid, None)
-            self.order = sorted(self.entries, key=lambda uid: self.entries[uid].key)
+                    moved = moved or old is None or old.key != self.entries[uid].key
+                elif old is not None:
+                    del self.entries[uid]
+                    moved = True
+            if moved:  # an update in place (a build step, sharing) keeps the order
+                self.order = sorted(self.entries, key=lambda uid: self.entries[uid].key)
         self.version = current
