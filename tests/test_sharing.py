@@ -345,3 +345,16 @@ async def test_environments_page_for_builders(callers, shared_env):
     assert shared_env["uid"] not in r.text
     r = await admin.client.get(admin.service_path("environments"), params={"owner": "sh-owner"})
     assert shared_env["uid"] in r.text
+
+
+async def test_owner_cannot_delete_what_another_users_server_runs(callers, shared_env):
+    """sh-friend starts a server from sh-owner's environment: deleting it is refused (409)."""
+    friend, owner = callers["sh-friend"], callers["sh-owner"]
+    r = await friend.api("POST", "api/servers", json={"name": "sh-uses", "environment": shared_env["uid"]})
+    assert r.status_code == 202, r.text
+    try:
+        r = await owner.delete_env(shared_env["uid"])
+        assert_json_error(r, 409, "sh-friend/sh-uses")
+        assert (await owner.get_env(shared_env["uid"]))["status"] == "built"
+    finally:
+        await friend.api("DELETE", "api/servers/sh-uses", params={"remove": "true"})
