@@ -173,12 +173,8 @@
       statusCell(env),
       resourcesCell(env),
       nodeSelectorCell(env),
-      el(
-        "td",
-        { class: "env-owner" },
-        env.owner || "–",
-        el("div", { class: "small text-body-secondary env-sharing" }, describeSharing(env.sharing))
-      ),
+      el("td", { class: "env-owner" }, env.owner || "–"),
+      el("td", { class: "env-sharing small" }, describeSharing(env.sharing)),
       el("td", { class: "env-created" }, R.timeElement(env.created)),
       el("td", { class: "env-size text-end text-nowrap" }, R.formatSize(env.size) || "–"),
       actionsCell(env)
@@ -194,7 +190,7 @@
         el(
           "tr",
           { class: "empty" },
-          el("td", { colspan: "9", class: "text-center text-body-secondary py-4" }, "No environment yet: add one with “Add New”.")
+          el("td", { colspan: "10", class: "text-center text-body-secondary py-4" }, "No environment yet: add one with “Add New”.")
         ),
     });
   }
