@@ -101,10 +101,14 @@ def test_queue_starts_the_owner_with_fewest_builds_first():
     manager._queue = {"a2": None, "a3": None, "b1": None}
     manager._running = {"a1": None}
     manager._owners = {"a1": "ann", "a2": "ann", "a3": "ann", "b1": "ben"}
+    manager._last_start = {"ann": 1}
     assert manager._next_queued() == "b1"  # ann has one running, ben none
+    manager._running = {}
+    assert manager._next_queued() == "b1"  # none running: ben's turn, ann started last
     manager._running = {"a1": None, "b0": None}
     manager._owners["b0"] = "ben"
-    assert manager._next_queued() == "a2"  # even: the oldest
+    manager._last_start = {"ann": 1, "ben": 2}
+    assert manager._next_queued() == "a2"  # even, and ann's turn: her oldest
 
 
 # -- the spawner: who may use what, from the service's database -------------------------

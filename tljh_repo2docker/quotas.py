@@ -42,9 +42,8 @@ class Quotas(LoggingConfigurable):
         Most builds of one builder queued or running at once; one more
         (adding or rebuilding) is refused with 429 (field
         ``builds_per_user``) until one ends. With this, one user cannot fill
-        the build queue; the queue also starts the builds of the owners with
-        the fewest builds running first. 0: no limit. Admins are not
-        limited. Default: 1.
+        the build queue; the queue also takes owners in turn (round robin).
+        0: no limit. Admins are not limited. Default: 1.
         """,
     ).tag(config=True)
 

@@ -288,6 +288,8 @@ class BuildManager(LoggingConfigurable):
         super().__init__(**kwargs)
         self._queue = collections.OrderedDict()  # uid -> BuildRequest, waiting
         self._owners = {}  # uid -> owner of a queued or running build (fairness)
+        self._last_start = {}  # owner -> number of the last build of theirs started
+        self._starts = 0
         self._running = {}  # uid -> asyncio.Task
         self._logs = {}  # uid -> BuildLog
         self._flushers = {}  # uid -> asyncio.Task
@@ -419,18 +421,18 @@ class BuildManager(LoggingConfigurable):
         return log
 
     def _next_queued(self):
-        """The queued build to start next: the oldest of the owners with the
-        fewest builds running, so that one user's builds cannot hold every
-        slot while others wait (admins' builds, with no owner known, count
-        as one more owner)."""
+        """The queued build to start next, round robin over owners: of the
+        owners with the fewest builds running, the one whose last build
+        started longest ago (or never), and their oldest build. So one
+        user's queued builds cannot keep others' waiting (admins' builds,
+        with no owner known, count as one more owner)."""
         running = collections.Counter(self._owners.get(uid) for uid in self._running)
         best = None
-        for uid in self._queue:
-            count = running[self._owners.get(uid)]
-            if best is None or count < best[0]:
-                best = (count, uid)
-                if count == 0:
-                    break
+        for order, uid in enumerate(self._queue):
+            owner = self._owners.get(uid)
+            rank = (running[owner], self._last_start.get(owner, -1), order)
+            if best is None or rank < best[0]:
+                best = (rank, uid)
         return best[1]
 
     def _pump(self):
@@ -440,6 +442,8 @@ class BuildManager(LoggingConfigurable):
         while self._queue and len(self._running) < self.max_concurrent_builds:
             uid = self._next_queued()
             request = self._queue.pop(uid)
+            self._starts += 1
+            self._last_start[self._owners.get(uid)] = self._starts
             events = self.builder.build(request)
             replay = self._replays.pop(uid, None)
             if replay is not None:
@@ -737,6 +741,7 @@ class BuildManager(LoggingConfigurable):
             log.source_cursor = env.source_cursor
             log.add(STATUS, "re-attached after a service restart")
             self._ensure_flusher(env.uid)
+            self._owners[env.uid] = env.owner  # counts for the queue's fairness
             self._running[env.uid] = asyncio.create_task(self._run(env.uid, events, resumed=True))
         for env in sorted(queued, key=lambda e: (e.queued or e.created, e.id)):
             if env.private:
