@@ -65,6 +65,7 @@ builder = os.environ.get("TLJH_R2D_TEST_REPO2DOCKER_IMAGE", "tljh-repo2docker-te
 if local_image(builder):
     service_args += [f"--repo2docker_image={builder}", "--DockerBuilder.pull_repo2docker_image=False"]
 
-# The service, its role (list:users, read:users, read:roles:users, admin:servers), access
+# The service, its role (list:users, read:users, read:roles:users, admin:servers, and
+# list:groups, read:groups, read:users:groups for sharing), access
 # for every user, and the custom admin scope; `admin` also gets the scope.
 hub_config.configure(c, args=service_args, admins={"users": ["admin"]})

@@ -209,3 +209,30 @@ async def test_recovery_removes_leftover_containers_of_ended_builds_only(manager
         assert (stored.status, stored.error) == ("failed", "engine lost")
     finally:
         docker("rm", "-f", f"{builder.container_prefix}{foreign}", check=False)
+
+
+async def test_one_user_cannot_hold_the_queue(manager, git_root, git_server):
+    """ann queues three builds, then ben one: with one slot, ben's starts second, not last."""
+    sessions = manager.sessions
+    envs = []
+    for number, owner in enumerate(["ann", "ann", "ann", "ben"]):
+        name = f"fair{number}-{token()}"
+        make_repo(git_root, name, {"Dockerfile": dockerfile(f"RUN echo fair-{number}")})
+        env = await store.create_environment(
+            sessions, uid=token() + token(), name=name, image_name=f"{manager.prefix}{name}:main",
+            repo=git_server.url(name), ref="main", node_selector={}, build_args={}, owner=owner,
+        )
+        await manager.submit(env, build_request(env))
+        envs.append(env)
+    uids = [env.uid for env in envs]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        done = [await store.get_environment(sessions, uid) for uid in uids]
+        if all(env.status in ("built", "failed", "cancelled") for env in done):
+            break
+        await asyncio.sleep(0.3)
+    else:
+        raise TimeoutError("the builds did not finish")
+    assert [env.status for env in done] == ["built"] * 4, [e.error for e in done]
+    order = [env.owner + str(n) for n, env in sorted(enumerate(done), key=lambda item: item[1].started)]
+    assert order == ["ann0", "ben3", "ann1", "ann2"], order

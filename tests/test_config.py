@@ -142,10 +142,11 @@ def test_every_setting_is_in_the_readme():
     from tljh_repo2docker.builds.manager import BuildManager
     from tljh_repo2docker.homes import Homes
     from tljh_repo2docker.hub import HubClient
+    from tljh_repo2docker.quotas import Quotas
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = []
-    for cls in (TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Homes):
+    for cls in (TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Homes, Quotas):
         for name in cls.class_own_traits(config=True):
             label = f"`{name}`" if cls is TljhRepo2Docker else f"{cls.__name__}.{name}"
             if label not in readme:

@@ -47,7 +47,7 @@ SERVER_URLS = {
         "TLJH_R2D_TEST_MYSQL_URL", "mysql://tljh_r2d:tljh_r2d@127.0.0.1:3306/tljh_r2d_test"
     ),
 }
-REVISIONS = ["0001", "0002", "0003"]
+REVISIONS = ["0001", "0002", "0003", "0004"]
 
 
 def need(reason):
@@ -429,3 +429,48 @@ async def test_api_answers_503_when_the_database_is_unavailable(tmp_path):
         server.stop()
         for engine in unreachable.values():
             await engine.dispose()
+
+
+async def test_rows_before_0004_stay_shared_with_everyone(db_url):
+    """Environments stored before sharing existed (3.x's, adopted, admins') keep everyone."""
+    from sqlalchemy import text
+
+    await _alembic(db_url, "upgrade", "0003")
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "insert into environments (uid, name, image_name, repo, ref, provider, status, "
+                    "node_selector, build_args, private, owner, created, build_number, source_lines, "
+                    "last_event_id) values ('old1', 'Old', 'tljh-r2d/old:HEAD', 'https://example.org/r', "
+                    "'HEAD', 'git', 'built', '{}', '{}', false, 'teacher', '2026-01-01 00:00:00', 1, 0, 0)"
+                )
+            )
+    finally:
+        await engine.dispose()
+    await _alembic(db_url, "upgrade", "head")
+    engine = make_engine(db_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        env = await store.get_environment(sessions, "old1")
+        assert env.sharing == {"everyone": True, "users": [], "groups": []}
+        assert store.as_dict(env)["sharing"]["everyone"] is True
+    finally:
+        await engine.dispose()
+
+
+async def test_sharing_and_owner_usage(sessions):
+    shared = {"everyone": False, "users": ["ann"], "groups": ["team"]}
+    await store.create_environment(sessions, **_fields("s1", "One", owner="ann", sharing=shared))
+    await store.create_environment(sessions, **_fields("s2", "Two", owner="ann"))
+    await store.create_environment(sessions, **_fields("s3", "Three", owner="ben"))
+    await store.update_environment(sessions, "s1", status=store.BUILT, image_id="sha256:1", size=3 * 1024**3)
+    await store.update_environment(sessions, "s3", status=store.BUILT, image_id="sha256:3", size=10)
+    assert await store.owner_usage(sessions, "ann") == (2, 1, 3 * 1024**3)  # s2 is queued
+    assert await store.owner_usage(sessions, "nobody") == (0, 0, 0)
+    rules = await store.access_rules(sessions)
+    assert set(rules) == {"s1", "s3"}  # built ones only
+    assert rules["s1"] == ("ann", shared)
+    await store.update_environment(sessions, "s1", sharing={"everyone": True, "users": [], "groups": []})
+    assert (await store.get_environment(sessions, "s1")).sharing["everyone"] is True

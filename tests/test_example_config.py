@@ -484,8 +484,11 @@ def test_roles_and_scopes(hub_config_result, z2jh):
         "read:users",
         "read:roles:users",
         "admin:servers",
+        "list:groups",
+        "read:groups",
+        "read:users:groups",
         "access:services!service=binder",
-    ]
+    ]  # the example's own order
     assert TLJH_R2D_ADMIN_SCOPE in roles["tljh-repo2docker-admin"]["scopes"]
 
 

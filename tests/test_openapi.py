@@ -146,7 +146,7 @@ def _environment():
         column: None
         for column in (
             "uid name image_name repo ref provider status memory cpu machine_profile "
-            "node_selector build_args owner commit size error started finished build_number"
+            "node_selector build_args owner commit size error started finished build_number sharing"
         ).split()
     }
     fields.update(created=now, node_selector={}, build_args={})

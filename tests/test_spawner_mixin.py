@@ -62,7 +62,7 @@ c.JupyterHub.spawner_class = GroupSpawner
 c.GroupSpawner.image_prefix = {prefix!r}
 c.GroupSpawner.host_homedir_format_string = {homes!r} + "/{{username}}"
 for role in c.JupyterHub.load_roles:
-    if role["name"] == "test-admin":
+    if role["name"] == "test-admin" and "admin:groups" not in role["scopes"]:
         role["scopes"].append("admin:groups")
 '''
 

@@ -161,8 +161,13 @@ def make_spawner(fake_docker):
     return spawner_maker(fake_docker, Repo2DockerSpawner)
 
 
+async def _everything_shared(self):
+    return None  # who may use what: tests/test_sharing_unit.py
+
+
 def spawner_maker(fake_docker, base, **methods):
     # DockerSpawner keeps one docker client per class: a subclass per test holds the fake.
+    methods.setdefault("environment_access", _everything_shared)
     spawner_class = type("FakeEngineSpawner", (base,), {"_client": fake_docker, **methods})
 
     def make(server_name="python", **traits):

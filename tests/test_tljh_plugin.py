@@ -14,7 +14,7 @@ import pluggy
 import pytest
 from traitlets.config import Config
 
-from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE, hub_config, tljh_plugin
+from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE, hub_config, tljh_plugin
 from tljh_repo2docker import tljh_config as tljh_module
 from tljh_repo2docker.spawner import Repo2DockerSpawner
 
@@ -128,7 +128,12 @@ def test_service_roles_and_scope(pm):
     roles = by_name(c.JupyterHub.load_roles)
     service_role = roles[hub_config.SERVICE_ROLE]
     assert service_role["services"] == ["tljh_repo2docker"]
-    assert set(service_role["scopes"]) == {"list:users", "read:users", "read:roles:users", "admin:servers"}
+    assert set(service_role["scopes"]) == {
+        "list:users", "read:users", "read:roles:users", "admin:servers",
+        "list:groups", "read:groups", "read:users:groups",  # who belongs to the groups environments are shared with
+    }
+    assert TLJH_R2D_BUILD_SCOPE in service["oauth_client_allowed_scopes"]
+    assert TLJH_R2D_BUILD_SCOPE in c.JupyterHub.custom_scopes
     assert roles["user"]["scopes"] == ["self", ACCESS]
     assert c.JupyterHub.custom_scopes[TLJH_R2D_ADMIN_SCOPE]["description"]
 

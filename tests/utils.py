@@ -11,11 +11,13 @@ from pathlib import Path
 
 import httpx
 
-from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
+from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE
 
 SERVICE = "tljh_repo2docker"
 ADMIN_API_TOKEN = "test-admin-token-0123456789abcdef"
 SECRET_PASSWORD = "s3cret-Pa55word-do-not-leak-7f1c"
+#: Users of the test hubs given the build scope (tests/test_sharing.py).
+BUILDERS = ["sh-owner", "sh-builder", "sh-quota", "sh-quota2"]
 #: Images built by this session's test hubs (removed at the session's end).
 #: Each hub gets its own prefix below this one (see ``next_image_prefix``), so
 #: that a hub never adopts (and a test never removes) another hub's images, and
@@ -98,6 +100,8 @@ def hub_config(info: HubInfo, builder_image: str, extra_service_args=(), extra_c
     db_args = [] if any(a.startswith("--db_url=") for a in extra_service_args) else [
         f"--db_url=sqlite:///{info.db_path}"
     ]
+    db_url = next(a for a in [*db_args, *extra_service_args] if a.startswith("--db_url="))
+    db_url = db_url.split("=", 1)[1]
     service_args = [
         f"--port={info.service_port}",
         *db_args,
@@ -115,7 +119,7 @@ def hub_config(info: HubInfo, builder_image: str, extra_service_args=(), extra_c
     ]
     return f"""
 import sys
-from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
+from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE
 
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {info.proxy_port}
@@ -139,6 +143,8 @@ c.DockerSpawner.remove = True
 c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
 c.DockerSpawner.name_template = "tljh-r2d-test-{{username}}-{{servername}}"
 c.Repo2DockerSpawner.image_prefix = "{info.image_prefix}"
+# Who may use which environment: the service's database (read only).
+c.Repo2DockerSpawner.db_url = {db_url!r}
 # Each test hub its own home volumes on the shared engine (users of every hub
 # are called alice and bob); removed with the hub (tests/fixtures.py).
 c.Repo2DockerSpawner.home_volume_name_template = "tljh-r2d-test-home-{{prefix}}-{{username}}"
@@ -148,6 +154,7 @@ c.Spawner.poll_interval = 5
 
 c.JupyterHub.custom_scopes = {{
     TLJH_R2D_ADMIN_SCOPE: {{"description": "Manage tljh-repo2docker environments"}},
+    TLJH_R2D_BUILD_SCOPE: {{"description": "Build and share environments of one's own"}},
 }}
 c.JupyterHub.services = [
     {{
@@ -156,14 +163,17 @@ c.JupyterHub.services = [
         "command": [sys.executable, "-m", "tljh_repo2docker", *{service_args!r}],
         "cwd": "{info.workdir}",
         "oauth_no_confirm": True,
-        "oauth_client_allowed_scopes": [TLJH_R2D_ADMIN_SCOPE],
+        "oauth_client_allowed_scopes": [TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE],
     }},
     {{"name": "test-admin", "api_token": "{ADMIN_API_TOKEN}"}},
 ]
 c.JupyterHub.load_roles = [
     {{
         "name": "{SERVICE}-service",
-        "scopes": ["list:users", "read:users", "read:roles:users", "admin:servers"],
+        "scopes": [
+            "list:users", "read:users", "read:roles:users", "admin:servers",
+            "list:groups", "read:groups", "read:users:groups",
+        ],
         "services": ["{SERVICE}"],
     }},
     {{
@@ -176,8 +186,13 @@ c.JupyterHub.load_roles = [
         "users": ["bob"],
     }},
     {{
+        "name": "tljh-repo2docker-builders",
+        "scopes": [TLJH_R2D_BUILD_SCOPE],
+        "users": {BUILDERS!r},
+    }},
+    {{
         "name": "test-admin",
-        "scopes": ["admin:users", "admin:servers", "tokens", "read:roles"],
+        "scopes": ["admin:users", "admin:servers", "tokens", "read:roles", "admin:groups"],
         "services": ["test-admin"],
     }},
 ]

@@ -50,6 +50,7 @@ from .limits import (
     parse_node_selector_config,
 )
 from .paths import STATIC, TEMPLATES
+from .quotas import Quotas
 from .secret import SecretFileError, read_secret_file
 
 
@@ -94,6 +95,11 @@ class TljhRepo2Docker(Application):
         "max_body_size": "TljhRepo2Docker.max_body_size",
         "authenticate_prometheus": "TljhRepo2Docker.authenticate_prometheus",
         "max_concurrent_builds": "BuildManager.max_concurrent_builds",
+        "environments_per_user": "Quotas.environments_per_user",
+        "builds_per_user": "Quotas.builds_per_user",
+        "image_size_per_user": "Quotas.image_size_per_user",
+        "builder_max_memory": "Quotas.max_memory",
+        "builder_max_cpu": "Quotas.max_cpu",
         "repo2docker_image": "DockerBuilder.repo2docker_image",
         "builder_network": "DockerBuilder.network_mode",
         "log_level": "Application.log_level",
@@ -106,7 +112,7 @@ class TljhRepo2Docker(Application):
         ),
     }
 
-    classes = [BuildManager, DockerBuilder, HubClient, Homes]
+    classes = [BuildManager, DockerBuilder, HubClient, Homes, Quotas]
 
     config_file = Unicode(
         "tljh_repo2docker_config.py",
@@ -605,6 +611,9 @@ class TljhRepo2Docker(Application):
     def init_hub_client(self):
         self.hub_client = HubClient(parent=self)
 
+    def init_quotas(self):
+        self.quotas = Quotas(parent=self)
+
     def init_build_manager(self):
         self.build_manager = BuildManager(
             parent=self,
@@ -717,6 +726,7 @@ class TljhRepo2Docker(Application):
         self.log.info("tljh-repo2docker %s, database %s", __version__, db_session.redact(self.db_url))
         self.init_builder()
         self.init_hub_client()
+        self.init_quotas()
         self.init_build_manager()
         self.init_webapp()
         stop = asyncio.Event()

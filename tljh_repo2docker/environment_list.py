@@ -7,25 +7,35 @@ encoded again (``store.changed_since``), and the answer is the kept pieces
 joined. The whole answer is also kept until the next write or queue move, so
 a list that nothing changed costs sending it.
 
-The encoded pieces are those of :func:`store.as_dict`, for admins and for
-users; ``position`` (the place in the build queue, admins only) moves without
-a write, so the environments in the queue are encoded again at each list.
+The encoded pieces are those of :func:`store.as_dict`, for admins (and an
+environment's owner) and for users; ``position`` (the place in the build
+queue, admins and owners only) moves without a write, so the environments in
+the queue are encoded again at each list.
+
+A user's list keeps the pieces of the environments that exist for them
+(:meth:`access.Access.shows`): a check of a few set look-ups per entry, on
+what the entry keeps, nothing encoded again. The last answers are kept per
+user (``KEPT_BODIES``) until the next write, queue move or change of their
+groups.
 """
 
+import collections
 import json
 
+from .access import Access, Viewer
 from .db import store
 
 
 class _Entry:
     """One environment: its row and its encoded pieces."""
 
-    __slots__ = ("env", "key", "built", "admin", "user", "position")
+    __slots__ = ("env", "key", "built", "admin", "user", "position", "access")
 
     def __init__(self, env, position):
         self.env = env
         self.key = (env.created, env.id)
         self.built = env.image_id is not None
+        self.access = Access(env.owner, env.sharing)
         self.user = json.dumps(store.as_dict(env, admin=False)).encode()
         self.position = position
         self.admin = self._encode_admin()
@@ -43,26 +53,58 @@ class _Entry:
 class EnvironmentList:
     """The list for one database (one per service)."""
 
+    #: How many users' last answers are kept, and how many bytes in all.
+    KEPT_BODIES = 256
+    KEPT_BYTES = 64 * 1024 * 1024
+
     def __init__(self, sessions):
         self.sessions = sessions
         self.version = None
         self.entries = {}  # uid -> _Entry
         self.order = []  # uids, oldest first
-        self.bodies = {}  # admin -> (key, bytes)
+        self.bodies = collections.OrderedDict()  # viewer (None: admins) -> (key, bytes)
+        self.kept_bytes = 0
 
-    async def body(self, positions, admin):
-        """The encoded ``{"environments": [...]}`` for an admin or a user."""
+    async def body(self, positions, viewer=None, *, admin=None):
+        """The encoded ``{"environments": [...]}`` for ``viewer`` (an access.Viewer;
+        ``admin=True``/``False``: an admin, or a user who owns nothing and is in no group)."""
+        if viewer is None:
+            viewer = bool(admin)
+        if isinstance(viewer, bool):  # an admin, or a user of no group who owns nothing
+            viewer = Viewer("", admin=viewer)
         await self._refresh()
-        key = (self.version, tuple(positions.items()) if admin else ())
-        cached = self.bodies.get(admin)
+        admin = viewer.admin
+        cache_key = None if admin else viewer
+        owns = (not admin) and any(
+            self.entries[uid].access.owner == viewer.name for uid in positions if uid in self.entries
+        )
+        key = (self.version, tuple(positions.items()) if admin or owns else ())
+        cached = self.bodies.get(cache_key)
         if cached is not None and cached[0] == key:
+            self.bodies.move_to_end(cache_key)
             return cached[1]
         if admin:
             pieces = [self.entries[uid].admin_piece(positions.get(uid)) for uid in self.order]
         else:
-            pieces = [self.entries[uid].user for uid in self.order if self.entries[uid].built]
+            pieces = []
+            name = viewer.name
+            for uid in self.order:
+                entry = self.entries[uid]
+                if entry.access.owner == name:
+                    pieces.append(entry.admin_piece(positions.get(uid)))
+                elif entry.built and entry.access.allows(viewer):
+                    pieces.append(entry.user)
         body = b'{"environments": [' + b", ".join(pieces) + b"]}"
-        self.bodies[admin] = (key, body)
+        old = self.bodies.pop(cache_key, None)
+        if old is not None:
+            self.kept_bytes -= len(old[1])
+        self.bodies[cache_key] = (key, body)
+        self.kept_bytes += len(body)
+        while len(self.bodies) > 1 and (
+            len(self.bodies) > self.KEPT_BODIES or self.kept_bytes > self.KEPT_BYTES
+        ):
+            _, (_, dropped) = self.bodies.popitem(last=False)
+            self.kept_bytes -= len(dropped)
         return body
 
     async def _refresh(self):
@@ -78,10 +120,15 @@ class EnvironmentList:
             self.order = [env.uid for env in envs]
         else:
             found = {env.uid: env for env in await store.environments_by_uid(self.sessions, changed)}
+            moved = False
             for uid in changed:
+                old = self.entries.get(uid)
                 if uid in found:
                     self.entries[uid] = _Entry(found[uid], None)
-                else:
-                    self.entries.pop(uid, None)
-            self.order = sorted(self.entries, key=lambda uid: self.entries[uid].key)
+                    moved = moved or old is None or old.key != self.entries[uid].key
+                elif old is not None:
+                    del self.entries[uid]
+                    moved = True
+            if moved:  # an update in place (a build step, sharing) keeps the order
+                self.order = sorted(self.entries, key=lambda uid: self.entries[uid].key)
         self.version = current

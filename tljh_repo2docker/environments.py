@@ -1,4 +1,4 @@
-"""Checking what an admin asks for when adding an environment.
+"""Checking what an admin or a builder asks for when adding an environment.
 
 Turns an API request body into clean fields, or raises FieldError naming
 the field. Nothing is stored here. Also what a built environment turns
@@ -151,6 +151,7 @@ def parse_request(body, app, builder):
     known = {
         "repo", "ref", "name", "memory", "cpu", "machine_profile", "node_selector",
         "buildargs", "build_args", "username", "password", "provider",
+        "sharing",  # checked by access.parse_sharing
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -252,4 +253,7 @@ def image_labels(env, image_prefix=""):
         f"{LABEL_PREFIX}.node_selector": json.dumps(env.node_selector or {}, sort_keys=True),
         f"{LABEL_PREFIX}.owner": env.owner or "",
         f"{LABEL_PREFIX}.image_prefix": image_prefix,
+        # Who may use it is in the service's database only (it changes after
+        # the build): a spawner that cannot find it offers it to its owner only.
+        f"{LABEL_PREFIX}.access": "database",
     }

@@ -52,7 +52,23 @@ class HubClient(LoggingConfigurable):
 
     admin_cache_seconds = Float(
         30,
-        help="How long the service remembers whether a user is a hub admin.",
+        help="""
+        How long the service remembers whether a user is a hub admin, in
+        seconds. Default: 30.
+        """,
+    ).tag(config=True)
+
+    groups_cache_seconds = Float(
+        30,
+        help="""
+        How long the service remembers which JupyterHub groups a user belongs
+        to, in seconds: a user added to (or removed from) a group that an
+        environment is shared with may use it (or no longer) at most this
+        long after the change, without restarting the service. The spawner
+        reads the hub's own database and sees changes at once. Needs the
+        service's ``read:users:groups`` scope (hub_config.roles()).
+        Default: 30.
+        """,
     ).tag(config=True)
 
     @default("api_url")
@@ -71,6 +87,7 @@ class HubClient(LoggingConfigurable):
         super().__init__(**kwargs)
         self._client = None
         self._admin_cache = {}
+        self._groups_cache = {}
         self._version = None
 
     @property
@@ -114,12 +131,48 @@ class HubClient(LoggingConfigurable):
         if cached and cached[1] > time.monotonic():
             return cached[0]
         try:
-            admin = bool((await self.get_user(name)).get("admin"))
+            model = await self.get_user(name)
         except HubError as e:
             self.log.warning("Could not check whether %s is an admin: %s", name, e.message)
             return False
-        self._admin_cache[name] = (admin, time.monotonic() + self.admin_cache_seconds)
+        admin = bool(model.get("admin"))
+        now = time.monotonic()
+        self._admin_cache[name] = (admin, now + self.admin_cache_seconds)
+        if "groups" in model:  # the same answer says the groups: one request, not two
+            groups = frozenset(g for g in model["groups"] or () if isinstance(g, str))
+            self._groups_cache[name] = (groups, now + self.groups_cache_seconds)
         return admin
+
+    async def user_groups(self, name):
+        """The names of the JupyterHub groups of the user ``name`` (a frozenset), cached.
+
+        When the hub cannot say (no scope, not reachable), the user counts as
+        a member of no group: nothing is shared with them by group.
+        """
+        cached = self._groups_cache.get(name)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        try:
+            model = await self.get_user(name)
+        except HubError as e:
+            self.log.warning("Could not read the groups of %s: %s", name, e.message)
+            return frozenset()
+        groups = frozenset(g for g in model.get("groups") or () if isinstance(g, str))
+        now = time.monotonic()
+        if len(self._admin_cache) > 10000:
+            self._admin_cache = {k: v for k, v in self._admin_cache.items() if v[1] > now}
+        self._groups_cache[name] = (groups, now + self.groups_cache_seconds)
+        self._admin_cache[name] = (bool(model.get("admin")), now + self.admin_cache_seconds)
+        if len(self._groups_cache) > 10000:  # forget the expired ones
+            self._groups_cache = {k: v for k, v in self._groups_cache.items() if v[1] > now}
+        return groups
+
+    async def groups(self):
+        """The names of the hub's groups (for the sharing dialog)."""
+        answer = await self.request("GET", "groups", params={"limit": 10000})
+        if isinstance(answer, dict):  # paginated answer
+            answer = answer.get("items", [])
+        return sorted(g["name"] for g in answer or () if isinstance(g, dict) and "name" in g)
 
     async def active_servers(self):
         """``[(user name, server name, server model)]`` of every running or starting server."""

@@ -18,7 +18,7 @@ import sys
 
 from traitlets.config import LazyConfigValue
 
-from . import TLJH_R2D_ADMIN_SCOPE
+from . import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE
 
 #: The service's name in JupyterHub (its pages live under /services/<name>/).
 SERVICE_NAME = "tljh_repo2docker"
@@ -32,6 +32,7 @@ BINDER_ACCESS_SCOPE = "access:services!service=binder"
 
 SERVICE_ROLE = "tljh-repo2docker-service"
 ADMIN_ROLE = "tljh-repo2docker-admin"
+BUILDER_ROLE = "tljh-repo2docker-builder"
 
 
 def service_config(port=DEFAULT_PORT, *, ip=DEFAULT_IP, args=()):
@@ -53,8 +54,9 @@ def service_config(port=DEFAULT_PORT, *, ip=DEFAULT_IP, args=()):
         ],
         # Users reach the service through the hub's login; no "authorize" page.
         "oauth_no_confirm": True,
-        # Lets the admin scope of a user travel in the token the service receives.
-        "oauth_client_allowed_scopes": [TLJH_R2D_ADMIN_SCOPE],
+        # Lets the admin and build scopes of a user travel in the token the
+        # service receives.
+        "oauth_client_allowed_scopes": [TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE],
     }
 
 
@@ -65,7 +67,12 @@ def roles(*, binderhub=False):
     its default ``self`` scope, or extended when the config defines it already:
     see :func:`configure`).
     """
-    service_scopes = ["list:users", "read:users", "read:roles:users", "admin:servers"]
+    # list:groups, read:groups and read:users:groups: the groups that
+    # environments are shared with, and who belongs to them.
+    service_scopes = [
+        "list:users", "read:users", "read:roles:users", "admin:servers",
+        "list:groups", "read:groups", "read:users:groups",
+    ]
     if binderhub:
         service_scopes.append(BINDER_ACCESS_SCOPE)
     return [
@@ -94,18 +101,42 @@ def admin_role(*, users=(), groups=()):
     }
 
 
+def builder_role(*, users=(), groups=()):
+    """A role giving the named users and groups the right to add (and share)
+    environments of their own."""
+    return {
+        "name": BUILDER_ROLE,
+        "description": "Build and share tljh-repo2docker environments of one's own",
+        "scopes": [TLJH_R2D_BUILD_SCOPE],
+        "users": list(users),
+        "groups": list(groups),
+    }
+
+
 def custom_scopes():
     """The custom scope definitions for ``c.JupyterHub.custom_scopes``."""
-    return {TLJH_R2D_ADMIN_SCOPE: {"description": "Manage tljh-repo2docker environments"}}
+    return {
+        TLJH_R2D_ADMIN_SCOPE: {"description": "Manage tljh-repo2docker environments"},
+        TLJH_R2D_BUILD_SCOPE: {
+            "description": "Build tljh-repo2docker environments of one's own and share them"
+        },
+    }
 
 
-def configure(c, *, port=DEFAULT_PORT, ip=DEFAULT_IP, args=(), binderhub=False, admins=None):
+def configure(
+    c, *, port=DEFAULT_PORT, ip=DEFAULT_IP, args=(), binderhub=False, admins=None, builders=None
+):
     """Merge the service, its roles and the custom scope into the config ``c``.
 
     What ``c`` already holds is kept: a service of the same name is left as it
     is, a role of the same name gains the missing scopes and members, a custom
     scope already defined is not redefined. ``admins`` is an optional
-    ``{"users": [...], "groups": [...]}`` for :func:`admin_role`.
+    ``{"users": [...], "groups": [...]}`` for :func:`admin_role`, ``builders``
+    the same for :func:`builder_role`.
+
+    The spawner checks who may use an environment in the service's database
+    (``c.Repo2DockerSpawner.db_url``): when the service's ``--db_url`` is in
+    ``args`` it is set to the same URL, unless ``c`` sets it already.
     """
     hub = c.JupyterHub
     services = _current(hub, "services", [])
@@ -116,12 +147,18 @@ def configure(c, *, port=DEFAULT_PORT, ip=DEFAULT_IP, args=(), binderhub=False, 
     new_roles = roles(binderhub=binderhub)
     if admins:
         new_roles.append(admin_role(**admins))
+    if builders:
+        new_roles.append(builder_role(**builders))
     hub.load_roles = merge_roles(_current(hub, "load_roles", []), new_roles)
 
     scopes = _current(hub, "custom_scopes", {})
     for name, definition in custom_scopes().items():
         scopes.setdefault(name, definition)
     hub.custom_scopes = scopes
+
+    db_url = next((a.split("=", 1)[1] for a in args if a.startswith("--db_url=")), None)
+    if db_url and "db_url" not in c.EnvironmentMixin and "db_url" not in c.Repo2DockerSpawner:
+        c.Repo2DockerSpawner.db_url = db_url
 
 
 def merge_roles(existing, new):

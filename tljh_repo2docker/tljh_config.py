@@ -42,6 +42,8 @@ HUB_KEYS = {
     "ip": "the service's address (default 127.0.0.1)",
     "admin_users": "users given the right to manage environments",
     "admin_groups": "groups given the right to manage environments",
+    "builder_users": "users given the right to build and share environments of their own",
+    "builder_groups": "groups given the right to build and share environments of their own",
 }
 _PREFIX = f"services.{SECTION}"
 
@@ -54,8 +56,9 @@ def _service_classes():
     from .builds.docker import DockerBuilder
     from .builds.manager import BuildManager
     from .hub import HubClient
+    from .quotas import Quotas
 
-    classes = [TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient]
+    classes = [TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Quotas]
     return TljhRepo2Docker, {cls.__name__: cls for cls in classes}
 
 
@@ -155,6 +158,10 @@ def configure(c, tljh_config=None):
         "users": _names(section, "admin_users"),
         "groups": _names(section, "admin_groups"),
     }
+    builders = {
+        "users": _names(section, "builder_users"),
+        "groups": _names(section, "builder_groups"),
+    }
     service_settings = settings.get("TljhRepo2Docker", {})
     hub_config.configure(
         c,
@@ -162,7 +169,12 @@ def configure(c, tljh_config=None):
         ip=ip,
         binderhub=bool(service_settings.get("binderhub_url")),
         admins=admins if admins["users"] or admins["groups"] else None,
+        builders=builders if builders["users"] or builders["groups"] else None,
     )
+    if "db_url" in service_settings:
+        # The spawner reads who may use which environment there (the
+        # service runs in the hub's directory, so the default is the same).
+        c.Repo2DockerSpawner.db_url = service_settings["db_url"]
     if settings:
         for service in c.JupyterHub.services:
             if service.get("name") == SECTION:

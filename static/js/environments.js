@@ -12,6 +12,25 @@
   const LOG_SILENCE_MS = 35000;
 
   let environments = R.pageData("environments-data") || [];
+  const pageConfig = R.pageData("environments-config") || {};
+
+  /** Whether this user may rebuild, share and remove ``env`` (its owner or an admin). */
+  function manages(env) {
+    return Boolean(pageConfig.is_admin || (env.owner && env.owner === pageConfig.user));
+  }
+
+  function shown(list) {
+    const owner = pageConfig.owner_filter;
+    return owner ? list.filter((env) => env.owner === owner) : list;
+  }
+
+  function describeSharing(sharing) {
+    if (!sharing || sharing.everyone) return "everyone";
+    const parts = [];
+    if (sharing.users.length) parts.push(sharing.users.join(", "));
+    if (sharing.groups.length) parts.push(`groups: ${sharing.groups.join(", ")}`);
+    return parts.length ? parts.join("; ") : "private";
+  }
 
   const table = document.getElementById("environments");
   const tbody = table.querySelector("tbody");
@@ -117,6 +136,17 @@
         el("span", { class: "ms-1" }, label)
       );
     const active = ACTIVE.has(env.status);
+    if (!manages(env)) {
+      return el(
+        "td",
+        { class: "env-actions" },
+        el(
+          "div",
+          { class: "d-flex flex-wrap gap-1 justify-content-end" },
+          hasImage(env) ? button("copy-link", "Copy launch link", "btn-outline-secondary", "fa-link") : null
+        )
+      );
+    }
     return el(
       "td",
       { class: "env-actions" },
@@ -124,6 +154,7 @@
         "div",
         { class: "d-flex flex-wrap gap-1 justify-content-end" },
         button("logs", "Logs", "btn-outline-secondary", "fa-file-lines"),
+        button("share", "Share", "btn-outline-secondary", "fa-share-nodes"),
         active
           ? button("cancel", "Cancel", "btn-outline-secondary", "fa-stop")
           : button("rebuild", "Rebuild", "btn-outline-primary", "fa-rotate"),
@@ -143,6 +174,7 @@
       resourcesCell(env),
       nodeSelectorCell(env),
       el("td", { class: "env-owner" }, env.owner || "–"),
+      el("td", { class: "env-sharing small" }, describeSharing(env.sharing)),
       el("td", { class: "env-created" }, R.timeElement(env.created)),
       el("td", { class: "env-size text-end text-nowrap" }, R.formatSize(env.size) || "–"),
       actionsCell(env)
@@ -151,14 +183,14 @@
 
   /** Update the table in place: unchanged rows stay, so focus and hover stay too. */
   function render() {
-    R.renderRows(tbody, environments, {
+    R.renderRows(tbody, shown(environments), {
       keyAttr: "uid",
       row,
       empty: () =>
         el(
           "tr",
           { class: "empty" },
-          el("td", { colspan: "9", class: "text-center text-body-secondary py-4" }, "No environment yet: add one with “Add New”.")
+          el("td", { colspan: "10", class: "text-center text-body-secondary py-4" }, "No environment yet: add one with “Add New”.")
         ),
     });
   }
@@ -230,6 +262,7 @@
       logs: () => openLogs(env, button),
       rebuild: () => rebuild(env, button),
       cancel: () => cancel(env, button),
+      share: () => openShareDialog(env, button),
       remove: () => remove(env, button),
       "copy-link": () => copyLaunchLink(env, button),
     };
@@ -297,6 +330,48 @@
     R.flashButton(button, ok ? "Copied" : "Copy failed", ok);
     if (!ok) window.prompt("Copy the launch link:", link);
   }
+
+  // -- sharing -------------------------------------------------------------
+
+  const shareDialog = document.getElementById("share-dialog");
+  const shareForm = document.getElementById("share-form");
+  let shareTarget = null;
+
+  function openShareDialog(env, button) {
+    shareTarget = env;
+    shareForm.reset();
+    R.clearErrors(shareForm);
+    const sharing = env.sharing || { everyone: true, users: [], groups: [] };
+    shareDialog.querySelector(".modal-title").textContent = `Share ${env.name}`;
+    shareForm.elements.everyone.checked = sharing.everyone;
+    shareForm.elements.users.value = sharing.users.join("\n");
+    for (const box of shareForm.querySelectorAll(".share-group")) {
+      box.checked = sharing.groups.includes(box.value);
+    }
+    R.openModal(shareDialog, rowControl(env.uid, button.dataset.action), "#share-everyone");
+  }
+
+  shareForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const env = shareTarget;
+    const submit = shareForm.querySelector("[type=submit]");
+    R.clearErrors(shareForm);
+    R.setBusy(submit, true, "Saving");
+    try {
+      const sharing = {
+        everyone: shareForm.elements.everyone.checked,
+        users: shareForm.elements.users.value.split(/[\s,]+/).filter(Boolean),
+        groups: [...shareForm.querySelectorAll(".share-group:checked")].map((box) => box.value),
+      };
+      upsert(await R.api("PATCH", `api/environments/${encodeURIComponent(env.uid)}`, { sharing }));
+      bootstrap.Modal.getInstance(shareDialog).hide();
+      R.announce(`${env.name} is shared with ${describeSharing(sharing)}`);
+    } catch (e) {
+      R.showError(shareForm, e).focus();
+    } finally {
+      R.setBusy(submit, false);
+    }
+  });
 
   // -- rebuild with credentials --------------------------------------------
 

@@ -287,6 +287,9 @@ class BuildManager(LoggingConfigurable):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._queue = collections.OrderedDict()  # uid -> BuildRequest, waiting
+        self._owners = {}  # uid -> owner of a queued or running build (fairness)
+        self._last_start = {}  # owner -> number of the last build of theirs started
+        self._starts = 0
         self._running = {}  # uid -> asyncio.Task
         self._logs = {}  # uid -> BuildLog
         self._flushers = {}  # uid -> asyncio.Task
@@ -324,6 +327,9 @@ class BuildManager(LoggingConfigurable):
     async def submit(self, env, request: BuildRequest):
         """Queue a build of ``env`` (already stored with status queued)."""
         log = self._open_log(env.uid, env.last_event_id + 1)
+        if len(self._owners) > 1000:
+            self._owners = {uid: o for uid, o in self._owners.items() if self.is_active(uid)}
+        self._owners[env.uid] = getattr(env, "owner", None)
         self._queue[env.uid] = request
         position = len(self._queue)
         log.add(STATUS, f"queued (position {position})")
@@ -414,12 +420,30 @@ class BuildManager(LoggingConfigurable):
         self._logs[uid] = log
         return log
 
+    def _next_queued(self):
+        """The queued build to start next, round robin over owners: of the
+        owners with the fewest builds running, the one whose last build
+        started longest ago (or never), and their oldest build. So one
+        user's queued builds cannot keep others' waiting (admins' builds,
+        with no owner known, count as one more owner)."""
+        running = collections.Counter(self._owners.get(uid) for uid in self._running)
+        best = None
+        for order, uid in enumerate(self._queue):
+            owner = self._owners.get(uid)
+            rank = (running[owner], self._last_start.get(owner, -1), order)
+            if best is None or rank < best[0]:
+                best = (rank, uid)
+        return best[1]
+
     def _pump(self):
         """Start queued builds while there is room."""
         if self._closing:
             return
         while self._queue and len(self._running) < self.max_concurrent_builds:
-            uid, request = self._queue.popitem(last=False)
+            uid = self._next_queued()
+            request = self._queue.pop(uid)
+            self._starts += 1
+            self._last_start[self._owners.get(uid)] = self._starts
             events = self.builder.build(request)
             replay = self._replays.pop(uid, None)
             if replay is not None:
@@ -717,6 +741,7 @@ class BuildManager(LoggingConfigurable):
             log.source_cursor = env.source_cursor
             log.add(STATUS, "re-attached after a service restart")
             self._ensure_flusher(env.uid)
+            self._owners[env.uid] = env.owner  # counts for the queue's fairness
             self._running[env.uid] = asyncio.create_task(self._run(env.uid, events, resumed=True))
         for env in sorted(queued, key=lambda e: (e.queued or e.created, e.id)):
             if env.private:

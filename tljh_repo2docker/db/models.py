@@ -75,7 +75,12 @@ class Environment(Base):
     # Whether the repository needs credentials. The credentials themselves are
     # never stored: a queued private build cannot resume after a restart.
     private: Mapped[bool] = mapped_column(Boolean, default=False)
-    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    # Who may use it besides its owner and admins: {"everyone": bool,
+    # "users": [...], "groups": [...]} (see access.py). NULL: everyone.
+    sharing: Mapped[dict | None] = mapped_column(
+        JSON, nullable=True, default=lambda: {"everyone": True, "users": [], "groups": []}
+    )
     commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -9,9 +9,10 @@ import collections
 import functools
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Integer, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from ..access import normalise as normalise_sharing
 from .models import Environment, LogLine, utcnow
 
 # Statuses of an environment.
@@ -110,7 +111,8 @@ def _iso(value):
 
 
 def as_dict(env: Environment, *, position=None, admin=True):
-    """The API model of an environment. ``admin=False`` leaves out what only admins see."""
+    """The API model of an environment. ``admin=False`` leaves out what only
+    admins and the owner see (build arguments, error, queue position)."""
     model = {
         "uid": env.uid,
         "name": env.name,
@@ -128,11 +130,12 @@ def as_dict(env: Environment, *, position=None, admin=True):
         "finished": _iso(env.finished),
         "size": env.size,
         "commit": env.commit,
+        "owner": env.owner,
+        "sharing": normalise_sharing(env.sharing),
     }
     if admin:
         model.update(
             {
-                "owner": env.owner,
                 "build_args": env.build_args or {},
                 "error": env.error,
                 "position": position,
@@ -227,6 +230,32 @@ async def environments_by_uid(sessions, uids) -> list[Environment]:
             chunk = uids[start:start + 500]
             found += (await session.scalars(select(Environment).where(Environment.uid.in_(chunk)))).all()
     return found
+
+
+@_uncancellable
+async def access_rules(sessions) -> dict:
+    """``{uid: (owner, sharing)}`` of the built environments (what a spawner checks)."""
+    query = select(Environment.uid, Environment.owner, Environment.sharing).where(
+        Environment.image_id.is_not(None)
+    )
+    async with sessions() as session:
+        return {uid: (owner, sharing) for uid, owner, sharing in (await session.execute(query)).all()}
+
+
+@_uncancellable
+async def owner_usage(sessions, owner) -> tuple[int, int, int]:
+    """``(environments, builds queued or running, bytes of built images)`` of ``owner``."""
+    async with sessions() as session:
+        row = (
+            await session.execute(
+                select(
+                    func.count(Environment.id),
+                    func.sum(Environment.status.in_(IN_PROGRESS).cast(Integer)),
+                    func.sum(Environment.size),
+                ).where(Environment.owner == owner)
+            )
+        ).one()
+    return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
 
 
 @_uncancellable

@@ -8,7 +8,8 @@ from http.client import responses
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
-from .. import TLJH_R2D_ADMIN_SCOPE
+from .. import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE
+from ..access import Viewer
 from ..db.errors import database_unavailable
 
 
@@ -30,6 +31,23 @@ def admin_only(method):
     return wrapper
 
 
+def builders_only(method):
+    """Allow the method to admins and holders of the build scope (who add
+    environments of their own). Use below ``@web.authenticated``."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        if not (self.is_admin or self.is_builder):
+            raise web.HTTPError(
+                403,
+                "This needs the tljh-repo2docker build or admin permission "
+                "(the build scope, the admin scope, or hub admin)",
+            )
+        return await method(self, *args, **kwargs)
+
+    return wrapper
+
+
 DATABASE_UNAVAILABLE = "The database is not available: try again shortly"
 
 
@@ -37,6 +55,10 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     """Authentication through JupyterHub, and HTML pages and errors."""
 
     is_admin = False
+    #: Holds the build scope: may add environments of their own.
+    is_builder = False
+    #: Who asks, for access.Access (set by prepare()).
+    viewer = Viewer("")
     #: HTTP methods that need the builds recovered (the build backend reachable).
     builds_needed_for = ()
     #: Whether the handler needs the database (all but the root's redirect).
@@ -82,6 +104,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             )
             if not self.is_admin and user.get("kind", "user") == "user":
                 self.is_admin = await self.hub.is_admin(user["name"])
+            self.is_builder = TLJH_R2D_BUILD_SCOPE in user.get("scopes", ())
+            groups = frozenset()
+            if not self.is_admin and user.get("kind", "user") == "user":
+                groups = await self.hub.user_groups(user["name"])
+            self.viewer = Viewer(user["name"], groups, self.is_admin)
 
     def url(self, *parts):
         """A URL under the service's prefix."""
@@ -97,6 +124,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             "static_url": self.static_url,
             "user": user,
             "is_admin": self.is_admin,
+            "is_builder": self.is_builder,
             "xsrf_token": self.xsrf_token.decode("ascii"),
             "version": self.settings["version"],
             "url": self.url,

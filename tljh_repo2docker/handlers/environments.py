@@ -1,13 +1,18 @@
-"""JSON API of environments: list, add, show, rebuild, cancel, delete."""
+"""JSON API of environments: list, add, show, share, rebuild, cancel, delete.
+
+Who may do what is :mod:`tljh_repo2docker.access`: an environment that a
+user may not see is answered 404, one they see but do not manage 403.
+"""
 
 from tornado import web
 
 from .. import environments as envs
+from ..access import EVERYONE, PRIVATE, Access, SharingError, parse_sharing
 from ..builds.base import BuildError, BuildRequest
 from ..db import store
 from ..environment_list import EnvironmentList
 from ..hub import HubError
-from .base import APIHandler, admin_only
+from .base import APIHandler, FieldError, admin_only, builders_only
 
 
 def build_request(env, credentials=(None, None), image_prefix=""):
@@ -28,18 +33,30 @@ def build_request(env, credentials=(None, None), image_prefix=""):
 
 
 class EnvironmentAPIMixin:
-    async def get_env(self, uid):
+    async def get_env(self, uid, manage=False):
+        """The environment ``uid`` as this user may see it: 404 when it does
+        not exist for them, 403 when ``manage`` and they are neither its owner
+        nor an admin."""
         env = await store.get_environment(self.sessions, uid)
-        if env is None:
+        if env is None or not self.visible(env):
             raise web.HTTPError(404, f"No environment with uid {uid!r}")
+        if manage and not Access(env.owner, env.sharing).manages(self.viewer):
+            raise web.HTTPError(
+                403, "Only the environment's owner or an admin may change it"
+            )
+        if manage and not (self.is_admin or self.is_builder):
+            raise web.HTTPError(
+                403, "Changing an environment needs the tljh-repo2docker build scope"
+            )
         return env
 
     def model(self, env):
-        return store.as_dict(env, position=self.builds.position(env.uid), admin=self.is_admin)
+        manages = Access(env.owner, env.sharing).manages(self.viewer)
+        return store.as_dict(env, position=self.builds.position(env.uid), admin=manages)
 
     def visible(self, env):
-        """Non-admins see only environments whose image can be used."""
-        return self.is_admin or env.image_id is not None
+        """Whether ``env`` exists for this user (see access.Access.shows)."""
+        return Access(env.owner, env.sharing).shows(self.viewer, env.image_id is not None)
 
     async def delete_environment(self, env):
         """Cancel its build, remove its image and forget it; 409 while servers use it."""
@@ -89,7 +106,7 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
         if listing is None:
             listing = self.settings["environment_list"] = EnvironmentList(self.sessions)
         version = listing.version
-        body = await listing.body(self.builds.positions(), admin=self.is_admin)
+        body = await listing.body(self.builds.positions(), self.viewer)
         if version == listing.version:
             # Nothing was read: the answer holds only while the database
             # answers, so when it does not, say so (503) as a read would.
@@ -98,10 +115,32 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
         self.finish(body)
 
     @web.authenticated
-    @admin_only
+    @builders_only
     async def post(self):
         body = self.get_json_body()
+        sharing = body.pop("sharing", None)
         fields, credentials = envs.parse_request(body, self.tljh_app, self.tljh_app.builder)
+        default = EVERYONE if self.is_admin else PRIVATE
+        try:
+            fields["sharing"] = parse_sharing(sharing, default) if sharing is not None else dict(default)
+        except SharingError as e:
+            raise FieldError(e.field, e.reason) from None
+        if not self.is_admin:
+            fields = self.tljh_app.quotas.check_request(fields, body)
+        async with self.tljh_app.quotas.lock(self.current_user["name"]):
+            # counted and stored under one lock: two requests at once cannot
+            # both take a user's last free place
+            if not self.is_admin:
+                await self.tljh_app.quotas.check_usage(
+                    self.sessions, self.current_user["name"], new=True
+                )
+            env = await self._create(fields)
+        await self.builds.submit(
+            env, build_request(env, credentials, self.tljh_app.image_prefix)
+        )
+        self.write_json(self.model(env), status=202)
+
+    async def _create(self, fields):
         if await store.name_taken(self.sessions, fields["name"]):
             raise web.HTTPError(409, f"name: an environment named {fields['name']!r} exists")
         if await store.image_name_taken(self.sessions, fields["image_name"]):
@@ -115,10 +154,7 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
         except store.NameTaken:
             raise web.HTTPError(409, f"name: an environment named {fields['name']!r} exists")
         self.log.info("%s added environment %s (%s)", self.current_user["name"], env.uid, env.name)
-        await self.builds.submit(
-            env, build_request(env, credentials, self.tljh_app.image_prefix)
-        )
-        self.write_json(self.model(env), status=202)
+        return env
 
 
     @web.authenticated
@@ -179,9 +215,30 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
         self.write_json(self.model(env))
 
     @web.authenticated
-    @admin_only
+    async def patch(self, uid):
+        """Change who the environment is shared with: ``{"sharing": {...}}``."""
+        body = self.get_json_body()
+        unknown = sorted(set(body) - {"sharing"})
+        if unknown:
+            raise FieldError(unknown[0], "is not a field that can be changed (only sharing)")
+        if "sharing" not in body:
+            raise FieldError("sharing", "is required")
+        env = await self.get_env(uid, manage=True)
+        try:
+            sharing = parse_sharing(body["sharing"], env.sharing)
+        except SharingError as e:
+            raise FieldError(e.field, e.reason) from None
+        await store.update_environment(self.sessions, env.uid, sharing=sharing)
+        self.log.info(
+            "%s changed the sharing of environment %s: everyone=%s, %d users, %d groups",
+            self.current_user["name"], env.uid, sharing["everyone"],
+            len(sharing["users"]), len(sharing["groups"]),
+        )
+        self.write_json(self.model(await self.get_env(uid)))
+
+    @web.authenticated
     async def delete(self, uid):
-        await self.delete_environment(await self.get_env(uid))
+        await self.delete_environment(await self.get_env(uid, manage=True))
         self.set_status(204)
         self.finish()
 
@@ -195,9 +252,8 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
     builds_needed_for = ("POST",)
 
     @web.authenticated
-    @admin_only
     async def post(self, uid):
-        env = await self.get_env(uid)
+        env = await self.get_env(uid, manage=True)
         if self.builds.is_active(env.uid):
             raise web.HTTPError(409, "The environment is already queued or building")
         body = self.get_json_body()
@@ -206,7 +262,10 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
             raise envs.FieldError(
                 "password", "this repository is private: give the credentials again to rebuild"
             )
-        env = await store.start_rebuild(self.sessions, env.uid)
+        async with self.tljh_app.quotas.lock(self.current_user["name"]):
+            if not self.is_admin:
+                await self.tljh_app.quotas.check_usage(self.sessions, env.owner or "")
+            env = await store.start_rebuild(self.sessions, env.uid)
         await self.builds.submit(
             env, build_request(env, (username, password), self.tljh_app.image_prefix)
         )
@@ -217,9 +276,8 @@ class CancelAPIHandler(EnvironmentAPIMixin, APIHandler):
     builds_needed_for = ("POST",)
 
     @web.authenticated
-    @admin_only
     async def post(self, uid):
-        env = await self.get_env(uid)
+        env = await self.get_env(uid, manage=True)
         if not await self.builds.cancel(env.uid):
             raise web.HTTPError(409, f"The environment is {env.status}: nothing to cancel")
         self.write_json(self.model(await self.get_env(uid)))

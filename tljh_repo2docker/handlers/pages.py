@@ -5,8 +5,10 @@ from pathlib import Path
 
 from tornado import web
 
+from ..access import Access
 from ..db import store
-from .base import BaseHandler, admin_only
+from ..hub import HubError
+from .base import BaseHandler, builders_only
 
 
 class RootHandler(BaseHandler):
@@ -21,16 +23,38 @@ class RootHandler(BaseHandler):
 
 class EnvironmentsPageHandler(BaseHandler):
     @web.authenticated
-    @admin_only
+    @builders_only
     async def get(self):
-        environments = await store.list_environments(self.sessions)
+        """Admins: every environment (filter by owner with ``?owner=``);
+        builders: their own and those shared with them."""
+        viewer = self.viewer
+        owner = self.get_argument("owner", "") if self.is_admin else ""
+        environments = []
+        for env in await store.list_environments(self.sessions):
+            access = Access(env.owner, env.sharing)
+            if not access.shows(viewer, env.image_id is not None):
+                continue
+            if owner and env.owner != owner:
+                continue
+            environments.append((env, access.manages(viewer)))
         positions = self.builds.positions()
+        try:
+            groups = await self.hub.groups()
+        except HubError as e:
+            self.log.warning("Cannot list the hub's groups (give the service list:groups): %s", e.message)
+            groups = []
         app = self.tljh_app
         self.finish(
             self.render_template(
                 "environments.html",
                 page="environments",
-                environments=[store.as_dict(e, position=positions.get(e.uid)) for e in environments],
+                environments=[
+                    {**store.as_dict(e, position=positions.get(e.uid), admin=manages), "manages": manages}
+                    for e, manages in environments
+                ],
+                hub_groups=groups,
+                owner_filter=owner,
+                owners=sorted({e.owner for e, _ in environments if e.owner}),
                 machine_profiles=app.machine_profiles,
                 node_selector=app.node_selector,
                 default_memory_limit=app.default_memory_limit,

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from escapism import escape
 from tornado import web
 
+from ..access import Access
 from ..db import store
 from ..environments import user_options
 from ..homes import Homes
@@ -266,7 +267,8 @@ class ServersMixin:
         if not isinstance(environment, str) or not environment.strip():
             raise FieldError("environment", "is required")
         env = await store.find_environment(self.sessions, environment.strip())
-        if env is None:
+        if env is None or not Access(env.owner, env.sharing).allows(self.viewer):
+            # one the user may not use does not exist for them
             raise FieldError("environment", f"no environment named {environment!r}", status=404)
         if env.image_id is None:
             raise FieldError(
@@ -451,7 +453,7 @@ class ServersPageHandler(ServersMixin, BaseHandler):
         environments = [
             store.as_dict(e, admin=False)
             for e in await store.list_environments(self.sessions)
-            if e.image_id is not None
+            if e.image_id is not None and Access(e.owner, e.sharing).allows(self.viewer)
         ]
         try:
             servers = await self.user_servers()

@@ -16,7 +16,10 @@ from .mixin import (
     EnvironmentRefused,
     _environments_form,
     belongs_to_hub,
+    read_access,
 )
+from .mixin import database_unreadable as _database_unreadable
+from .mixin import sessions_for as _sessions_for
 
 _PVC_TEMPLATES = {
     "user": "tljh-r2d-home-{username}",
@@ -26,25 +29,6 @@ _PVC_TEMPLATES = {
 }
 #: The name of the home volume in the pod.
 HOME_VOLUME = "tljh-r2d-home"
-
-# One engine per database URL for the whole hub process (spawners come and go).
-_engines = {}
-
-
-def _sessions_for(db_url):
-    from ..db.session import make_engine, make_sessionmaker
-
-    if db_url not in _engines:
-        _engines[db_url] = make_sessionmaker(make_engine(db_url))
-    return _engines[db_url]
-
-
-def _database_unreadable(error):
-    message = f"The environments' database cannot be read ({error.__class__.__name__}): try again."
-    http_error = web.HTTPError(503, "%s", message)
-    http_error.jupyterhub_message = message  # shown as it is on the spawn pages
-    return http_error
-
 
 async def stored_user_options(db_url, user_options):
     """``user_options`` with the image, limits and node selector the service
@@ -89,6 +73,10 @@ class KubeEnvironment(EnvironmentMixin):
         # Without the database there is no list of environments to offer.
         return _environments_form if self.db_url else ""
 
+    @default("db_url")
+    def _default_db_url(self):
+        return ""  # on Kubernetes the service's database is elsewhere: name it
+
     @default("storage_pvc_ensure")
     def _default_storage_pvc_ensure(self):
         return self.home_scope != "none"
@@ -130,6 +118,10 @@ class KubeEnvironment(EnvironmentMixin):
             if env.image_id is not None and belongs_to_hub(env.image_name, {}, self.image_prefix)
         ]
         return sorted(environments, key=lambda env: (env.display_name.lower(), env.image))
+
+    async def environment_access(self):
+        # Without the database, nothing says who an environment is shared with.
+        return await read_access(self.db_url, self.log) if self.db_url else None
 
     async def inspect_environment(self, image):
         env = BuiltEnvironment.from_user_options(self.user_options)
@@ -262,9 +254,11 @@ def make_kube_spawner():
             The service's database (the same URL as ``TljhRepo2Docker.db_url``;
             the spawner only reads it). When set, the spawner starts only built
             environments and takes their image, memory and CPU limits and node
-            selector from the database, whatever ``user_options`` say, and the
-            spawn form lists them. Default: trust ``user_options`` (within
-            ``image_prefix``).
+            selector from the database, whatever ``user_options`` say, the
+            spawn form lists them, and only those the user may use (see
+            ``tljh_repo2docker.access``: owner, sharing, admins) are offered
+            and started. Default: trust ``user_options`` (within
+            ``image_prefix``), which then also decide who uses what.
             """,
         ).tag(config=True)
 

@@ -4,8 +4,12 @@
   last, from the spawner's state) is looked up as a built environment
   (:meth:`EnvironmentMixin.inspect_environment`, one per engine).
 - **May this user use it**: only what :meth:`EnvironmentMixin.list_images`
-  returns may be offered or started; override it to filter (by groups, say)
-  and both the spawn form and ``start`` follow.
+  returns may be offered or started. It keeps the environments the user may
+  use by the rule of :mod:`tljh_repo2docker.access` (owner, shared with
+  everyone, with them or with one of their groups, or an admin), reading
+  who each is shared with from the service's database (``db_url``, read
+  only); override it to filter more and both the spawn form and ``start``
+  follow.
 - **Limits**: :meth:`EnvironmentMixin.set_limits` sets ``mem_limit`` and
   ``cpu_limit`` from the environment, falling back to the configured ones.
 - **Homes**: where a user's files live (:meth:`EnvironmentMixin.home_for`: one
@@ -17,13 +21,16 @@ The engines add how: ``docker.py`` (labels, named volumes) and ``kube.py``
 
 import html
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tornado import web
 from traitlets import Enum, Integer, Unicode, default
 from traitlets.config import Configurable
 
-from .. import LABEL_PREFIX
+from .. import LABEL_PREFIX, TLJH_R2D_ADMIN_SCOPE
+from ..access import PRIVATE, Access, Viewer
 from ..limits import LimitError, memory_bytes, parse_cpu, parse_memory
 
 #: The label that makes an image a built environment.
@@ -97,6 +104,11 @@ class BuiltEnvironment:
     cpu: float | None = None
     node_selector: dict = field(default_factory=dict)
     image_id: str = ""
+    #: The ``owner`` label (who added it), "" when unknown.
+    owner: str = ""
+    #: The ``access`` label: "database" when only the service's database says
+    #: who may use it (images built since sharing exists), else "".
+    access: str = ""
 
     @classmethod
     def from_labels(cls, labels, image, image_id=""):
@@ -123,6 +135,8 @@ class BuiltEnvironment:
             cpu=cpu,
             node_selector=node_selector,
             image_id=image_id,
+            owner=_label(labels, "owner"),
+            access=_label(labels, "access"),
         )
 
     @classmethod
@@ -272,6 +286,70 @@ async def _environments_form(spawner):
     return await spawner.environments_form()
 
 
+# One engine per database URL for the whole hub process (spawners come and go).
+_engines = {}
+
+
+def sessions_for(db_url):
+    from ..db.session import make_engine, make_sessionmaker
+
+    if db_url not in _engines:
+        _engines[db_url] = make_sessionmaker(make_engine(db_url))
+    return _engines[db_url]
+
+
+def database_unreadable(error):
+    message = f"The environments' database cannot be read ({error.__class__.__name__}): try again."
+    http_error = web.HTTPError(503, "%s", message)
+    http_error.jupyterhub_message = message  # shown as it is on the spawn pages
+    return http_error
+
+
+def _missing_sqlite_file(db_url):
+    """The path of a SQLite ``db_url`` whose file does not exist, else None."""
+    if not db_url.startswith("sqlite"):
+        return None
+    path = db_url.split("///", 1)[-1].split("?", 1)[0]
+    return path if path and path != ":memory:" and not os.path.exists(path) else None
+
+
+async def read_access(db_url, log=None):
+    """``{uid: Access}`` of the built environments in the service's database.
+
+    A SQLite file that does not exist (the service never ran there) holds
+    no environment: ``{}``. A database that cannot be read raises a 503
+    that JupyterHub shows.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ..db import store
+
+    missing = _missing_sqlite_file(db_url)
+    if missing:
+        if log is not None:
+            log.warning(
+                "The service's database %s does not exist: environments are offered by their "
+                "owner label only. Set c.Repo2DockerSpawner.db_url to the service's db_url.",
+                missing,
+            )
+        return {}
+    try:
+        rules = await store.access_rules(sessions_for(db_url))
+    except (SQLAlchemyError, OSError) as e:
+        raise database_unreadable(e) from None
+    return {uid: Access(owner, sharing) for uid, (owner, sharing) in rules.items()}
+
+
+def label_access(env):
+    """What an image the database does not know is shared as. Images built
+    since sharing exists (their ``access`` label says "database"): with
+    their owner only. Others (3.x's, made by hand, built before): with
+    everyone, as they always were."""
+    if env.access == "database":
+        return Access(env.owner or None, PRIVATE)
+    return Access(None, None)
+
+
 class EnvironmentMixin(Configurable):
     """The rules every tljh-repo2docker spawner follows (see the module's docstring).
 
@@ -290,6 +368,26 @@ class EnvironmentMixin(Configurable):
         home volumes. Default: every built environment on the engine.
         """,
     ).tag(config=True)
+
+    db_url = Unicode(
+        help="""
+        The service's database (the same URL as ``TljhRepo2Docker.db_url``;
+        the spawner only reads it), where it reads who each environment is
+        shared with, so that the spawn form offers, and ``start`` accepts,
+        only what the user may use, whatever ``user_options`` the hub's REST
+        API was sent. ``hub_config.configure(c, args=["--db_url=…"])`` and
+        the TLJH plugin set it to the service's. Default: the service's own
+        default, ``sqlite:///<the hub's directory>/tljh_repo2docker.sqlite``
+        (a managed service runs in the hub's directory). When that file does
+        not exist (or has no row for an image), images built since sharing
+        exists are offered to their owner only, older ones (3.x's, made by
+        hand) to everyone, as before.
+        """,
+    ).tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self):
+        return f"sqlite:///{Path.cwd() / 'tljh_repo2docker.sqlite'}"
 
     image_user_name = Unicode(
         "jovyan",
@@ -391,7 +489,36 @@ class EnvironmentMixin(Configurable):
         Override it to filter (``await super().list_images()`` and keep some):
         the spawn form offers only these, and ``start`` refuses any other.
         """
-        return [env.image_dict() for env in await self.built_environments()]
+        environments = await self.built_environments()
+        viewer = self.viewer()
+        if not viewer.admin:
+            rules = await self.environment_access()
+            if rules is not None:
+                environments = [
+                    env for env in environments
+                    if rules.get(env.uid, label_access(env)).allows(viewer)
+                ]
+        return [env.image_dict() for env in environments]
+
+    async def environment_access(self):
+        """``{uid: Access}`` of the built environments (see access.py), or None
+        when this engine cannot know (then every built environment is offered)."""
+        return await read_access(self.db_url, self.log)
+
+    def viewer(self):
+        """This spawner's user as access.Viewer: their name, their groups and
+        whether they are an admin (hub admin, or the admin scope in one of
+        their roles or their groups' roles), from the hub's own database."""
+        user = self.user
+        groups = list(getattr(user, "groups", None) or ())
+        admin = bool(getattr(user, "admin", False))
+        if not admin:
+            roles = list(getattr(user, "roles", None) or ())
+            for group in groups:
+                roles += list(getattr(group, "roles", None) or ())
+            admin = any(TLJH_R2D_ADMIN_SCOPE in (getattr(r, "scopes", None) or ()) for r in roles)
+        names = frozenset(getattr(g, "name", g) for g in groups)
+        return Viewer(user.name, names, admin)
 
     async def allowed_environment(self, image):
         """The environment ``image`` if this user may start it; EnvironmentRefused otherwise."""
