@@ -136,31 +136,25 @@
         el("span", { class: "ms-1" }, label)
       );
     const active = ACTIVE.has(env.status);
-    if (!manages(env)) {
-      return el(
-        "td",
-        { class: "env-actions" },
-        el(
-          "div",
-          { class: "d-flex flex-wrap gap-1 justify-content-end" },
-          hasImage(env) ? button("copy-link", "Copy launch link", "btn-outline-secondary", "fa-link") : null
-        )
-      );
-    }
+    const copyLink = hasImage(env)
+      ? button("copy-link", "Copy launch link", "btn-outline-secondary", "fa-link")
+      : null;
+    // Who may use but not manage the environment only gets its launch link.
+    const buttons = manages(env)
+      ? [
+          button("logs", "Logs", "btn-outline-secondary", "fa-file-lines"),
+          button("share", "Share", "btn-outline-secondary", "fa-share-nodes"),
+          active
+            ? button("cancel", "Cancel", "btn-outline-secondary", "fa-stop")
+            : button("rebuild", "Rebuild", "btn-outline-primary", "fa-rotate"),
+          copyLink,
+          button("remove", "Remove", "btn-outline-danger", "fa-trash"),
+        ]
+      : [copyLink];
     return el(
       "td",
       { class: "env-actions" },
-      el(
-        "div",
-        { class: "d-flex flex-wrap gap-1 justify-content-end" },
-        button("logs", "Logs", "btn-outline-secondary", "fa-file-lines"),
-        button("share", "Share", "btn-outline-secondary", "fa-share-nodes"),
-        active
-          ? button("cancel", "Cancel", "btn-outline-secondary", "fa-stop")
-          : button("rebuild", "Rebuild", "btn-outline-primary", "fa-rotate"),
-        hasImage(env) ? button("copy-link", "Copy launch link", "btn-outline-secondary", "fa-link") : null,
-        button("remove", "Remove", "btn-outline-danger", "fa-trash")
-      )
+      el("div", { class: "d-flex flex-wrap gap-1 justify-content-end" }, ...buttons)
     );
   }
 
