@@ -186,7 +186,8 @@ async def test_environment_life_on_a_database_server(hub, admin, db, repo, git_r
         try:
             r = await alice.api("GET", "api/environments")
             seen = {e["uid"]: e for e in r.json()["environments"]}
-            assert seen[uid]["commit"] == env["commit"] and "owner" not in seen[uid]
+            assert seen[uid]["commit"] == env["commit"] and seen[uid]["owner"] == "admin"
+            assert "build_args" not in seen[uid] and "error" not in seen[uid]
         finally:
             await alice.close()
 
