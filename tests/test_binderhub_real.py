@@ -19,10 +19,12 @@ that only a stand-in can make (cut, slow, malformed streams) stay in
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
+import uuid
 
 import httpx
 import pytest
@@ -46,8 +48,10 @@ IMAGE_PREFIX = f"tljh-r2d-bhreal-{os.getpid()}-"
 REPOS = {
     "ok": f"FROM {SINGLEUSER_IMAGE}\nRUN echo built by BinderHub > /tmp/built\n",
     "fail": f"FROM {SINGLEUSER_IMAGE}\nRUN echo about to fail && exit 3\n",
-    # long enough to cancel while repo2docker is quiet in it
-    "slow": f"FROM {SINGLEUSER_IMAGE}\nRUN echo slow step && sleep 12 && echo slept\n",
+    # long enough to cancel while repo2docker is quiet in it; new in every
+    # run (ENV), or BuildKit would take the step from an earlier run's cache
+    "slow": f"FROM {SINGLEUSER_IMAGE}\nENV TEST_RUN={uuid.uuid4().hex}\n"
+    "RUN echo slow step && sleep 12 && echo slept\n",
 }
 
 
@@ -240,7 +244,8 @@ async def test_cancel_leaves_binderhub_building_and_its_image_unused(hub, admin,
 
     async def sleeping():
         events = await read_events(admin, uid, timeout=5, follow=False)
-        return "slow step" in log_text(events)
+        # the step's own output ("#5 0.12 slow step"), not its title
+        return re.search(r"^#\d+ [\d.]+ slow step$", log_text(events), re.M) is not None
 
     await wait_for(sleeping, timeout=180, interval=0.5, what="the slow step running")
     r = await admin.api("POST", f"api/environments/{uid}/cancel")
