@@ -307,7 +307,7 @@ async def append_log(
             await _prune_log(session, env_id, head, tail)
         await session.commit()
     if fields:
-        _changed(sessions)
+        _changed(sessions, uid)
 
 
 async def _prune_log(session, env_id, head, tail):
