@@ -90,3 +90,44 @@ async def test_a_list_nothing_changed_is_not_read_again(sqlite_sessions, monkeyp
     monkeypatch.setattr(store, "list_environments", no_reads)
     monkeypatch.setattr(store, "environments_by_uid", no_reads)
     assert await listing.body({}, True) is first
+
+
+async def test_gzip_answer_is_the_plain_one_compressed_and_etags_follow_writes(sqlite_sessions):
+    import asyncio
+    import gzip
+
+    sessions = sqlite_sessions
+    for n in range(5):
+        await add(sessions, n)
+    listing = EnvironmentList(sessions)
+    # Not compressed yet: None (the caller sends the plain answer), then ready.
+    assert await listing.gzip_body({}, True) is None
+    for _ in range(100):
+        compressed = await listing.gzip_body({}, True)
+        if compressed is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert gzip.decompress(compressed) == await listing.body({}, True)
+    await listing.body({}, False)
+    plain_tag, gzip_tag = listing.etag(True), listing.etag(True, gzipped=True)
+    assert plain_tag != gzip_tag and plain_tag != listing.etag(False)
+    await listing.body({}, True)
+    assert listing.etag(True) == plain_tag  # nothing changed
+    await add(sessions, 99)
+    await listing.body({}, True)
+    assert listing.etag(True) != plain_tag
+    # A new process counts versions from 0 again: its tags differ.
+    again = EnvironmentList(sessions)
+    await again.body({}, True)
+    assert again.etag(True) != listing.etag(True)
+    # The compressed answer of an older version is never handed out.
+    assert await listing.gzip_body({}, True) is None
+
+
+def test_accept_encoding():
+    from tljh_repo2docker.handlers.environments import _accepts_gzip
+
+    assert _accepts_gzip("gzip, deflate, br")
+    assert _accepts_gzip("deflate, gzip;q=0.5") and _accepts_gzip("*")
+    assert not _accepts_gzip("") and not _accepts_gzip("identity") and not _accepts_gzip("br")
+    assert not _accepts_gzip("gzip;q=0")
