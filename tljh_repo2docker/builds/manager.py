@@ -461,11 +461,12 @@ class BuildManager(LoggingConfigurable):
             if not resumed:
                 # The previous build of this environment may still be letting go.
                 await self._released(uid)
+                # With the events that wait (its "queued"), in one transaction
+                # and under the log's lock: two writers at once would make
+                # SQLite's second one sleep until the first is done.
+                fields = {"status": store.BUILDING, "started": store.now()}
                 await self._until_stored(
-                    f"the start of build {uid}",
-                    lambda: store.update_environment(
-                        self.sessions, uid, status=store.BUILDING, started=store.now()
-                    ),
+                    f"the start of build {uid}", lambda: self._flush(uid, fields)
                 )
                 self._mark(uid, "building stored")
                 log.add(STATUS, "building")
