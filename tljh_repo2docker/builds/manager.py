@@ -343,8 +343,10 @@ class BuildManager(LoggingConfigurable):
         self._queue[env.uid] = request
         position = len(self._queue)
         log.add(STATUS, f"queued (position {position})")
-        self._ensure_flusher(env.uid)
+        # A build that starts at once writes its "queued" with its start
+        # (see _run): its task runs before the flusher's.
         self._pump()
+        self._ensure_flusher(env.uid)
 
     async def cancel(self, uid):
         """Cancel a queued or running build. Returns True if there was one."""
