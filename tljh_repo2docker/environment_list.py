@@ -125,12 +125,19 @@ class EnvironmentList:
             self.order = [env.uid for env in envs]
         else:
             found = {env.uid: env for env in await store.environments_by_uid(self.sessions, changed)}
+            added = removed = False
             for uid in changed:
                 if uid in found:
+                    added = added or uid not in self.entries
                     self.entries[uid] = _Entry(found[uid], None)
-                else:
-                    self.entries.pop(uid, None)
-            self.order = sorted(self.entries, key=lambda uid: self.entries[uid].key)
+                elif self.entries.pop(uid, None) is not None:
+                    removed = True
+            # The order (creation time) changes only with what is added or
+            # removed; a status update, the most common write, keeps it.
+            if added:
+                self.order = sorted(self.entries, key=lambda uid: self.entries[uid].key)
+            elif removed:
+                self.order = [uid for uid in self.order if uid in self.entries]
         self.version = current
 
 
