@@ -436,7 +436,12 @@ class BuildManager(LoggingConfigurable):
         """Start queued builds while there is room."""
         if self._closing:
             return
-        while self._queue and len(self._running) < self.max_concurrent_builds:
+        # A build whose container is still being removed keeps its place:
+        # never more than max_concurrent_builds build containers at once.
+        while (
+            self._queue
+            and len(self._running) + len(self._releasing) < self.max_concurrent_builds
+        ):
             uid, request = self._queue.popitem(last=False)
             request.mark("left the queue")
             events = self.builder.build(request)
@@ -549,6 +554,7 @@ class BuildManager(LoggingConfigurable):
                     del self._releasing[uid]
                 if timeline is not None:
                     self.log.debug("Build %s timeline: %s", uid, timeline.summary())
+                self._pump()
 
         task = self._releasing[uid] = asyncio.ensure_future(run())
         return task
