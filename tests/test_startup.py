@@ -15,7 +15,6 @@ there. Through a real hub and proxy:
 
 import asyncio
 import shutil
-import socket
 import threading
 import time
 
@@ -183,12 +182,11 @@ async def test_hub_starts_before_its_postgresql(tmp_path, test_images, git_root,
             assert "database" in body["message"]
             r = httpx.get(f"{info.api}", timeout=10)
             assert r.status_code == 200  # the hub itself
-            with utils.admin_api(info) as api:
-                r = httpx.get(
-                    f"{info.service_url}api/environments",
-                    headers={"Authorization": f"token {utils.make_token(info, 'admin', [])}"},
-                    timeout=10,
-                )
+            r = httpx.get(
+                f"{info.service_url}api/environments",
+                headers={"Authorization": f"token {utils.make_token(info, 'admin', [])}"},
+                timeout=10,
+            )
             body = utils.assert_json_error(r, 503, "database")
             assert pg.url not in r.text
             pg.start()

@@ -21,15 +21,11 @@ configuration, directory and images:
 images are made here with its labels.
 """
 
-import asyncio
 import json
 import shutil
 import sqlite3
-import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests import utils
@@ -239,7 +235,7 @@ async def test_server_made_under_3x_restarts_with_its_files(upgraded):
     options["image"] = names["upg-one"]
     # the container 3.x's spawner made for this server, with a file the user wrote
     old = upgraded["old_images"]["upg-one"]["Id"]
-    name = f"tljh-r2d-test-upgold-s1"
+    name = "tljh-r2d-test-upgold-s1"
     docker("create", "--name", name, old, "sleep", "1")
     workfile = upgraded["workdir"] / "notes.txt"
     workfile.write_text("written under 3.x\n")

@@ -37,7 +37,6 @@ from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
 from .db import session as db_session
-from .db import store
 from .handlers import environments, health, homes, logs, openapi, pages, servers
 from .handlers.base import NotFoundAPIHandler
 from .homes import Homes

@@ -6,7 +6,6 @@ environments come from the service's database, otherwise from
 settings), one per user by default, never deleted with a server.
 """
 
-from tornado import web
 from traitlets import Unicode, default
 
 from .mixin import (
