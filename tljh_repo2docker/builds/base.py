@@ -149,6 +149,14 @@ class Builder(LoggingConfigurable):
         a container uses it).
         """
 
+    async def image_users(self) -> dict[str, int] | None:
+        """How many containers (servers) use each image, by image id.
+
+        None when the backend cannot see the containers (BinderHub on
+        Kubernetes): callers then count the hub's servers instead.
+        """
+        return None
+
     async def adoptable_images(self) -> list[dict]:
         """Images carrying our labels, for adopting ones missing from the database.
 

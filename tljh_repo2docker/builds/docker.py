@@ -815,6 +815,20 @@ class DockerBuilder(Builder):
         except (aiohttp.ClientError, OSError) as e:
             self.log.warning("Could not remove the container of build %s: %s", uid, e)
 
+    async def image_users(self):
+        """``{image id: number of containers}`` over the engine's containers,
+        build containers left out (any state: a stopped server's container
+        still needs its image to start again)."""
+        containers = await self.docker.containers.list(all=True)
+        users = {}
+        for container in containers:
+            if (container.get("Labels") or {}).get(BUILD_LABEL):
+                continue
+            image_id = container.get("ImageID")
+            if image_id:
+                users[image_id] = users.get(image_id, 0) + 1
+        return users
+
     async def running(self):
         containers = await self.docker.containers.list(all=True, filters={"label": [BUILD_LABEL]})
         uids = {(c["Labels"] or {}).get(BUILD_LABEL) for c in containers} - {None, ""}

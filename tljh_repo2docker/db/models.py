@@ -101,6 +101,19 @@ class Environment(Base):
     # Last log event id handed out; ids only grow, across rebuilds too, so an
     # SSE client's Last-Event-ID stays meaningful.
     last_event_id: Mapped[int] = mapped_column(Integer, default=0)
+    # Who asked for the current build, and why ("request", "poll", "webhook"):
+    # copied into the Version it makes.
+    requested_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    build_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Rebuild when the repository's ref moves (see refwatch.py / webhooks.py).
+    auto_rebuild: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The commit the ref was last seen at by `git ls-remote`, when and why
+    # not (the error of the last check, None when it worked).
+    remote_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    remote_checked: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    remote_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The push webhook's secret, hashed (sha256 hex); None: no webhook.
+    webhook_secret_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class LogLine(Base):
@@ -115,3 +128,33 @@ class LogLine(Base):
     event_id: Mapped[int] = mapped_column(Integer)
     phase: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text)
+
+
+class Version(Base):
+    """One successful build of an environment: an image that servers can start from.
+
+    The environment's current version is the one whose ``image_id`` it holds
+    (``Environment.image_id``). A version's row goes once its image is removed
+    (``keep_versions``, prune, deleting the environment).
+    """
+
+    __tablename__ = "versions"
+    __table_args__ = (Index("ix_versions_environment_number", "environment_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"))
+    # The build number that made it (Environment.build_number at the time).
+    number: Mapped[int] = mapped_column(Integer)
+    # The version's own image reference: kept when the environment's tag moves
+    # on (Docker: a per-version tag; BinderHub: the name it returned).
+    image_name: Mapped[str] = mapped_column(String(512))
+    image_id: Mapped[str] = mapped_column(String(128))
+    commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    built_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Seconds from the start of the build to its result.
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Who asked for the build (None: the service itself, e.g. an auto-rebuild).
+    built_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Why it was built: "request", "poll", "webhook", "adopted".
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -13,7 +13,7 @@ from sqlalchemy import Integer, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from ..access import normalise as normalise_sharing
-from .models import Environment, LogLine, utcnow
+from .models import Environment, LogLine, Version, utcnow
 
 # Statuses of an environment.
 QUEUED = "queued"
@@ -286,14 +286,19 @@ async def delete_environment(sessions, uid) -> None:
         if env_id is None:
             return
         await session.execute(delete(LogLine).where(LogLine.environment_id == env_id))
+        await session.execute(delete(Version).where(Version.environment_id == env_id))
         await session.execute(delete(Environment).where(Environment.id == env_id))
         await session.commit()
     _changed(sessions, uid)
 
 
 @_uncancellable
-async def start_rebuild(sessions, uid) -> Environment | None:
-    """Queue an environment again and clear its previous log, in one transaction."""
+async def start_rebuild(sessions, uid, *, requested_by=None, reason="request") -> Environment | None:
+    """Queue an environment again and clear its previous log, in one transaction.
+
+    ``requested_by`` (a user name, None for the service itself) and
+    ``reason`` ("request", "poll", "webhook") go into the version it makes.
+    """
     async with sessions() as session:
         env = await session.scalar(select(Environment).where(Environment.uid == uid))
         if env is None:
@@ -307,6 +312,8 @@ async def start_rebuild(sessions, uid) -> Environment | None:
         env.build_number += 1
         env.source_lines = 0
         env.source_cursor = None
+        env.requested_by = requested_by
+        env.build_reason = reason
         await session.commit()
     _changed(sessions, uid)
     return env
@@ -381,6 +388,91 @@ async def read_log(sessions, uid, after=0) -> list[tuple[int, str, str]]:
             .order_by(LogLine.event_id)
         )
         return [tuple(row) for row in rows.all()]
+
+
+# Versions: one row per successful build whose image still exists.
+
+
+def version_dict(version: Version, *, current=False, servers=0):
+    """The API model of a version (see openapi.yaml, Version)."""
+    return {
+        "id": version.id,
+        "number": version.number,
+        "image_name": version.image_name,
+        "image_id": version.image_id,
+        "commit": version.commit,
+        "built_at": _iso(version.built_at),
+        "size": version.size,
+        "duration": version.duration,
+        "built_by": version.built_by,
+        "reason": version.reason,
+        "current": current,
+        "servers": servers,
+    }
+
+
+def new_version(env: Environment, **fields) -> Version:
+    """A Version row of ``env`` (not yet added to a session)."""
+    return Version(environment_id=env.id, **fields)
+
+
+@_uncancellable
+async def add_version(sessions, uid, **fields) -> Version | None:
+    """Record a version of environment ``uid``; None if the environment is gone."""
+    async with sessions() as session:
+        env = await session.scalar(select(Environment).where(Environment.uid == uid))
+        if env is None:
+            return None
+        version = new_version(env, **fields)
+        session.add(version)
+        await session.commit()
+    _changed(sessions, uid)
+    return version
+
+
+@_uncancellable
+async def list_versions(sessions, uid) -> list[Version]:
+    """Versions of environment ``uid``, newest first."""
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(Version)
+            .join(Environment, Environment.id == Version.environment_id)
+            .where(Environment.uid == uid)
+            .order_by(Version.number.desc(), Version.id.desc())
+        )
+        return list(rows.all())
+
+
+@_uncancellable
+async def all_versions(sessions) -> list[tuple[str, Version]]:
+    """``(environment uid, version)`` of every version, newest first per environment."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Environment.uid, Version)
+            .join(Environment, Environment.id == Version.environment_id)
+            .order_by(Environment.uid, Version.number.desc(), Version.id.desc())
+        )
+        return [tuple(row) for row in rows.all()]
+
+
+@_uncancellable
+async def get_version(sessions, uid, version_id) -> Version | None:
+    async with sessions() as session:
+        return await session.scalar(
+            select(Version)
+            .join(Environment, Environment.id == Version.environment_id)
+            .where(Environment.uid == uid, Version.id == version_id)
+        )
+
+
+@_uncancellable
+async def delete_versions(sessions, uid, version_ids) -> None:
+    if not version_ids:
+        return
+    async with sessions() as session:
+        await session.execute(delete(Version).where(Version.id.in_(list(version_ids))))
+        await session.commit()
+    _changed(sessions, uid)
 
 
 def now():

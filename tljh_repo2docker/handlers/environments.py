@@ -149,7 +149,12 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
             )
         try:
             env = await store.create_environment(
-                self.sessions, uid=envs.new_uid(), owner=self.current_user["name"], **fields
+                self.sessions,
+                uid=envs.new_uid(),
+                owner=self.current_user["name"],
+                requested_by=self.current_user["name"],
+                build_reason="request",
+                **fields,
             )
         except store.NameTaken:
             raise web.HTTPError(409, f"name: an environment named {fields['name']!r} exists")
@@ -265,7 +270,9 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
         async with self.tljh_app.quotas.lock(self.current_user["name"]):
             if not self.is_admin:
                 await self.tljh_app.quotas.check_usage(self.sessions, env.owner or "")
-            env = await store.start_rebuild(self.sessions, env.uid)
+            env = await store.start_rebuild(
+                self.sessions, env.uid, requested_by=self.current_user["name"]
+            )
         await self.builds.submit(
             env, build_request(env, (username, password), self.tljh_app.image_prefix)
         )
