@@ -304,8 +304,10 @@ async def test_rebuild_replaces_the_image_only_when_it_succeeds(admin, envs, rep
     assert env["commit"] == second_commit != first_commit
     second_image = image_info(env["image_name"])["Id"]
     assert second_image != first_image
-    assert image_info(first_image) is None, "the previous image must be removed"
-    assert images_of(uid) == [second_image]
+    # The previous image stays, as version 1 under its own tag.
+    repository = env["image_name"].rpartition(":")[0]
+    assert image_info(first_image)["RepoTags"] == [f"{repository}:main--v1"]
+    assert sorted(images_of(uid)) == sorted([first_image, second_image])
     assert env["size"] == image_info(second_image)["Size"]
     events = await read_events(admin, uid)
     assert "version-2" in log_text(events) and "version-1" not in log_text(events)
@@ -319,7 +321,7 @@ async def test_rebuild_replaces_the_image_only_when_it_succeeds(admin, envs, rep
     assert "previous image is kept" in env["error"], env["error"]
     assert env["commit"] == second_commit
     assert image_info(env["image_name"])["Id"] == second_image
-    assert images_of(uid) == [second_image]
+    assert sorted(images_of(uid)) == sorted([first_image, second_image])
     run = docker("run", "--rm", env["image_name"], "python3", "-c", "print('usable')")
     assert run.stdout.strip() == "usable"
     assert build_containers(uid) == []

@@ -149,6 +149,24 @@ class Builder(LoggingConfigurable):
         a container uses it).
         """
 
+    async def keep_version(self, image_name: str, image_id: str | None, number: int) -> str:
+        """Give build ``number`` of an image its own reference, kept when
+        ``image_name`` moves on to a newer build; returns it.
+
+        The default suits a backend whose image names already differ per
+        build (BinderHub names an image by its commit).
+        """
+        return image_name
+
+    async def make_current(self, version_image: str, image_id: str | None, image_name: str) -> str:
+        """Make a kept version the image that new servers start from (a rollback).
+
+        Returns the name servers start by from now on: the Docker backend
+        points ``image_name`` at the version's image and returns it; the
+        default returns ``version_image`` (its own, per-commit name).
+        """
+        return version_image
+
     async def image_users(self) -> dict[str, int] | None:
         """How many containers (servers) use each image, by image id.
 

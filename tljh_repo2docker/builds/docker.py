@@ -815,6 +815,22 @@ class DockerBuilder(Builder):
         except (aiohttp.ClientError, OSError) as e:
             self.log.warning("Could not remove the container of build %s: %s", uid, e)
 
+    async def keep_version(self, image_name, image_id, number):
+        ref = version_reference(image_name, number)
+        repository, tag = _split_reference(ref)
+        await self.docker.images.tag(image_id or image_name, repository, tag=tag)
+        return ref
+
+    async def make_current(self, version_image, image_id, image_name):
+        repository, tag = _split_reference(image_name)
+        try:
+            await self.docker.images.tag(image_id or version_image, repository, tag=tag)
+        except aiodocker.DockerError as e:
+            raise BuildError(f"Cannot restore image {version_image}: {_describe(e)}") from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise BuildError(f"Cannot restore image {version_image}: {_describe(e)}") from e
+        return image_name
+
     async def image_users(self):
         """``{image id: number of containers}`` over the engine's containers,
         build containers left out (any state: a stopped server's container
@@ -822,9 +838,10 @@ class DockerBuilder(Builder):
         containers = await self.docker.containers.list(all=True)
         users = {}
         for container in containers:
-            if (container.get("Labels") or {}).get(BUILD_LABEL):
+            info = container._container  # the list entry (aiodocker keeps it there)
+            if (info.get("Labels") or {}).get(BUILD_LABEL):
                 continue
-            image_id = container.get("ImageID")
+            image_id = info.get("ImageID")
             if image_id:
                 users[image_id] = users.get(image_id, 0) + 1
         return users
@@ -1265,6 +1282,18 @@ def _credential_store_line(repo, username, password):
     user = quote(username or "", safe="")
     secret = quote(password or "", safe="")
     return f"{parts.scheme}://{user}:{secret}@{host}\n"
+
+
+#: Ends the tag of a version's own reference (see version_reference).
+VERSION_TAG = re.compile(r"--v[0-9]+$")
+
+
+def version_reference(image_name, number):
+    """The reference that keeps build ``number`` of ``image_name``:
+    ``repo:tag--vN`` (Docker tags have at most 128 characters)."""
+    repository, tag = _split_reference(image_name)
+    suffix = f"--v{number}"
+    return f"{repository}:{tag[: 128 - len(suffix)]}{suffix}"
 
 
 def _split_reference(image_name):

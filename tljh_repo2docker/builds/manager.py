@@ -540,6 +540,7 @@ class BuildManager(LoggingConfigurable):
         env = await self._until_stored(result, lambda: store.get_environment(self.sessions, uid))
         fields = {"finished": store.now(), "status": event.phase}
         message = event.message
+        version = None
         if env is not None and event.phase == BUILT:
             fields.update(
                 image_name=event.image_name or env.image_name,
@@ -548,12 +549,9 @@ class BuildManager(LoggingConfigurable):
                 commit=event.commit or env.commit,
                 error=None,
             )
-            old_id = env.image_id
-            if old_id and event.image_id and old_id != event.image_id:
-                try:
-                    await self.builder.delete_image(old_id)
-                except Exception as e:
-                    self.log.warning("Could not remove the previous image of %s: %s", uid, e)
+            # Every build is a version; the previous image stays, as one
+            # (keep_versions decides when it goes).
+            version = await self._new_version(env, event, fields)
         elif env is not None:
             fields["error"] = event.message
             if env.image_id and env.build_number > 1:
@@ -572,11 +570,14 @@ class BuildManager(LoggingConfigurable):
             # _flush says itself when the database goes away and comes back.
             stored = await self._until_stored(
                 None,
-                lambda: self._flush(uid, fields if env is not None else None, publish=False),
+                lambda: self._flush(
+                    uid, fields if env is not None else None, publish=False, version=version
+                ),
             )
         elif env is not None:
             await self._until_stored(
-                result, lambda: store.update_environment(self.sessions, uid, **fields)
+                result,
+                lambda: store.update_environment(self.sessions, uid, version=version, **fields),
             )
         if release is not None:
             await release()
@@ -589,6 +590,33 @@ class BuildManager(LoggingConfigurable):
             flusher.cancel()
         self._logs.pop(uid, None)
         self.log.info("Build %s finished: %s", uid, event.phase)
+
+    async def _new_version(self, env, event, fields):
+        """The fields of the Version a successful build makes (stored with its result)."""
+        image_name = fields["image_name"]
+        try:
+            reference = await self.builder.keep_version(
+                image_name, event.image_id, env.build_number
+            )
+        except Exception as e:
+            # The version is still recorded, by its image id: it stays
+            # usable for a rollback as long as the image exists.
+            self.log.warning("Could not tag build %d of %s: %s", env.build_number, env.uid, e)
+            reference = event.image_id or image_name
+        duration = None
+        if env.started is not None:
+            duration = round((fields["finished"] - env.started).total_seconds(), 3)
+        return {
+            "number": env.build_number,
+            "image_name": reference,
+            "image_id": event.image_id or image_name,
+            "commit": fields["commit"],
+            "built_at": fields["finished"],
+            "size": event.size,
+            "duration": duration,
+            "built_by": env.requested_by,
+            "reason": env.build_reason or "request",
+        }
 
     def _ensure_flusher(self, uid):
         if uid not in self._flushers:
@@ -612,7 +640,7 @@ class BuildManager(LoggingConfigurable):
                     await asyncio.sleep(self.db_retry_interval)
             await asyncio.sleep(self.flush_interval)
 
-    async def _flush(self, uid, fields=None, publish=True):
+    async def _flush(self, uid, fields=None, publish=True, version=None):
         """Write the log's new events, then send them to subscribers.
 
         Raises when the write fails; the events are written (and sent) next
@@ -629,7 +657,9 @@ class BuildManager(LoggingConfigurable):
             events = log.unstored()
             if not events:
                 if fields:
-                    await store.update_environment(self.sessions, uid, **fields)
+                    await store.update_environment(
+                        self.sessions, uid, version=version, **fields
+                    )
                 return []
             try:
                 await store.append_log(
@@ -641,6 +671,7 @@ class BuildManager(LoggingConfigurable):
                     head=self.log_head_lines,
                     tail=self.log_tail_lines,
                     fields=fields,
+                    version=version,
                 )
             except asyncio.CancelledError:
                 # The store finishes a write before passing a cancel on.

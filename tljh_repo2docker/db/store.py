@@ -272,9 +272,13 @@ async def count_environments(sessions) -> int:
 
 
 @_uncancellable
-async def update_environment(sessions, uid, **fields) -> None:
+async def update_environment(sessions, uid, *, version=None, **fields) -> None:
+    """Change fields of environment ``uid``; ``version`` (the fields of a
+    Version) is recorded in the same transaction."""
     async with sessions() as session:
         await session.execute(update(Environment).where(Environment.uid == uid).values(**fields))
+        if version is not None:
+            await _add_version(session, uid, version)
         await session.commit()
     _changed(sessions, uid)
 
@@ -321,7 +325,16 @@ async def start_rebuild(sessions, uid, *, requested_by=None, reason="request") -
 
 @_uncancellable
 async def append_log(
-    sessions, uid, events, *, source_lines=None, source_cursor=None, head=0, tail=0, fields=None
+    sessions,
+    uid,
+    events,
+    *,
+    source_lines=None,
+    source_cursor=None,
+    head=0,
+    tail=0,
+    fields=None,
+    version=None,
 ) -> None:
     """Store log events ``[(event_id, phase, message), ...]``.
 
@@ -348,6 +361,8 @@ async def append_log(
             values["source_cursor"] = source_cursor
         values.update(fields or {})
         await session.execute(update(Environment).where(Environment.id == env_id).values(**values))
+        if version is not None:
+            session.add(Version(environment_id=env_id, **version))
         if head and tail:
             await _prune_log(session, env_id, head, tail)
         await session.commit()
@@ -428,6 +443,12 @@ async def add_version(sessions, uid, **fields) -> Version | None:
         await session.commit()
     _changed(sessions, uid)
     return version
+
+
+async def _add_version(session, uid, version):
+    env_id = await session.scalar(select(Environment.id).where(Environment.uid == uid))
+    if env_id is not None:
+        session.add(Version(environment_id=env_id, **version))
 
 
 @_uncancellable

@@ -78,12 +78,29 @@ class EnvironmentAPIMixin:
             raise web.HTTPError(
                 409, f"The environment is used by running servers: {', '.join(users)}"
             )
+        builder = self.tljh_app.builder
+        versions = await store.list_versions(self.sessions, env.uid)
+        try:
+            in_use = await builder.image_users() or {}
+        except Exception as e:
+            raise web.HTTPError(502, f"Could not list the containers: {e}")
+        kept = sorted({v.number for v in versions if in_use.get(v.image_id)})
+        if kept:
+            raise web.HTTPError(
+                409,
+                "Containers still use version"
+                f"{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))} of this environment",
+            )
         await self.builds.cancel(env.uid)
-        if env.image_id is not None or env.status == store.BUILT:
-            try:
-                await self.tljh_app.builder.delete_image(env.image_name, env.image_id)
-            except BuildError as e:
-                raise web.HTTPError(409, e.message)
+        try:
+            # Every kept version (its own tag), then the environment's name.
+            for version in versions:
+                if version.image_name != env.image_name:
+                    await builder.delete_image(version.image_name, None)
+            if env.image_id is not None or env.status == store.BUILT:
+                await builder.delete_image(env.image_name, env.image_id)
+        except BuildError as e:
+            raise web.HTTPError(409, e.message)
         await store.delete_environment(self.sessions, env.uid)
         self.log.info("%s deleted environment %s", self.current_user["name"], env.uid)
 

@@ -22,6 +22,7 @@ The engines add how: ``docker.py`` (labels, named volumes) and ``kube.py``
 import html
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,8 @@ UID_LABEL = f"{LABEL_PREFIX}.uid"
 #: The label the service puts on images that keep a name without its prefix
 #: (images of 3.x, relabelled when the service is upgraded).
 IMAGE_PREFIX_LABEL = f"{LABEL_PREFIX}.image_prefix"
+# The tag of a build kept as a version (builds/docker.py: version_reference).
+_VERSION_TAG = re.compile(r"--v[0-9]+$")
 #: Labels of a home volume (the contract with the service's homes page).
 HOME_LABEL = f"{LABEL_PREFIX}.home"
 
@@ -217,7 +220,11 @@ def _checked_limits(image, memory, cpu, node_selector):
 
 def _image_reference(image):
     """The name to start a listed image by, or None for an untagged (superseded) build."""
-    tags = [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
+    # A version kept for a rollback (tag "...--vN") is not offered by itself.
+    tags = [
+        t for t in image.get("RepoTags") or []
+        if t != "<none>:<none>" and not _VERSION_TAG.search(t)
+    ]
     wanted = _label(image.get("Labels"), "image_name")
     if wanted in tags:
         return wanted
