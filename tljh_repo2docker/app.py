@@ -37,7 +37,7 @@ from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
 from .db import session as db_session
-from .handlers import environments, health, homes, logs, openapi, pages, servers
+from .handlers import environments, health, homes, logs, openapi, pages, servers, versions
 from .handlers.base import NotFoundAPIHandler
 from .homes import Homes
 from .hub import HubClient
@@ -659,7 +659,7 @@ class TljhRepo2Docker(Application):
 
     def init_webapp(self):
         routes = []
-        for module in (pages, environments, logs, servers, homes, health, openapi):
+        for module in (pages, environments, versions, logs, servers, homes, health, openapi):
             routes.extend(module.default_handlers)
         handlers = [(url_path_join(self.base_url, path), handler) for path, handler in routes]
         if self.logo_file:

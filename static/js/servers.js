@@ -79,18 +79,32 @@
       "td",
       { class: "server-environment" },
       server.environment || el("span", { class: "text-body-secondary" }, "unknown"),
-      server.outdated
-        ? el(
-            "div",
-            { class: "mt-1" },
-            el(
-              "span",
-              { class: "badge text-bg-warning server-outdated", title: "The environment was rebuilt since this server started" },
-              icon("fa-arrows-rotate"),
-              " newer build available — restart to use it"
-            )
-          )
-        : null
+      versionHint(server)
+    );
+  }
+
+  // What the server runs compared with its environment's versions: outdated
+  // (not the current version: rebuilt, or rolled back, since it started) and
+  // newer_version (a newer version than the one it runs exists).
+  function versionHint(server) {
+    let text, title, cls;
+    const on = server.version ? ` (it runs version ${server.version})` : "";
+    if (server.outdated && server.newer_version !== false) {
+      [text, cls] = [" newer build available — restart to use it", "text-bg-warning"];
+      title = "The environment was rebuilt since this server started" + on;
+    } else if (server.outdated) {
+      [text, cls] = [" not on the current version — restart to use it", "text-bg-warning"];
+      title = "The environment was rolled back since this server started" + on;
+    } else if (server.newer_version) {
+      [text, cls] = [" a newer version of this environment exists", "text-bg-info"];
+      title = "The environment was rolled back to an earlier version" + on;
+    } else {
+      return null;
+    }
+    return el(
+      "div",
+      { class: "mt-1" },
+      el("span", { class: `badge ${cls} server-outdated`, title }, icon("fa-arrows-rotate"), text)
     );
   }
 

@@ -12,12 +12,19 @@ Run at every start, after the builds are recovered:
 3. Images of 3.x without a row: only with ``adopt_legacy_images``, as 3.x
    marked no image with the hub it belongs to.
 
+An adopted image is the environment's first version (reason "adopted"), so
+a built environment never has an empty history; a version recorded by the
+upgrade to 4.x (under the environment's own name) gets its own reference
+too, so that it survives the next rebuild (see ``keep_versions``).
+Version references (``repo:tag--vN``) are never adopted as environments.
+
 Ownership on a shared engine is the image prefix: each hub must have its own
 (``TljhRepo2Docker.image_prefix``). Nothing here ever deletes an image.
 """
 
 import json
 import logging
+import re
 
 from ..db import store
 from ..environments import image_labels
@@ -30,6 +37,8 @@ LABEL = "tljh_repo2docker"
 UID_LABEL = f"{LABEL}.uid"
 PREFIX_LABEL = f"{LABEL}.image_prefix"
 LEGACY_NAME_LABEL = f"{LABEL}.image_name"
+# The tag of a version's own reference (builds/docker.py: version_reference).
+_VERSION_TAG = re.compile(r"--v[0-9]+$")
 
 
 def labels_for(env, image_prefix):
@@ -50,7 +59,7 @@ async def adopt_images(sessions, builder, image_prefix, adopt_legacy=False):
     for image in await builder.adoptable_images():
         labels = image.get("labels") or {}
         name = image["image_name"]
-        if name in known_images:
+        if name in known_images or _VERSION_TAG.search(name):
             continue
         uid = labels.get(UID_LABEL)
         if uid:
@@ -69,11 +78,59 @@ async def adopt_images(sessions, builder, image_prefix, adopt_legacy=False):
                 sessions, env.uid, status=store.BUILT, image_id=image.get("image_id"),
                 size=image.get("size"), finished=store.now(),
             )
+            await record_version(
+                sessions, builder, env, image.get("image_id"), image.get("size")
+            )
         known_uids.add(env.uid)
         known_images.add(name)
         adopted.append(env.uid)
         log.info("Adopted image %s as environment %s (%s)", name, env.uid, env.name)
+    await _own_references(sessions, builder, envs)
     return adopted
+
+
+async def record_version(sessions, builder, env, image_id, size):
+    """Record ``env``'s adopted image as a version, unless one has that image."""
+    if not image_id:
+        return
+    versions = await store.list_versions(sessions, env.uid)
+    if any(v.image_id == image_id for v in versions):
+        return
+    number = max(env.build_number or 1, 1)
+    try:
+        reference = await builder.keep_version(env.image_name, image_id, number)
+    except Exception as e:
+        log.warning("Could not tag the adopted image of %s as a version: %s", env.uid, e)
+        reference = env.image_name
+    await store.add_version(
+        sessions,
+        env.uid,
+        number=number,
+        image_name=reference,
+        image_id=image_id,
+        commit=env.commit,
+        built_at=env.finished or store.now(),
+        size=size,
+        built_by=env.owner,
+        reason="adopted",
+    )
+
+
+async def _own_references(sessions, builder, envs):
+    """Give versions that share the environment's name (those the upgrade
+    to 4.x recorded) their own reference: the name moves to the next build."""
+    by_uid = {env.uid: env for env in envs if env.image_id is not None}
+    for uid, version in await store.all_versions(sessions):
+        env = by_uid.get(uid)
+        if env is None or version.image_name != env.image_name or version.image_id != env.image_id:
+            continue
+        try:
+            reference = await builder.keep_version(env.image_name, version.image_id, version.number)
+        except Exception as e:
+            log.warning("Could not tag version %d of %s: %s", version.number, env.uid, e)
+            continue
+        if reference != version.image_name:
+            await store.set_version_image(sessions, env.uid, version.id, reference)
 
 
 def _ours(image_name, labels, image_prefix):
@@ -101,6 +158,7 @@ async def _find_image(sessions, builder, env, image_prefix):
     await store.update_environment(
         sessions, env.uid, image_id=found["image_id"], size=found.get("size"), error=None
     )
+    await record_version(sessions, builder, env, found["image_id"], found.get("size"))
     log.info("Environment %s uses image %s (%s)", env.uid, env.image_name, found["image_id"])
     return True
 

@@ -487,6 +487,17 @@ async def get_version(sessions, uid, version_id) -> Version | None:
 
 
 @_uncancellable
+async def set_version_image(sessions, uid, version_id, image_name) -> None:
+    """Give version ``version_id`` of ``uid`` another image reference (its own tag)."""
+    async with sessions() as session:
+        await session.execute(
+            update(Version).where(Version.id == version_id).values(image_name=image_name)
+        )
+        await session.commit()
+    _changed(sessions, uid)
+
+
+@_uncancellable
 async def delete_versions(sessions, uid, version_ids) -> None:
     if not version_ids:
         return

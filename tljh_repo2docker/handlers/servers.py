@@ -164,12 +164,47 @@ class ServersMixin:
                     "last_activity": server.get("last_activity"),
                     "started": server.get("started"),
                     "outdated": None,
+                    "version": None,
+                    "newer_version": None,
                     "error": None,
                 }
             )
             facts.append(self.add_engine_facts(servers[-1], server, env))
         await asyncio.gather(*facts)
+        await self.add_version_facts(servers, envs)
         return servers
+
+    async def add_version_facts(self, servers, envs):
+        """Fill ``version`` (the number of the environment's version a server
+        runs) and ``newer_version`` (a newer one exists: after a rollback, or
+        a rebuild it was not restarted for). The image is the container's
+        (``_image``, from add_engine_facts), else, without an engine, the
+        name the server was started by. Stopped servers start from the
+        current version: ``newer_version`` false."""
+        by_name = not Homes.for_app(self.tljh_app).available
+        uids = {s["environment_uid"] for s in servers if s["environment_uid"]}
+        kept = {uid: await store.list_versions(self.sessions, uid) for uid in sorted(uids)}
+        for server in servers:
+            image_id = server.pop("_image", None)
+            env = envs.get(server["environment_uid"])
+            if env is None:
+                continue
+            if server["status"] == "stopped":
+                server["newer_version"] = False
+                continue
+            versions = kept.get(env.uid) or []
+            if image_id is not None:
+                found = next((v for v in versions if v.image_id == image_id), None)
+            elif by_name:
+                # BinderHub names each version's image by its commit.
+                found = next((v for v in versions if v.image_name == server["image"]), None)
+                if found is not None and server["outdated"] is None and env.image_id:
+                    server["outdated"] = found.image_id != env.image_id
+            else:
+                continue
+            if found is not None:
+                server["version"] = found.number
+                server["newer_version"] = any(v.number > found.number for v in versions)
 
     async def add_engine_facts(self, model, hub_model, env):
         """Fill ``outdated`` and ``error`` of the server ``model``.
@@ -212,6 +247,7 @@ class ServersMixin:
         if info is None:
             await self._gone(model, hub_model, homes, ref, key)
             return
+        model["_image"] = info.get("Image")  # for add_version_facts
         if env is not None and env.image_id:
             model["outdated"] = info.get("Image") != env.image_id
         container_state = info.get("State") or {}

@@ -1,0 +1,146 @@
+"""An environment's versions: its history (with which is current and how many
+servers use each) and rollback to an earlier one.
+
+Every successful build is a version (``db.models.Version``, recorded by the
+build manager). The *current* version is the one whose image id the
+environment holds: new servers start from it. A rollback makes an earlier
+version current again (``Builder.make_current``); running servers keep the
+image they run.
+
+How many servers use a version: the Docker backend counts the containers of
+each image (any state: a stopped server's container needs its image to start
+again). A backend that cannot see containers (BinderHub on Kubernetes)
+counts the hub's running and starting servers whose ``user_options`` name
+the version's image. When neither can be asked, the count is ``None``
+(unknown), never a guess.
+"""
+
+import logging
+
+from .builds.base import BuildError
+from .db import store
+from .hub import HubError
+
+log = logging.getLogger(__name__)
+
+
+class RollbackError(Exception):
+    """A rollback that cannot be done: ``status`` and a message for the user."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def current_version_id(env, versions):
+    """The id of ``env``'s current version among ``versions`` (newest first):
+    the newest one with the environment's image id, or None."""
+    if env.image_id is None:
+        return None
+    for version in versions:
+        if version.image_id == env.image_id:
+            return version.id
+    return None
+
+
+async def server_counts(builder, hub, versions):
+    """``{version id: servers}`` for ``versions``; a count is None when unknown."""
+    try:
+        users = await builder.image_users()
+    except Exception as e:
+        log.warning("Cannot count the containers of each image: %s", e)
+        return {v.id: None for v in versions}
+    if users is not None:
+        return {v.id: users.get(v.image_id, 0) for v in versions}
+    try:
+        servers = await hub.active_servers()
+    except HubError as e:
+        # Without the list:users scope (or with the hub away) nobody can
+        # tell: say unknown rather than 0.
+        log.warning("Cannot list the hub's servers to count them per version: %s", e.message)
+        return {v.id: None for v in versions}
+    by_image = {}
+    for _user, _name, server in servers:
+        image = (server.get("user_options") or {}).get("image")
+        if image:
+            by_image[image] = by_image.get(image, 0) + 1
+    return {v.id: by_image.get(v.image_name, 0) for v in versions}
+
+
+async def history(sessions, builder, hub, env, *, manages):
+    """The API models of ``env``'s versions, newest first.
+
+    ``built_by`` (a user name) is shown only to those who manage the
+    environment, as ``as_dict`` keeps owner-only fields for them.
+    """
+    versions = await store.list_versions(sessions, env.uid)
+    current = current_version_id(env, versions)
+    counts = await server_counts(builder, hub, versions) if versions else {}
+    models = []
+    for version in versions:
+        model = store.version_dict(
+            version, current=version.id == current, servers=counts.get(version.id)
+        )
+        if not manages:
+            model["built_by"] = None
+        models.append(model)
+    return models
+
+
+def parse_version_id(body):
+    """The ``version`` of a rollback request: a positive integer, else a
+    ValueError naming what is wrong."""
+    if "version" not in body:
+        raise ValueError("is required: the id of one of the environment's versions")
+    value = body["version"]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer: the id of one of the environment's versions")
+    if value < 1 or value > 2**63 - 1:
+        raise ValueError(f"no version {value} of this environment")
+    return value
+
+
+async def rollback(sessions, builder, env, version_id):
+    """Make version ``version_id`` of ``env`` current; returns the Version.
+
+    Raises RollbackError: 404 for a version that is not ``env``'s, 409 when
+    its image is gone (the row is then removed: it cannot come back) or the
+    backend cannot point the environment at it.
+    """
+    version = await store.get_version(sessions, env.uid, version_id)
+    if version is None:
+        raise RollbackError(404, f"version: no version {version_id} of this environment")
+    image = version.image_id or version.image_name
+    try:
+        exists = await builder.image_exists(image)
+    except Exception as e:
+        raise RollbackError(
+            409, f"Cannot check the image of version {version.number}: {e}"
+        ) from None
+    if not exists:
+        await store.delete_versions(sessions, env.uid, [version.id])
+        log.warning(
+            "Version %d of %s: its image %s is gone; removed from the history",
+            version.number, env.uid, version.image_name,
+        )
+        raise RollbackError(
+            409,
+            f"version: the image of version {version.number} is gone from the engine "
+            "(removed outside this service); it was taken out of the history",
+        )
+    try:
+        name = await builder.make_current(version.image_name, version.image_id, env.image_name)
+    except BuildError as e:
+        raise RollbackError(409, e.message) from None
+    await store.update_environment(
+        sessions,
+        env.uid,
+        image_name=name,
+        image_id=version.image_id,
+        commit=version.commit,
+        size=version.size,
+        status=store.BUILT,
+        error=None,
+    )
+    return version
