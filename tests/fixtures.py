@@ -23,6 +23,9 @@ Real components, started once per session:
   migrations, for tests of the service's parts without a hub.
 - ``built_env``: one environment built through the service's API, shared by
   the tests that only need "some built environment".
+- ``repo``: ``repo(files) -> (name, url)`` makes a repository on the git
+  server; ``envs`` with ``add(user, envs, body)``: environments a test adds,
+  deleted after it.
 """
 
 import contextlib
@@ -31,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -282,6 +286,39 @@ async def bob(hub):
     user = await utils.HubUser.login(hub, "bob")
     yield user
     await user.close()
+
+
+@pytest.fixture
+def repo(git_root, git_server):
+    """``repo(files) -> (name, url)``: a new repository on the git server."""
+
+    def make(files):
+        name = f"r-{uuid.uuid4().hex[:10]}"
+        make_repo(git_root, name, files)
+        return name, git_server.url(name)
+
+    return make
+
+
+@pytest.fixture
+async def envs(admin):
+    """Environments a test adds (see ``add``); cancelled and deleted afterwards."""
+    made = []
+    yield made
+    for uid in made:
+        await admin.api("POST", f"api/environments/{uid}/cancel")
+        r = await admin.delete_env(uid)
+        assert r.status_code in (204, 404), (r.status_code, r.text)
+
+
+async def add(user, envs, body):
+    """Add an environment as ``user`` (a unique name unless ``body`` has one),
+    deleted after the test by the ``envs`` fixture."""
+    body = dict(body)
+    body.setdefault("name", f"env-{uuid.uuid4().hex[:10]}")
+    env = await user.create_env(body)
+    envs.append(env["uid"])
+    return env
 
 
 @pytest.fixture(scope="session")

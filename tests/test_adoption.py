@@ -141,3 +141,60 @@ async def test_a_converted_row_whose_image_is_gone_says_so(sqlite_sessions, buil
     assert await adopt_images(sqlite_sessions, builder, "adopt/") == []
     env = await store.get_environment(sqlite_sessions, env.uid)
     assert env.status == store.FAILED and "not on the Docker engine" in env.error
+
+
+async def test_adopted_images_are_versions_and_version_tags_are_not_environments(
+    sqlite_sessions, builder, images
+):
+    """An adopted image is its environment's first version (reason "adopted"),
+    kept under its own tag; an image known only by a version tag is not
+    taken for an environment of its own."""
+    tag = token()
+    mine = f"adopt-{tag}/"
+    uid = f"u-ver-{tag}"
+    own = images(f"{mine}env:HEAD", ours(uid, f"ver-{tag}", mine))
+    # an older build of the same environment, kept only as its version 1
+    older = images(f"{mine}env:HEAD--v1", ours(uid, f"ver-{tag}", mine))
+    try:
+        assert await adopt_images(sqlite_sessions, builder, mine) == [uid]
+        env = await store.get_environment(sqlite_sessions, uid)
+        assert env.image_name == f"{mine}env:HEAD" and env.image_id == own["Id"]
+        (version,) = await store.list_versions(sqlite_sessions, uid)
+        assert (version.reason, version.number, version.image_id) == ("adopted", 1, own["Id"])
+        assert version.image_name == f"{mine}env:HEAD--v1"
+        tagged = json.loads(docker("image", "inspect", version.image_name).stdout)[0]
+        assert tagged["Id"] == own["Id"]
+        # again: nothing more
+        assert await adopt_images(sqlite_sessions, builder, mine) == []
+        assert len(await store.list_versions(sqlite_sessions, uid)) == 1
+    finally:
+        docker("rmi", f"{mine}env:HEAD--v1", check=False)
+        docker("rmi", "-f", older["Id"], check=False)  # its tag went to version 1
+
+
+async def test_versions_of_the_upgrade_get_their_own_tag(sqlite_sessions, builder, images):
+    """A version the upgrade to 4.x recorded under the environment's own name
+    gets a tag of its own, so that a rebuild does not leave it untagged."""
+    tag = token()
+    name = f"adopt-{tag}/up:main"
+    uid = f"u-up-{tag}"
+    image = images(name, ours(uid, f"up-{tag}", f"adopt-{tag}/"))
+    env = await store.create_environment(
+        sqlite_sessions, uid=uid, name=f"up-{tag}", image_name=name,
+        repo="https://example.org/r", ref="main", node_selector={}, build_args={},
+    )
+    await store.update_environment(
+        sqlite_sessions, uid, status=store.BUILT, image_id=image["Id"], build_number=3
+    )
+    await store.add_version(
+        sqlite_sessions, uid, number=3, image_name=name, image_id=image["Id"],
+        built_at=store.now(), reason="upgrade",
+    )
+    try:
+        await adopt_images(sqlite_sessions, builder, f"adopt-{tag}/")
+        (version,) = await store.list_versions(sqlite_sessions, env.uid)
+        assert version.image_name == f"{name}--v3"
+        tagged = json.loads(docker("image", "inspect", version.image_name).stdout)[0]
+        assert tagged["Id"] == image["Id"]
+    finally:
+        docker("rmi", f"{name}--v3", check=False)

@@ -32,6 +32,7 @@ from tests.buildutils import (
     wait_building,
     wait_for,
 )
+from tests.fixtures import add
 from tests.gitserver import add_commit, head_commit, make_repo
 from tests.utils import SECRET_PASSWORD, admin_api, assert_json_error
 
@@ -43,35 +44,7 @@ def iso(value):
     return datetime.fromisoformat(value)
 
 
-@pytest.fixture
-def repo(git_root, git_server):
-    """``repo(files) -> (name, url)``: a new repository on the git server."""
-
-    def make(files):
-        name = f"r-{token()}"
-        make_repo(git_root, name, files)
-        return name, git_server.url(name)
-
-    return make
-
-
-@pytest.fixture
-async def envs(admin):
-    """Environments a test adds; cancelled and deleted afterwards."""
-    made = []
-    yield made
-    for uid in made:
-        await admin.api("POST", f"api/environments/{uid}/cancel")
-        r = await admin.delete_env(uid)
-        assert r.status_code in (204, 404), (r.status_code, r.text)
-
-
-async def add(admin, envs, body):
-    body = dict(body)
-    body.setdefault("name", f"env-{token()}")
-    env = await admin.create_env(body)
-    envs.append(env["uid"])
-    return env
+# The fixtures repo and envs are in tests/fixtures.py.
 
 
 # -- 1. status flow, fields and image labels ------------------------------------

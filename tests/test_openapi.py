@@ -150,6 +150,7 @@ def _environment():
         ).split()
     }
     fields.update(created=now, node_selector={}, build_args={})
+    fields["image_id"] = None  # the current version's image
     return SimpleNamespace(**fields)
 
 

@@ -129,6 +129,7 @@ def as_dict(env: Environment, *, position=None, admin=True):
         "started": _iso(env.started),
         "finished": _iso(env.finished),
         "size": env.size,
+        "image_id": env.image_id,
         "commit": env.commit,
         "owner": env.owner,
         "sharing": normalise_sharing(env.sharing),
