@@ -373,6 +373,56 @@ async def remove_server(hub, user, server, timeout=150):
     raise TimeoutError(f"server {user}/{server} could not be removed")
 
 
+async def test_versions_and_rollback_with_images_named_per_commit(admin, binder, hub):
+    """BinderHub names each image by its commit: that name is the version's,
+    and a rollback makes it the environment's again."""
+    name = f"bh-ver-{token()}"
+    first, second = (
+        f"registry.example.org/binder/r2d-{name}:{c * 40}" for c in ("a", "b")
+    )
+    try:
+        binder.image = first
+        env = await admin.create_env({"repo": f"https://github.com/owner/{name}", "name": name})
+        uid = env["uid"]
+        env = await admin.wait_env(uid, FINAL, timeout=60)
+        assert env["status"] == "built" and env["image_name"] == first, env
+        binder.image = second
+        r = await admin.api("POST", f"api/environments/{uid}/rebuild")
+        assert r.status_code == 202, r.text
+        env = await admin.wait_env(uid, FINAL, timeout=60)
+        assert env["status"] == "built" and env["image_name"] == second, env
+    finally:
+        binder.image = IMAGE
+    r = await admin.api("GET", f"api/environments/{uid}/versions")
+    assert r.status_code == 200, r.text
+    v2, v1 = r.json()["versions"]
+    assert [v2["image_name"], v1["image_name"]] == [second, first]
+    assert [v2["commit"], v1["commit"]] == ["b" * 40, "a" * 40]
+    assert [v2["current"], v1["current"]] == [True, False]
+    # no Docker engine to ask: the hub's servers are counted (none run)
+    assert [v2["servers"], v1["servers"]] == [0, 0]
+
+    r = await admin.api("POST", f"api/environments/{uid}/rollback", json={"version": v1["id"]})
+    assert r.status_code == 200, r.text
+    env = r.json()
+    assert (env["image_name"], env["commit"], env["version"]) == (first, "a" * 40, v1["id"])
+    r = await admin.api("GET", f"api/environments/{uid}/versions")
+    assert [v["current"] for v in r.json()["versions"]] == [False, True]
+    # New servers are asked for the version's image.
+    server = f"bhver-{token()}"
+    try:
+        r = await admin.api("POST", "api/servers", json={"name": server, "environment": name})
+        if r.status_code != 202:  # the image is not on this engine (see above)
+            utils.assert_json_error(r, r.status_code, f"JupyterHub could not start {server!r}")
+        with utils.admin_api(hub) as api:
+            model = api.get("users/admin", params={"include_stopped_servers": "1"}).json()
+        assert model["servers"][server]["user_options"]["image"] == first
+    finally:
+        await remove_server(hub, "admin", server)
+    r = await admin.delete_env(uid)
+    assert r.status_code == 204, r.text
+
+
 # -- keep last: kills the service ------------------------------------------------
 
 
