@@ -139,6 +139,9 @@
     const copyLink = hasImage(env)
       ? button("copy-link", "Copy launch link", "btn-outline-secondary", "fa-link")
       : null;
+    const history = hasImage(env)
+      ? button("history", "History", "btn-outline-secondary", "fa-clock-rotate-left")
+      : null;
     // Who may use but not manage the environment only gets its launch link.
     const buttons = manages(env)
       ? [
@@ -148,9 +151,10 @@
             ? button("cancel", "Cancel", "btn-outline-secondary", "fa-stop")
             : button("rebuild", "Rebuild", "btn-outline-primary", "fa-rotate"),
           copyLink,
+          history,
           button("remove", "Remove", "btn-outline-danger", "fa-trash"),
         ]
-      : [copyLink];
+      : [copyLink, history];
     return el(
       "td",
       { class: "env-actions" },
@@ -259,6 +263,12 @@
       share: () => openShareDialog(env, button),
       remove: () => remove(env, button),
       "copy-link": () => copyLaunchLink(env, button),
+      history: () =>
+        window.TljhR2DVersions.open(env, {
+          manages: manages(env),
+          returnTo: rowControl(env.uid, "history"),
+          onChange: upsert,
+        }),
     };
     actions[button.dataset.action]();
   });

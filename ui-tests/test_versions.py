@@ -1,0 +1,62 @@
+"""The History dialog of the Environments page: versions and rollback."""
+
+import pytest
+from playwright.async_api import expect
+
+from tests.fixtures import SINGLEUSER_IMAGE
+from tests.gitserver import add_commit, make_repo
+from ui_helpers import env_row, open_environments
+
+pytestmark = [pytest.mark.hub, pytest.mark.docker]
+
+
+@pytest.fixture
+async def two_versions(admin, git_root, git_server, test_images, run_id):
+    """An environment built twice (two commits), removed afterwards."""
+    name = f"ui-history-{run_id}"
+    make_repo(git_root, name, {"Dockerfile": f"FROM {SINGLEUSER_IMAGE}\nRUN echo 'one {run_id}'\n"})
+    env = await admin.create_env({"repo": git_server.url(name), "name": f"History {run_id}"})
+    env = await admin.wait_env(env["uid"], {"built", "failed", "cancelled"})
+    assert env["status"] == "built", env
+    add_commit(git_root, name, {"Dockerfile": f"FROM {SINGLEUSER_IMAGE}\nRUN echo 'two {run_id}'\n"})
+    r = await admin.api("POST", f"api/environments/{env['uid']}/rebuild")
+    assert r.status_code == 202, r.text
+    env = await admin.wait_env(env["uid"], {"built", "failed", "cancelled"})
+    assert env["status"] == "built", env
+    yield env
+    await admin.delete_env(env["uid"])
+
+
+async def test_history_shows_versions_and_rolls_back(admin_page, admin, two_versions):
+    env = two_versions
+    page = admin_page
+    await open_environments(page)
+    row = env_row(page, env["name"])
+    await row.get_by_role("button", name=f"History {env['name']}").click()
+    dialog = page.locator("#history-dialog")
+    await expect(dialog).to_be_visible()
+    await expect(dialog.locator(".modal-title")).to_have_text(f"History of {env['name']}")
+    rows = dialog.locator("tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(0).locator(".version-number")).to_contain_text("v2")
+    await expect(rows.nth(0).locator(".version-current")).to_be_visible()
+    await expect(rows.nth(1).locator(".version-current")).to_have_count(0)
+    await expect(rows.nth(0).locator(".version-commit code")).to_have_text(env["commit"][:8])
+    await expect(rows.nth(0).locator(".version-by")).to_have_text("admin")
+    await expect(rows.nth(0).locator(".version-servers")).to_have_text("0")
+    # only non-current versions can be rolled back to
+    await expect(rows.nth(0).get_by_role("button")).to_have_count(0)
+
+    await rows.nth(1).get_by_role("button", name="Roll back to version 1").click()
+    confirm = dialog.locator(".history-confirm")
+    await expect(confirm).to_contain_text("running servers keep the image")
+    await confirm.get_by_role("button", name="Roll back").click()
+    await expect(rows.nth(1).locator(".version-current")).to_be_visible()
+    await expect(rows.nth(0).locator(".version-current")).to_have_count(0)
+    await expect(confirm).to_be_hidden()
+    await expect(page.locator("#announcer")).to_contain_text("rolled back to version 1")
+    versions = (await admin.api("GET", f"api/environments/{env['uid']}/versions")).json()["versions"]
+    assert [v["current"] for v in versions] == [False, True]
+    assert (await admin.get_env(env["uid"]))["image_id"] == versions[1]["image_id"]
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
