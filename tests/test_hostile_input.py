@@ -273,6 +273,8 @@ UID_ROUTES = [
     ("POST", "api/environments/{}/rebuild"),
     ("POST", "api/environments/{}/cancel"),
     ("GET", "api/environments/{}/logs"),
+    ("GET", "api/environments/{}/versions"),
+    ("POST", "api/environments/{}/rollback"),
     ("DELETE", "api/servers/{}"),
 ]
 TRAVERSALS = [
@@ -304,6 +306,7 @@ def test_path_traversal_in_ids(fuzzer, method, route):
 POST_ROUTES = [
     "api/environments",
     "api/environments/{sentinel}/rebuild",
+    "api/environments/{sentinel}/rollback",
     "api/servers",
 ]
 

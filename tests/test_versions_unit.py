@@ -178,3 +178,24 @@ async def test_a_backend_that_cannot_restore_leaves_the_environment_as_it_was(sq
         await versions.rollback(sqlite_sessions, Refusing(), env, v1.id)
     assert e.value.status == 409 and "engine said no" in e.value.message
     assert (await store.get_environment(sqlite_sessions, "rf")).image_id == "i2"
+
+
+async def test_a_build_queued_during_the_rollback_wins(sqlite_sessions):
+    """The rollback's write is refused once a build is queued; the name is put back."""
+    calls = []
+
+    class Racing(NoEngine):
+        async def make_current(self, version_image, image_id, image_name):
+            calls.append(image_id)
+            if len(calls) == 1:  # a rebuild is asked for while the tag moves
+                await store.start_rebuild(sqlite_sessions, "race", requested_by="ann")
+            return image_name
+
+    env = await built(sqlite_sessions, "race", "p/race:main", [("p/race:main--v1", "i1"), ("p/race:main--v2", "i2")])
+    _, v1 = await store.list_versions(sqlite_sessions, "race")
+    with pytest.raises(versions.RollbackError) as e:
+        await versions.rollback(sqlite_sessions, Racing(), env, v1.id)
+    assert e.value.status == 409 and "build" in e.value.message
+    assert calls == ["i1", "i2"]  # moved, then put back
+    env = await store.get_environment(sqlite_sessions, "race")
+    assert (env.status, env.image_id) == (store.QUEUED, "i2")

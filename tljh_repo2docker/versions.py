@@ -15,6 +15,7 @@ the version's image. When neither can be asked, the count is ``None``
 (unknown), never a guess.
 """
 
+import asyncio
 import logging
 
 from .builds.base import BuildError
@@ -129,18 +130,25 @@ async def rollback(sessions, builder, env, version_id):
             f"version: the image of version {version.number} is gone from the engine "
             "(removed outside this service); it was taken out of the history",
         )
-    try:
-        name = await builder.make_current(version.image_name, version.image_id, env.image_name)
-    except BuildError as e:
-        raise RollbackError(409, e.message) from None
-    await store.update_environment(
-        sessions,
-        env.uid,
-        image_name=name,
-        image_id=version.image_id,
-        commit=version.commit,
-        size=version.size,
-        status=store.BUILT,
-        error=None,
-    )
+    async with _locks.setdefault(env.uid, asyncio.Lock()):
+        env = await store.get_environment(sessions, env.uid) or env
+        try:
+            name = await builder.make_current(version.image_name, version.image_id, env.image_name)
+        except BuildError as e:
+            raise RollbackError(409, e.message) from None
+        if not await store.make_version_current(sessions, env.uid, version, name):
+            # A build was queued in between: put the name back where it was.
+            if env.image_id:
+                try:
+                    await builder.make_current(env.image_name, env.image_id, env.image_name)
+                except BuildError as e:
+                    log.warning("Could not restore the image of %s: %s", env.uid, e.message)
+            raise RollbackError(
+                409, "A build of the environment started: roll back once it has ended"
+            )
     return version
+
+
+# One rollback at a time per environment: the engine's tag and the database
+# must name the same version. (One small lock per environment rolled back.)
+_locks = {}

@@ -488,6 +488,28 @@ async def get_version(sessions, uid, version_id) -> Version | None:
 
 
 @_uncancellable
+async def make_version_current(sessions, uid, version: Version, image_name) -> bool:
+    """Point environment ``uid`` at ``version`` (a rollback), unless a build
+    was queued meanwhile; returns whether it did."""
+    async with sessions() as session:
+        result = await session.execute(
+            update(Environment)
+            .where(Environment.uid == uid, Environment.status.not_in(IN_PROGRESS))
+            .values(
+                image_name=image_name,
+                image_id=version.image_id,
+                commit=version.commit,
+                size=version.size,
+                status=BUILT,
+                error=None,
+            )
+        )
+        await session.commit()
+    _changed(sessions, uid)
+    return result.rowcount > 0
+
+
+@_uncancellable
 async def set_version_image(sessions, uid, version_id, image_name) -> None:
     """Give version ``version_id`` of ``uid`` another image reference (its own tag)."""
     async with sessions() as session:
