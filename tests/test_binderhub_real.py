@@ -211,6 +211,12 @@ async def test_build_ok_and_servers_refused_up_front(hub, admin, git_daemon):
     assert env["image_name"].startswith(IMAGE_PREFIX), env
     assert env["image_name"] in binderhub_images()
     assert len(env["commit"]) == 40
+    # its version is the image BinderHub named for the commit
+    r = await admin.api("GET", f"api/environments/{env['uid']}/versions")
+    assert r.status_code == 200, r.text
+    (version,) = r.json()["versions"]
+    assert (version["image_name"], version["commit"]) == (env["image_name"], env["commit"])
+    assert version["current"] is True and version["number"] == 1
     text = log_text(live)
     assert "built by BinderHub" in text  # repo2docker's build output reached the log
     assert "\n\n" not in text  # BinderHub's blank line after each event is dropped
