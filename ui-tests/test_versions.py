@@ -5,7 +5,8 @@ from playwright.async_api import expect
 
 from tests.fixtures import SINGLEUSER_IMAGE
 from tests.gitserver import add_commit, make_repo
-from ui_helpers import env_row, open_environments
+from tests.test_servers import wait_server
+from ui_helpers import env_row, open_environments, open_servers, server_row, shot
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -30,6 +31,21 @@ async def two_versions(admin, git_root, git_server, test_images, run_id):
 async def test_history_shows_versions_and_rolls_back(admin_page, admin, two_versions):
     env = two_versions
     page = admin_page
+    # a server on version 2, which a rollback leaves on its image
+    r = await admin.api("POST", "api/servers", json={"name": "hist-srv", "environment": env["name"]})
+    assert r.status_code == 202, r.text
+    try:
+        await wait_server(admin, "hist-srv")
+        await history_and_rollback(page, admin, env)
+        await open_servers(page)
+        hint = server_row(page, "hist-srv").locator(".server-outdated")
+        await expect(hint).to_contain_text("not on the current version")
+    finally:
+        await admin.api("DELETE", "api/servers/hist-srv", params={"remove": "true"})
+        await wait_server(admin, "hist-srv", "absent")
+
+
+async def history_and_rollback(page, admin, env):
     await open_environments(page)
     row = env_row(page, env["name"])
     await row.get_by_role("button", name=f"History {env['name']}").click()
@@ -43,7 +59,9 @@ async def test_history_shows_versions_and_rolls_back(admin_page, admin, two_vers
     await expect(rows.nth(1).locator(".version-current")).to_have_count(0)
     await expect(rows.nth(0).locator(".version-commit code")).to_have_text(env["commit"][:8])
     await expect(rows.nth(0).locator(".version-by")).to_have_text("admin")
-    await expect(rows.nth(0).locator(".version-servers")).to_have_text("0")
+    await expect(rows.nth(0).locator(".version-servers")).to_have_text("1")
+    await expect(rows.nth(1).locator(".version-servers")).to_have_text("0")
+    await shot(page, "history-dialog")
     # only non-current versions can be rolled back to
     await expect(rows.nth(0).get_by_role("button")).to_have_count(0)
 
