@@ -397,7 +397,7 @@ class TljhRepo2Docker(Application):
     ).tag(config=True)
 
     min_free_disk = Any(
-        "1G",
+        1024**3,
         help="""
         Free space the Docker engine's disk (its DockerRootDir) must have for
         a build: under it, adding or rebuilding an environment is refused

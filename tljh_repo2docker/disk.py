@@ -435,7 +435,7 @@ class Disk:
 
     # -- min_free_disk -------------------------------------------------------------
 
-    async def refusal(self):
+    async def refusal(self, uid=None):
         """Why a build may not start now (the engine's disk is under
         ``min_free_disk``), or None. Free space that cannot be known never
         refuses (said once in the log)."""
