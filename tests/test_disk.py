@@ -5,8 +5,9 @@ service, the Docker engine, repo2docker and the git server. Each commit of a
 test repository copies a new random file into the image, so that every
 version has a layer of its own and removing it frees a known amount.
 
-The engine's build cache is shared with everything else on it: this hub's
-``build_cache_max_age`` is a century, so prune never touches it here.
+The engine's build cache is shared with everything else on it: every test
+hub's ``build_cache_max_age`` is a century (tests/utils.py ``hub_config``), so
+prune never touches it here.
 """
 
 import contextlib
@@ -26,8 +27,7 @@ from tests.utils import assert_json_error
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
 KEEP = 2
-CENTURY = 100 * 365 * 24 * 3600
-SERVICE_ARGS = [f"--keep_versions={KEEP}", f"--build_cache_max_age={CENTURY}"]
+SERVICE_ARGS = [f"--keep_versions={KEEP}"]
 BLOB_BYTES = 300_000
 #: Far more than any disk here: every build is refused.
 HUGE = 1024**5

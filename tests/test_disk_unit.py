@@ -211,3 +211,15 @@ async def test_unknown_free_space_never_refuses():
     assert await disk.refusal() is None
     assert await disk.refusal() is None
     assert len(logged) == 1 and "min_free_disk" in logged[0][0]
+
+
+def test_disk_settings_through_tljh_config():
+    from tljh_repo2docker import tljh_config
+
+    config = tljh_config.service_config(
+        {"keep_versions": "5", "min_free_disk": "20G", "build_cache_max_age": 3600}
+    )
+    app = TljhRepo2Docker(config=config)
+    assert (app.keep_versions, app.min_free_disk, app.build_cache_max_age) == (5, 20 * 1024**3, 3600)
+    with pytest.raises(ValueError, match="min_free_disk"):
+        tljh_config.service_config({"min_free_disk": "lots"})

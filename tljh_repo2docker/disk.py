@@ -228,7 +228,14 @@ class Disk:
         for uid, version in await store.all_versions(self.sessions):
             versions.setdefault(uid, []).append(version)
         usage = await self.builder.disk_usage()
-        users = await self.builder.image_users()
+        try:
+            users = await self.builder.image_users()
+        except BuildError:
+            raise
+        except Exception as e:
+            raise BuildError(
+                f"Cannot list the containers that use images: {e.__class__.__name__}: {e}"
+            ) from e
         result = plan(
             environments,
             versions,
@@ -252,6 +259,10 @@ class Disk:
                 result, *_ = await self._plan(only=uid, with_engine=False)
             except BuildError as e:
                 self.log.warning("keep_versions: cannot look at the images of %s: %s", uid, e.message)
+                return
+            except Exception as e:
+                # e.g. the database went away: the next build or prune does it.
+                self.log.warning("keep_versions: nothing removed for %s now: %r", uid, e)
                 return
             if result.versions:
                 removed, freed, _ = await self._remove_versions(result)
@@ -379,7 +390,8 @@ class Disk:
                         "image_name": version.image_name,
                         "image_id": version.image_id,
                         "size": size,
-                        "current": version.image_id == env.image_id,
+                        "current": version.image_id == env.image_id
+                        or version.image_name == env.image_name,
                         "servers": None if users is None else users.get(version.image_id, 0),
                         "removable": version.id in removable,
                         "present": None if usage is None else image is not None,
@@ -401,7 +413,7 @@ class Disk:
             )
         if usage is None:
             build_cache = {"size": None, "reclaimable": None, "older_than_max_age": None, "count": None}
-            dangling = {"count": None, "size": None}
+            dangling = {"count": None, "size": None, "reclaimable": None}
             all_images = {"count": None, "size": None}
         else:
             entries = usage.get("build_cache") or []
@@ -416,6 +428,7 @@ class Disk:
             dangling = {
                 "count": len(result.dangling),
                 "size": sum(d["size"] for d in result.dangling),
+                "reclaimable": sum(d["frees"] for d in result.dangling),
             }
             all_images = {"count": len(images), "size": usage.get("layers_size")}
         space = await self.builder.disk_space()

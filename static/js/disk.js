@@ -17,6 +17,11 @@
     return bytes === null || bytes === undefined ? muted("unknown") : R.formatSize(bytes);
   }
 
+  function days(seconds) {
+    const n = Math.round(seconds / 86400);
+    return `${n} day${n === 1 ? "" : "s"}`;
+  }
+
   function setText(id, ...children) {
     document.getElementById(id).replaceChildren(...children);
   }
@@ -78,11 +83,13 @@
       "disk-build-cache",
       cache.size === null
         ? muted("unknown")
-        : `${R.formatSize(cache.size)} in ${cache.count} entries; ${R.formatSize(cache.older_than_max_age)} unused for longer than ${Math.round(cache.max_age / 3600)} h`
+        : `${R.formatSize(cache.size)} in ${cache.count} entries; ${R.formatSize(cache.older_than_max_age)} unused for longer than ${days(cache.max_age)}`
     );
     setText(
       "disk-dangling",
-      data.dangling.count === null ? muted("unknown") : `${data.dangling.count} (${R.formatSize(data.dangling.size)})`
+      data.dangling.count === null
+        ? muted("unknown")
+        : `${data.dangling.count} (${R.formatSize(data.dangling.size)}, of which ${R.formatSize(data.dangling.reclaimable)} their own)`
     );
     setText("disk-reclaimable", R.formatSize(data.reclaimable));
     setText("keep-versions", String(data.keep_versions));
