@@ -223,3 +223,38 @@ def test_disk_settings_through_tljh_config():
     assert (app.keep_versions, app.min_free_disk, app.build_cache_max_age) == (5, 20 * 1024**3, 3600)
     with pytest.raises(ValueError, match="min_free_disk"):
         tljh_config.service_config({"min_free_disk": "lots"})
+
+
+async def test_report_and_prune_on_a_backend_without_an_engine(sqlite_sessions):
+    """The BinderHub backend (the base Builder): versions with their recorded sizes, engine
+    figures null, nothing removed (which servers use an image is unknown); still a valid answer."""
+    app = SimpleNamespace(
+        keep_versions=1, min_free_disk=1024**3, build_cache_max_age=60, image_prefix="",
+        log=TljhRepo2Docker().log, builder=Builder(), sessions=sqlite_sessions,
+    )
+    env = await store.create_environment(
+        sqlite_sessions, uid="b" * 32, name="bh", image_name="registry/bh:c2",
+        repo="https://example.org/r", ref="HEAD", node_selector={}, build_args={},
+    )
+    await store.update_environment(sqlite_sessions, env.uid, image_id="registry/bh:c2", status="built")
+    for number, commit in ((1, "c1"), (2, "c2")):
+        await store.add_version(
+            sqlite_sessions, env.uid, number=number, image_name=f"registry/bh:{commit}",
+            image_id=f"registry/bh:{commit}", commit=commit, size=1000 * number,
+        )
+    disk = Disk(app)
+    report = await disk.report()
+    [listed] = report["environments"]
+    assert [(v["number"], v["size"], v["current"], v["servers"], v["removable"], v["present"])
+            for v in listed["versions"]] == [
+        (2, 2000, True, None, False, None),
+        (1, 1000, False, None, False, None),
+    ]
+    assert listed["size"] == 3000
+    assert report["disk"] == {"path": None, "total": None, "used": None, "free": None}
+    assert report["build_cache"]["size"] is None and report["dangling"]["count"] is None
+    assert report["reclaimable"] == 0 and report["notes"]
+    answer = await disk.prune()
+    assert answer["freed"] == 0 and answer["removed"]["versions"] == []
+    assert len(await store.list_versions(sqlite_sessions, env.uid)) == 2
+    assert await disk.refusal() is None
