@@ -258,3 +258,11 @@ async def test_report_and_prune_on_a_backend_without_an_engine(sqlite_sessions):
     assert answer["freed"] == 0 and answer["removed"]["versions"] == []
     assert len(await store.list_versions(sqlite_sessions, env.uid)) == 2
     assert await disk.refusal() is None
+
+
+def test_human_sizes():
+    from tljh_repo2docker.disk import human_size
+
+    assert [human_size(n) for n in (None, 512, 1536, 3 * 1024**3, 1024**5)] == [
+        "unknown", "512 B", "1.5 KiB", "3.0 GiB", "1.0 PiB",
+    ]
