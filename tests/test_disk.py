@@ -146,6 +146,8 @@ async def test_keep_versions_disk_report_and_prune(hub, admin, envs, git_root, g
             return sorted(version_rows(hub, uid)) == [1, 3, 4]
 
         await wait_for(settled, timeout=60, what="version 2 removed by keep_versions")
+        log = (hub.workdir / "jupyterhub.log").read_text()
+        assert f"keep_versions={KEEP}: removed 1 old version of {uid} (v2), freeing" in log
         rows = version_rows(hub, uid)
         assert rows[1] == (v1_name, v1_id)
         env = await admin.get_env(uid)
@@ -263,7 +265,9 @@ async def test_builds_refused_under_min_free_disk(hub, admin, envs, git_root, gi
     try:
         await admin.refresh_xsrf()
         before = {row[0] for row in _environment_rows(hub)}
-        r = await admin.api("POST", "api/environments", json={"repo": git_server.url(name), "name": f"{name}-2"})
+        r = await admin.api(
+            "POST", "api/environments", json={"repo": git_server.url(name), "name": f"{name}-2"}
+        )
         assert_json_error(r, 507, "min_free_disk")
         message = r.json()["message"]
         assert str(HUGE) in message and "free" in message

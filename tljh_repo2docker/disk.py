@@ -272,7 +272,7 @@ class Disk:
                     uid, ", ".join(f"v{v['number']}" for v in removed), human_size(freed),
                 )
 
-    async def _remove_versions(self, result, frees_of=None):
+    async def _remove_versions(self, result):
         """Remove the planned versions; returns (removed, freed bytes, skipped)."""
         usage_frees = {}
         for _, version, _, frees in result.versions:
