@@ -557,7 +557,7 @@ class BuildManager(LoggingConfigurable):
             self._running.pop(uid, None)
             if self.on_finished is not None:
                 self.on_finished(uid, final.phase, time.monotonic() - started)
-            if final.phase == BUILT and self.on_built is not None:
+            if final.phase == BUILT and self.on_built is not None and not self._closing:
                 self._run_hook(self.on_built(uid))
             self._pump()
 
