@@ -477,3 +477,26 @@ async def test_restart_mid_build_resubmits_to_binderhub(admin, binder, hub):
     ids = [event_id for event_id, _ in events]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
     await assert_nothing_building(admin)
+
+
+async def test_disk_report_without_an_engine(admin):
+    """GET api/disk with BinderHub: the versions from the database, the engine's figures null;
+    prune removes nothing (which servers use a registry image is unknown); builds are never
+    refused for min_free_disk (the free space is unknown)."""
+    name = f"bh-disk-{token()}"
+    env = await admin.create_env({"repo": f"https://github.com/owner/{name}", "ref": "main"})
+    env = await admin.wait_env(env["uid"], FINAL, timeout=60)
+    assert env["status"] == "built", env
+    r = await admin.api("GET", "api/disk")
+    assert r.status_code == 200, r.text
+    report = r.json()
+    [listed] = [e for e in report["environments"] if e["uid"] == env["uid"]]
+    [version] = listed["versions"]
+    assert version["image_name"] == IMAGE and version["current"] is True
+    assert version["servers"] is None and version["removable"] is False
+    assert report["disk"] == {"path": None, "total": None, "used": None, "free": None}
+    assert report["build_cache"]["size"] is None and report["dangling"]["count"] is None
+    assert report["notes"]
+    r = await admin.api("POST", "api/disk/prune", json={"dry_run": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["removed"]["versions"] == [] and r.json()["freed"] == 0

@@ -47,7 +47,7 @@ SERVER_URLS = {
         "TLJH_R2D_TEST_MYSQL_URL", "mysql://tljh_r2d:tljh_r2d@127.0.0.1:3306/tljh_r2d_test"
     ),
 }
-REVISIONS = ["0001", "0002", "0003", "0004"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
 
 
 def need(reason):

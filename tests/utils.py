@@ -114,6 +114,10 @@ def hub_config(info: HubInfo, builder_image: str, extra_service_args=(), extra_c
         "--node_selector="
         + json.dumps({"gpu": {"description": "GPU availability", "values": ["yes", "no"]}}),
         "--DockerBuilder.pull_repo2docker_image=False",
+        # The build cache is the engine's, shared with other test sessions:
+        # a prune by a test hub (the fuzzing of POST api/disk/prune) never
+        # takes an entry younger than a century.
+        f"--build_cache_max_age={100 * 365 * 24 * 3600}",
         "--debug",
         *extra_service_args,
     ]

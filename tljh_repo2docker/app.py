@@ -37,7 +37,8 @@ from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
 from .db import session as db_session
-from .handlers import environments, health, homes, logs, openapi, pages, servers, versions
+from .disk import Disk, parse_size
+from .handlers import disk, environments, health, homes, logs, openapi, pages, servers, versions
 from .handlers.base import NotFoundAPIHandler
 from .homes import Homes
 from .hub import HubClient
@@ -92,6 +93,9 @@ class TljhRepo2Docker(Application):
         "logo_url": "TljhRepo2Docker.logo_url",
         "service_prefix": "TljhRepo2Docker.service_prefix",
         "max_body_size": "TljhRepo2Docker.max_body_size",
+        "keep_versions": "TljhRepo2Docker.keep_versions",
+        "min_free_disk": "TljhRepo2Docker.min_free_disk",
+        "build_cache_max_age": "TljhRepo2Docker.build_cache_max_age",
         "authenticate_prometheus": "TljhRepo2Docker.authenticate_prometheus",
         "max_concurrent_builds": "BuildManager.max_concurrent_builds",
         "environments_per_user": "Quotas.environments_per_user",
@@ -380,6 +384,50 @@ class TljhRepo2Docker(Application):
         """,
     ).tag(config=True)
 
+    keep_versions = Integer(
+        3,
+        min=1,
+        help="""
+        Versions (builds) of each environment kept for a rollback. After each
+        successful build, and on prune (``POST api/disk/prune``), the versions
+        past the newest ``keep_versions`` are removed from Docker, except the
+        current one and any that a container (a server, running or stopped)
+        uses. At least 1. Default: 3.
+        """,
+    ).tag(config=True)
+
+    min_free_disk = Any(
+        1024**3,
+        help="""
+        Free space the Docker engine's disk (its DockerRootDir) must have for
+        a build: under it, adding or rebuilding an environment is refused
+        (HTTP 507), and a queued build that starts fails, with a message
+        naming this setting. Bytes, or a size like ``10G`` or ``500M``; 0
+        disables the check. When the free space cannot be known (an engine
+        on another machine, the BinderHub backend) builds are not refused.
+        Default: 1G.
+        """,
+    ).tag(config=True)
+
+    @validate("min_free_disk")
+    def _validate_min_free_disk(self, proposal):
+        try:
+            return parse_size(proposal.value, field="min_free_disk")
+        except ValueError as e:
+            raise TraitError(str(e)) from None
+
+    build_cache_max_age = Float(
+        7 * 24 * 3600,
+        min=0,
+        help="""
+        Seconds a build cache entry must have gone unused before prune
+        (``POST api/disk/prune``) removes it (entries in use never are). The
+        build cache belongs to the Docker engine: other hubs and users of the
+        engine share it, and prune removes their old entries too. Default:
+        604800 (7 days).
+        """,
+    ).tag(config=True)
+
     max_body_size = Integer(
         1024 * 1024,
         help="Largest request body accepted, in bytes; larger ones get 413.",
@@ -620,6 +668,8 @@ class TljhRepo2Docker(Application):
             sessions=self.sessions,
             on_started=metrics.build_started,
             on_finished=metrics.build_finished,
+            on_built=Disk.for_app(self).after_build,
+            start_check=Disk.for_app(self).refusal,
         )
 
     async def init_builds(self):
@@ -659,7 +709,7 @@ class TljhRepo2Docker(Application):
 
     def init_webapp(self):
         routes = []
-        for module in (pages, environments, versions, logs, servers, homes, health, openapi):
+        for module in (pages, environments, versions, logs, servers, homes, disk, health, openapi):
             routes.extend(module.default_handlers)
         handlers = [(url_path_join(self.base_url, path), handler) for path, handler in routes]
         if self.logo_file:

@@ -104,5 +104,6 @@ def downgrade():
             "auto_rebuild", "build_reason", "requested_by",
         ):
             batch.drop_column(name)
-    op.drop_index("ix_versions_environment_number", "versions")
+    # The index goes with the table (MySQL refuses to drop it first: the
+    # foreign key needs it).
     op.drop_table("versions")

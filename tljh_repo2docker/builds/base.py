@@ -142,11 +142,12 @@ class Builder(LoggingConfigurable):
         """Whether the built image can still be used."""
         return True
 
-    async def delete_image(self, image_name: str, image_id: str | None = None) -> None:
+    async def delete_image(self, image_name: str, image_id: str | None = None) -> list | None:
         """Remove a built image (no error if it is already gone).
 
         Raise BuildError if the image cannot be removed (for example because
-        a container uses it).
+        a container uses it). May return what the backend did (Docker: the
+        engine's ``[{"Untagged": ...}, {"Deleted": <image id>}, ...]``).
         """
 
     async def keep_version(self, image_name: str, image_id: str | None, number: int) -> str:
@@ -174,6 +175,34 @@ class Builder(LoggingConfigurable):
         Kubernetes): callers then count the hub's servers instead.
         """
         return None
+
+    async def disk_usage(self) -> dict | None:
+        """What the backend's disk holds, for the disk report and prune (see
+        :mod:`tljh_repo2docker.disk`), or None when it cannot tell (BinderHub):
+
+        ``{"images": {image id: {"size", "shared_size", "containers", "tags",
+        "labels"}}, "layers_size": bytes of all layers (each counted once),
+        "build_cache": [{"id", "size", "in_use", "shared", "last_used" (Unix
+        time)}]}``.
+        """
+        return None
+
+    async def disk_space(self) -> dict:
+        """The file system images are stored on: ``{"path", "total", "used",
+        "free", "note"}``; the numbers are None when unknown, and ``note``
+        says why."""
+        return {
+            "path": None,
+            "total": None,
+            "used": None,
+            "free": None,
+            "note": f"{self.display_name} does not report the disk it stores images on",
+        }
+
+    async def prune_build_cache(self, older_than: float) -> dict:
+        """Remove the build cache entries not in use and not used for
+        ``older_than`` seconds; returns ``{"count", "size"}`` removed."""
+        return {"count": 0, "size": 0}
 
     async def adoptable_images(self) -> list[dict]:
         """Images carrying our labels, for adopting ones missing from the database.

@@ -33,8 +33,10 @@ import contextlib
 import dataclasses
 import datetime
 import io
+import json
 import os
 import re
+import shutil
 import tarfile
 import time
 import uuid
@@ -270,6 +272,8 @@ class DockerBuilder(Builder):
         self._cancelled = collections.OrderedDict()
         # Uids seen by the last running(); attach() answers None for others.
         self._known_builds = None
+        # Where the engine keeps its data (``info``'s DockerRootDir), once known.
+        self._root_dir = None
 
     # -- the engine ----------------------------------------------------------
 
@@ -956,7 +960,7 @@ class DockerBuilder(Builder):
             target = candidate
             break
         if image is None:
-            return
+            return []
         try:
             candidates = await self.docker.containers.list(
                 all=True, filters={"ancestor": [image["Id"]]}
@@ -971,14 +975,89 @@ class DockerBuilder(Builder):
                 f"{len(names)} container{'s' if len(names) > 1 else ''}: {', '.join(names)}"
             )
         try:
-            await self.docker.images.delete(target)
+            answer = await self.docker.images.delete(target)
         except aiodocker.DockerError as e:
             if e.status == 404:
-                return
+                return []
             raise BuildError(f"Cannot remove image {target}: {_describe(e)}") from e
         except (aiohttp.ClientError, OSError) as e:
             raise BuildError(f"Cannot reach the Docker engine: {_describe(e)}") from e
         self.log.info("Removed image %s", target)
+        return answer if isinstance(answer, list) else []
+
+    # -- disk ----------------------------------------------------------------
+
+    async def disk_usage(self):
+        # GET /system/df: every image with its own size and the part of it
+        # shared with other images, and the build cache (BuildKit's records).
+        try:
+            df = await self.docker._query_json("system/df", method="GET")
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            raise BuildError(f"Cannot ask the Docker engine for its disk use: {_describe(e)}") from e
+        images = {}
+        for image in df.get("Images") or []:
+            images[image["Id"]] = {
+                "size": image.get("Size") or 0,
+                # -1 when the engine did not compute it
+                "shared_size": max(image.get("SharedSize") or 0, 0),
+                "containers": image.get("Containers", -1),
+                "tags": [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"],
+                "labels": image.get("Labels") or {},
+                "created": image.get("Created") or 0,
+            }
+        cache = [
+            {
+                "id": entry.get("ID"),
+                "size": entry.get("Size") or 0,
+                "in_use": bool(entry.get("InUse")),
+                "shared": bool(entry.get("Shared")),
+                "last_used": _timestamp(entry.get("LastUsedAt") or entry.get("CreatedAt")),
+            }
+            for entry in df.get("BuildCache") or []
+        ]
+        return {"images": images, "layers_size": df.get("LayersSize"), "build_cache": cache}
+
+    async def disk_space(self):
+        space = {"path": None, "total": None, "used": None, "free": None, "note": None}
+        if not self.docker_url.startswith("unix://"):
+            space["note"] = (
+                f"The Docker engine at {self.docker_url} is on another machine: its disk "
+                "cannot be measured from here"
+            )
+            return space
+        if self._root_dir is None:
+            try:
+                info = await self.docker.system.info()
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+                space["note"] = f"Cannot ask the Docker engine where it stores images: {_describe(e)}"
+                return space
+            self._root_dir = info.get("DockerRootDir") or ""
+        space["path"] = self._root_dir or None
+        try:
+            usage = shutil.disk_usage(self._root_dir)
+        except OSError as e:
+            space["note"] = (
+                f"The engine stores images in {self._root_dir or '?'}, which this service "
+                f"cannot see ({e.strerror or e.__class__.__name__}): run it on the engine's "
+                "machine (not in a container without that folder) to know the free space"
+            )
+            return space
+        space.update(total=usage.total, used=usage.used, free=usage.free)
+        return space
+
+    async def prune_build_cache(self, older_than):
+        # POST /build/prune: "all" takes every unused entry, not only the
+        # dangling ones; "until" keeps those used within the duration. The
+        # build cache is the engine's, shared by every hub and user of it.
+        params = {"all": "true", "filters": json.dumps({"until": [f"{int(older_than)}s"]})}
+        try:
+            answer = await self.docker._query_json("build/prune", method="POST", params=params)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+            raise BuildError(f"Cannot prune the build cache: {_describe(e)}") from e
+        return {
+            "count": len(answer.get("CachesDeleted") or []),
+            "size": answer.get("SpaceReclaimed") or 0,
+        }
 
     async def adoptable_images(self):
         # Ours carry the uid label; those of tljh-repo2docker 3.x only its

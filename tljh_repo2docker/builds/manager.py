@@ -190,6 +190,28 @@ async def _without_replay(events, stored, complete, backend):
         yield event
 
 
+async def _checked_start(check, uid, events, log):
+    """The backend's ``events``, unless ``check(uid)`` gives a reason not to
+    build: then one failed event with it, and the backend is never asked."""
+    try:
+        reason = await check(uid)
+    except Exception:
+        log.exception("Could not check whether build %s may start", uid)
+        reason = None
+    closer = getattr(events, "aclose", None)
+    if reason:
+        if closer is not None:
+            await closer()
+        yield BuildEvent(FAILED, reason)
+        return
+    try:
+        async for event in events:
+            yield event
+    finally:
+        if closer is not None:
+            await closer()
+
+
 async def _drain(events):
     async for _ in events:
         pass
@@ -284,8 +306,23 @@ class BuildManager(LoggingConfigurable):
         help="Optional callback(uid, phase, seconds) after each build; used for metrics.",
     )
 
+    on_built = Any(
+        None,
+        allow_none=True,
+        help="""Optional coroutine function(uid), run as a task after a build is
+        stored as built; the service removes old versions with it (keep_versions).""",
+    )
+    start_check = Any(
+        None,
+        allow_none=True,
+        help="""Optional coroutine function(uid) -> reason or None, awaited when a
+        queued build starts: a reason fails the build with it, before the backend
+        is asked (the service refuses builds under min_free_disk).""",
+    )
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        self._hooks = set()  # on_built tasks still running
         self._queue = collections.OrderedDict()  # uid -> BuildRequest, waiting
         self._owners = {}  # uid -> owner of a queued or running build (fairness)
         self._last_start = {}  # owner -> number of the last build of theirs started
@@ -445,6 +482,8 @@ class BuildManager(LoggingConfigurable):
             self._starts += 1
             self._last_start[self._owners.get(uid)] = self._starts
             events = self.builder.build(request)
+            if self.start_check is not None:
+                events = _checked_start(self.start_check, uid, events, self.log)
             replay = self._replays.pop(uid, None)
             if replay is not None:
                 events = without_replay(events, *replay, self.builder.display_name)
@@ -518,7 +557,19 @@ class BuildManager(LoggingConfigurable):
             self._running.pop(uid, None)
             if self.on_finished is not None:
                 self.on_finished(uid, final.phase, time.monotonic() - started)
+            if final.phase == BUILT and self.on_built is not None and not self._closing:
+                self._run_hook(self.on_built(uid))
             self._pump()
+
+    def _run_hook(self, coro):
+        task = asyncio.create_task(coro)
+        self._hooks.add(task)
+        task.add_done_callback(self._hook_done)
+
+    def _hook_done(self, task):
+        self._hooks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("After a build: %r", task.exception())
 
     async def _close_events(self, events):
         """Stop following a backend's events (never while shutting down: the build goes on)."""
@@ -814,7 +865,7 @@ class BuildManager(LoggingConfigurable):
     async def close(self):
         """Stop following builds without cancelling them, so a restart re-attaches."""
         self._closing = True
-        tasks = list(self._running.values()) + list(self._flushers.values())
+        tasks = [*self._running.values(), *self._flushers.values(), *self._hooks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,6 +10,7 @@ from .. import environments as envs
 from ..access import EVERYONE, PRIVATE, Access, SharingError, parse_sharing
 from ..builds.base import BuildError, BuildRequest
 from ..db import store
+from ..disk import Disk
 from ..environment_list import EnvironmentList
 from ..hub import HubError
 from .base import APIHandler, FieldError, admin_only, builders_only
@@ -30,6 +31,13 @@ def build_request(env, credentials=(None, None), image_prefix=""):
         username=username,
         password=password,
     )
+
+
+async def refuse_when_disk_full(app):
+    """507 when the engine's disk has less free space than min_free_disk."""
+    reason = await Disk.for_app(app).refusal()
+    if reason:
+        raise web.HTTPError(507, reason)
 
 
 class EnvironmentAPIMixin:
@@ -144,6 +152,7 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
             raise FieldError(e.field, e.reason) from None
         if not self.is_admin:
             fields = self.tljh_app.quotas.check_request(fields, body)
+        await refuse_when_disk_full(self.tljh_app)
         async with self.tljh_app.quotas.lock(self.current_user["name"]):
             # counted and stored under one lock: two requests at once cannot
             # both take a user's last free place
@@ -284,6 +293,7 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
             raise envs.FieldError(
                 "password", "this repository is private: give the credentials again to rebuild"
             )
+        await refuse_when_disk_full(self.tljh_app)
         async with self.tljh_app.quotas.lock(self.current_user["name"]):
             if not self.is_admin:
                 await self.tljh_app.quotas.check_usage(self.sessions, env.owner or "")
