@@ -37,7 +37,7 @@ from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
 from .db import session as db_session
-from .handlers import environments, health, homes, logs, openapi, pages, servers
+from .handlers import environments, health, homes, logs, openapi, pages, servers, webhook
 from .handlers.base import NotFoundAPIHandler
 from .homes import Homes
 from .hub import HubClient
@@ -50,6 +50,7 @@ from .limits import (
 )
 from .paths import STATIC, TEMPLATES
 from .quotas import Quotas
+from .refwatch import RefWatcher
 from .secret import SecretFileError, read_secret_file
 
 
@@ -93,6 +94,8 @@ class TljhRepo2Docker(Application):
         "service_prefix": "TljhRepo2Docker.service_prefix",
         "max_body_size": "TljhRepo2Docker.max_body_size",
         "authenticate_prometheus": "TljhRepo2Docker.authenticate_prometheus",
+        "ref_poll_interval": "TljhRepo2Docker.ref_poll_interval",
+        "webhook_rate_limit": "TljhRepo2Docker.webhook_rate_limit",
         "max_concurrent_builds": "BuildManager.max_concurrent_builds",
         "environments_per_user": "Quotas.environments_per_user",
         "builds_per_user": "Quotas.builds_per_user",
@@ -111,7 +114,7 @@ class TljhRepo2Docker(Application):
         ),
     }
 
-    classes = [BuildManager, DockerBuilder, HubClient, Homes, Quotas]
+    classes = [BuildManager, DockerBuilder, HubClient, Homes, Quotas, RefWatcher]
 
     config_file = Unicode(
         "tljh_repo2docker_config.py",
@@ -415,6 +418,36 @@ class TljhRepo2Docker(Application):
         """,
     ).tag(config=True)
 
+    ref_poll_interval = Float(
+        300,
+        help="""
+        Seconds between checks of the refs of environments with
+        ``auto_rebuild`` on: each is asked where its ref is (``git
+        ls-remote``) and rebuilt when that is another commit than the one
+        built (a rebuild that failed is not tried again for the same commit).
+        Each wait varies by a tenth. 0 turns the checks off (webhooks still
+        work). Default: 300 (5 minutes). ``c.RefWatcher`` sets how many
+        checks run at once and their timeout.
+        """,
+    ).tag(config=True)
+
+    @validate("ref_poll_interval")
+    def _validate_ref_poll_interval(self, proposal):
+        if proposal.value < 0:
+            raise TraitError("ref_poll_interval: must be 0 (off) or a number of seconds")
+        return proposal.value
+
+    webhook_rate_limit = Float(
+        30,
+        help="""
+        Calls of an environment's push webhook (``POST
+        api/environments/{uid}/webhook``, the one route open without a hub
+        login) accepted per minute, from one client address and for one
+        environment each, in bursts of up to as many; more get 429 with
+        Retry-After. 0: no limit. Default: 30.
+        """,
+    ).tag(config=True)
+
     tornado_settings = Dict(help="Extra settings for the Tornado application.").tag(config=True)
 
     @default("log_level")
@@ -613,6 +646,9 @@ class TljhRepo2Docker(Application):
     def init_quotas(self):
         self.quotas = Quotas(parent=self)
 
+    def init_ref_watcher(self):
+        self.ref_watcher = RefWatcher(self)
+
     def init_build_manager(self):
         self.build_manager = BuildManager(
             parent=self,
@@ -659,7 +695,7 @@ class TljhRepo2Docker(Application):
 
     def init_webapp(self):
         routes = []
-        for module in (pages, environments, logs, servers, homes, health, openapi):
+        for module in (pages, environments, webhook, logs, servers, homes, health, openapi):
             routes.extend(module.default_handlers)
         handlers = [(url_path_join(self.base_url, path), handler) for path, handler in routes]
         if self.logo_file:
@@ -727,6 +763,7 @@ class TljhRepo2Docker(Application):
         self.init_hub_client()
         self.init_quotas()
         self.init_build_manager()
+        self.init_ref_watcher()
         self.init_webapp()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -747,6 +784,8 @@ class TljhRepo2Docker(Application):
         background = [asyncio.create_task(self.init_parts())]
         if self.secret_problem:
             background.append(asyncio.create_task(self.retry_secret_file()))
+        if self.ref_poll_interval > 0:
+            background.append(asyncio.create_task(self.ref_watcher.run()))
         await stop.wait()
         for task in background:
             task.cancel()
