@@ -22,6 +22,7 @@ import asyncio
 import os
 import random
 import re
+import signal
 import tempfile
 
 from tornado import web
@@ -96,6 +97,15 @@ def should_rebuild(env, remote):
     return True
 
 
+async def _kill(proc):
+    """Stop ``proc`` and its process group, and wait for them."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    await proc.wait()
+
+
 def _last_line(text):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
@@ -151,17 +161,17 @@ class RefWatcher(LoggingConfigurable):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.git_environment(),
+            # its own process group: git's helpers (git-remote-http, ssh)
+            # hold the pipes too, and are stopped with it
+            start_new_session=True,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
         except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+            await _kill(proc)
             raise LsRemoteError(f"git ls-remote took longer than {self.timeout:g}s") from None
         except asyncio.CancelledError:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await _kill(proc)
             raise
         if proc.returncode != 0:
             message = _last_line(err.decode("utf-8", "replace"))
