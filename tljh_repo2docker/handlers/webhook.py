@@ -41,8 +41,10 @@ class WebhookAPIHandler(EnvironmentAPIMixin, APIHandler):
         uid = self.path_args[0] if self.path_args else ""
         wait = max(wait, self.limits("environment").take(uid))
         if wait:
+            # answered here: raising would clear the headers (Retry-After)
+            self.set_status(429)
             self.set_header("Retry-After", str(int(wait) + 1))
-            raise web.HTTPError(429, "Too many webhook calls: try again later")
+            self.finish(json.dumps({"status": 429, "message": "Too many webhook calls: try again later"}))
 
     def limits(self, kind):
         """The token buckets of ``kind`` ("address" or "environment"), one set per service."""
