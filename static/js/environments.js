@@ -170,7 +170,7 @@
         class: `btn btn-sm ${on ? "btn-secondary" : "btn-outline-secondary"}`,
         dataset: { action: "auto-rebuild" },
         "aria-pressed": on ? "true" : "false",
-        "aria-label": `Rebuild ${env.name} when the repository changes`,
+        "aria-label": `${env.name}: rebuild when the repository changes`,
         title: R.autoRebuild.describe(env),
       },
       icon("fa-code-branch"),
