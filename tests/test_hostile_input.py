@@ -273,6 +273,8 @@ UID_ROUTES = [
     ("POST", "api/environments/{}/rebuild"),
     ("POST", "api/environments/{}/cancel"),
     ("GET", "api/environments/{}/logs"),
+    ("PUT", "api/environments/{}/webhook"),
+    ("DELETE", "api/environments/{}/webhook"),
     ("DELETE", "api/servers/{}"),
 ]
 TRAVERSALS = [

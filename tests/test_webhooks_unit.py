@@ -337,3 +337,35 @@ async def test_ls_remote_timeout(watcher):
         watcher.timeout = 1
         with pytest.raises(refwatch.LsRemoteError, match="longer than 1s"):
             await watcher.ls_remote(f"http://127.0.0.1:{listener.getsockname()[1]}/x.git", "HEAD")
+
+
+async def test_what_cannot_be_polled_is_recorded_not_guessed(sqlite_sessions, git_server, git_root):
+    """Private repositories, non-URL specs and commit ids: no ls-remote, no rebuild."""
+    from tljh_repo2docker.app import TljhRepo2Docker
+
+    app = TljhRepo2Docker()
+    app.sessions = sqlite_sessions
+    watcher = refwatch.RefWatcher(app)
+    common = dict(owner="o", image_id="sha256:x", commit=SHA1, auto_rebuild=True)
+    cases = {
+        "private": dict(repo=git_server.url("x"), ref="main", private=True),
+        "spec": dict(repo="owner/repo", ref="main", provider="gh"),
+        "sha": dict(repo=git_server.url("x"), ref=SHA2),
+    }
+    for name, fields in cases.items():
+        await store.create_environment(
+            sqlite_sessions, uid=name, name=name, image_name=f"t/{name}:1", **{**common, **fields}
+        )
+        await store.update_environment(sqlite_sessions, name, status=store.BUILT)
+    assert {e.uid for e in await store.auto_rebuild_environments(sqlite_sessions)} == set(cases)
+    await watcher.check_all()
+    private = await store.get_environment(sqlite_sessions, "private")
+    assert private.remote_error == refwatch.PRIVATE and private.build_number == 1
+    spec = await store.get_environment(sqlite_sessions, "spec")
+    assert spec.remote_error == refwatch.NOT_A_URL and spec.build_number == 1
+    sha = await store.get_environment(sqlite_sessions, "sha")
+    assert sha.remote_error is None and sha.remote_checked is None and sha.build_number == 1
+    # queued or building, or never built: not checked
+    await store.update_environment(sqlite_sessions, "private", status=store.QUEUED)
+    await store.update_environment(sqlite_sessions, "spec", image_id=None)
+    assert {e.uid for e in await store.auto_rebuild_environments(sqlite_sessions)} == {"sha"}

@@ -22,6 +22,7 @@ import asyncio
 import os
 import random
 import re
+import shutil
 import signal
 import tempfile
 
@@ -133,12 +134,14 @@ class RefWatcher(LoggingConfigurable):
     def __init__(self, app, **kwargs):
         super().__init__(parent=app, **kwargs)
         self.app = app
-        # git gets a home of its own: no user configuration, credential
-        # helper or .netrc of the service's user is used for a check.
-        self._home = tempfile.mkdtemp(prefix="tljh-r2d-git-")
+        self._home = None
 
     def git_environment(self):
         """The environment of ``git ls-remote``: no secrets, no prompts."""
+        if self._home is None:
+            # git gets an empty home of its own: no user configuration,
+            # credential helper or .netrc of the service's user is used.
+            self._home = tempfile.mkdtemp(prefix="tljh-r2d-git-")
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": self._home,
@@ -251,15 +254,20 @@ class RefWatcher(LoggingConfigurable):
     async def run(self):
         """Check every ``ref_poll_interval`` seconds, once builds can be queued."""
         await self.app.builds_ready.wait()
-        while True:
-            interval = self.app.ref_poll_interval
-            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
-            try:
-                await self.check_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.log.warning(
-                    "Checking the refs of auto-rebuilt environments failed: %s: %s",
-                    e.__class__.__name__, str(e).splitlines()[0] if str(e) else "",
-                )
+        try:
+            while True:
+                interval = self.app.ref_poll_interval
+                await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+                try:
+                    await self.check_all()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self.log.warning(
+                        "Checking the refs of auto-rebuilt environments failed: %s: %s",
+                        e.__class__.__name__, str(e).splitlines()[0] if str(e) else "",
+                    )
+        finally:
+            if self._home is not None:
+                shutil.rmtree(self._home, ignore_errors=True)
+                self._home = None
