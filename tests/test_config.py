@@ -87,7 +87,9 @@ def test_every_setting_has_help():
     from tljh_repo2docker.homes import Homes
     from tljh_repo2docker.hub import HubClient
 
-    for cls in (TljhRepo2Docker, BuildManager, HubClient, Homes):
+    from tljh_repo2docker.refwatch import RefWatcher
+
+    for cls in (TljhRepo2Docker, BuildManager, HubClient, Homes, RefWatcher):
         for name, trait in cls.class_traits(config=True).items():
             if cls is TljhRepo2Docker and name in TljhRepo2Docker.__base__.class_traits(config=True):
                 continue
@@ -146,7 +148,12 @@ def test_every_setting_is_in_the_readme():
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = []
-    for cls in (TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Homes, Quotas):
+    from tljh_repo2docker.refwatch import RefWatcher
+
+    for cls in (
+        TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Homes, Quotas,
+        RefWatcher,
+    ):
         for name in cls.class_own_traits(config=True):
             label = f"`{name}`" if cls is TljhRepo2Docker else f"{cls.__name__}.{name}"
             if label not in readme:

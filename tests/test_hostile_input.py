@@ -275,6 +275,8 @@ UID_ROUTES = [
     ("GET", "api/environments/{}/logs"),
     ("GET", "api/environments/{}/versions"),
     ("POST", "api/environments/{}/rollback"),
+    ("PUT", "api/environments/{}/webhook"),
+    ("DELETE", "api/environments/{}/webhook"),
     ("DELETE", "api/servers/{}"),
 ]
 TRAVERSALS = [
@@ -437,3 +439,97 @@ async def test_markup_is_data_in_json_and_escaped_in_pages(fuzzer, admin):
         r = await client.get(f"{fuzzer.base_url}/api/environments", headers=fuzzer.headers)
     listed = {e["uid"]: e for e in r.json()["environments"]}
     assert listed[env["uid"]]["name"] == body["name"]
+
+
+# -- the push webhook: the route open without a hub login -----------------------
+
+WEBHOOK_REFUSED = {"status": 403, "message": "Forbidden"}
+
+
+def _assert_webhook_answer(r, where=""):
+    """Refused (403, always the same body) or rate limited (429), never more."""
+    assert r.status_code in (403, 429), (where, r.status_code, r.text[:300])
+    assert "Set-Cookie" not in r.headers, where
+    assert "Location" not in r.headers, where
+    if r.status_code == 403:
+        assert r.json() == WEBHOOK_REFUSED, where
+    else:
+        assert_json_error(r, 429)
+        assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_webhook_traversals_and_bad_bodies_are_refused_alike(fuzzer, sentinel):
+    before = fuzzer.count()
+    for uid in [*TRAVERSALS, sentinel]:
+        for body, _ in BAD_BODIES:
+            r = fuzzer.request(
+                "POST", f"api/environments/{uid}/webhook", data=body,
+                headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64,
+                         # each its own address: the rate limit is tested elsewhere
+                         "X-Forwarded-For": f"10.0.{len(body) % 250}.{abs(hash(uid)) % 250}"},
+            )
+            if r.status_code == 404:
+                # the path was normalised into another route (``..``, ``/``)
+                assert "No API endpoint" in assert_json_error(r, 404)["message"], uid
+                continue
+            # through the proxy all come from one address: 429 once it is spent
+            _assert_webhook_answer(r, uid)
+    for uid in NOT_UTF8:  # the path cannot be decoded: 400 before any check
+        r = fuzzer.request("POST", f"api/environments/{uid}/webhook", direct=True, data=b"{}")
+        assert r.status_code in (400, 403, 429), r.text
+        assert_json_error(r, r.status_code)
+    assert fuzzer.count() == before
+
+
+@pytest.mark.parametrize("size", [2 * 1024 * 1024])
+def test_webhook_huge_body_is_413(fuzzer, sentinel, size):
+    r = fuzzer.request(
+        "POST", f"api/environments/{sentinel}/webhook", data=b"{" + b" " * size + b"}",
+        headers={"X-GitHub-Event": "push", "Content-Type": "application/json"},
+    )
+    assert_json_error(r, 413)
+    assert "Set-Cookie" not in r.headers
+
+
+HEADER_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300
+)
+
+
+def test_generated_webhook_calls_are_refused(fuzzer):
+    """Generated signatures, tokens, events and bodies, sent to the service
+    directly from generated addresses (so that the rate limit does not hide
+    the checks): always the same 403, nothing changed, nothing queued."""
+    before = fuzzer.count()
+
+    @settings(max_examples=min(EXAMPLES, 150), deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(
+        uid=st.one_of(st.just(fuzzer.created[0]), st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)),
+        signature=st.one_of(st.none(), HEADER_TEXT, HEADER_TEXT.map(lambda t: "sha256=" + t)),
+        token=st.one_of(st.none(), HEADER_TEXT),
+        event=st.one_of(st.none(), st.sampled_from(["push", "ping", "Push Hook", "Tag Push Hook"]), HEADER_TEXT),
+        body=st.one_of(st.binary(max_size=2000), st.builds(
+            lambda ref, after: json.dumps({"ref": ref, "after": after}).encode(),
+            st.text(max_size=50), st.text(max_size=50),
+        )),
+        address=st.integers(min_value=1, max_value=2**24),
+    )
+    def run(uid, signature, token, event, body, address):
+        headers = {"X-Forwarded-For": f"10.{address >> 16}.{(address >> 8) & 255}.{address & 255}"}
+        if signature is not None:
+            headers["X-Hub-Signature-256"] = signature
+        if token is not None:
+            headers["X-Gitlab-Token"] = token
+        if event is not None:
+            headers["X-GitHub-Event"] = headers["X-Gitlab-Event"] = event
+        try:
+            r = fuzzer.request(
+                "POST", f"api/environments/{uid}/webhook", direct=True, data=body, headers=headers
+            )
+        except requests.exceptions.InvalidHeader:
+            reject()
+        _assert_webhook_answer(r, (uid, headers))
+
+    run()
+    assert fuzzer.count() == before

@@ -146,7 +146,8 @@ def _environment():
         column: None
         for column in (
             "uid name image_name repo ref provider status memory cpu machine_profile "
-            "node_selector build_args owner commit size error started finished build_number sharing"
+            "node_selector build_args owner commit size error started finished build_number sharing "
+            "auto_rebuild remote_commit remote_checked remote_error webhook_secret_hash"
         ).split()
     }
     fields.update(created=now, node_selector={}, build_args={})

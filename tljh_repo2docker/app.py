@@ -38,7 +38,9 @@ from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
 from .db import session as db_session
 from .disk import Disk, parse_size
-from .handlers import disk, environments, health, homes, logs, openapi, pages, servers, versions
+from .handlers import (
+    disk, environments, health, homes, logs, openapi, pages, servers, versions, webhook,
+)
 from .handlers.base import NotFoundAPIHandler
 from .homes import Homes
 from .hub import HubClient
@@ -51,6 +53,7 @@ from .limits import (
 )
 from .paths import STATIC, TEMPLATES
 from .quotas import Quotas
+from .refwatch import RefWatcher
 from .secret import SecretFileError, read_secret_file
 
 
@@ -97,6 +100,8 @@ class TljhRepo2Docker(Application):
         "min_free_disk": "TljhRepo2Docker.min_free_disk",
         "build_cache_max_age": "TljhRepo2Docker.build_cache_max_age",
         "authenticate_prometheus": "TljhRepo2Docker.authenticate_prometheus",
+        "ref_poll_interval": "TljhRepo2Docker.ref_poll_interval",
+        "webhook_rate_limit": "TljhRepo2Docker.webhook_rate_limit",
         "max_concurrent_builds": "BuildManager.max_concurrent_builds",
         "environments_per_user": "Quotas.environments_per_user",
         "builds_per_user": "Quotas.builds_per_user",
@@ -115,7 +120,7 @@ class TljhRepo2Docker(Application):
         ),
     }
 
-    classes = [BuildManager, DockerBuilder, HubClient, Homes, Quotas]
+    classes = [BuildManager, DockerBuilder, HubClient, Homes, Quotas, RefWatcher]
 
     config_file = Unicode(
         "tljh_repo2docker_config.py",
@@ -463,6 +468,36 @@ class TljhRepo2Docker(Application):
         """,
     ).tag(config=True)
 
+    ref_poll_interval = Float(
+        300,
+        help="""
+        Seconds between checks of the refs of environments with
+        ``auto_rebuild`` on: each is asked where its ref is (``git
+        ls-remote``) and rebuilt when that is another commit than the one
+        built (a rebuild that failed is not tried again for the same commit).
+        Each wait varies by a tenth. 0 turns the checks off (webhooks still
+        work). Default: 300 (5 minutes). ``c.RefWatcher`` sets how many
+        checks run at once and their timeout.
+        """,
+    ).tag(config=True)
+
+    @validate("ref_poll_interval")
+    def _validate_ref_poll_interval(self, proposal):
+        if proposal.value < 0:
+            raise TraitError("ref_poll_interval: must be 0 (off) or a number of seconds")
+        return proposal.value
+
+    webhook_rate_limit = Float(
+        30,
+        help="""
+        Calls of an environment's push webhook (``POST
+        api/environments/{uid}/webhook``, the one route open without a hub
+        login) accepted per minute, from one client address and for one
+        environment each, in bursts of up to as many; more get 429 with
+        Retry-After. 0: no limit. Default: 30.
+        """,
+    ).tag(config=True)
+
     tornado_settings = Dict(help="Extra settings for the Tornado application.").tag(config=True)
 
     @default("log_level")
@@ -661,6 +696,9 @@ class TljhRepo2Docker(Application):
     def init_quotas(self):
         self.quotas = Quotas(parent=self)
 
+    def init_ref_watcher(self):
+        self.ref_watcher = RefWatcher(self)
+
     def init_build_manager(self):
         self.build_manager = BuildManager(
             parent=self,
@@ -709,7 +747,9 @@ class TljhRepo2Docker(Application):
 
     def init_webapp(self):
         routes = []
-        for module in (pages, environments, versions, logs, servers, homes, disk, health, openapi):
+        for module in (
+            pages, environments, versions, webhook, logs, servers, homes, disk, health, openapi,
+        ):
             routes.extend(module.default_handlers)
         handlers = [(url_path_join(self.base_url, path), handler) for path, handler in routes]
         if self.logo_file:
@@ -777,6 +817,7 @@ class TljhRepo2Docker(Application):
         self.init_hub_client()
         self.init_quotas()
         self.init_build_manager()
+        self.init_ref_watcher()
         self.init_webapp()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -797,6 +838,8 @@ class TljhRepo2Docker(Application):
         background = [asyncio.create_task(self.init_parts())]
         if self.secret_problem:
             background.append(asyncio.create_task(self.retry_secret_file()))
+        if self.ref_poll_interval > 0:
+            background.append(asyncio.create_task(self.ref_watcher.run()))
         await stop.wait()
         for task in background:
             task.cancel()

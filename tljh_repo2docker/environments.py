@@ -146,11 +146,29 @@ def parse_credentials(body):
     return username, password
 
 
+PRIVATE_AUTO_REBUILD = (
+    "a private repository cannot be rebuilt by the service on its own: its credentials "
+    "are never stored"
+)
+
+
+def parse_auto_rebuild(body, private=False):
+    """The ``auto_rebuild`` of a request body (False when left out)."""
+    value = body.get("auto_rebuild", False)
+    if value is None:
+        value = False
+    if not isinstance(value, bool):
+        raise FieldError("auto_rebuild", "must be true or false")
+    if value and private:
+        raise FieldError("auto_rebuild", PRIVATE_AUTO_REBUILD)
+    return value
+
+
 def parse_request(body, app, builder):
     """Check a POST api/environments body. Returns (fields, credentials)."""
     known = {
         "repo", "ref", "name", "memory", "cpu", "machine_profile", "node_selector",
-        "buildargs", "build_args", "username", "password", "provider",
+        "buildargs", "build_args", "username", "password", "provider", "auto_rebuild",
         "sharing",  # checked by access.parse_sharing
     }
     unknown = sorted(set(body) - known)
@@ -214,6 +232,7 @@ def parse_request(body, app, builder):
         "node_selector": node_selector,
         "build_args": build_args,
         "private": bool(username or password),
+        "auto_rebuild": parse_auto_rebuild(body, private=bool(username or password)),
         "image_name": f"{app.image_prefix}{slug(name)}:{image_tag(ref)}",
     }
     return fields, (username, password)

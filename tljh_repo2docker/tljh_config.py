@@ -57,8 +57,12 @@ def _service_classes():
     from .builds.manager import BuildManager
     from .hub import HubClient
     from .quotas import Quotas
+    from .refwatch import RefWatcher
 
-    classes = [TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Quotas]
+    classes = [
+        TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Quotas,
+        RefWatcher,
+    ]
     return TljhRepo2Docker, {cls.__name__: cls for cls in classes}
 
 

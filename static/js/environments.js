@@ -147,6 +147,8 @@
       ? [
           button("logs", "Logs", "btn-outline-secondary", "fa-file-lines"),
           button("share", "Share", "btn-outline-secondary", "fa-share-nodes"),
+          autoRebuildButton(env),
+          button("webhook", "Webhook", "btn-outline-secondary", "fa-bolt"),
           active
             ? button("cancel", "Cancel", "btn-outline-secondary", "fa-stop")
             : button("rebuild", "Rebuild", "btn-outline-primary", "fa-rotate"),
@@ -159,6 +161,24 @@
       "td",
       { class: "env-actions" },
       el("div", { class: "d-flex flex-wrap gap-1 justify-content-end" }, ...buttons)
+    );
+  }
+
+  /** The toggle of "rebuild when the repository changes" (autorebuild.js). */
+  function autoRebuildButton(env) {
+    const on = Boolean(env.auto_rebuild);
+    return el(
+      "button",
+      {
+        type: "button",
+        class: `btn btn-sm ${on ? "btn-secondary" : "btn-outline-secondary"}`,
+        dataset: { action: "auto-rebuild" },
+        "aria-pressed": on ? "true" : "false",
+        "aria-label": `${env.name}: rebuild when the repository changes`,
+        title: R.autoRebuild.describe(env),
+      },
+      icon("fa-code-branch"),
+      el("span", { class: "ms-1" }, "Auto-rebuild")
     );
   }
 
@@ -261,6 +281,8 @@
       rebuild: () => rebuild(env, button),
       cancel: () => cancel(env, button),
       share: () => openShareDialog(env, button),
+      "auto-rebuild": () => R.autoRebuild.toggle(env, button, upsert, showPageError),
+      webhook: () => R.autoRebuild.openWebhook(env, rowControl(env.uid, "webhook"), upsert),
       remove: () => remove(env, button),
       "copy-link": () => copyLaunchLink(env, button),
       history: () =>
@@ -450,6 +472,7 @@
     }
     if (form.elements.password && form.elements.password.value) body.password = form.elements.password.value;
     if (value("buildargs")) body.buildargs = form.elements.buildargs.value;
+    if (form.elements.auto_rebuild && form.elements.auto_rebuild.checked) body.auto_rebuild = true;
     const selectors = {};
     for (const select of form.querySelectorAll("select.node-selector")) {
       if (select.value) selectors[select.dataset.key] = select.value;

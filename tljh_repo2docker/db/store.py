@@ -133,6 +133,7 @@ def as_dict(env: Environment, *, position=None, admin=True):
         "commit": env.commit,
         "owner": env.owner,
         "sharing": normalise_sharing(env.sharing),
+        "auto_rebuild": bool(env.auto_rebuild),
     }
     if admin:
         model.update(
@@ -141,6 +142,12 @@ def as_dict(env: Environment, *, position=None, admin=True):
                 "error": env.error,
                 "position": position,
                 "build_number": env.build_number,
+                # what the ref poller last saw (refwatch.py); the webhook's
+                # secret and its hash are never shown
+                "remote_commit": env.remote_commit,
+                "remote_checked": _iso(env.remote_checked),
+                "remote_error": env.remote_error,
+                "webhook": env.webhook_secret_hash is not None,
             }
         )
     return model
@@ -298,11 +305,14 @@ async def delete_environment(sessions, uid) -> None:
 
 
 @_uncancellable
-async def start_rebuild(sessions, uid, *, requested_by=None, reason="request") -> Environment | None:
+async def start_rebuild(
+    sessions, uid, *, requested_by=None, reason="request", fields=None
+) -> Environment | None:
     """Queue an environment again and clear its previous log, in one transaction.
 
     ``requested_by`` (a user name, None for the service itself) and
-    ``reason`` ("request", "poll", "webhook") go into the version it makes.
+    ``reason`` ("request", "poll", "webhook") go into the version it makes;
+    ``fields``: more columns to write in the same transaction.
     """
     async with sessions() as session:
         env = await session.scalar(select(Environment).where(Environment.uid == uid))
@@ -319,9 +329,28 @@ async def start_rebuild(sessions, uid, *, requested_by=None, reason="request") -
         env.source_cursor = None
         env.requested_by = requested_by
         env.build_reason = reason
+        for name, value in (fields or {}).items():
+            setattr(env, name, value)
         await session.commit()
     _changed(sessions, uid)
     return env
+
+
+@_uncancellable
+async def auto_rebuild_environments(sessions) -> list[Environment]:
+    """Environments to check for a moved ref (refwatch.py): auto_rebuild on,
+    built at least once, and not queued or building."""
+    query = (
+        select(Environment)
+        .where(
+            Environment.auto_rebuild.is_(True),
+            Environment.image_id.is_not(None),
+            Environment.status.not_in(IN_PROGRESS),
+        )
+        .order_by(Environment.id)
+    )
+    async with sessions() as session:
+        return list((await session.scalars(query)).all())
 
 
 @_uncancellable

@@ -1,5 +1,8 @@
 """JSON API of environments: list, add, show, share, rebuild, cancel, delete.
 
+(Rebuilds are queued by rebuilds.py, the one path shared with the ref
+poller and the webhook; ``build_request`` is re-exported from there.)
+
 Who may do what is :mod:`tljh_repo2docker.access`: an environment that a
 user may not see is answered 404, one they see but do not manage 403.
 """
@@ -8,36 +11,12 @@ from tornado import web
 
 from .. import environments as envs
 from ..access import EVERYONE, PRIVATE, Access, SharingError, parse_sharing
-from ..builds.base import BuildError, BuildRequest
+from ..builds.base import BuildError
 from ..db import store
-from ..disk import Disk
 from ..environment_list import EnvironmentList
 from ..hub import HubError
+from ..rebuilds import build_request, queue_rebuild, refuse_when_disk_full
 from .base import APIHandler, FieldError, admin_only, builders_only
-
-
-def build_request(env, credentials=(None, None), image_prefix=""):
-    """What the build backend needs to build ``env``; ``image_prefix`` (the
-    service's) goes into the image's labels, marking it as this hub's."""
-    username, password = credentials
-    return BuildRequest(
-        uid=env.uid,
-        repo=env.repo,
-        ref=env.ref,
-        image_name=env.image_name,
-        labels=envs.image_labels(env, image_prefix),
-        build_args=dict(env.build_args or {}),
-        provider=env.provider,
-        username=username,
-        password=password,
-    )
-
-
-async def refuse_when_disk_full(app):
-    """507 when the engine's disk has less free space than min_free_disk."""
-    reason = await Disk.for_app(app).refusal()
-    if reason:
-        raise web.HTTPError(507, reason)
 
 
 class EnvironmentAPIMixin:
@@ -247,24 +226,41 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
 
     @web.authenticated
     async def patch(self, uid):
-        """Change who the environment is shared with: ``{"sharing": {...}}``."""
+        """Change who the environment is shared with (``{"sharing": {...}}``)
+        and whether it is rebuilt when its ref moves (``{"auto_rebuild": bool}``)."""
         body = self.get_json_body()
-        unknown = sorted(set(body) - {"sharing"})
+        changeable = {"sharing", "auto_rebuild"}
+        unknown = sorted(set(body) - changeable)
         if unknown:
-            raise FieldError(unknown[0], "is not a field that can be changed (only sharing)")
-        if "sharing" not in body:
-            raise FieldError("sharing", "is required")
+            raise FieldError(
+                unknown[0], "is not a field that can be changed (only sharing and auto_rebuild)"
+            )
+        if not body:
+            raise FieldError("sharing", "give sharing or auto_rebuild")
         env = await self.get_env(uid, manage=True)
-        try:
-            sharing = parse_sharing(body["sharing"], env.sharing)
-        except SharingError as e:
-            raise FieldError(e.field, e.reason) from None
-        await store.update_environment(self.sessions, env.uid, sharing=sharing)
-        self.log.info(
-            "%s changed the sharing of environment %s: everyone=%s, %d users, %d groups",
-            self.current_user["name"], env.uid, sharing["everyone"],
-            len(sharing["users"]), len(sharing["groups"]),
-        )
+        changes = {}
+        if "auto_rebuild" in body:
+            changes["auto_rebuild"] = envs.parse_auto_rebuild(body, private=env.private)
+        if "sharing" in body:
+            try:
+                changes["sharing"] = parse_sharing(body["sharing"], env.sharing)
+            except SharingError as e:
+                raise FieldError(e.field, e.reason) from None
+        if changes.get("auto_rebuild") is False:
+            changes["remote_error"] = None
+        await store.update_environment(self.sessions, env.uid, **changes)
+        sharing = changes.get("sharing")
+        if sharing is not None:
+            self.log.info(
+                "%s changed the sharing of environment %s: everyone=%s, %d users, %d groups",
+                self.current_user["name"], env.uid, sharing["everyone"],
+                len(sharing["users"]), len(sharing["groups"]),
+            )
+        if "auto_rebuild" in changes:
+            self.log.info(
+                "%s turned auto-rebuild of environment %s %s", self.current_user["name"],
+                env.uid, "on" if changes["auto_rebuild"] else "off",
+            )
         self.write_json(self.model(await self.get_env(uid)))
 
     @web.authenticated
@@ -288,20 +284,10 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
         if self.builds.is_active(env.uid):
             raise web.HTTPError(409, "The environment is already queued or building")
         body = self.get_json_body()
-        username, password = envs.parse_credentials(body)
-        if env.private and not password:
-            raise envs.FieldError(
-                "password", "this repository is private: give the credentials again to rebuild"
-            )
-        await refuse_when_disk_full(self.tljh_app)
-        async with self.tljh_app.quotas.lock(self.current_user["name"]):
-            if not self.is_admin:
-                await self.tljh_app.quotas.check_usage(self.sessions, env.owner or "")
-            env = await store.start_rebuild(
-                self.sessions, env.uid, requested_by=self.current_user["name"]
-            )
-        await self.builds.submit(
-            env, build_request(env, (username, password), self.tljh_app.image_prefix)
+        credentials = envs.parse_credentials(body)
+        env = await queue_rebuild(
+            self.tljh_app, env, requested_by=self.current_user["name"],
+            credentials=credentials, check_quota=not self.is_admin,
         )
         self.write_json(self.model(env), status=202)
 

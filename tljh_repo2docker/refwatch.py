@@ -1,0 +1,273 @@
+"""Rebuilding environments whose ref moved: the ref poller.
+
+Every ``TljhRepo2Docker.ref_poll_interval`` seconds (give or take a tenth,
+so that many hubs do not ask one git host at once), each environment with
+``auto_rebuild`` on, built at least once and not queued or building, has
+its repository asked where its ref is (``git ls-remote``, a few at a time).
+What it saw is recorded (``remote_commit``, ``remote_checked``,
+``remote_error``); when the ref is at another commit than the one built,
+a rebuild is queued (reason "poll") through rebuilds.py, like a user's.
+
+Never in a loop: a rebuild that failed (or was cancelled) for a commit is
+not tried again until the ref moves on to another one; ``remote_commit``
+remembers the commit acted on.
+
+What is not polled: a ref that is a full commit id (it never moves);
+private repositories (their credentials are never stored: the poller has
+none, and refuses to guess); repositories that are not git URLs (BinderHub's
+short specs such as ``gh`` ones).
+"""
+
+import asyncio
+import os
+import random
+import re
+import shutil
+import signal
+import tempfile
+
+from tornado import web
+from traitlets import Float, Integer
+from traitlets.config import LoggingConfigurable
+
+from . import rebuilds
+from .db import store
+from .webhooks import is_full_sha
+
+PRIVATE = (
+    "not checked: the repository is private and its credentials are never stored; "
+    "rebuild it by hand with the credentials"
+)
+NOT_A_URL = "not checked: only repositories given as git URLs can be checked"
+#: Protocols git may use for a check: never ext:: or other helpers that run commands.
+ALLOWED_PROTOCOLS = "http:https:git:ssh:file"
+MAX_OUTPUT = 1024 * 1024
+_ABBREVIATED = re.compile(r"^[0-9a-fA-F]{7,39}$")
+
+
+class LsRemoteError(Exception):
+    """``git ls-remote`` did not answer where the ref is; the message says why (for owners)."""
+
+
+def patterns(ref):
+    """The ref names ``git ls-remote`` is asked for, for the environment's ``ref``."""
+    if ref == "HEAD":
+        return ["HEAD"]
+    if ref.startswith("refs/"):
+        return [ref, f"{ref}^{{}}"]
+    return [f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"]
+
+
+def resolve(output, ref):
+    """The commit ``ref`` is at in ``git ls-remote`` output, or None if it is not there.
+
+    A branch wins over a tag of the same name (as ``git checkout`` does);
+    an annotated tag is the commit it points to (its ``^{}`` line).
+    """
+    found = {}
+    for line in output.splitlines():
+        sha, _, name = line.partition("\t")
+        if sha and name:
+            found[name.strip()] = sha.strip().lower()
+    if ref == "HEAD":
+        return found.get("HEAD")
+    names = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+    for name in names:
+        if f"{name}^{{}}" in found:
+            return found[f"{name}^{{}}"]
+        if name in found:
+            return found[name]
+    return None
+
+
+def same_commit(a, b):
+    """Whether two commit ids (either may be abbreviated) name the same commit."""
+    if not a or not b:
+        return False
+    a, b = a.lower(), b.lower()
+    return a.startswith(b) or b.startswith(a)
+
+
+def should_rebuild(env, remote):
+    """Whether ``env`` should be rebuilt now that its ref is at ``remote``."""
+    built = env.commit or env.remote_commit
+    if not remote or not built or same_commit(remote, built):
+        return False
+    if env.status in (store.FAILED, store.CANCELLED) and same_commit(remote, env.remote_commit):
+        return False  # already tried for this commit: wait until the ref moves on
+    return True
+
+
+async def _kill(proc):
+    """Stop ``proc`` and its process group, and wait for them."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    await proc.wait()
+
+
+def _last_line(text):
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+class RefWatcher(LoggingConfigurable):
+    """Checks the refs of auto-rebuilt environments and rebuilds the moved ones."""
+
+    concurrency = Integer(
+        4,
+        help="""
+        How many repositories are checked (``git ls-remote``) at once.
+        Default: 4.
+        """,
+    ).tag(config=True)
+
+    timeout = Float(
+        30,
+        help="""
+        Seconds one ``git ls-remote`` may take before it is stopped and the
+        check recorded as failed. Default: 30.
+        """,
+    ).tag(config=True)
+
+    def __init__(self, app, **kwargs):
+        super().__init__(parent=app, **kwargs)
+        self.app = app
+        self._home = None
+
+    def git_environment(self):
+        """The environment of ``git ls-remote``: no secrets, no prompts."""
+        if self._home is None:
+            # git gets an empty home of its own: no user configuration,
+            # credential helper or .netrc of the service's user is used.
+            self._home = tempfile.mkdtemp(prefix="tljh-r2d-git-")
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": self._home,
+            "LANG": "C",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "/bin/false",
+            "SSH_ASKPASS": "/bin/false",
+            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
+        }
+
+    async def ls_remote(self, repo, ref):
+        """The commit ``ref`` of ``repo`` is at (None for an abbreviated commit
+        id, which no ref is named); LsRemoteError when git cannot say."""
+        proc = await asyncio.create_subprocess_exec(
+            "git", "ls-remote", "--", repo, *patterns(ref),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.git_environment(),
+            # its own process group: git's helpers (git-remote-http, ssh)
+            # hold the pipes too, and are stopped with it
+            start_new_session=True,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except asyncio.TimeoutError:
+            await _kill(proc)
+            raise LsRemoteError(f"git ls-remote took longer than {self.timeout:g}s") from None
+        except asyncio.CancelledError:
+            await _kill(proc)
+            raise
+        if proc.returncode != 0:
+            message = _last_line(err.decode("utf-8", "replace"))
+            if "terminal prompts disabled" in message or "Authentication failed" in message:
+                message = "the repository asks for credentials (it is private?)"
+            raise LsRemoteError(f"git ls-remote failed: {message or proc.returncode}")
+        commit = resolve(out[:MAX_OUTPUT].decode("utf-8", "replace"), ref)
+        if commit is None and _ABBREVIATED.match(ref):
+            return None  # an abbreviated commit id: it never moves either
+        if commit is None:
+            raise LsRemoteError(f"the repository has no branch or tag {ref!r}")
+        return commit
+
+    def pollable(self, env):
+        """Why ``env`` cannot be checked (None when it can)."""
+        if env.private:
+            return PRIVATE
+        if env.provider != "git" and "://" not in env.repo:
+            return NOT_A_URL
+        return None
+
+    async def check(self, env):
+        """Check one environment; queue its rebuild when its ref moved."""
+        if is_full_sha(env.ref):
+            return  # a commit id never moves
+        sessions = self.app.sessions
+        problem = self.pollable(env)
+        if problem:
+            if env.remote_error != problem:
+                await store.update_environment(
+                    sessions, env.uid, remote_error=problem, remote_checked=store.now()
+                )
+            return
+        try:
+            remote = await self.ls_remote(env.repo, env.ref)
+        except LsRemoteError as e:
+            self.log.info("Checking the ref of %s: %s", env.uid, e)
+            await store.update_environment(
+                sessions, env.uid, remote_error=str(e), remote_checked=store.now()
+            )
+            return
+        if remote is None:
+            return
+        seen = {"remote_commit": remote, "remote_checked": store.now(), "remote_error": None}
+        if not should_rebuild(env, remote):
+            await store.update_environment(sessions, env.uid, **seen)
+            return
+        self.log.info(
+            "The ref %s of %s moved to %s: rebuilding", env.ref, env.uid, remote[:12]
+        )
+        try:
+            await rebuilds.queue_rebuild(self.app, env, reason=rebuilds.POLL, fields=seen)
+        except rebuilds.AlreadyBuilding:
+            pass  # someone was quicker: that build takes the new commit
+        except web.HTTPError as e:
+            # a quota (try again at the next check) or the environment is gone
+            seen["remote_error"] = f"the rebuild for {remote[:12]} was refused: {e.log_message}"
+            self.log.info("Auto-rebuild of %s refused: %s", env.uid, e.log_message)
+            await store.update_environment(sessions, env.uid, **seen)
+
+    async def check_all(self):
+        """One round: every environment to check, ``concurrency`` at a time."""
+        limit = asyncio.Semaphore(max(1, self.concurrency))
+
+        async def one(env):
+            async with limit:
+                try:
+                    await self.check(env)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.log.exception("Checking the ref of %s failed", env.uid)
+
+        envs = await store.auto_rebuild_environments(self.app.sessions)
+        await asyncio.gather(*(one(env) for env in envs))
+
+    async def run(self):
+        """Check every ``ref_poll_interval`` seconds, once builds can be queued."""
+        await self.app.builds_ready.wait()
+        try:
+            while True:
+                interval = self.app.ref_poll_interval
+                await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+                try:
+                    await self.check_all()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self.log.warning(
+                        "Checking the refs of auto-rebuilt environments failed: %s: %s",
+                        e.__class__.__name__, str(e).splitlines()[0] if str(e) else "",
+                    )
+        finally:
+            if self._home is not None:
+                shutil.rmtree(self._home, ignore_errors=True)
+                self._home = None
