@@ -174,6 +174,13 @@ async def test_a_push_alone_rebuilds(admin, git_server, git_root):
     assert env["status"] == "built", env
     assert env["commit"] == second != first
     assert env["remote_commit"] == second
+    # The poll's build is a version of its own, recorded as the poll's.
+    r = await admin.api("GET", f"api/environments/{env_uid}/versions")
+    versions = r.json()["versions"]
+    assert [(v["commit"], v["reason"], v["current"]) for v in versions] == [
+        (second, "poll", True), (first, "request", False)
+    ], versions
+    assert versions[0]["built_by"] is None
     await asyncio.sleep(4 * POLL)
     assert (await admin.get_env(env_uid))["build_number"] == 2  # built: nothing more to do
 
@@ -297,6 +304,10 @@ async def test_webhook(admin, alice, anonymous, hub, git_server, git_root):
     assert r.status_code == 202 and r.json() == {"queued": True}, r.text
     env = await wait_build(admin, uid, 3)
     assert env["status"] == "built" and env["commit"] == third, env
+    r = await admin.api("GET", f"api/environments/{uid}/versions")
+    assert [(v["commit"], v["reason"]) for v in r.json()["versions"][:2]] == [
+        (third, "webhook"), (second, "webhook")
+    ], r.text
 
     # The secret is never shown again, nor logged.
     for r in (await admin.api("GET", f"api/environments/{uid}"), await admin.api("GET", "api/environments")):
