@@ -386,15 +386,18 @@ class DockerBuilder(Builder):
             self.log.error("Build %s: %s", uid, e.log_message)
             yield BuildEvent(FAILED, e.message)
             return
+        request.mark("repo2docker image checked")
 
         container = None
         error = None
         staging = self._staging_name(uid)
         try:
             container = await self._create_container(request, staging)
+            request.mark("container created")
             if credentials is not None:
                 await container.put_archive(CREDENTIALS_DIR, _credentials_tar(credentials))
             await container.start()
+            request.mark("container started")
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
             error = e
         except BaseException:
@@ -416,7 +419,9 @@ class DockerBuilder(Builder):
             request.repo,
             request.ref,
         )
-        follow = self._follow(container, uid, request.image_name, staging, _LogReader(), secrets)
+        follow = self._follow(
+            container, uid, request.image_name, staging, _LogReader(), secrets, request.mark
+        )
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield event
@@ -452,16 +457,6 @@ class DockerBuilder(Builder):
 
     async def _create_container(self, request, staging):
         name = self._container_name(request.uid)
-        try:
-            stale = await self.docker.containers.get(name)
-        except aiodocker.DockerError as e:
-            if e.status != 404:
-                raise
-        else:
-            # Left from an earlier build of this uid that nobody follows any
-            # more (the manager never runs two builds of one uid at once).
-            self.log.warning("Removing the leftover build container %s", name)
-            await stale.delete(force=True)
         config = {
             "Image": self.repo2docker_image,
             "Cmd": _with_hook(self._command(request, staging)),
@@ -476,6 +471,17 @@ class DockerBuilder(Builder):
             "OpenStdin": False,
             "HostConfig": self._host_config(),
         }
+        try:
+            return await self.docker.containers.create(config, name=name)
+        except aiodocker.DockerError as e:
+            if e.status != 409:
+                raise
+        # The name is taken by a container left from an earlier build of this
+        # uid that nobody follows any more (the manager never runs two builds
+        # of one uid at once). Asked only then: one request less per build.
+        self.log.warning("Removing the leftover build container %s", name)
+        stale = await self.docker.containers.get(name)
+        await stale.delete(force=True)
         return await self.docker.containers.create(config, name=name)
 
     def attach(self, uid, skip_lines, cursor=None):
@@ -513,7 +519,7 @@ class DockerBuilder(Builder):
             async for event in events:
                 yield event
 
-    async def _follow(self, container, uid, image_name, staging, reader, secrets):
+    async def _follow(self, container, uid, image_name, staging, reader, secrets, mark=None):
         """Yield a started container's log lines, then the final event.
 
         repo2docker builds ``staging``; a successful build is then tagged
@@ -539,8 +545,10 @@ class DockerBuilder(Builder):
         answer again and looks at the container: one that still runs is
         followed further, without repeating lines; one that the restart
         stopped fails the build with a reason naming the engine, and is
-        removed like any other.
+        removed like any other. ``mark(point)``, when given, notes the moments
+        of the build's steps (see :class:`~.base.Timeline`).
         """
+        mark = mark or (lambda point: None)
         started = time.monotonic()
         commit = None
         ref = None
@@ -586,7 +594,9 @@ class DockerBuilder(Builder):
                                 line = take(line)
                                 if new:
                                     yield BuildEvent(LOG, line, cursor=cursor)
+                    mark("container log ended")
                     code = (await container.wait()).get("StatusCode")
+                    mark("container exited")
                     # The container has ended, so its log has: output it
                     # left without a line end is its last line. (aiodocker
                     # also ends the stream when the connection breaks; then
@@ -643,7 +653,7 @@ class DockerBuilder(Builder):
                 # Even if the build got to its end: cancel() removes its image.
                 final = BuildEvent(CANCELLED, "Build cancelled")
             elif code == 0:
-                final = await self._publish(staging, image_name, commit, uid)
+                final = await self._publish(staging, image_name, commit, uid, mark)
             elif lost is not None:
                 final = BuildEvent(
                     FAILED,
@@ -692,7 +702,7 @@ class DockerBuilder(Builder):
                 return False
             await asyncio.sleep(1)
 
-    async def _publish(self, staging, image_name, commit, uid=None):
+    async def _publish(self, staging, image_name, commit, uid=None, mark=None):
         """Give the image built as ``staging`` its real name; the final event.
 
         A build re-attached after it ended (the service was killed before it
@@ -714,7 +724,11 @@ class DockerBuilder(Builder):
                 return BuildEvent(FAILED, f"Cannot name the built image: {_describe(e)}")
             except (aiohttp.ClientError, OSError) as e:
                 return BuildEvent(FAILED, f"Cannot name the built image: {_describe(e)}")
+            if mark is not None:
+                mark("image named")
             await self._untag(staging)
+            if mark is not None:
+                mark("staging name removed")
         return await self._built_event(image_name, commit)
 
     async def _made_by(self, image_name, uid):
