@@ -188,3 +188,35 @@ async def test_gzip_and_etags_are_per_user_and_kept_within_the_bounds(sqlite_ses
     assert list(listing.bodies) == [ann, Viewer("carol")] and bob not in listing.gzipped
     assert set(listing.gzipped) <= set(listing.bodies)
     assert listing.kept_bytes == accounted()
+
+
+async def test_ping_fresh_for_asks_the_database_at_most_that_often(sqlite_sessions, monkeypatch):
+    import time
+
+    asked = []
+
+    def counting():
+        asked.append(1)
+        return sqlite_sessions()
+
+    await store.ping(counting, fresh_for=60)
+    await store.ping(counting, fresh_for=60)
+    assert len(asked) == 1  # answered a moment ago: not asked again
+    await store.ping(counting)
+    assert len(asked) == 2  # a health check always asks
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 61)
+    await store.ping(counting, fresh_for=60)
+    assert len(asked) == 3  # the last answer is too old
+
+
+async def test_ping_of_a_lost_database_raises_once_the_answer_is_old(tmp_path):
+    import pytest
+
+    from tljh_repo2docker.db.errors import database_unavailable
+    from tljh_repo2docker.db.session import make_engine, make_sessionmaker
+
+    sessions = make_sessionmaker(make_engine(f"sqlite:///{tmp_path / 'missing' / 'db.sqlite'}"))
+    with pytest.raises(Exception) as raised:
+        await store.ping(sessions, fresh_for=60)  # never answered: asked, and fails
+    assert database_unavailable(raised.value)

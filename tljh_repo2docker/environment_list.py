@@ -111,7 +111,7 @@ class EnvironmentList:
                     pieces.append(entry.admin_piece(positions.get(uid)))
                 elif entry.built and entry.access.allows(viewer):
                     pieces.append(entry.user)
-        body = b'{"environments": [' + b", ".join(pieces) + b"]}"
+        body = _joined(pieces)
         self._forget(cache_key)
         self.bodies[cache_key] = (key, body)
         self.kept_bytes += len(body)
@@ -196,6 +196,17 @@ class EnvironmentList:
             elif removed:
                 self.order = [uid for uid in self.order if uid in self.entries]
         self.version = current
+
+
+def _joined(pieces):
+    """``{"environments": [<pieces>]}``, changing the list ``pieces``: one
+    copy of the pieces (with 10,000 environments each copy of the 6 MiB
+    answer costs milliseconds)."""
+    if not pieces:
+        return b'{"environments": []}'
+    pieces[0] = b'{"environments": [' + pieces[0]
+    pieces[-1] = pieces[-1] + b"]}"
+    return b", ".join(pieces)
 
 
 def _viewer(viewer, admin):

@@ -378,11 +378,12 @@ class BuildManager(LoggingConfigurable):
         Only stored events are yielded (see the module's docstring); events
         with id None are markers ("lines omitted") or notices for live clients.
         """
-        log = self._logs.get(uid)
-        if log is None or log.done:
-            for event in await self._stored(uid, after):
+        ended = await self.ended_log(uid, after)
+        if ended is not None:
+            for event in ended:
                 yield event
             return
+        log = self._logs[uid]
         queue = asyncio.Queue()
         log.subscribers.add(queue)
         try:
@@ -419,6 +420,15 @@ class BuildManager(LoggingConfigurable):
                     return
         finally:
             log.subscribers.discard(queue)
+
+    async def ended_log(self, uid, after=0):
+        """The stored events after ``after`` of an environment whose build is
+        not running in this process (all that :meth:`subscribe` would yield),
+        or None while it runs (then only :meth:`subscribe` follows it)."""
+        log = self._logs.get(uid)
+        if log is None or log.done:
+            return await self._stored(uid, after)
+        return None
 
     async def _stored(self, uid, after):
         events = await store.read_log(self.sessions, uid, after)
