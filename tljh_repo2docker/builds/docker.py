@@ -268,6 +268,10 @@ class DockerBuilder(Builder):
         # Uids stopped through cancel(), to tell a cancel from a vanished or
         # failed build; bounded, as nobody may follow a cancelled build.
         self._cancelled = collections.OrderedDict()
+        # The repo2docker image last found on the engine: not asked again
+        # before each build (a request less); a create that finds it gone
+        # asks again (see build).
+        self._repo2docker_found = None
         # Uids seen by the last running(); attach() answers None for others.
         self._known_builds = None
 
@@ -391,20 +395,31 @@ class DockerBuilder(Builder):
         container = None
         error = None
         staging = self._staging_name(uid)
-        try:
-            container = await self._create_container(request, staging)
-            request.mark("container created")
-            if credentials is not None:
-                await container.put_archive(CREDENTIALS_DIR, _credentials_tar(credentials))
-            await container.start()
-            request.mark("container started")
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
-            error = e
-        except BaseException:
-            # Cancelled while setting up: a container that never started is of
-            # no use to anyone (it may exist even if create() did not return).
-            await _shielded(self._discard(uid))
-            raise
+        for attempt in (1, 2):
+            try:
+                container = await self._start_container(request, staging, credentials)
+            except _Repo2DockerGone as e:
+                if attempt == 2:  # gone again at once: a plain failure
+                    error = e.__cause__
+                    break
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+                error = e
+                break
+            except BaseException:
+                # Cancelled while setting up: a container that never started is of
+                # no use to anyone (it may exist even if create() did not return).
+                await _shielded(self._discard(uid))
+                raise
+            else:
+                break
+            # Gone since it was last found: check again (a pull, or a clear failure).
+            try:
+                async for event in self._ensure_repo2docker_image():
+                    yield event
+            except BuildError as e:
+                self.log.error("Build %s: %s", uid, e.log_message)
+                yield BuildEvent(FAILED, e.message)
+                return
         if error is not None:
             self.log.error("Build %s: could not start the build container: %s", uid, error)
             await self._discard(uid)
@@ -429,8 +444,11 @@ class DockerBuilder(Builder):
     async def _ensure_repo2docker_image(self):
         """Make sure the repo2docker image is there; yields status events while pulling."""
         image = self.repo2docker_image
+        if self._repo2docker_found == image:
+            return
         try:
             await self.docker.images.inspect(image)
+            self._repo2docker_found = image
             return
         except aiodocker.DockerError as e:
             if e.status != 404:
@@ -449,11 +467,29 @@ class DockerBuilder(Builder):
         try:
             await self.docker.images.pull(image)
             await self.docker.images.inspect(image)
+            self._repo2docker_found = image
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
             raise BuildError(
                 f"The repo2docker image {image} is not present on the Docker engine "
                 f"and pulling it failed: {_describe(e)}"
             ) from e
+
+    async def _start_container(self, request, staging, credentials):
+        """Create and start the build container; _Repo2DockerGone when the
+        create finds no repo2docker image although it was found before."""
+        try:
+            container = await self._create_container(request, staging)
+        except aiodocker.DockerError as e:
+            if e.status != 404 or self._repo2docker_found is None:
+                raise
+            self._repo2docker_found = None
+            raise _Repo2DockerGone() from e
+        request.mark("container created")
+        if credentials is not None:
+            await container.put_archive(CREDENTIALS_DIR, _credentials_tar(credentials))
+        await container.start()
+        request.mark("container started")
+        return container
 
     async def _create_container(self, request, staging):
         name = self._container_name(request.uid)
@@ -586,16 +622,22 @@ class DockerBuilder(Builder):
                         reader = reader.again()
                         tail.clear()
                         lost = None
-                    async with contextlib.aclosing(
-                        container.log(stdout=True, stderr=True, follow=True, timestamps=True)
-                    ) as chunks:
-                        async for chunk in chunks:
-                            for line, new, cursor in reader.feed(chunk):
-                                line = take(line)
-                                if new:
-                                    yield BuildEvent(LOG, line, cursor=cursor)
-                    mark("container log ended")
-                    code = (await container.wait()).get("StatusCode")
+                    # Asked for while the log is followed: its answer is
+                    # there when the log ends (a request less after the exit).
+                    waiter = asyncio.ensure_future(container.wait())
+                    try:
+                        async with contextlib.aclosing(
+                            container.log(stdout=True, stderr=True, follow=True, timestamps=True)
+                        ) as chunks:
+                            async for chunk in chunks:
+                                for line, new, cursor in reader.feed(chunk):
+                                    line = take(line)
+                                    if new:
+                                        yield BuildEvent(LOG, line, cursor=cursor)
+                        mark("container log ended")
+                        code = (await waiter).get("StatusCode")
+                    finally:
+                        _forget(waiter)
                     mark("container exited")
                     # The container has ended, so its log has: output it
                     # left without a line end is its last line. (aiodocker
@@ -1287,6 +1329,18 @@ def _split_reference(image_name):
     if not sep or "/" in tag:
         return image_name, "latest"
     return repository, tag
+
+
+def _forget(task):
+    """Stop ``task`` if it still runs; an error it ended with is no one's business."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
+class _Repo2DockerGone(Exception):
+    """The repo2docker image, found before, is no longer on the engine."""
 
 
 def _with_hook(cmd):
