@@ -54,6 +54,21 @@ def build_containers(uid):
     return result.stdout.split()
 
 
+def build_containers_gone(uid, timeout=10):
+    """Whether the build containers of ``uid`` are gone, waiting up to ``timeout`` s.
+
+    The service sends a build's final event first and removes its container
+    right after (Docker takes 20-100 ms to remove one), so a client that
+    looks at once may still find it.
+    """
+    deadline = time.monotonic() + timeout
+    while build_containers(uid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def images_of(uid):
     """Ids of every image labelled as built for ``uid`` (staging names included)."""
     result = docker("images", "-q", "--no-trunc", "--filter", f"label=tljh_repo2docker.uid={uid}")
@@ -163,7 +178,7 @@ def assert_db_and_docker_agree(hub):
     assert not stuck, f"environments still in progress: {stuck}"
     problems = []
     for uid, env in envs.items():
-        if build_containers(uid):
+        if not build_containers_gone(uid):
             problems.append(f"{env['name']}: build container left: {build_containers(uid)}")
         wanted = [env["image_id"]] if env["image_id"] else []
         if images_of(uid) != wanted:

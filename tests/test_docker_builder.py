@@ -571,3 +571,34 @@ def test_command_line_holds_no_credentials():
     env = builder._environment(request)
     assert not any("topsecret" in item for item in cmd + env)
     assert "GIT_TERMINAL_PROMPT=0" in env
+
+
+@pytest.mark.docker
+async def test_repo2docker_image_removed_after_a_build_is_checked_again(builder, made):
+    """The image is looked up once, not before every build; a build that finds
+    it gone since then fails as clearly as one that never had it."""
+    import aiodocker
+
+    own = f"tljh-repo2docker-test/r2d-removed:{uuid.uuid4().hex[:8]}"
+    docker = aiodocker.Docker()
+    try:
+        await docker.images.tag(R2D_IMAGE, own.split(":")[0], tag=own.split(":")[1])
+        tagged = make_builder(repo2docker_image=own, pull_repo2docker_image=False)
+        try:
+            request = new_request(made, "http://127.0.0.1:9/x.git")
+            first = await collect(tagged.build(request))
+            assert first[-1].phase == FAILED and own not in first[-1].message  # the clone failed
+            assert tagged._repo2docker_found == own
+            await docker.images.delete(own)
+            second = await collect(tagged.build(new_request(made, "http://127.0.0.1:9/x.git")))
+            assert [e.phase for e in second] == [FAILED]
+            assert own in second[0].message and "not present" in second[0].message
+            assert await build_containers(builder, request.uid) == []
+        finally:
+            await tagged.close()
+    finally:
+        try:
+            await docker.images.delete(own)
+        except aiodocker.DockerError:
+            pass
+        await docker.close()

@@ -98,3 +98,125 @@ async def test_a_list_nothing_changed_is_not_read_again(sqlite_sessions, monkeyp
     monkeypatch.setattr(store, "list_environments", no_reads)
     monkeypatch.setattr(store, "environments_by_uid", no_reads)
     assert await listing.body({}, True) is first
+
+
+async def test_gzip_answer_is_the_plain_one_compressed_and_etags_follow_writes(sqlite_sessions):
+    import asyncio
+    import gzip
+
+    sessions = sqlite_sessions
+    for n in range(5):
+        await add(sessions, n)
+    listing = EnvironmentList(sessions)
+    # Not compressed yet: None (the caller sends the plain answer), then ready.
+    assert await listing.gzip_body({}, True) is None
+    for _ in range(100):
+        compressed = await listing.gzip_body({}, True)
+        if compressed is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert gzip.decompress(compressed) == await listing.body({}, True)
+    await listing.body({}, False)
+    plain_tag, gzip_tag = listing.etag(True), listing.etag(True, gzipped=True)
+    assert plain_tag != gzip_tag and plain_tag != listing.etag(False)
+    await listing.body({}, True)
+    assert listing.etag(True) == plain_tag  # nothing changed
+    await add(sessions, 99)
+    await listing.body({}, True)
+    assert listing.etag(True) != plain_tag
+    # A new process counts versions from 0 again: its tags differ.
+    again = EnvironmentList(sessions)
+    await again.body({}, True)
+    assert again.etag(True) != listing.etag(True)
+    # The compressed answer of an older version is never handed out.
+    assert await listing.gzip_body({}, True) is None
+
+
+def test_accept_encoding():
+    from tljh_repo2docker.handlers.environments import _accepts_gzip
+
+    assert _accepts_gzip("gzip, deflate, br")
+    assert _accepts_gzip("deflate, gzip;q=0.5") and _accepts_gzip("*")
+    assert not _accepts_gzip("") and not _accepts_gzip("identity") and not _accepts_gzip("br")
+    assert not _accepts_gzip("gzip;q=0")
+
+
+async def test_gzip_and_etags_are_per_user_and_kept_within_the_bounds(sqlite_sessions):
+    import asyncio
+    import gzip
+
+    from tljh_repo2docker.access import Viewer
+
+    sessions = sqlite_sessions
+    for n, (owner, sharing) in enumerate(
+        [("ann", {"everyone": False, "users": [], "groups": []}), ("bob", None), ("ann", None)]
+    ):
+        await store.create_environment(
+            sessions, uid=f"u{n}", name=f"u{n}", image_name=f"p/u{n}:1", repo="r", ref="HEAD",
+            owner=owner, sharing=sharing,
+        )
+        await store.update_environment(sessions, f"u{n}", status=store.BUILT, image_id="sha256:x")
+    listing = EnvironmentList(sessions)
+    ann, bob = Viewer("ann"), Viewer("bob")
+
+    async def compressed(viewer):
+        for _ in range(200):
+            data = await listing.gzip_body({}, viewer)
+            if data is not None:
+                return data
+            await asyncio.sleep(0.01)
+        raise AssertionError("never compressed")
+
+    for viewer in (ann, bob, True):
+        assert gzip.decompress(await compressed(viewer)) == await listing.body({}, viewer)
+    await listing.body({}, False)
+    assert len({listing.etag(v) for v in (ann, bob, True, False)}) == 4
+    assert listing.etag(ann, gzipped=True) != listing.etag(ann)
+    # bob does not see ann's private u0, in either encoding
+    assert b'"u0"' not in gzip.decompress(await compressed(bob))
+    assert b'"u0"' in gzip.decompress(await compressed(ann))
+
+    def accounted():
+        return sum(len(b) for _, b in listing.bodies.values()) + sum(
+            len(b) for _, b in listing.gzipped.values()
+        )
+
+    assert listing.kept_bytes == accounted()
+    # Bounded: the answers (plain and compressed) of who asked longest ago go first.
+    listing.KEPT_BODIES = 2
+    await listing.body({}, Viewer("carol"))
+    assert list(listing.bodies) == [ann, Viewer("carol")] and bob not in listing.gzipped
+    assert set(listing.gzipped) <= set(listing.bodies)
+    assert listing.kept_bytes == accounted()
+
+
+async def test_ping_fresh_for_asks_the_database_at_most_that_often(sqlite_sessions, monkeypatch):
+    import time
+
+    asked = []
+
+    def counting():
+        asked.append(1)
+        return sqlite_sessions()
+
+    await store.ping(counting, fresh_for=60)
+    await store.ping(counting, fresh_for=60)
+    assert len(asked) == 1  # answered a moment ago: not asked again
+    await store.ping(counting)
+    assert len(asked) == 2  # a health check always asks
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 61)
+    await store.ping(counting, fresh_for=60)
+    assert len(asked) == 3  # the last answer is too old
+
+
+async def test_ping_of_a_lost_database_raises_once_the_answer_is_old(tmp_path):
+    import pytest
+
+    from tljh_repo2docker.db.errors import database_unavailable
+    from tljh_repo2docker.db.session import make_engine, make_sessionmaker
+
+    sessions = make_sessionmaker(make_engine(f"sqlite:///{tmp_path / 'missing' / 'db.sqlite'}"))
+    with pytest.raises(Exception) as raised:
+        await store.ping(sessions, fresh_for=60)  # never answered: asked, and fails
+    assert database_unavailable(raised.value)

@@ -32,6 +32,7 @@ from tests.utils import sse_read
 from tests.buildutils import (
     FINAL,
     build_containers,
+    build_containers_gone,
     docker,
     dockerfile,
     image_info,
@@ -206,7 +207,7 @@ async def test_environment_life_on_a_database_server(hub, admin, db, repo, git_r
         assert row.status == "built" and row.image_id == image["Id"] and row.size == image["Size"]
         assert row.last_event_id == events[-1][0] and row.owner == "admin"
         assert await log_line_count(db, row.id) == len(events)
-        assert images_of(uid) == [image["Id"]] and build_containers(uid) == []
+        assert images_of(uid) == [image["Id"]] and build_containers_gone(uid)
     finally:
         r = await admin.delete_env(uid)
     assert r.status_code == 204, r.text
@@ -215,7 +216,7 @@ async def test_environment_life_on_a_database_server(hub, admin, db, repo, git_r
     assert await store.get_environment(db, uid) is None
     assert await log_line_count(db, row.id) == 0
     assert image_info(env["image_name"]) is None and image_info(image["Id"]) is None
-    assert images_of(uid) == [] and build_containers(uid) == []
+    assert images_of(uid) == [] and build_containers_gone(uid)
 
 
 async def test_two_builds_log_at_once(admin, db, repo):

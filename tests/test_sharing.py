@@ -358,3 +358,34 @@ async def test_owner_cannot_delete_what_another_users_server_runs(callers, share
         assert (await owner.get_env(shared_env["uid"]))["status"] == "built"
     finally:
         await friend.api("DELETE", "api/servers/sh-uses", params={"remove": "true"})
+
+
+async def test_list_revalidation_and_gzip_are_per_user(callers, shared_env):
+    """An Etag or a compressed answer is one user's: it never gives another user's list."""
+    uid = shared_env["uid"]
+    answers = {}
+    for who in ("sh-friend", "sh-stranger"):
+        user = callers[who]
+        plain = await user.api("GET", "api/environments", headers={"Accept-Encoding": "identity"})
+        assert plain.status_code == 200 and "content-encoding" not in plain.headers
+        for _ in range(100):  # compressed in the background: plain until it is ready
+            r = await user.api("GET", "api/environments", headers={"Accept-Encoding": "gzip"})
+            if r.headers.get("content-encoding") == "gzip":
+                break
+            await asyncio.sleep(0.05)
+        assert r.headers.get("content-encoding") == "gzip"
+        assert r.json() == plain.json() and r.headers["etag"] != plain.headers["etag"]
+        again = await user.api(
+            "GET", "api/environments",
+            headers={"Accept-Encoding": "identity", "If-None-Match": plain.headers["etag"]},
+        )
+        assert again.status_code == 304 and again.content == b""
+        answers[who] = plain
+    assert uid in {e["uid"] for e in answers["sh-friend"].json()["environments"]}
+    # the friend's tag, sent by the stranger: a full answer of the stranger's own list
+    r = await callers["sh-stranger"].api(
+        "GET", "api/environments",
+        headers={"Accept-Encoding": "identity", "If-None-Match": answers["sh-friend"].headers["etag"]},
+    )
+    assert r.status_code == 200, r.text
+    assert uid not in {e["uid"] for e in r.json()["environments"]}

@@ -6,6 +6,7 @@ log fan-out to SSE clients, persistence, recovery after a restart) lives once,
 in :mod:`tljh_repo2docker.builds.manager`, and is the same for every backend.
 """
 
+import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -57,10 +58,39 @@ class BuildRequest:
     #: forgotten: never logged, stored, labelled or put on a command line.
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    #: Where the time of this build goes (see :class:`Timeline`); a backend
+    #: marks its own steps in it. Not part of what is built.
+    timeline: "Timeline | None" = field(default=None, repr=False, compare=False)
 
     @property
     def has_credentials(self):
         return bool(self.username or self.password)
+
+    def mark(self, point):
+        if self.timeline is not None:
+            self.timeline.mark(point)
+
+
+class Timeline:
+    """Moments of one build, for a debug line that says where its time goes.
+
+    ``mark("container started")`` notes the time of a point (the first time
+    only: a point reached again, like a database write retried, keeps its
+    first moment). :meth:`summary` gives ``"submitted +0.0 ms, ..."``.
+    """
+
+    def __init__(self, first="submitted"):
+        self.points = [(first, time.perf_counter())]
+        self._seen = {first}
+
+    def mark(self, point):
+        if point not in self._seen:
+            self._seen.add(point)
+            self.points.append((point, time.perf_counter()))
+
+    def summary(self):
+        start = self.points[0][1]
+        return ", ".join(f"{name} +{(at - start) * 1000:.1f} ms" for name, at in self.points)
 
 
 class BuildError(Exception):

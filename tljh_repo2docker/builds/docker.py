@@ -270,6 +270,10 @@ class DockerBuilder(Builder):
         # Uids stopped through cancel(), to tell a cancel from a vanished or
         # failed build; bounded, as nobody may follow a cancelled build.
         self._cancelled = collections.OrderedDict()
+        # The repo2docker image last found on the engine: not asked again
+        # before each build (a request less); a create that finds it gone
+        # asks again (see build).
+        self._repo2docker_found = None
         # Uids seen by the last running(); attach() answers None for others.
         self._known_builds = None
         # Where the engine keeps its data (``info``'s DockerRootDir), once known.
@@ -390,22 +394,36 @@ class DockerBuilder(Builder):
             self.log.error("Build %s: %s", uid, e.log_message)
             yield BuildEvent(FAILED, e.message)
             return
+        request.mark("repo2docker image checked")
 
         container = None
         error = None
         staging = self._staging_name(uid)
-        try:
-            container = await self._create_container(request, staging)
-            if credentials is not None:
-                await container.put_archive(CREDENTIALS_DIR, _credentials_tar(credentials))
-            await container.start()
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
-            error = e
-        except BaseException:
-            # Cancelled while setting up: a container that never started is of
-            # no use to anyone (it may exist even if create() did not return).
-            await _shielded(self._discard(uid))
-            raise
+        for attempt in (1, 2):
+            try:
+                container = await self._start_container(request, staging, credentials)
+            except _Repo2DockerGone as e:
+                if attempt == 2:  # gone again at once: a plain failure
+                    error = e.__cause__
+                    break
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
+                error = e
+                break
+            except BaseException:
+                # Cancelled while setting up: a container that never started is of
+                # no use to anyone (it may exist even if create() did not return).
+                await _shielded(self._discard(uid))
+                raise
+            else:
+                break
+            # Gone since it was last found: check again (a pull, or a clear failure).
+            try:
+                async for event in self._ensure_repo2docker_image():
+                    yield event
+            except BuildError as e:
+                self.log.error("Build %s: %s", uid, e.log_message)
+                yield BuildEvent(FAILED, e.message)
+                return
         if error is not None:
             self.log.error("Build %s: could not start the build container: %s", uid, error)
             await self._discard(uid)
@@ -420,7 +438,9 @@ class DockerBuilder(Builder):
             request.repo,
             request.ref,
         )
-        follow = self._follow(container, uid, request.image_name, staging, _LogReader(), secrets)
+        follow = self._follow(
+            container, uid, request.image_name, staging, _LogReader(), secrets, request.mark
+        )
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield event
@@ -428,8 +448,11 @@ class DockerBuilder(Builder):
     async def _ensure_repo2docker_image(self):
         """Make sure the repo2docker image is there; yields status events while pulling."""
         image = self.repo2docker_image
+        if self._repo2docker_found == image:
+            return
         try:
             await self.docker.images.inspect(image)
+            self._repo2docker_found = image
             return
         except aiodocker.DockerError as e:
             if e.status != 404:
@@ -448,24 +471,32 @@ class DockerBuilder(Builder):
         try:
             await self.docker.images.pull(image)
             await self.docker.images.inspect(image)
+            self._repo2docker_found = image
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
             raise BuildError(
                 f"The repo2docker image {image} is not present on the Docker engine "
                 f"and pulling it failed: {_describe(e)}"
             ) from e
 
+    async def _start_container(self, request, staging, credentials):
+        """Create and start the build container; _Repo2DockerGone when the
+        create finds no repo2docker image although it was found before."""
+        try:
+            container = await self._create_container(request, staging)
+        except aiodocker.DockerError as e:
+            if e.status != 404 or self._repo2docker_found is None:
+                raise
+            self._repo2docker_found = None
+            raise _Repo2DockerGone() from e
+        request.mark("container created")
+        if credentials is not None:
+            await container.put_archive(CREDENTIALS_DIR, _credentials_tar(credentials))
+        await container.start()
+        request.mark("container started")
+        return container
+
     async def _create_container(self, request, staging):
         name = self._container_name(request.uid)
-        try:
-            stale = await self.docker.containers.get(name)
-        except aiodocker.DockerError as e:
-            if e.status != 404:
-                raise
-        else:
-            # Left from an earlier build of this uid that nobody follows any
-            # more (the manager never runs two builds of one uid at once).
-            self.log.warning("Removing the leftover build container %s", name)
-            await stale.delete(force=True)
         config = {
             "Image": self.repo2docker_image,
             "Cmd": _with_hook(self._command(request, staging)),
@@ -480,6 +511,17 @@ class DockerBuilder(Builder):
             "OpenStdin": False,
             "HostConfig": self._host_config(),
         }
+        try:
+            return await self.docker.containers.create(config, name=name)
+        except aiodocker.DockerError as e:
+            if e.status != 409:
+                raise
+        # The name is taken by a container left from an earlier build of this
+        # uid that nobody follows any more (the manager never runs two builds
+        # of one uid at once). Asked only then: one request less per build.
+        self.log.warning("Removing the leftover build container %s", name)
+        stale = await self.docker.containers.get(name)
+        await stale.delete(force=True)
         return await self.docker.containers.create(config, name=name)
 
     def attach(self, uid, skip_lines, cursor=None):
@@ -517,7 +559,7 @@ class DockerBuilder(Builder):
             async for event in events:
                 yield event
 
-    async def _follow(self, container, uid, image_name, staging, reader, secrets):
+    async def _follow(self, container, uid, image_name, staging, reader, secrets, mark=None):
         """Yield a started container's log lines, then the final event.
 
         repo2docker builds ``staging``; a successful build is then tagged
@@ -543,8 +585,10 @@ class DockerBuilder(Builder):
         answer again and looks at the container: one that still runs is
         followed further, without repeating lines; one that the restart
         stopped fails the build with a reason naming the engine, and is
-        removed like any other.
+        removed like any other. ``mark(point)``, when given, notes the moments
+        of the build's steps (see :class:`~.base.Timeline`).
         """
+        mark = mark or (lambda point: None)
         started = time.monotonic()
         commit = None
         ref = None
@@ -582,15 +626,23 @@ class DockerBuilder(Builder):
                         reader = reader.again()
                         tail.clear()
                         lost = None
-                    async with contextlib.aclosing(
-                        container.log(stdout=True, stderr=True, follow=True, timestamps=True)
-                    ) as chunks:
-                        async for chunk in chunks:
-                            for line, new, cursor in reader.feed(chunk):
-                                line = take(line)
-                                if new:
-                                    yield BuildEvent(LOG, line, cursor=cursor)
-                    code = (await container.wait()).get("StatusCode")
+                    # Asked for while the log is followed: its answer is
+                    # there when the log ends (a request less after the exit).
+                    waiter = asyncio.ensure_future(container.wait())
+                    try:
+                        async with contextlib.aclosing(
+                            container.log(stdout=True, stderr=True, follow=True, timestamps=True)
+                        ) as chunks:
+                            async for chunk in chunks:
+                                for line, new, cursor in reader.feed(chunk):
+                                    line = take(line)
+                                    if new:
+                                        yield BuildEvent(LOG, line, cursor=cursor)
+                        mark("container log ended")
+                        code = (await waiter).get("StatusCode")
+                    finally:
+                        _forget(waiter)
+                    mark("container exited")
                     # The container has ended, so its log has: output it
                     # left without a line end is its last line. (aiodocker
                     # also ends the stream when the connection breaks; then
@@ -647,7 +699,7 @@ class DockerBuilder(Builder):
                 # Even if the build got to its end: cancel() removes its image.
                 final = BuildEvent(CANCELLED, "Build cancelled")
             elif code == 0:
-                final = await self._publish(staging, image_name, commit, uid)
+                final = await self._publish(staging, image_name, commit, uid, mark)
             elif lost is not None:
                 final = BuildEvent(
                     FAILED,
@@ -696,7 +748,7 @@ class DockerBuilder(Builder):
                 return False
             await asyncio.sleep(1)
 
-    async def _publish(self, staging, image_name, commit, uid=None):
+    async def _publish(self, staging, image_name, commit, uid=None, mark=None):
         """Give the image built as ``staging`` its real name; the final event.
 
         A build re-attached after it ended (the service was killed before it
@@ -718,7 +770,11 @@ class DockerBuilder(Builder):
                 return BuildEvent(FAILED, f"Cannot name the built image: {_describe(e)}")
             except (aiohttp.ClientError, OSError) as e:
                 return BuildEvent(FAILED, f"Cannot name the built image: {_describe(e)}")
+            if mark is not None:
+                mark("image named")
             await self._untag(staging)
+            if mark is not None:
+                mark("staging name removed")
         return await self._built_event(image_name, commit)
 
     async def _made_by(self, image_name, uid):
@@ -1381,6 +1437,18 @@ def _split_reference(image_name):
     if not sep or "/" in tag:
         return image_name, "latest"
     return repository, tag
+
+
+def _forget(task):
+    """Stop ``task`` if it still runs; an error it ended with is no one's business."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
+class _Repo2DockerGone(Exception):
+    """The repo2docker image, found before, is no longer on the engine."""
 
 
 def _with_hook(cmd):

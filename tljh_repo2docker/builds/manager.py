@@ -35,7 +35,17 @@ from traitlets.config import LoggingConfigurable
 from ..db import store
 from ..db.errors import database_unavailable
 from .adoption import adopt_images
-from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildEvent, BuildRequest
+from .base import (
+    BUILT,
+    CANCELLED,
+    FAILED,
+    LOG,
+    STATUS,
+    Builder,
+    BuildEvent,
+    BuildRequest,
+    Timeline,
+)
 
 
 class BuildLog:
@@ -333,6 +343,11 @@ class BuildManager(LoggingConfigurable):
         # uid -> (stored log lines, whether complete), for re-submitted builds
         self._replays = {}
         self._closing = False
+        # uid -> Timeline of a build submitted by this process (debug log).
+        self._timelines = {}
+        # uid -> asyncio.Task removing what the backend holds of an ended
+        # build (its container), after its final event was sent.
+        self._releasing = {}
 
     # -- what handlers ask -------------------------------------------------
 
@@ -363,6 +378,7 @@ class BuildManager(LoggingConfigurable):
 
     async def submit(self, env, request: BuildRequest):
         """Queue a build of ``env`` (already stored with status queued)."""
+        request.timeline = self._timelines[env.uid] = Timeline()
         log = self._open_log(env.uid, env.last_event_id + 1)
         if len(self._owners) > 1000:
             self._owners = {uid: o for uid, o in self._owners.items() if self.is_active(uid)}
@@ -370,8 +386,10 @@ class BuildManager(LoggingConfigurable):
         self._queue[env.uid] = request
         position = len(self._queue)
         log.add(STATUS, f"queued (position {position})")
-        self._ensure_flusher(env.uid)
+        # A build that starts at once writes its "queued" with its start
+        # (see _run): its task runs before the flusher's.
         self._pump()
+        self._ensure_flusher(env.uid)
 
     async def cancel(self, uid):
         """Cancel a queued or running build. Returns True if there was one."""
@@ -397,11 +415,12 @@ class BuildManager(LoggingConfigurable):
         Only stored events are yielded (see the module's docstring); events
         with id None are markers ("lines omitted") or notices for live clients.
         """
-        log = self._logs.get(uid)
-        if log is None or log.done:
-            for event in await self._stored(uid, after):
+        ended = await self.ended_log(uid, after)
+        if ended is not None:
+            for event in ended:
                 yield event
             return
+        log = self._logs[uid]
         queue = asyncio.Queue()
         log.subscribers.add(queue)
         try:
@@ -438,6 +457,15 @@ class BuildManager(LoggingConfigurable):
                     return
         finally:
             log.subscribers.discard(queue)
+
+    async def ended_log(self, uid, after=0):
+        """The stored events after ``after`` of an environment whose build is
+        not running in this process (all that :meth:`subscribe` would yield),
+        or None while it runs (then only :meth:`subscribe` follows it)."""
+        log = self._logs.get(uid)
+        if log is None or log.done:
+            return await self._stored(uid, after)
+        return None
 
     async def _stored(self, uid, after):
         events = await store.read_log(self.sessions, uid, after)
@@ -476,9 +504,15 @@ class BuildManager(LoggingConfigurable):
         """Start queued builds while there is room."""
         if self._closing:
             return
-        while self._queue and len(self._running) < self.max_concurrent_builds:
+        # A build whose container is still being removed keeps its place:
+        # never more than max_concurrent_builds build containers at once.
+        while (
+            self._queue
+            and len(self._running) + len(self._releasing) < self.max_concurrent_builds
+        ):
             uid = self._next_queued()
             request = self._queue.pop(uid)
+            request.mark("left the queue")
             self._starts += 1
             self._last_start[self._owners.get(uid)] = self._starts
             events = self.builder.build(request)
@@ -491,6 +525,11 @@ class BuildManager(LoggingConfigurable):
             if self.on_started is not None:
                 self.on_started(uid)
 
+    def _mark(self, uid, point):
+        timeline = self._timelines.get(uid)
+        if timeline is not None:
+            timeline.mark(point)
+
     async def _run(self, uid, events, resumed=False):
         started = time.monotonic()
         log = self._logs[uid]
@@ -500,15 +539,20 @@ class BuildManager(LoggingConfigurable):
         reported = None
         try:
             if not resumed:
+                # The previous build of this environment may still be letting go.
+                await self._released(uid)
+                # With the events that wait (its "queued"), in one transaction
+                # and under the log's lock: two writers at once would make
+                # SQLite's second one sleep until the first is done.
+                fields = {"status": store.BUILDING, "started": store.now()}
                 await self._until_stored(
-                    f"the start of build {uid}",
-                    lambda: store.update_environment(
-                        self.sessions, uid, status=store.BUILDING, started=store.now()
-                    ),
+                    f"the start of build {uid}", lambda: self._flush(uid, fields)
                 )
+                self._mark(uid, "building stored")
                 log.add(STATUS, "building")
             async for event in events:
                 if event.phase == LOG:
+                    self._mark(uid, "first log line")
                     log.source_lines += 1
                     if event.cursor is not None:
                         log.source_cursor = event.cursor
@@ -516,6 +560,7 @@ class BuildManager(LoggingConfigurable):
                 elif event.phase == STATUS:
                     log.add(STATUS, event.message)
                 elif event.final:
+                    self._mark(uid, "backend's result")
                     final = reported = event
                     break
             if final is None:
@@ -544,6 +589,9 @@ class BuildManager(LoggingConfigurable):
             # Let the backend run to its end: the Docker backend removes the
             # build container only now, so that a kill before the result is
             # stored still finds it, re-attaches and reports the same result.
+            # It runs after the final event is sent (removing a container
+            # takes Docker 20-100 ms that nobody needs to wait for); a new
+            # build of the same environment waits for it (_released).
             try:
                 await asyncio.wait_for(_drain(events), 60)
             except Exception as e:
@@ -571,6 +619,31 @@ class BuildManager(LoggingConfigurable):
         if not task.cancelled() and task.exception() is not None:
             self.log.error("After a build: %r", task.exception())
 
+    async def _released(self, uid):
+        """Wait until the backend let go of the previous build of ``uid``, if it still holds it."""
+        task = self._releasing.get(uid)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def _release_later(self, uid, release):
+        # This build's timeline: a new build of the same uid may start meanwhile.
+        timeline = self._timelines.pop(uid, None)
+
+        async def run():
+            try:
+                await release()
+                if timeline is not None:
+                    timeline.mark("backend released")
+            finally:
+                if self._releasing.get(uid) is task:
+                    del self._releasing[uid]
+                if timeline is not None:
+                    self.log.debug("Build %s timeline: %s", uid, timeline.summary())
+                self._pump()
+
+        task = self._releasing[uid] = asyncio.ensure_future(run())
+        return task
+
     async def _close_events(self, events):
         """Stop following a backend's events (never while shutting down: the build goes on)."""
         closer = getattr(events, "aclose", None)
@@ -584,8 +657,9 @@ class BuildManager(LoggingConfigurable):
         """Record the final state of a build, then tell subscribers.
 
         Waits for the database when it is unavailable: the result is written
-        once it is back, never dropped. ``release()``, when given, runs once
-        the result is stored and before subscribers hear of it.
+        once it is back, never dropped. ``release()``, when given, starts
+        once the result is stored and subscribers were sent the final event,
+        and goes on in the background (see :meth:`_released`).
         """
         result = f"the result of build {uid}"
         env = await self._until_stored(result, lambda: store.get_environment(self.sessions, uid))
@@ -630,10 +704,13 @@ class BuildManager(LoggingConfigurable):
                 result,
                 lambda: store.update_environment(self.sessions, uid, version=version, **fields),
             )
-        if release is not None:
-            await release()
+        self._mark(uid, "result stored")
         if log is not None:
             log.publish(stored)
+            self._mark(uid, "final event sent")
+        if release is not None:
+            # Runs from the next turn of the loop, after subscribers had the end.
+            self._release_later(uid, release)
         if log is not None:
             log.done = True
         flusher = self._flushers.pop(uid, None)
@@ -641,6 +718,10 @@ class BuildManager(LoggingConfigurable):
             flusher.cancel()
         self._logs.pop(uid, None)
         self.log.info("Build %s finished: %s", uid, event.phase)
+        if release is None:
+            timeline = self._timelines.pop(uid, None)
+            if timeline is not None:
+                self.log.debug("Build %s timeline: %s", uid, timeline.summary())
 
     async def _new_version(self, env, event, fields):
         """The fields of the Version a successful build makes (stored with its result)."""
@@ -865,6 +946,10 @@ class BuildManager(LoggingConfigurable):
     async def close(self):
         """Stop following builds without cancelling them, so a restart re-attaches."""
         self._closing = True
+        # Ended builds: let their containers go (a restart would remove them too).
+        releasing = list(self._releasing.values())
+        if releasing:
+            await asyncio.wait(releasing, timeout=30)
         tasks = [*self._running.values(), *self._flushers.values(), *self._hooks]
         for task in tasks:
             task.cancel()

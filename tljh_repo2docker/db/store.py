@@ -7,6 +7,7 @@ session, so no session outlives one call.
 import asyncio
 import collections
 import functools
+import time
 from datetime import datetime, timezone
 
 from sqlalchemy import Integer, delete, func, select, text, update
@@ -266,11 +267,24 @@ async def owner_usage(sessions, owner) -> tuple[int, int, int]:
     return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0)
 
 
+_answered = {}  # sessions -> time.monotonic() of the last ping that answered
+
+
 @_uncancellable
-async def ping(sessions) -> None:
-    """A trivial query: raises if the database cannot be used (for health checks)."""
+async def ping(sessions, fresh_for=0.0) -> None:
+    """A trivial query: raises if the database cannot be used (for health checks).
+
+    ``fresh_for`` (seconds): skip the query when a ping answered less than
+    that long ago (a busy list answers from memory: one query per second, not
+    per request, says whether the database still answers).
+    """
+    if fresh_for > 0:
+        answered = _answered.get(sessions)
+        if answered is not None and time.monotonic() - answered < fresh_for:
+            return
     async with sessions() as session:
         await session.execute(text("SELECT 1"))
+    _answered[sessions] = time.monotonic()
 
 
 @_uncancellable
@@ -393,7 +407,10 @@ async def append_log(
         await session.execute(update(Environment).where(Environment.id == env_id).values(**values))
         if version is not None:
             session.add(Version(environment_id=env_id, **version))
-        if head and tail:
+        # Event ids of an environment start at 1 and never repeat, so a log
+        # whose last id is within head + tail holds no more lines than that:
+        # no need to count them (one query less per write of a short log).
+        if head and tail and events[-1][0] > head + tail:
             await _prune_log(session, env_id, head, tail)
         await session.commit()
     if fields:

@@ -18,6 +18,10 @@ from ..hub import HubError
 from ..rebuilds import build_request, queue_rebuild, refuse_when_disk_full
 from .base import APIHandler, FieldError, admin_only, builders_only
 
+#: A list answered from memory checks that the database still answers at
+#: most this often (seconds): a database lost shows as 503 within that time.
+LIST_PING_SECONDS = 1.0
+
 
 class EnvironmentAPIMixin:
     async def get_env(self, uid, manage=False):
@@ -110,11 +114,28 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
         if listing is None:
             listing = self.settings["environment_list"] = EnvironmentList(self.sessions)
         version = listing.version
-        body = await listing.body(self.builds.positions(), self.viewer)
+        positions = self.builds.positions()
+        body = None
+        if _accepts_gzip(self.request.headers.get("Accept-Encoding", "")):
+            # None until compressed (see environment_list): then plain.
+            body = await listing.gzip_body(positions, self.viewer)
+        gzipped = body is not None
+        if gzipped:
+            self.set_header("Content-Encoding", "gzip")
+        else:
+            body = await listing.body(positions, self.viewer)
+        self.set_header("Vary", "Accept-Encoding")
+        self.set_header("Etag", listing.etag(self.viewer, gzipped))
         if version == listing.version:
             # Nothing was read: the answer holds only while the database
-            # answers, so when it does not, say so (503) as a read would.
-            await store.ping(self.sessions)
+            # answers, so when it does not, say so (503) as a read would
+            # (asked at most once per LIST_PING_SECONDS: under load, that
+            # query was most of what a list cost beyond the proxy's part).
+            await store.ping(self.sessions, fresh_for=LIST_PING_SECONDS)
+        if self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return
         self.set_status(200)
         self.finish(body)
 
@@ -268,6 +289,16 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
         await self.delete_environment(await self.get_env(uid, manage=True))
         self.set_status(204)
         self.finish()
+
+
+def _accepts_gzip(header):
+    """Whether an ``Accept-Encoding`` header takes gzip (``gzip;q=0`` refuses it)."""
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            quality = params.strip().lower()
+            return not quality.startswith("q=") or quality[2:].strip() not in ("0", "0.0", "0.00", "0.000")
+    return False
 
 
 def _uses(server, env):

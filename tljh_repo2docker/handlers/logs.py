@@ -27,12 +27,16 @@ class EventStreamHandler(APIHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         super().write_error(status_code, **kwargs)
 
-    async def send_event(self, data, event_id=None):
+    def write_event(self, data, event_id=None):
+        """Add one event to what the next flush sends."""
         lines = []
         if event_id is not None:
             lines.append(f"id: {event_id}")
         lines.append(f"data: {json.dumps(data)}")
         self.write("\n".join(lines) + "\n\n")
+
+    async def send_event(self, data, event_id=None):
+        self.write_event(data, event_id)
         await self.flush()
 
     async def keepalive(self):
@@ -64,6 +68,14 @@ class LogsAPIHandler(EventStreamHandler):
             after = max(int(last), 0)
         except ValueError:
             raise web.HTTPError(400, "Last-Event-ID must be a number") from None
+        ended = await self.builds.ended_log(uid, after)
+        if ended is not None:
+            # A finished build's log: all of it at once (one write through
+            # the proxy instead of one per event).
+            for event_id, phase, message in ended:
+                self.write_event({"phase": phase, "message": message}, event_id)
+            self.finish()
+            return
         keepalive = asyncio.ensure_future(self.keepalive())
         self._stream_task = asyncio.current_task()
         try:
