@@ -198,3 +198,33 @@ async def test_versions_of_the_upgrade_get_their_own_tag(sqlite_sessions, builde
         assert tagged["Id"] == image["Id"]
     finally:
         docker("rmi", f"{name}--v3", check=False)
+
+
+async def test_a_current_version_whose_tag_was_never_made_gets_it(sqlite_sessions, builder, images):
+    """The manager tags a version only once its build's result is stored: a
+    service killed in between leaves the version without its tag. The next
+    start makes it, before a rebuild could move the environment's name."""
+    tag = token()
+    name = f"adopt-{tag}/lost:main"
+    uid = f"u-lost-{tag}"
+    image = images(name, ours(uid, f"lost-{tag}", f"adopt-{tag}/"))
+    await store.create_environment(
+        sqlite_sessions, uid=uid, name=f"lost-{tag}", image_name=name,
+        repo="https://example.org/r", ref="main", node_selector={}, build_args={},
+    )
+    await store.update_environment(
+        sqlite_sessions, uid, status=store.BUILT, image_id=image["Id"], build_number=2
+    )
+    await store.add_version(
+        sqlite_sessions, uid, number=2, image_name=builder.version_name(name, 2),
+        image_id=image["Id"], built_at=store.now(), reason="request",
+    )
+    assert f"{name}--v2" not in await builder.image_references()
+    try:
+        await adopt_images(sqlite_sessions, builder, f"adopt-{tag}/")
+        tagged = json.loads(docker("image", "inspect", f"{name}--v2").stdout)[0]
+        assert tagged["Id"] == image["Id"]
+        (version,) = await store.list_versions(sqlite_sessions, uid)
+        assert version.image_name == f"{name}--v2"
+    finally:
+        docker("rmi", f"{name}--v2", check=False)

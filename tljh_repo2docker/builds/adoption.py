@@ -117,13 +117,24 @@ async def record_version(sessions, builder, env, image_id, size):
 
 
 async def _own_references(sessions, builder, envs):
-    """Give versions that share the environment's name (those the upgrade
-    to 4.x recorded) their own reference: the name moves to the next build."""
+    """Give current versions their own reference: those that share the
+    environment's name (the upgrade to 4.x recorded them so), and those whose
+    reference the service was stopped before making (see
+    BuildManager._keep_version). The environment's name moves to the next build."""
     by_uid = {env.uid: env for env in envs if env.image_id is not None}
+    try:
+        references = await builder.image_references()
+    except Exception as e:
+        log.warning("Cannot list the images' names: %s", e)
+        references = None
     for uid, version in await store.all_versions(sessions):
         env = by_uid.get(uid)
-        if env is None or version.image_name != env.image_name or version.image_id != env.image_id:
+        if env is None or version.image_id != env.image_id:
             continue
+        if version.image_name != env.image_name:
+            if references is None or version.image_name in references:
+                continue
+            log.warning("Version %d of %s lost its tag: tagging it again", version.number, uid)
         try:
             reference = await builder.keep_version(env.image_name, version.image_id, version.number)
         except Exception as e:

@@ -180,14 +180,22 @@ class Builder(LoggingConfigurable):
         engine's ``[{"Untagged": ...}, {"Deleted": <image id>}, ...]``).
         """
 
-    async def keep_version(self, image_name: str, image_id: str | None, number: int) -> str:
-        """Give build ``number`` of an image its own reference, kept when
-        ``image_name`` moves on to a newer build; returns it.
+    def version_name(self, image_name: str, number: int) -> str:
+        """The reference that keeps build ``number`` of ``image_name`` once
+        ``image_name`` moves on to a newer build (made by :meth:`keep_version`).
 
         The default suits a backend whose image names already differ per
         build (BinderHub names an image by its commit).
         """
         return image_name
+
+    async def keep_version(self, image_name: str, image_id: str | None, number: int) -> str:
+        """Make the reference :meth:`version_name` names (idempotent); returns it."""
+        return self.version_name(image_name, number)
+
+    async def image_references(self) -> set[str] | None:
+        """Every image name (``repo:tag``) the backend holds; None if it cannot tell."""
+        return None
 
     async def make_current(self, version_image: str, image_id: str | None, image_name: str) -> str:
         """Make a kept version the image that new servers start from (a rollback).

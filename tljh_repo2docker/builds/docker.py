@@ -875,11 +875,18 @@ class DockerBuilder(Builder):
         except (aiohttp.ClientError, OSError) as e:
             self.log.warning("Could not remove the container of build %s: %s", uid, e)
 
+    def version_name(self, image_name, number):
+        return version_reference(image_name, number)
+
     async def keep_version(self, image_name, image_id, number):
         ref = version_reference(image_name, number)
         repository, tag = _split_reference(ref)
         await self.docker.images.tag(image_id or image_name, repository, tag=tag)
         return ref
+
+    async def image_references(self):
+        images = await self.docker.images.list()
+        return {tag for image in images for tag in image.get("RepoTags") or ()}
 
     async def make_current(self, version_image, image_id, image_name):
         repository, tag = _split_reference(image_name)

@@ -676,7 +676,7 @@ class BuildManager(LoggingConfigurable):
             )
             # Every build is a version; the previous image stays, as one
             # (keep_versions decides when it goes).
-            version = await self._new_version(env, event, fields)
+            version = self._new_version(env, event, fields)
         elif env is not None:
             fields["error"] = event.message
             if env.image_id and env.build_number > 1:
@@ -708,6 +708,8 @@ class BuildManager(LoggingConfigurable):
         if log is not None:
             log.publish(stored)
             self._mark(uid, "final event sent")
+        if version is not None:
+            self._run_hook(self._keep_version(uid, fields["image_name"], version))
         if release is not None:
             # Runs from the next turn of the loop, after subscribers had the end.
             self._release_later(uid, release)
@@ -723,24 +725,21 @@ class BuildManager(LoggingConfigurable):
             if timeline is not None:
                 self.log.debug("Build %s timeline: %s", uid, timeline.summary())
 
-    async def _new_version(self, env, event, fields):
-        """The fields of the Version a successful build makes (stored with its result)."""
-        image_name = fields["image_name"]
-        try:
-            reference = await self.builder.keep_version(
-                image_name, event.image_id, env.build_number
-            )
-        except Exception as e:
-            # The version is still recorded, by its image id: it stays
-            # usable for a rollback as long as the image exists.
-            self.log.warning("Could not tag build %d of %s: %s", env.build_number, env.uid, e)
-            reference = event.image_id or image_name
+    def _new_version(self, env, event, fields):
+        """The fields of the Version a successful build makes (stored with its result).
+
+        Its own reference is only named here; the backend makes it once the
+        result is stored (:meth:`_keep_version`), off the build's path. Until
+        the next build moves the environment's name, the environment's name
+        keeps the image; a kill in between is made good at the next start
+        (adoption.py gives a current version its missing reference).
+        """
         duration = None
         if env.started is not None:
             duration = round((fields["finished"] - env.started).total_seconds(), 3)
         return {
             "number": env.build_number,
-            "image_name": reference,
+            "image_name": self.builder.version_name(fields["image_name"], env.build_number),
             "image_id": event.image_id or image_name,
             "commit": fields["commit"],
             "built_at": fields["finished"],
@@ -749,6 +748,14 @@ class BuildManager(LoggingConfigurable):
             "built_by": env.requested_by,
             "reason": env.build_reason or "request",
         }
+
+    async def _keep_version(self, uid, image_name, version):
+        try:
+            await self.builder.keep_version(image_name, version["image_id"], version["number"])
+        except Exception as e:
+            # The version stays usable for a rollback by its image id while
+            # the environment's name keeps the image; the next start tries again.
+            self.log.warning("Could not tag build %d of %s: %s", version["number"], uid, e)
 
     def _ensure_flusher(self, uid):
         if uid not in self._flushers:
