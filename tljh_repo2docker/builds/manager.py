@@ -734,12 +734,13 @@ class BuildManager(LoggingConfigurable):
         keeps the image; a kill in between is made good at the next start
         (adoption.py gives a current version its missing reference).
         """
+        image_name = fields["image_name"]
         duration = None
         if env.started is not None:
             duration = round((fields["finished"] - env.started).total_seconds(), 3)
         return {
             "number": env.build_number,
-            "image_name": self.builder.version_name(fields["image_name"], env.build_number),
+            "image_name": self.builder.version_name(image_name, env.build_number),
             "image_id": event.image_id or image_name,
             "commit": fields["commit"],
             "built_at": fields["finished"],
