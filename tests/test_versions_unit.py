@@ -93,7 +93,7 @@ class Hub:
 
 async def built(sessions, uid, image_name, versions_made):
     """An environment built ``len(versions_made)`` times; the last is current."""
-    env = await store.create_environment(
+    await store.create_environment(
         sessions, uid=uid, name=uid, image_name=image_name, repo="https://example.org/r",
         ref="main", node_selector={}, build_args={}, owner="ann",
     )
