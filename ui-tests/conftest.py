@@ -56,6 +56,24 @@ except ImportError:
 else:
     from ui_helpers import UI_ENVS, find_env
 
+#: Runs before the other browser tests: it adds "Python demo" through the
+#: dialog and reads its build log fresh, before any other test (through the
+#: demo_env fixture) has built that repository and filled the build cache.
+FIRST = "test_environments.py"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    ui = [i for i in items if Path(str(i.fspath)).parent == Path(__file__).parent]
+    if not ui:
+        return
+    first = [i for i in ui if Path(str(i.fspath)).name == FIRST]
+    rest = [i for i in ui if Path(str(i.fspath)).name != FIRST]
+    start = items.index(ui[0])
+    ui_set = set(ui)
+    others = [i for i in items if i not in ui_set]
+    items[:] = others[:start] + first + rest + others[start:]
+
+
 CHROMIUM = os.environ.get("TLJH_R2D_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
