@@ -185,6 +185,17 @@ def _deleted(image_id, image, removed_names, needed_ids, users):
     return set(image["tags"]) <= removed_names
 
 
+def _removed_version(env, version, size):
+    """A version as prune's answer lists it (removed, or to be removed)."""
+    return {
+        "uid": env.uid,
+        "id": version.id,
+        "number": version.number,
+        "image_name": version.image_name,
+        "size": size,
+    }
+
+
 def _deleted_ids(answer):
     return {item["Deleted"] for item in answer or [] if isinstance(item, dict) and item.get("Deleted")}
 
@@ -219,14 +230,21 @@ class Disk:
         return self.app.sessions
 
     async def _plan(self, only=None, with_engine=True):
-        environments = await store.list_environments(self.sessions)
+        if only is not None:
+            # After one build: that environment's rows only, not every
+            # environment's (other environments' images are never its own).
+            env = await store.get_environment(self.sessions, only)
+            environments = [env] if env is not None else []
+            versions = {only: await store.list_versions(self.sessions, only)}
+        else:
+            environments = await store.list_environments(self.sessions)
+            versions = {}
+            for uid, version in await store.all_versions(self.sessions):
+                versions.setdefault(uid, []).append(version)
         manager = getattr(self.app, "build_manager", None)
         active = frozenset(
             e.uid for e in environments if manager is not None and manager.is_active(e.uid)
         )
-        versions = {}
-        for uid, version in await store.all_versions(self.sessions):
-            versions.setdefault(uid, []).append(version)
         usage = await self.builder.disk_usage()
         try:
             users = await self.builder.image_users()
@@ -290,15 +308,7 @@ class Disk:
             for image_id in _deleted_ids(answer):
                 freed += usage_frees.pop(image_id, 0)
             by_env.setdefault(env.uid, []).append(version.id)
-            removed.append(
-                {
-                    "uid": env.uid,
-                    "id": version.id,
-                    "number": version.number,
-                    "image_name": version.image_name,
-                    "size": size,
-                }
-            )
+            removed.append(_removed_version(env, version, size))
         for uid, ids in by_env.items():
             await store.delete_versions(self.sessions, uid, ids)
         return removed, freed, skipped
@@ -314,13 +324,7 @@ class Disk:
                 "freed": result.frees,
                 "removed": {
                     "versions": [
-                        {
-                            "uid": env.uid,
-                            "id": version.id,
-                            "number": version.number,
-                            "image_name": version.image_name,
-                            "size": size,
-                        }
+                        _removed_version(env, version, size)
                         for env, version, size, _ in result.versions
                     ],
                     "dangling_images": [
