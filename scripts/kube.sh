@@ -621,12 +621,15 @@ delete_all_pods() {
     # Deleting pods through the API lets the kubelet stop their sandboxes properly (CNI DEL:
     # veths, IP leases, masquerade rules). Best effort, bounded: a forced clean-up follows.
     is_running kube-apiserver && is_running kubelet && is_running containerd || return 0
-    local body='{"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":0}' ns
+    # gracePeriodSeconds 1, not 0: 0 forces the object away at once, before the kubelet stops it.
+    local body='{"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":1}' ns
     for ns in $(api GET /api/v1/namespaces | python3 -c 'import json,sys; print(" ".join(n["metadata"]["name"] for n in json.load(sys.stdin)["items"]))'); do
         api DELETE "/api/v1/namespaces/$ns/pods" "$body" >/dev/null || true
     done
+    # Stopped sandboxes and containers stay listed until garbage collection: wait for no task
+    # RUNNING (the pause task is the sandbox's: it stops after its network is torn down).
     local deadline=$((SECONDS + 30))
-    while [ "$SECONDS" -lt "$deadline" ] && [ -n "$(ctr_k8s containers ls -q 2>/dev/null)" ]; do sleep 1; done
+    while [ "$SECONDS" -lt "$deadline" ] && ctr_k8s tasks ls 2>/dev/null | grep -q RUNNING; do sleep 0.5; done
 }
 
 remove_iptables_leftovers() {
@@ -641,7 +644,7 @@ remove_iptables_leftovers() {
                     # A CNI- jump is ours only if it names our network in its comment.
                     case "$rule" in *"-j CNI-"*) [[ "$rule" == *'name: \"tljh-r2d\"'* || "$rule" == *'name: "tljh-r2d"'* ]] || continue ;; esac
                     eval "$cmd -t $table ${rule/#-A/-D}" 2>/dev/null || true
-                done
+                done || true # (grep finds nothing: not an error)
             for chain in $("$cmd" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
                 "$cmd" -t "$table" -F "$chain" 2>/dev/null || true
             done
@@ -673,7 +676,7 @@ unmount_under() {
     awk '{print $2}' /proc/self/mounts | grep -F "$1" | sort -r | while read -r m; do
         m="$(printf '%b' "$m")"
         umount -l "$m" 2>/dev/null || true
-    done
+    done || true # (no mounts: not an error)
 }
 
 kill_leftover_shims() {
