@@ -229,11 +229,12 @@ JSON
 build_from_source() {
     local t0=$SECONDS tree="$SRC_DIR/gopath/src/k8s.io/kubernetes" b
     mkdir -p "$LOGS"
+    log "build: from source, once per machine (about 4-6 min on 2 cores; output in $LOGS/build.log)"
     fetch_sources
     go_env
     generate_openapi "$tree"
     for b in "${KUBE_BINARIES[@]}"; do
-        log "build: $b (go build; kube-apiserver takes ~4 min on 2 cores)"
+        log "build: $b (go build)"
         (cd "$tree" && go build -trimpath -o "$BIN_DIR/$b" \
             -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=20" \
             "./cmd/$b") >>"$LOGS/build.log" 2>&1 || die "go build $b failed (see $LOGS/build.log)"
@@ -559,6 +560,18 @@ ensure_storage_class() {
 
 # ---------------------------------------------------------------- up / down / status
 
+preflight() {
+    # One cluster per machine: the ports and the bridge are fixed. Another checkout's
+    # cluster (or anything else) on them is reported, not fought with.
+    local port
+    for port in "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$CM_PORT" "$SCHED_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT"; do
+        port_free "$port" || die "port $port is taken: $(ss -Hltnp "sport = :$port" | awk '{print $NF}' | head -1)
+(another checkout's cluster? run its ./dev kube down)"
+    done
+    ! ip link show "$BRIDGE" >/dev/null 2>&1 \
+        || die "the bridge $BRIDGE exists (another checkout's cluster? run its ./dev kube down)"
+}
+
 healthy() {
     local c
     for c in "${COMPONENTS[@]}"; do is_running "$c" || return 1; done
@@ -584,6 +597,7 @@ cmd_up() {
     # Anything half up (a crash, a killed run) is cleared first: a fresh start is simpler
     # to reason about than repairing one part.
     [ -d "$STATE" ] && cleanup
+    preflight
     ensure_host_tools
     ensure_runtime_packages
     ensure_kube_binaries
