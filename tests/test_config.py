@@ -84,10 +84,10 @@ def test_help_all_documents_every_option(tmp_path):
 
 def test_every_setting_has_help():
     from tljh_repo2docker.builds.manager import BuildManager
-    from tljh_repo2docker.homes import Homes
-    from tljh_repo2docker.hub import HubClient
+    from tljh_repo2docker.service.engine import Homes
+    from tljh_repo2docker.hub_client import HubClient
 
-    from tljh_repo2docker.refwatch import RefWatcher
+    from tljh_repo2docker.service.ref_watcher import RefWatcher
 
     for cls in (TljhRepo2Docker, BuildManager, HubClient, Homes, RefWatcher):
         for name, trait in cls.class_traits(config=True).items():
@@ -142,13 +142,13 @@ def test_every_setting_is_in_the_readme():
     from tljh_repo2docker.builds.binderhub import BinderHubBuilder
     from tljh_repo2docker.builds.docker import DockerBuilder
     from tljh_repo2docker.builds.manager import BuildManager
-    from tljh_repo2docker.homes import Homes
-    from tljh_repo2docker.hub import HubClient
-    from tljh_repo2docker.quotas import Quotas
+    from tljh_repo2docker.service.engine import Homes
+    from tljh_repo2docker.hub_client import HubClient
+    from tljh_repo2docker.service.quotas import Quotas
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = []
-    from tljh_repo2docker.refwatch import RefWatcher
+    from tljh_repo2docker.service.ref_watcher import RefWatcher
 
     for cls in (
         TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Homes, Quotas,

@@ -12,7 +12,7 @@ from tljh_repo2docker.app import TljhRepo2Docker
 from tljh_repo2docker.builds.base import BUILT, Builder, BuildEvent
 from tljh_repo2docker.builds.manager import BuildManager
 from tljh_repo2docker.db import store
-from tljh_repo2docker.disk import Disk, parse_size, plan
+from tljh_repo2docker.service.disk_usage import Disk, parse_size, plan
 
 PREFIX = "hub-a/"
 
@@ -261,7 +261,7 @@ async def test_report_and_prune_on_a_backend_without_an_engine(sqlite_sessions):
 
 
 def test_human_sizes():
-    from tljh_repo2docker.disk import human_size
+    from tljh_repo2docker.service.disk_usage import human_size
 
     assert [human_size(n) for n in (None, 512, 1536, 3 * 1024**3, 1024**5)] == [
         "unknown", "512 B", "1.5 KiB", "3.0 GiB", "1.0 PiB",

@@ -4,7 +4,7 @@ import pytest
 from dockerspawner import DockerSpawner
 
 from tljh_repo2docker.handlers.servers import _escape, _reason
-from tljh_repo2docker.homes import _iso, name_matches, valid_volume_name
+from tljh_repo2docker.service.engine import _iso, name_matches, valid_volume_name
 
 
 @pytest.mark.parametrize("name", ["alice", "hs-dora", "Ünïcode", "a.b_c", "data-lab-9e457c77", "UPPER"])
@@ -57,7 +57,7 @@ def test_hub_failure_messages_lose_their_prefix_only():
 def test_no_engine_with_binderhub():
     from tljh_repo2docker.app import TljhRepo2Docker
     from tljh_repo2docker.builds.binderhub import BinderHubBuilder
-    from tljh_repo2docker.homes import Homes
+    from tljh_repo2docker.service.engine import Homes
 
     app = TljhRepo2Docker()
     app.builder = BinderHubBuilder(parent=app, url="http://127.0.0.1:9/")

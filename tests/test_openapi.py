@@ -165,7 +165,7 @@ def test_environment_model_matches_the_store(spec):
 
 def test_environment_request_fields_are_known_to_the_parser(spec):
     """Every field of the request schema passes ``parse_request``'s unknown-field check."""
-    from tljh_repo2docker import environments as envs
+    from tljh_repo2docker.service import fields as envs
 
     schema = spec["components"]["schemas"]["EnvironmentRequest"]
     assert schema["additionalProperties"] is False  # the parser refuses unknown fields

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tljh_repo2docker.handlers.base import FieldError
 from tljh_repo2docker.handlers.servers import check_server_name, slug_for
-from tljh_repo2docker.hub import parse_version
+from tljh_repo2docker.hub_client import parse_version
 
 # JupyterHub 6's rule for a named server's name (jupyterhub.slugs.is_valid_safe_slug):
 # 1-30 characters, lowercase ASCII letters, digits and single hyphens, starting

@@ -10,7 +10,7 @@ import pytest
 
 from tests.test_spawner_unit import FakeDocker, env_labels, spawner_maker
 from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
-from tljh_repo2docker.access import EVERYONE, PRIVATE, Access, SharingError, Viewer, parse_sharing
+from tljh_repo2docker.service.access import EVERYONE, PRIVATE, Access, SharingError, Viewer, parse_sharing
 from tljh_repo2docker.db import store
 from tljh_repo2docker.handlers.base import FieldError
 from tljh_repo2docker.spawners.docker import Repo2DockerSpawner
@@ -62,7 +62,7 @@ def test_parse_sharing_cleans_and_keeps_what_is_left_out():
 
 def _app(**config):
     from tljh_repo2docker.app import TljhRepo2Docker
-    from tljh_repo2docker.quotas import Quotas
+    from tljh_repo2docker.service.quotas import Quotas
 
     app = TljhRepo2Docker(machine_profiles=config.pop("machine_profiles", []))
     return Quotas(parent=app, **config)
@@ -196,7 +196,7 @@ async def test_kept_list_per_user_follows_sharing(sqlite_sessions):
     """The kept list filters per user, and a change of sharing (one write) counts at once."""
     import json
 
-    from tljh_repo2docker.environment_list import EnvironmentList
+    from tljh_repo2docker.service.environment_list import EnvironmentList
 
     sessions = sqlite_sessions
     for uid, owner, sharing, built in [

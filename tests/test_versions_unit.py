@@ -10,11 +10,11 @@ import sqlite3
 
 import pytest
 
-from tljh_repo2docker import versions
+from tljh_repo2docker.service import version_history as versions
 from tljh_repo2docker.builds.base import Builder, BuildError
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.session import alembic_config, make_engine, make_sessionmaker, upgrade_db
-from tljh_repo2docker.hub import HubError
+from tljh_repo2docker.hub_client import HubError
 
 
 async def test_upgrade_from_0004_gives_a_built_environment_one_version(tmp_path):

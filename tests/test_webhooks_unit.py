@@ -16,7 +16,8 @@ import pytest
 from tornado.httputil import HTTPHeaders
 
 from tests.gitserver import add_commit, make_repo
-from tljh_repo2docker import refwatch, webhooks
+from tljh_repo2docker.service import push_webhooks as webhooks
+from tljh_repo2docker.service import ref_watcher as refwatch
 from tljh_repo2docker.db import store
 
 KEY = b"k" * 32

@@ -32,18 +32,18 @@ from traitlets import (
 from traitlets.config import Application
 
 from . import __version__, metrics, tljh_config
-from .bodylimit import BodyLimit
+from .handlers.bodylimit import BodyLimit
 from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
 from .db import session as db_session
-from .disk import Disk, parse_size
+from .service.disk_usage import Disk, parse_size
 from .handlers import (
-    disk, environments, health, homes, logs, openapi, pages, servers, versions, webhook,
+    disk, environments, health, homes, logs, openapi, pages, servers, versions, webhooks,
 )
 from .handlers.base import NotFoundAPIHandler
-from .homes import Homes
-from .hub import HubClient
+from .service.engine import Homes
+from .hub_client import HubClient
 from .limits import (
     LimitError,
     parse_cpu,
@@ -52,8 +52,8 @@ from .limits import (
     parse_node_selector_config,
 )
 from .paths import STATIC, TEMPLATES
-from .quotas import Quotas
-from .refwatch import RefWatcher
+from .service.quotas import Quotas
+from .service.ref_watcher import RefWatcher
 from .secret import SecretFileError, read_secret_file
 
 
@@ -748,7 +748,7 @@ class TljhRepo2Docker(Application):
     def init_webapp(self):
         routes = []
         for module in (
-            pages, environments, versions, webhook, logs, servers, homes, disk, health, openapi,
+            pages, environments, versions, webhooks, logs, servers, homes, disk, health, openapi,
         ):
             routes.extend(module.default_handlers)
         handlers = [(url_path_join(self.base_url, path), handler) for path, handler in routes]

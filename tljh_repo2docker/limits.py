@@ -8,17 +8,18 @@ import json
 import math
 import re
 
+from .errors import FieldError
+
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1024**3, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
-class LimitError(ValueError):
-    """A value that cannot be used; the message is meant for the user."""
+class LimitError(FieldError, ValueError):
+    """A value that cannot be used; the message is meant for the user.
 
-    def __init__(self, field, message):
-        self.field = field
-        super().__init__(f"{field}: {message}")
-        self.reason = message
+    A :class:`~.errors.FieldError` (400 naming the field) where a request
+    holds it; a ``ValueError`` where configuration does.
+    """
 
 
 def parse_memory(value, field="memory"):

@@ -55,9 +55,9 @@ def _service_classes():
     from .builds.binderhub import BinderHubBuilder
     from .builds.docker import DockerBuilder
     from .builds.manager import BuildManager
-    from .hub import HubClient
-    from .quotas import Quotas
-    from .refwatch import RefWatcher
+    from .hub_client import HubClient
+    from .service.quotas import Quotas
+    from .service.ref_watcher import RefWatcher
 
     classes = [
         TljhRepo2Docker, BuildManager, DockerBuilder, BinderHubBuilder, HubClient, Quotas,

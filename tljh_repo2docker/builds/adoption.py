@@ -27,7 +27,7 @@ import logging
 import re
 
 from ..db import store
-from ..environments import image_labels
+from ..service.fields import image_labels
 from ..limits import LimitError, parse_cpu, parse_memory
 from .base import BuildError
 
@@ -195,7 +195,7 @@ async def _environment_from_labels(sessions, image, image_prefix):
         cpu = parse_cpu(labels.get(f"{LABEL}.cpu_limit") or None)
     except LimitError:
         cpu = None
-    from ..environments import new_uid
+    from ..service.fields import new_uid
 
     env = await store.create_environment(
         sessions,

@@ -216,7 +216,7 @@ class Builder(LoggingConfigurable):
 
     async def disk_usage(self) -> dict | None:
         """What the backend's disk holds, for the disk report and prune (see
-        :mod:`tljh_repo2docker.disk`), or None when it cannot tell (BinderHub):
+        :mod:`tljh_repo2docker.service.disk_usage`), or None when it cannot tell (BinderHub):
 
         ``{"images": {image id: {"size", "shared_size", "containers", "tags",
         "labels"}}, "layers_size": bytes of all layers (each counted once),

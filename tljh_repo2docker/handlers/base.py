@@ -9,8 +9,9 @@ from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
 from .. import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE
-from ..access import Viewer
+from ..service.access import Viewer
 from ..db.errors import database_unavailable
+from ..errors import FieldError, ServiceError  # noqa: F401 (FieldError: the handlers import it here)
 
 
 def admin_only(method):
@@ -135,9 +136,27 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         context.update(ns)
         return template.render(**context)
 
+    def send_error(self, status_code=500, **kwargs):
+        # The one place where the domain's errors (errors.py) become HTTP:
+        # Tornado answers 500 for any exception but its own HTTPError.
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ServiceError):
+            status_code = exc.status_code
+        super().send_error(status_code, **kwargs)
+
+    def error_message(self, exc):
+        """The message for the user of an HTTPError or a domain error, else None."""
+        if isinstance(exc, ServiceError):
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+            return exc.log_message
+        if isinstance(exc, web.HTTPError):
+            return exc.log_message
+        return None
+
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "log_message", None) if isinstance(exc, web.HTTPError) else None
+        message = self.error_message(exc)
         if not message:
             message = responses.get(status_code, "Unknown error")
         try:
@@ -151,7 +170,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.finish(html)
 
     def log_exception(self, typ, value, tb):
-        if isinstance(value, web.HTTPError):
+        if isinstance(value, (web.HTTPError, ServiceError)):
             if value.log_message and value.status_code >= 500:
                 self.log.warning("%d %s: %s", value.status_code, self.request.path, value.log_message)
             return
@@ -230,8 +249,8 @@ class APIHandler(BaseHandler):
             self.set_status(503)
             self.set_header("Retry-After", "5")
             message = DATABASE_UNAVAILABLE
-        if isinstance(exc, web.HTTPError):
-            message = exc.log_message
+        if isinstance(exc, (web.HTTPError, ServiceError)):
+            message = self.error_message(exc)
         if not message:
             message = responses.get(status_code, "Unknown error")
         body = {"status": status_code, "message": message}
@@ -240,14 +259,6 @@ class APIHandler(BaseHandler):
             body["field"] = field
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(body))
-
-
-class FieldError(web.HTTPError):
-    """A 400 (or other) error about one field of a request."""
-
-    def __init__(self, field, message, status=400):
-        super().__init__(status, f"{field}: {message}")
-        self.field = field
 
 
 class NotFoundAPIHandler(APIHandler):

@@ -3,7 +3,7 @@
 from tornado import web
 
 from ..builds.base import BuildError
-from ..disk import Disk
+from ..service.disk_usage import Disk
 from .base import APIHandler, BaseHandler, FieldError, admin_only
 
 

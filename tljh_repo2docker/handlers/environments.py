@@ -3,19 +3,19 @@
 (Rebuilds are queued by rebuilds.py, the one path shared with the ref
 poller and the webhook; ``build_request`` is re-exported from there.)
 
-Who may do what is :mod:`tljh_repo2docker.access`: an environment that a
+Who may do what is :mod:`tljh_repo2docker.service.access`: an environment that a
 user may not see is answered 404, one they see but do not manage 403.
 """
 
 from tornado import web
 
-from .. import environments as envs
-from ..access import EVERYONE, PRIVATE, Access, SharingError, parse_sharing
+from ..service import fields as envs
+from ..service.access import EVERYONE, PRIVATE, Access, SharingError, parse_sharing
 from ..builds.base import BuildError
 from ..db import store
-from ..environment_list import EnvironmentList
-from ..hub import HubError
-from ..rebuilds import build_request, queue_rebuild, refuse_when_disk_full
+from ..service.environment_list import EnvironmentList
+from ..hub_client import HubError
+from ..service.lifecycle import build_request, queue_rebuild, refuse_when_disk_full
 from .base import APIHandler, FieldError, admin_only, builders_only
 
 #: A list answered from memory checks that the database still answers at

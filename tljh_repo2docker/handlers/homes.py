@@ -3,7 +3,7 @@
 from tornado import web
 
 from ..db import store
-from ..homes import EngineError, HomeInUse, HomeNotFound, Homes, valid_volume_name
+from ..service.engine import EngineError, HomeInUse, HomeNotFound, Homes, valid_volume_name
 from .base import APIHandler, BaseHandler, FieldError, admin_only
 
 NO_ENGINE = (

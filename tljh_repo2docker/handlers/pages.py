@@ -5,9 +5,9 @@ from pathlib import Path
 
 from tornado import web
 
-from ..access import Access
+from ..service.access import Access
 from ..db import store
-from ..hub import HubError
+from ..hub_client import HubError
 from .base import BaseHandler, builders_only
 
 

@@ -12,11 +12,11 @@ from urllib.parse import quote
 from escapism import escape
 from tornado import web
 
-from ..access import Access
+from ..service.access import Access
 from ..db import store
-from ..environments import user_options
-from ..homes import Homes
-from ..hub import HubError
+from ..service.fields import user_options
+from ..service.engine import Homes
+from ..hub_client import HubError
 from .base import APIHandler, BaseHandler, FieldError
 
 # JupyterHub accepts most characters in server names; we keep to those that

@@ -1,14 +1,14 @@
 """JSON API of an environment's versions: its history and rollback.
 
-The logic is :mod:`tljh_repo2docker.versions`; who may do what is the rule
+The logic is :mod:`tljh_repo2docker.service.version_history`; who may do what is the rule
 of the environment itself (see ``handlers/environments.py``): those who see
 it see its history, its owner and admins roll it back.
 """
 
 from tornado import web
 
-from .. import versions
-from ..access import Access
+from ..service import version_history as versions
+from ..service.access import Access
 from .base import APIHandler, FieldError
 from .environments import EnvironmentAPIMixin
 

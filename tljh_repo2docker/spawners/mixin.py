@@ -5,7 +5,7 @@
   (:meth:`EnvironmentMixin.inspect_environment`, one per engine).
 - **May this user use it**: only what :meth:`EnvironmentMixin.list_images`
   returns may be offered or started. It keeps the environments the user may
-  use by the rule of :mod:`tljh_repo2docker.access` (owner, shared with
+  use by the rule of :mod:`tljh_repo2docker.service.access` (owner, shared with
   everyone, with them or with one of their groups, or an admin), reading
   who each is shared with from the service's database (``db_url``, read
   only); override it to filter more and both the spawn form and ``start``
@@ -31,7 +31,7 @@ from traitlets import Enum, Integer, Unicode, default
 from traitlets.config import Configurable
 
 from .. import LABEL_PREFIX, TLJH_R2D_ADMIN_SCOPE
-from ..access import PRIVATE, Access, Viewer
+from ..service.access import PRIVATE, Access, Viewer
 from ..limits import LimitError, memory_bytes, parse_cpu, parse_memory
 
 #: The label that makes an image a built environment.

@@ -10,9 +10,9 @@ import re
 import uuid
 from urllib.parse import urlsplit
 
-from . import LABEL_PREFIX
-from .handlers.base import FieldError
-from .limits import LimitError, parse_cpu, parse_memory, parse_node_selector_choice
+from .. import LABEL_PREFIX
+from ..errors import FieldError
+from ..limits import parse_cpu, parse_memory, parse_node_selector_choice
 
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
 _BUILD_ARG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -190,23 +190,20 @@ def parse_request(body, app, builder):
     check_name(name)
 
     profile_label = _text(body, "machine_profile", limit=255)
-    try:
-        memory = parse_memory(body.get("memory"))
-        cpu = parse_cpu(body.get("cpu"))
-        if profile_label:
-            profiles = {p["label"]: p for p in app.machine_profiles}
-            if profile_label not in profiles:
-                allowed = ", ".join(profiles) or "no profiles are configured"
-                raise FieldError(
-                    "machine_profile", f"{profile_label!r} is not one of: {allowed}"
-                )
-            if memory is not None or cpu is not None:
-                raise FieldError("machine_profile", "give either a machine profile or memory/cpu")
-            memory = profiles[profile_label]["memory"]
-            cpu = profiles[profile_label]["cpu"]
-        node_selector = parse_node_selector_choice(body.get("node_selector"), app.node_selector)
-    except LimitError as e:
-        raise FieldError(e.field, e.reason) from None
+    memory = parse_memory(body.get("memory"))
+    cpu = parse_cpu(body.get("cpu"))
+    if profile_label:
+        profiles = {p["label"]: p for p in app.machine_profiles}
+        if profile_label not in profiles:
+            allowed = ", ".join(profiles) or "no profiles are configured"
+            raise FieldError(
+                "machine_profile", f"{profile_label!r} is not one of: {allowed}"
+            )
+        if memory is not None or cpu is not None:
+            raise FieldError("machine_profile", "give either a machine profile or memory/cpu")
+        memory = profiles[profile_label]["memory"]
+        cpu = profiles[profile_label]["cpu"]
+    node_selector = parse_node_selector_choice(body.get("node_selector"), app.node_selector)
     if memory is None:
         memory = app.default_memory_limit or None
     if cpu is None:

@@ -34,8 +34,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from .builds.base import BuildError
-from .db import store
+from ..builds.base import BuildError
+from ..db import store
 
 UID_LABEL = "tljh_repo2docker.uid"
 PREFIX_LABEL = "tljh_repo2docker.image_prefix"

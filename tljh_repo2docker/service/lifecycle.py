@@ -1,28 +1,26 @@
 """Queueing a rebuild of an environment: the one path for every reason.
 
 A user's ``POST api/environments/{uid}/rebuild``, the ref poller
-(refwatch.py) and the push webhook (handlers/webhook.py) all come here, so
+(ref_watcher.py) and the push webhook (handlers/webhooks.py) all come here, so
 the checks a rebuild passes (nothing queued yet, credentials of a private
 repository, the owner's quotas and fair queue) are made once.
 """
 
-from tornado import web
-
-from . import environments as envs
-from .builds.base import BuildRequest
-from .db import store
-from .disk import Disk
-from .handlers.base import FieldError
+from . import fields as envs
+from ..builds.base import BuildRequest
+from ..db import store
+from .disk_usage import Disk
+from ..errors import Conflict, DiskFull, FieldError, NotFound
 
 #: Why a build runs (stored with the version it makes).
 REQUEST, POLL, WEBHOOK = "request", "poll", "webhook"
 
 
-class AlreadyBuilding(web.HTTPError):
+class AlreadyBuilding(Conflict):
     """The environment is queued or building already (409)."""
 
     def __init__(self):
-        super().__init__(409, "The environment is already queued or building")
+        super().__init__("The environment is already queued or building")
 
 
 class NeedsCredentials(FieldError):
@@ -56,7 +54,7 @@ async def refuse_when_disk_full(app):
     """507 when the engine's disk has less free space than ``min_free_disk``."""
     reason = await Disk.for_app(app).refusal()
     if reason:
-        raise web.HTTPError(507, reason)
+        raise DiskFull(reason)
 
 
 async def _owner_is_admin(app, owner):
@@ -100,7 +98,7 @@ async def queue_rebuild(
             app.sessions, env.uid, requested_by=requested_by, reason=reason, fields=fields
         )
         if queued is None:
-            raise web.HTTPError(404, f"No environment with uid {env.uid!r}")
+            raise NotFound(f"No environment with uid {env.uid!r}")
         await builds.submit(queued, build_request(queued, (username, password), app.image_prefix))
     app.log.info(
         "Rebuild of %s queued (%s, by %s)", env.uid, reason, requested_by or "the service"

@@ -11,9 +11,9 @@ import collections
 from traitlets import Any, Integer, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
-from .db import store
-from .handlers.base import FieldError
-from .limits import LimitError, memory_bytes, parse_cpu, parse_memory
+from ..db import store
+from ..errors import FieldError
+from ..limits import LimitError, memory_bytes, parse_cpu, parse_memory
 
 
 def _size_text(size):

@@ -18,9 +18,9 @@ the version's image. When neither can be asked, the count is ``None``
 import asyncio
 import logging
 
-from .builds.base import BuildError
-from .db import store
-from .hub import HubError
+from ..builds.base import BuildError
+from ..db import store
+from ..hub_client import HubError
 
 log = logging.getLogger(__name__)
 

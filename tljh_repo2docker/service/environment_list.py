@@ -38,7 +38,7 @@ import uuid
 import zlib
 
 from .access import Access, Viewer
-from .db import store
+from ..db import store
 
 
 class _Entry:

@@ -13,7 +13,8 @@ import json
 
 from tornado import web
 
-from .. import rebuilds, webhooks
+from ..service import lifecycle as rebuilds
+from ..service import push_webhooks as webhooks
 from ..db import store
 from .base import APIHandler
 from .environments import EnvironmentAPIMixin

@@ -26,13 +26,13 @@ import shutil
 import signal
 import tempfile
 
-from tornado import web
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from . import rebuilds
-from .db import store
-from .webhooks import is_full_sha
+from . import lifecycle as rebuilds
+from ..db import store
+from ..errors import ServiceError
+from .push_webhooks import is_full_sha
 
 PRIVATE = (
     "not checked: the repository is private and its credentials are never stored; "
@@ -229,7 +229,7 @@ class RefWatcher(LoggingConfigurable):
             await rebuilds.queue_rebuild(self.app, env, reason=rebuilds.POLL, fields=seen)
         except rebuilds.AlreadyBuilding:
             pass  # someone was quicker: that build takes the new commit
-        except web.HTTPError as e:
+        except ServiceError as e:
             # a quota (try again at the next check) or the environment is gone
             seen["remote_error"] = f"the rebuild for {remote[:12]} was refused: {e.log_message}"
             self.log.info("Auto-rebuild of %s refused: %s", env.uid, e.log_message)

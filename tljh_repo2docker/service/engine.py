@@ -31,7 +31,7 @@ from aiodocker.utils import clean_filters
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from .builds.docker import DockerBuilder
+from ..builds.docker import DockerBuilder
 
 HOME_LABEL = "tljh_repo2docker.home"
 USER_LABEL = f"{HOME_LABEL}.user"
