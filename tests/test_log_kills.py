@@ -39,7 +39,8 @@ from tests.fixtures import running_hub
 from tests.test_service_restart import service_pids
 from tests.utils import HubUser, figure
 from tljh_repo2docker.builds.base import BUILT, LOG, FAILED
-from tljh_repo2docker.builds.docker import DockerBuilder, _LogReader
+from tljh_repo2docker.builds.docker import DockerBuilder
+from tljh_repo2docker.builds.docker import LogReader as _LogReader
 
 SEED = int(os.environ.get("TLJH_R2D_TEST_SEED", random.randrange(1 << 30)))
 
