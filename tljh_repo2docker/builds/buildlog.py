@@ -327,7 +327,9 @@ class BuildLogs:
             if log.waiting_for_database:
                 log.waiting_for_database = False
                 self._logger.info(
-                    "The database is back: stored %d waiting log lines of build %s", len(events), uid
+                    "The database is back: stored %d waiting log lines of build %s",
+                    len(events),
+                    uid,
                 )
             return events
 

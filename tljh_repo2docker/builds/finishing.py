@@ -23,7 +23,9 @@ class FinishingMixin:
         and goes on in the background (see :meth:`_released`).
         """
         result = f"the result of build {uid}"
-        env = await self.build_logs.until_stored(result, lambda: store.get_environment(self.sessions, uid))
+        env = await self.build_logs.until_stored(
+            result, lambda: store.get_environment(self.sessions, uid)
+        )
         fields = {"finished": store.now(), "status": event.phase}
         message = event.message
         version = None

@@ -230,7 +230,7 @@ class BuildManager(FinishingMixin, RecoveryMixin, LoggingConfigurable):
         return False
 
     def subscribe(self, uid, after=0):
-        """An async iterator of ``(event_id, phase, message)`` from ``after`` on, live while the build runs.
+        """``(event_id, phase, message)`` from ``after`` on (an async iterator), live while it runs.
 
         Ends after a final event. For a finished build, replays the stored log.
         Only stored events are yielded (see :mod:`.buildlog`); events with id
