@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from tljh_repo2docker.builds.base import BUILT, LOG, Builder, BuildEvent, BuildRequest
-from tljh_repo2docker.builds.manager import DATABASE_AWAY_NOTICE, BuildManager
+from tljh_repo2docker.builds.buildlog import DATABASE_AWAY_NOTICE
+from tljh_repo2docker.builds.manager import BuildManager
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.errors import database_unavailable
 
@@ -185,7 +186,7 @@ async def test_the_waiting_log_is_bounded_like_the_stored_one(setup, sqlite_sess
         await builder.events.put(BuildEvent(LOG, f"line {number}"))
     await eventually(lambda: builder.events.empty())
     await asyncio.sleep(0.1)
-    log = manager._logs[env.uid]
+    log = manager.build_logs[env.uid]
     # head 3 (already stored) + tail 5: never more than 5 lines wait.
     assert [e[2] for e in log.unstored()] == [f"line {n}" for n in range(996, 1001)]
 
@@ -213,7 +214,7 @@ async def test_other_errors_are_not_retried(setup, sqlite_sessions, monkeypatch)
 
     monkeypatch.setattr(store, "get_environment", broken)
     with pytest.raises(ValueError):
-        await manager._until_stored("x", lambda: store.get_environment(sessions, env.uid))
+        await manager.build_logs.until_stored("x", lambda: store.get_environment(sessions, env.uid))
     assert calls == [1]
 
 

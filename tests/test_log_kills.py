@@ -39,7 +39,8 @@ from tests.fixtures import running_hub
 from tests.test_service_restart import service_pids
 from tests.utils import HubUser, figure
 from tljh_repo2docker.builds.base import BUILT, LOG, FAILED
-from tljh_repo2docker.builds.docker import DockerBuilder, _LogReader
+from tljh_repo2docker.builds.docker import DockerBuilder
+from tljh_repo2docker.builds.docker import LogReader as _LogReader
 
 SEED = int(os.environ.get("TLJH_R2D_TEST_SEED", random.randrange(1 << 30)))
 
@@ -409,7 +410,7 @@ async def test_what_a_client_saw_is_stored_whenever_the_service_dies(sqlite_sess
         dying.down = True  # the process is gone: nothing more is written or sent
         client.cancel()
         first._closing = True
-        for task in [*first._running.values(), *first._flushers.values()]:
+        for task in [*first._running.values(), *first.build_logs.flushers()]:
             task.cancel()
         # A write that had begun ends (commits) now, as it would have before
         # a real kill: a dead process writes nothing later.
@@ -515,7 +516,7 @@ async def test_a_binderhub_build_resubmitted_after_a_kill_repeats_no_line(sqlite
         dying.down = True
         client.cancel()
         first._closing = True
-        for task in [*first._running.values(), *first._flushers.values()]:
+        for task in [*first._running.values(), *first.build_logs.flushers()]:
             task.cancel()
         await first.builder.close()
 

@@ -24,12 +24,12 @@ Ownership on a shared engine is the image prefix: each hub must have its own
 
 import json
 import logging
-import re
 
 from ..db import store
 from ..service.fields import image_labels
 from ..limits import LimitError, parse_cpu, parse_memory
 from .base import BuildError
+from .docker.images import is_version_reference
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ LABEL = "tljh_repo2docker"
 UID_LABEL = f"{LABEL}.uid"
 PREFIX_LABEL = f"{LABEL}.image_prefix"
 LEGACY_NAME_LABEL = f"{LABEL}.image_name"
-# The tag of a version's own reference (builds/docker.py: version_reference).
-_VERSION_TAG = re.compile(r"--v[0-9]+$")
 
 
 def labels_for(env, image_prefix):
@@ -59,7 +57,7 @@ async def adopt_images(sessions, builder, image_prefix, adopt_legacy=False):
     for image in await builder.adoptable_images():
         labels = image.get("labels") or {}
         name = image["image_name"]
-        if name in known_images or _VERSION_TAG.search(name):
+        if name in known_images or is_version_reference(name):
             continue
         uid = labels.get(UID_LABEL)
         if uid:

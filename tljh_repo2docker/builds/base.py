@@ -3,7 +3,9 @@
 A backend turns a :class:`BuildRequest` into an image and reports what happens
 as :class:`BuildEvent` objects. Everything above the interface (the queue, the
 log fan-out to SSE clients, persistence, recovery after a restart) lives once,
-in :mod:`tljh_repo2docker.builds.manager`, and is the same for every backend.
+in :mod:`tljh_repo2docker.builds.manager` and the modules it uses
+(:mod:`~tljh_repo2docker.builds.buildlog`, ``finishing``, ``recovery``),
+and is the same for every backend.
 """
 
 import time

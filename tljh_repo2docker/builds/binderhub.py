@@ -578,7 +578,7 @@ class BinderHubBuilder(Builder):
         BinderHub then sends the build's log again from its start, or, if
         the build ended meanwhile, not at all: the manager drops the lines
         it already stored and says in a status line what happened (see
-        :func:`~.manager.without_replay`).
+        :func:`~.recovery.without_replay`).
         """
         return None
 

@@ -1,0 +1,400 @@
+"""The Docker backend's builder: its settings, and the flow of a build.
+
+:class:`DockerBuilder` runs repo2docker as a container next to the service
+(see :mod:`.container`). The container outlives the service's task that
+follows it: it is removed when the build has ended and its result was read,
+or by :meth:`DockerBuilder.cancel`. Its parts, each in a module of its own:
+
+- :mod:`.container`: the build container (its command, environment and
+  mounts; creating, finding, stopping and removing it);
+- :mod:`.follow` and :mod:`.logreader`: following it to its result, with a
+  cursor after each log line, through restarts of the engine;
+- :mod:`.images`: naming the built image, versions, deleting images, disk
+  use, adoption;
+- :mod:`.credentials`: credentials for private repositories, which never
+  reach the container's command line, environment or labels.
+"""
+
+import collections
+import contextlib
+import dataclasses
+import os
+import re
+
+import aiodocker
+from traitlets import Bool, Float, Integer, List, Unicode, default, validate
+
+from ..base import FAILED, Builder, BuildError, BuildEvent
+from . import credentials
+from .container import ContainerMixin, _Repo2DockerGone
+from .engine import (
+    BUILD_LABEL,
+    DOCKER_SOCKET,
+    ENGINE_ERRORS,
+    IMAGE_NAME_LABEL,
+    STAGING_NAME_LABEL,
+    describe,
+    option,
+    shielded,
+)
+from .follow import FollowMixin
+from .images import ImagesMixin
+from .logreader import LogReader
+
+
+class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, Builder):
+    """Build images with repo2docker running as a Docker container."""
+
+
+    repo2docker_image = Unicode(
+        "quay.io/jupyterhub/repo2docker:2025.12.0",
+        help="""
+        The image that runs repo2docker for each build.
+
+        It must provide ``jupyter-repo2docker``, ``git`` and a Docker client
+        (repo2docker 2025+ also needs ``docker buildx``); the official
+        ``quay.io/jupyterhub/repo2docker`` images do. Pin a tag: builds then
+        do not change behind your back. Default:
+        ``quay.io/jupyterhub/repo2docker:2025.12.0``.
+        """,
+    ).tag(config=True)
+
+    pull_repo2docker_image = Bool(
+        True,
+        help="""
+        Pull ``repo2docker_image`` when it is not present on the engine.
+
+        When False, or when the pull fails (for example without access to the
+        registry), the build fails with a message naming the missing image.
+        Default: True.
+        """,
+    ).tag(config=True)
+
+    user_id = Integer(
+        1000,
+        help="""
+        Numeric uid of the user that owns the home directory in the built
+        images (repo2docker's ``--user-id``). It must not be 0. Default: 1000.
+        """,
+    ).tag(config=True)
+
+    user_name = Unicode(
+        "jovyan",
+        help="""
+        Name of the user in the built images (repo2docker's
+        ``--user-name``). Default: ``jovyan``.
+        """,
+    ).tag(config=True)
+
+    network_mode = Unicode(
+        "bridge",
+        help="""
+        Docker network mode of the build container, which is where the git
+        clone happens. Use ``host`` when repositories are served on the
+        host's loopback interface. It does not affect the network of the
+        image build itself. Default: ``bridge``.
+        """,
+    ).tag(config=True)
+
+    docker_url = Unicode(
+        help="""
+        Address of the Docker engine, for example
+        ``unix:///var/run/docker.sock`` or ``tcp://127.0.0.1:2375``.
+
+        The engine's socket is always mounted into build containers from
+        ``/var/run/docker.sock`` on the engine's host. Default: the
+        ``DOCKER_HOST`` environment variable, else
+        ``unix:///var/run/docker.sock``.
+        """,
+    ).tag(config=True)
+
+    extra_repo2docker_args = List(
+        Unicode(),
+        help="""
+        More arguments for ``jupyter-repo2docker``, placed before the
+        repository URL, for example ``["--cache-from", "base:latest"]``.
+        Do not put secrets here: they would show in ``docker inspect``.
+        Default: none.
+        """,
+    ).tag(config=True)
+
+    container_prefix = Unicode(
+        "tljh-repo2docker-build-",
+        help="""
+        Prefix of build container names; the build's uid follows it.
+        Default: ``tljh-repo2docker-build-``.
+        """,
+    ).tag(config=True)
+
+    cancel_grace_period = Float(
+        5,
+        help="""
+        Seconds a cancelled build gets to stop its image build cleanly (the
+        build tools receive SIGINT) before its container is killed.
+        Default: 5.
+        """,
+    ).tag(config=True)
+
+    build_tmpfs_size = Unicode(
+        "",
+        help="""
+        Give each build container a tmpfs (memory-backed, size-limited file
+        system) of this size for its working files: repo2docker's checkout of
+        the repository and the build context it writes (the container's
+        ``TMPDIR`` points there). A number of bytes, or with a unit: ``512m``,
+        ``2g``. A repository that does not fit makes the build fail with "The
+        build ran out of disk space". It bounds what one build can write on
+        the host's disk; the memory is used only as far as it is filled.
+        The image layers themselves are stored by the Docker engine and are
+        not limited by this. Default: empty (no tmpfs: the container's own
+        file system).
+        """,
+    ).tag(config=True)
+
+    engine_wait_timeout = Float(
+        120,
+        help="""
+        Seconds a running build waits for the Docker engine to answer again
+        after losing contact with it (for example while ``dockerd``
+        restarts). When it answers again, the build is followed further if
+        its container still runs (``live-restore``), and otherwise marked
+        failed with a reason naming the engine, and its container removed.
+        When it does not answer in time, the build is marked failed.
+        Default: 120.
+        """,
+    ).tag(config=True)
+
+    @default("docker_url")
+    def _default_docker_url(self):
+        return os.environ.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
+
+    @validate("docker_url")
+    def _validate_docker_url(self, proposal):
+        value = proposal["value"].strip()
+        if not re.match(r"^(unix|tcp|http|https|npipe|ssh)://", value):
+            raise ValueError(
+                f"DockerBuilder.docker_url {value!r} needs a scheme, like "
+                "unix:///var/run/docker.sock or tcp://127.0.0.1:2375"
+            )
+        return value
+
+    @validate("build_tmpfs_size")
+    def _validate_build_tmpfs_size(self, proposal):
+        value = proposal["value"].strip().lower()
+        if value and not re.match(r"^[1-9][0-9]*[kmg]?$", value):
+            raise ValueError(
+                f"DockerBuilder.build_tmpfs_size {proposal['value']!r} is not a size: "
+                "use a number of bytes or a number with k, m or g (512m, 2g)"
+            )
+        return value
+
+    @validate("user_id")
+    def _validate_user_id(self, proposal):
+        value = proposal["value"]
+        if value <= 0:
+            raise ValueError(
+                f"DockerBuilder.user_id must be a positive uid (root cannot own the "
+                f"home directory in repo2docker images), not {value}"
+            )
+        return value
+
+    @validate("container_prefix")
+    def _validate_container_prefix(self, proposal):
+        value = proposal["value"]
+        if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", value):
+            raise ValueError(
+                f"DockerBuilder.container_prefix {value!r} cannot start a container name "
+                "(letters, digits, '_', '.', '-')"
+            )
+        return value
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._client = None
+        # Uids stopped through cancel(), to tell a cancel from a vanished or
+        # failed build; bounded, as nobody may follow a cancelled build.
+        self._cancelled = collections.OrderedDict()
+        # The repo2docker image last found on the engine: not asked again
+        # before each build (a request less); a create that finds it gone
+        # asks again (see build).
+        self._repo2docker_found = None
+        # Uids seen by the last running(); attach() answers None for others.
+        self._known_builds = None
+        # Where the engine keeps its data (``info``'s DockerRootDir), once known.
+        self._root_dir = None
+
+    # -- the engine ----------------------------------------------------------
+
+    @property
+    def docker(self):
+        """The aiodocker client, made on first use inside the running loop."""
+        if self._client is None:
+            self._client = aiodocker.Docker(url=self.docker_url)
+        return self._client
+
+    async def check(self):
+        try:
+            version = await self.docker.version()
+        except ENGINE_ERRORS as e:
+            raise BuildError(
+                f"Cannot reach the Docker engine at {self.docker_url}: {describe(e)}"
+            ) from e
+        return f"Docker {version.get('Version', '?')} at {self.docker_url}"
+
+    async def close(self):
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    # -- building ------------------------------------------------------------
+
+    async def build(self, request):
+        uid = request.uid
+        self._cancelled.pop(uid, None)
+        # Credentials written into the URL take the same safe path as the
+        # request's: the URL that repo2docker sees (and labels) has none.
+        repo, username, password = credentials.split(request.repo)
+        if request.has_credentials:
+            username, password = request.username, request.password
+        if repo != request.repo or request.has_credentials:
+            request = dataclasses.replace(request, repo=repo, username=username, password=password)
+        secrets = credentials.secrets(username, password)
+
+        if request.has_credentials:
+            try:
+                credential_store = credentials.store_line(repo, username, password)
+            except ValueError as e:
+                yield BuildEvent(FAILED, str(e))
+                return
+        else:
+            credential_store = None
+
+        try:
+            async for event in self._ensure_repo2docker_image():
+                yield event
+        except BuildError as e:
+            self.log.error("Build %s: %s", uid, e.log_message)
+            yield BuildEvent(FAILED, e.message)
+            return
+        request.mark("repo2docker image checked")
+
+        container = None
+        error = None
+        staging = self._staging_name(uid)
+        for attempt in (1, 2):
+            try:
+                container = await self._start_container(request, staging, credential_store)
+            except _Repo2DockerGone as e:
+                if attempt == 2:  # gone again at once: a plain failure
+                    error = e.__cause__
+                    break
+            except ENGINE_ERRORS as e:
+                error = e
+                break
+            except BaseException:
+                # Cancelled while setting up: a container that never started is of
+                # no use to anyone (it may exist even if create() did not return).
+                await shielded(self._discard(uid))
+                raise
+            else:
+                break
+            # Gone since it was last found: check again (a pull, or a clear failure).
+            try:
+                async for event in self._ensure_repo2docker_image():
+                    yield event
+            except BuildError as e:
+                self.log.error("Build %s: %s", uid, e.log_message)
+                yield BuildEvent(FAILED, e.message)
+                return
+        if error is not None:
+            self.log.error("Build %s: could not start the build container: %s", uid, error)
+            await self._discard(uid)
+            yield BuildEvent(
+                FAILED, credentials.scrub(f"Could not start the build: {describe(error)}", secrets)
+            )
+            return
+        self.log.info(
+            "Build %s: started %s for %s (ref %s)",
+            uid,
+            self._container_name(uid),
+            request.repo,
+            request.ref,
+        )
+        follow = self._follow(
+            container, uid, request.image_name, staging, LogReader(), secrets, request.mark
+        )
+        async with contextlib.aclosing(follow) as events:
+            async for event in events:
+                yield event
+
+    def attach(self, uid, skip_lines, cursor=None):
+        if self._known_builds is not None and uid not in self._known_builds:
+            return None
+        return self._attach(uid, skip_lines, cursor)
+
+    async def _attach(self, uid, skip_lines, cursor=None):
+        try:
+            container = await self._find(uid)
+            info = await container.show() if container is not None else None
+        except ENGINE_ERRORS as e:
+            yield BuildEvent(FAILED, f"Cannot reach the Docker engine: {describe(e)}")
+            return
+        if container is None:
+            yield BuildEvent(FAILED, "The build container is gone")
+            return
+        if info["State"].get("Status") == "created":
+            await self._remove(container, uid)
+            yield BuildEvent(FAILED, "The build container was never started")
+            return
+        labels = info["Config"].get("Labels") or {}
+        staging = labels.get(STAGING_NAME_LABEL) or option(info["Config"]["Cmd"], "--image-name")
+        image_name = labels.get(IMAGE_NAME_LABEL) or staging
+        # Defence in depth after a restart: the request's credentials are
+        # gone, so read them back from the container to scrub the log.
+        secrets = await credentials.read_back(container)
+        if cursor is not None:
+            self.log.info("Build %s: re-attached, going on after log position %s", uid, cursor)
+        else:
+            self.log.info("Build %s: re-attached, skipping %d lines", uid, skip_lines)
+        reader = LogReader(cursor=cursor, skip_lines=skip_lines)
+        follow = self._follow(container, uid, image_name, staging, reader, secrets)
+        async with contextlib.aclosing(follow) as events:
+            async for event in events:
+                yield event
+
+    # -- builds found again, cancelled, left over --------------------------------
+
+    async def running(self):
+        containers = await self.docker.containers.list(all=True, filters={"label": [BUILD_LABEL]})
+        uids = {(c["Labels"] or {}).get(BUILD_LABEL) for c in containers} - {None, ""}
+        self._known_builds = set(uids)
+        return uids
+
+    async def cancel(self, uid):
+        self._cancelled[uid] = True
+        while len(self._cancelled) > 1000:
+            self._cancelled.popitem(last=False)
+        container = await self._find(uid)
+        if container is None:
+            return
+        self.log.info("Build %s: cancelling", uid)
+        try:
+            info = await container.show()
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return
+            raise
+        await self._stop_and_remove(container, uid, info)
+        await self._remove_leftover_image(uid, info)
+
+    async def discard(self, uid):
+        container = await self._find(uid)
+        if container is None:
+            return
+        try:
+            info = await container.show()
+        except ENGINE_ERRORS as e:
+            self.log.warning("Could not inspect the leftover container of build %s: %s", uid, e)
+            return
+        self.log.warning("Build %s has ended: removing its leftover container", uid)
+        await self._stop_and_remove(container, uid, info)
