@@ -145,7 +145,7 @@ async def test_gzip_and_etags_are_per_user_and_kept_within_the_bounds(sqlite_ses
     import asyncio
     import gzip
 
-    from tljh_repo2docker.service.access import Viewer
+    from tljh_repo2docker.access import Viewer
 
     sessions = sqlite_sessions
     for n, (owner, sharing) in enumerate(

@@ -10,7 +10,7 @@ import pytest
 
 from tests.test_spawner_unit import FakeDocker, env_labels, spawner_maker
 from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
-from tljh_repo2docker.service.access import EVERYONE, PRIVATE, Access, SharingError, Viewer, parse_sharing
+from tljh_repo2docker.access import EVERYONE, PRIVATE, Access, SharingError, Viewer, parse_sharing
 from tljh_repo2docker.db import store
 from tljh_repo2docker.handlers.base import FieldError
 from tljh_repo2docker.spawners.docker import Repo2DockerSpawner

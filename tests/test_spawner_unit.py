@@ -507,7 +507,7 @@ async def test_a_home_volume_of_another_hub_is_refused(fake_docker, make_spawner
 
 
 def test_image_labels_name_the_prefix():
-    from tljh_repo2docker.service.fields import image_labels
+    from tljh_repo2docker.contract import image_labels
 
     env = SimpleNamespace(
         uid="u", name="n", image_name="p/n:1", repo="r", ref="main", memory=None, cpu=None,

@@ -2,15 +2,7 @@
 
 __version__ = "4.0.0"
 
-#: The custom JupyterHub scope that grants the right to manage environments.
-TLJH_R2D_ADMIN_SCOPE = "custom:tljh_repo2docker:admin"
-
-#: The custom JupyterHub scope that lets a user add environments of their own
-#: (which they own, and share with users and groups they choose).
-TLJH_R2D_BUILD_SCOPE = "custom:tljh_repo2docker:build"
-
-#: Prefix of the Docker image labels that describe an environment.
-LABEL_PREFIX = "tljh_repo2docker"
+from .contract import LABEL_PREFIX, TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE
 
 
 def __getattr__(name):

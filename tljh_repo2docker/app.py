@@ -29,9 +29,10 @@ from traitlets import (
     observe,
     validate,
 )
-from traitlets.config import Application
+from traitlets.config import Application, Config
 
-from . import __version__, metrics, tljh_config
+from . import __version__, metrics
+from .contract import SETTINGS_ENV_VAR
 from .handlers.bodylimit import BodyLimit
 from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
@@ -52,6 +53,7 @@ from .limits import (
     parse_node_selector_config,
 )
 from .paths import STATIC, TEMPLATES
+from .service.lifecycle import build_request
 from .service.quotas import Quotas
 from .service.ref_watcher import RefWatcher
 from .secret import SecretFileError, read_secret_file
@@ -539,7 +541,7 @@ class TljhRepo2Docker(Application):
     def load_config_file_if_any(self):
         # TLJH's config.yaml (handed over by the hub), then the file, then the command line.
         try:
-            from_tljh = tljh_config.config_from_environment()
+            from_tljh = config_from_environment()
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if from_tljh is not None:
@@ -721,7 +723,7 @@ class TljhRepo2Docker(Application):
         async def recover():
             await self.builder.check()
             await self.build_manager.recover(
-                lambda env: environments.build_request(env, image_prefix=self.image_prefix)
+                lambda env: build_request(env, image_prefix=self.image_prefix)
             )
 
         def problem_of(e):
@@ -870,6 +872,20 @@ class TljhRepo2Docker(Application):
         await self.builder.close()
         await self.hub_client.close()
         await self.engine.dispose()
+
+
+def config_from_environment(environ=os.environ):
+    """The settings the hub handed over in :data:`~.contract.SETTINGS_ENV_VAR` (written by tljh_config.py), as a Config (None when unset)."""
+    text = environ.get(SETTINGS_ENV_VAR)
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{SETTINGS_ENV_VAR}: not JSON ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{SETTINGS_ENV_VAR}: not a JSON object of settings by class")
+    return Config(data)
 
 
 def main(argv=None):

@@ -20,22 +20,21 @@ settings (``DockerBuilder: {docker_url: …}``), or one of :data:`HUB_KEYS`
 its roles, and hands the service its settings as JSON in the environment
 variable :data:`ENV_VAR` (not on the command line, which every user of the
 machine can read; an environment is readable by its owner only). The
-service reads them with :func:`config_from_environment` before its own
+service reads them (``app.config_from_environment``) before its own
 ``tljh_repo2docker_config.py``, which wins, as its command line does.
 """
 
 import json
-import os
 
 from traitlets import Bool, Float, Integer, List, TraitError, Unicode
 from traitlets.config import Config
 
-from . import hub_config
+from . import contract, hub_config
 
 #: TLJH's config section of the service: ``services.<SECTION>``.
 SECTION = hub_config.SERVICE_NAME
 #: Where the hub hands the service its settings from TLJH's config.
-ENV_VAR = "TLJH_REPO2DOCKER_TLJH_CONFIG"
+ENV_VAR = contract.SETTINGS_ENV_VAR
 #: Keys of the section that configure the hub's side (see :func:`configure`).
 HUB_KEYS = {
     "port": "the service's port (default 6789)",
@@ -197,17 +196,3 @@ def _names(section, key):
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{_PREFIX}.{key}: a list of names (tljh-config add-item {_PREFIX}.{key} <name>)")
     return list(value)
-
-
-def config_from_environment(environ=os.environ):
-    """The settings the hub handed over in :data:`ENV_VAR`, as a Config (None when unset)."""
-    text = environ.get(ENV_VAR)
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"{ENV_VAR}: not JSON ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ValueError(f"{ENV_VAR}: not a JSON object of settings by class")
-    return Config(data)

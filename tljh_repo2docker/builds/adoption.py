@@ -25,23 +25,22 @@ Ownership on a shared engine is the image prefix: each hub must have its own
 import json
 import logging
 
+from .. import contract
 from ..db import store
-from ..service.fields import image_labels
 from ..limits import LimitError, parse_cpu, parse_memory
 from .base import BuildError
-from .docker.images import is_version_reference
 
 log = logging.getLogger(__name__)
 
-LABEL = "tljh_repo2docker"
-UID_LABEL = f"{LABEL}.uid"
-PREFIX_LABEL = f"{LABEL}.image_prefix"
-LEGACY_NAME_LABEL = f"{LABEL}.image_name"
+LABEL = contract.LABEL_PREFIX
+UID_LABEL = contract.UID_LABEL
+PREFIX_LABEL = contract.IMAGE_PREFIX_LABEL
+LEGACY_NAME_LABEL = contract.IMAGE_NAME_LABEL
 
 
 def labels_for(env, image_prefix):
     """The labels an adopted image of ``env`` carries."""
-    return image_labels(env, image_prefix)
+    return contract.image_labels(env, image_prefix)
 
 
 async def adopt_images(sessions, builder, image_prefix, adopt_legacy=False):
@@ -57,7 +56,7 @@ async def adopt_images(sessions, builder, image_prefix, adopt_legacy=False):
     for image in await builder.adoptable_images():
         labels = image.get("labels") or {}
         name = image["image_name"]
-        if name in known_images or is_version_reference(name):
+        if name in known_images or contract.is_version_reference(name):
             continue
         uid = labels.get(UID_LABEL)
         if uid:
@@ -193,11 +192,10 @@ async def _environment_from_labels(sessions, image, image_prefix):
         cpu = parse_cpu(labels.get(f"{LABEL}.cpu_limit") or None)
     except LimitError:
         cpu = None
-    from ..service.fields import new_uid
 
     env = await store.create_environment(
         sessions,
-        uid=labels.get(UID_LABEL) or new_uid(),
+        uid=labels.get(UID_LABEL) or contract.new_uid(),
         name=name,
         image_name=image["image_name"],
         repo=labels.get("repo2docker.repo") or labels.get(f"{LABEL}.repo", ""),

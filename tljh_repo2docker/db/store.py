@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Integer, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from ..service.access import normalise as normalise_sharing
+from ..access import normalise as normalise_sharing
 from .models import Environment, LogLine, Version, utcnow
 
 # Statuses of an environment.

@@ -9,7 +9,7 @@ from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
 from .. import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE
-from ..service.access import Viewer
+from ..access import Viewer
 from ..db.errors import database_unavailable
 from ..errors import FieldError, ServiceError  # noqa: F401 (FieldError: the handlers import it here)
 

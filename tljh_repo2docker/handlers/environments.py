@@ -1,18 +1,19 @@
 """JSON API of environments: list, add, show, share, rebuild, cancel, delete.
 
-(Rebuilds are queued by rebuilds.py, the one path shared with the ref
-poller and the webhook; ``build_request`` is re-exported from there.)
+(Rebuilds are queued by service/lifecycle.py, the one path shared with the
+ref poller and the webhook.)
 
-Who may do what is :mod:`tljh_repo2docker.service.access`: an environment that a
+Who may do what is :mod:`tljh_repo2docker.access`: an environment that a
 user may not see is answered 404, one they see but do not manage 403.
 """
 
 from tornado import web
 
-from ..service import fields as envs
-from ..service.access import EVERYONE, PRIVATE, Access, SharingError, parse_sharing
+from .. import contract
+from ..access import EVERYONE, PRIVATE, Access, SharingError, parse_sharing
 from ..builds.base import BuildError
 from ..db import store
+from ..service import fields as envs
 from ..service.environment_list import EnvironmentList
 from ..hub_client import HubError
 from ..service.lifecycle import build_request, queue_rebuild, refuse_when_disk_full
@@ -176,7 +177,7 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
         try:
             env = await store.create_environment(
                 self.sessions,
-                uid=envs.new_uid(),
+                uid=contract.new_uid(),
                 owner=self.current_user["name"],
                 requested_by=self.current_user["name"],
                 build_reason="request",

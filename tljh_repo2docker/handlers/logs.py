@@ -6,7 +6,7 @@ import json
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..service.access import Access
+from ..access import Access
 from ..db import store
 from .base import APIHandler
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tornado import web
 
-from ..service.access import Access
+from ..access import Access
 from ..db import store
 from ..hub_client import HubError
 from .base import BaseHandler, builders_only

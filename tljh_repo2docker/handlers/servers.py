@@ -12,9 +12,9 @@ from urllib.parse import quote
 from escapism import escape
 from tornado import web
 
-from ..service.access import Access
+from ..access import Access
 from ..db import store
-from ..service.fields import user_options
+from ..contract import user_options
 from ..service.engine import Homes
 from ..hub_client import HubError
 from .base import APIHandler, BaseHandler, FieldError

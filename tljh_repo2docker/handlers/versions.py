@@ -8,7 +8,7 @@ it see its history, its owner and admins roll it back.
 from tornado import web
 
 from ..service import version_history as versions
-from ..service.access import Access
+from ..access import Access
 from .base import APIHandler, FieldError
 from .environments import EnvironmentAPIMixin
 

@@ -34,11 +34,12 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
+from .. import contract
 from ..builds.base import BuildError
 from ..db import store
 
-UID_LABEL = "tljh_repo2docker.uid"
-PREFIX_LABEL = "tljh_repo2docker.image_prefix"
+UID_LABEL = contract.UID_LABEL
+PREFIX_LABEL = contract.IMAGE_PREFIX_LABEL
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}

@@ -31,9 +31,10 @@ from aiodocker.utils import clean_filters
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
+from .. import contract
 from ..builds.docker import DockerBuilder
 
-HOME_LABEL = "tljh_repo2docker.home"
+HOME_LABEL = contract.HOME_LABEL
 USER_LABEL = f"{HOME_LABEL}.user"
 SERVER_LABEL = f"{HOME_LABEL}.server"
 ENVIRONMENT_LABEL = f"{HOME_LABEL}.environment"

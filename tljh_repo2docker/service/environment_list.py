@@ -37,7 +37,7 @@ import json
 import uuid
 import zlib
 
-from .access import Access, Viewer
+from ..access import Access, Viewer
 from ..db import store
 
 

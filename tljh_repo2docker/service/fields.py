@@ -1,16 +1,13 @@
 """Checking what an admin or a builder asks for when adding an environment.
 
 Turns an API request body into clean fields, or raises FieldError naming
-the field. Nothing is stored here. Also what a built environment turns
-into: its image labels and the user_options that start it.
+the field. Nothing is stored here. What a built environment turns into
+(its image labels, the user_options that start it) is in contract.py.
 """
 
-import json
 import re
-import uuid
 from urllib.parse import urlsplit
 
-from .. import LABEL_PREFIX
 from ..errors import FieldError
 from ..limits import parse_cpu, parse_memory, parse_node_selector_choice
 
@@ -20,10 +17,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_REF = re.compile(r"[\s~^:?*\[\\\x00-\x1f\x7f]|\.\.|@\{|^[-/.]|[/.]$|\.lock$|//")
 REMOTE_SCHEMES = {"http", "https", "git", "ssh"}
 MAX_NAME = 100
-
-
-def new_uid():
-    return uuid.uuid4().hex
 
 
 def _text(body, field, required=False, default=None, limit=2048):
@@ -233,43 +226,3 @@ def parse_request(body, app, builder):
         "image_name": f"{app.image_prefix}{slug(name)}:{image_tag(ref)}",
     }
     return fields, (username, password)
-
-
-def user_options(env):
-    """The user_options that start the built environment ``env`` (a stored
-    Environment), as the spawners read them."""
-    return {
-        "image": env.image_name,
-        "environment": env.uid,
-        "metadata": {
-            "node_selector": env.node_selector or {},
-            "memory": env.memory,
-            "cpu": env.cpu,
-            "display_name": env.name,
-        },
-    }
-
-
-def image_labels(env, image_prefix=""):
-    """The labels that make an image self-describing (no secrets).
-
-    ``image_prefix`` is the service's: images that keep a name without it
-    (those of 3.x, relabelled) are still known as this hub's by it.
-    """
-
-    return {
-        f"{LABEL_PREFIX}.uid": env.uid,
-        f"{LABEL_PREFIX}.display_name": env.name,
-        f"{LABEL_PREFIX}.image_name": env.image_name,
-        f"{LABEL_PREFIX}.repo": env.repo,
-        f"{LABEL_PREFIX}.ref": env.ref,
-        f"{LABEL_PREFIX}.mem_limit": env.memory or "",
-        f"{LABEL_PREFIX}.cpu_limit": "" if env.cpu is None else repr(env.cpu),
-        f"{LABEL_PREFIX}.machine_profile": env.machine_profile or "",
-        f"{LABEL_PREFIX}.node_selector": json.dumps(env.node_selector or {}, sort_keys=True),
-        f"{LABEL_PREFIX}.owner": env.owner or "",
-        f"{LABEL_PREFIX}.image_prefix": image_prefix,
-        # Who may use it is in the service's database only (it changes after
-        # the build): a spawner that cannot find it offers it to its owner only.
-        f"{LABEL_PREFIX}.access": "database",
-    }

@@ -6,7 +6,7 @@ the checks a rebuild passes (nothing queued yet, credentials of a private
 repository, the owner's quotas and fair queue) are made once.
 """
 
-from . import fields as envs
+from .. import contract
 from ..builds.base import BuildRequest
 from ..db import store
 from .disk_usage import Disk
@@ -42,7 +42,7 @@ def build_request(env, credentials=(None, None), image_prefix=""):
         repo=env.repo,
         ref=env.ref,
         image_name=env.image_name,
-        labels=envs.image_labels(env, image_prefix),
+        labels=contract.image_labels(env, image_prefix),
         build_args=dict(env.build_args or {}),
         provider=env.provider,
         username=username,

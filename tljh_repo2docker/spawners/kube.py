@@ -36,7 +36,7 @@ async def stored_user_options(db_url, user_options):
     from sqlalchemy.exc import SQLAlchemyError
 
     from ..db import store
-    from ..service.fields import user_options as stored_options
+    from ..contract import user_options as stored_options
 
     uid = user_options.get("environment")
     if not uid or not isinstance(uid, str):
@@ -105,7 +105,7 @@ class KubeEnvironment(EnvironmentMixin):
         from sqlalchemy.exc import SQLAlchemyError
 
         from ..db import store
-        from ..service.fields import user_options as stored_options
+        from ..contract import user_options as stored_options
 
         try:
             rows = await store.list_environments(_sessions_for(self.db_url))
@@ -255,7 +255,7 @@ def make_kube_spawner():
             environments and takes their image, memory and CPU limits and node
             selector from the database, whatever ``user_options`` say, the
             spawn form lists them, and only those the user may use (see
-            ``tljh_repo2docker.service.access``: owner, sharing, admins) are offered
+            ``tljh_repo2docker.access``: owner, sharing, admins) are offered
             and started. Default: trust ``user_options`` (within
             ``image_prefix``), which then also decide who uses what.
             """,

@@ -5,7 +5,7 @@
   (:meth:`EnvironmentMixin.inspect_environment`, one per engine).
 - **May this user use it**: only what :meth:`EnvironmentMixin.list_images`
   returns may be offered or started. It keeps the environments the user may
-  use by the rule of :mod:`tljh_repo2docker.service.access` (owner, shared with
+  use by the rule of :mod:`tljh_repo2docker.access` (owner, shared with
   everyone, with them or with one of their groups, or an admin), reading
   who each is shared with from the service's database (``db_url``, read
   only); override it to filter more and both the spawn form and ``start``
@@ -22,7 +22,6 @@ The engines add how: ``docker.py`` (labels, named volumes) and ``kube.py``
 import html
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,19 +29,18 @@ from tornado import web
 from traitlets import Enum, Integer, Unicode, default
 from traitlets.config import Configurable
 
-from .. import LABEL_PREFIX, TLJH_R2D_ADMIN_SCOPE
-from ..service.access import PRIVATE, Access, Viewer
+from .. import contract
+from ..contract import LABEL_PREFIX, TLJH_R2D_ADMIN_SCOPE, belongs_to_hub  # noqa: F401 (spawners import belongs_to_hub here)
+from ..access import PRIVATE, Access, Viewer
 from ..limits import LimitError, memory_bytes, parse_cpu, parse_memory
 
 #: The label that makes an image a built environment.
-UID_LABEL = f"{LABEL_PREFIX}.uid"
+UID_LABEL = contract.UID_LABEL
 #: The label the service puts on images that keep a name without its prefix
 #: (images of 3.x, relabelled when the service is upgraded).
-IMAGE_PREFIX_LABEL = f"{LABEL_PREFIX}.image_prefix"
-# The tag of a build kept as a version (builds/docker.py: version_reference).
-_VERSION_TAG = re.compile(r"--v[0-9]+$")
+IMAGE_PREFIX_LABEL = contract.IMAGE_PREFIX_LABEL
 #: Labels of a home volume (the contract with the service's homes page).
-HOME_LABEL = f"{LABEL_PREFIX}.home"
+HOME_LABEL = contract.HOME_LABEL
 
 
 def _label(labels, name):
@@ -77,18 +75,6 @@ def _unusable(image, problem):
         f"The environment {image!r} cannot be started: its {problem}. "
         "Ask an administrator to rebuild it."
     )
-
-
-def belongs_to_hub(image, labels, image_prefix):
-    """True when ``image`` is one of the environments of the hub with ``image_prefix``.
-
-    Its name starts with the prefix, or (for images of 3.x, which the service
-    relabels under their old names) its ``tljh_repo2docker.image_prefix``
-    label is that prefix. An empty prefix takes every environment.
-    """
-    if image.startswith(image_prefix):
-        return True
-    return bool(image_prefix) and (labels or {}).get(IMAGE_PREFIX_LABEL) == image_prefix
 
 
 @dataclass(frozen=True)
@@ -223,7 +209,7 @@ def _image_reference(image):
     # A version kept for a rollback (tag "...--vN") is not offered by itself.
     tags = [
         t for t in image.get("RepoTags") or []
-        if t != "<none>:<none>" and not _VERSION_TAG.search(t)
+        if t != "<none>:<none>" and not contract.is_version_reference(t)
     ]
     wanted = _label(image.get("Labels"), "image_name")
     if wanted in tags:

@@ -36,7 +36,7 @@ from .engine import (
     STAGING_NAME_LABEL,
     UID_LABEL,
 )
-from .images import VERSION_TAG, is_version_reference, version_reference
+from ...contract import VERSION_TAG, is_version_reference, version_reference
 from .logreader import LogReader
 
 __all__ = [

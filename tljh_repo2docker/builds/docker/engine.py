@@ -13,6 +13,8 @@ import re
 import aiodocker
 import aiohttp
 
+from ... import contract
+
 #: Container label holding the build's uid; also marks the container as ours.
 BUILD_LABEL = "tljh_repo2docker.build"
 #: Container label holding the image the build makes (for attach()).
@@ -20,9 +22,9 @@ IMAGE_NAME_LABEL = "tljh_repo2docker.build_image"
 #: Container label holding the staging name repo2docker builds into.
 STAGING_NAME_LABEL = "tljh_repo2docker.build_staging"
 #: Image label that marks an environment's image (see adoptable_images()).
-UID_LABEL = "tljh_repo2docker.uid"
+UID_LABEL = contract.UID_LABEL
 #: The label every image of tljh-repo2docker 3.x carries (it has no uid label).
-LEGACY_LABEL = "tljh_repo2docker.image_name"
+LEGACY_LABEL = contract.IMAGE_NAME_LABEL
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 

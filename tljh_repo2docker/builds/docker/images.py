@@ -10,13 +10,12 @@ old image; and this way the previous image keeps its name, for new servers,
 until the new one is ready.
 
 Each build kept as a version has its own reference, ``repo:tag--vN``
-(:func:`version_reference`): the one definition of that pattern in
-``builds/``.
+(:func:`tljh_repo2docker.contract.version_reference`, the one definition
+of that pattern).
 """
 
 import io
 import json
-import re
 import shutil
 import tarfile
 import time
@@ -25,6 +24,7 @@ import aiodocker
 import aiohttp
 
 from ..base import BUILT, FAILED, BuildError, BuildEvent
+from ...contract import split_reference, version_reference
 from .engine import (
     BUILD_LABEL,
     ENGINE_ERRORS,
@@ -35,33 +35,6 @@ from .engine import (
     describe,
     timestamp,
 )
-
-#: What joins an image's tag and a build's number in a version's own reference.
-_VERSION_SEPARATOR = "--v"
-#: Ends the tag of a version's own reference (see version_reference).
-VERSION_TAG = re.compile(rf"{_VERSION_SEPARATOR}[0-9]+$")
-
-
-def version_reference(image_name, number):
-    """The reference that keeps build ``number`` of ``image_name``:
-    ``repo:tag--vN`` (Docker tags have at most 128 characters)."""
-    repository, tag = split_reference(image_name)
-    suffix = f"{_VERSION_SEPARATOR}{number}"
-    return f"{repository}:{tag[: 128 - len(suffix)]}{suffix}"
-
-
-def is_version_reference(image_name):
-    """Whether ``image_name`` is a version's own reference (see :func:`version_reference`)."""
-    return VERSION_TAG.search(image_name) is not None
-
-
-def split_reference(image_name):
-    """``(repository, tag)`` of an image reference; a port is not a tag."""
-    repository, sep, tag = image_name.rpartition(":")
-    if not sep or "/" in tag:
-        return image_name, "latest"
-    return repository, tag
-
 
 class ImagesMixin:
     """Images (part of ``DockerBuilder``): uses its ``docker`` client, ``log``,
