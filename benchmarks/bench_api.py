@@ -53,8 +53,8 @@ import httpx
 
 from common import ADMIN_SCOPES, ROOT, fill_db, ms, percentile, rss, service_pid
 
-from tests.fixtures import running_hub  # noqa: E402
-from tests.utils import make_token  # noqa: E402
+from tests.helpers.fixtures import running_hub  # noqa: E402
+from tests.helpers.utils import make_token  # noqa: E402
 
 
 ENCODINGS = {"plain": "identity", "gzip": "gzip", "revalidated": "gzip"}

@@ -46,9 +46,9 @@ import httpx
 
 from common import ADMIN_SCOPES, percentile
 
-from tests.fixtures import BUILDER_IMAGE, SINGLEUSER_IMAGE, running_hub  # noqa: E402
-from tests.gitserver import GitServer, make_repo  # noqa: E402
-from tests.utils import make_token, remove_test_images  # noqa: E402
+from tests.helpers.fixtures import BUILDER_IMAGE, SINGLEUSER_IMAGE, running_hub  # noqa: E402
+from tests.helpers.gitserver import GitServer, make_repo  # noqa: E402
+from tests.helpers.utils import make_token, remove_test_images  # noqa: E402
 
 
 def new_repo(root, git, seconds):

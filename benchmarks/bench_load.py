@@ -46,8 +46,8 @@ from common import ACCESS, ROOT, percentile
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db
 
-from tests.fixtures import _free_port, running_hub  # noqa: E402
-from tests.utils import make_token  # noqa: E402
+from tests.helpers.fixtures import _free_port, running_hub  # noqa: E402
+from tests.helpers.utils import make_token  # noqa: E402
 
 FINAL = ("built", "failed", "cancelled")
 

@@ -31,8 +31,8 @@ import httpx
 
 from common import ACCESS, ms, percentile
 
-from tests.fixtures import running_hub  # noqa: E402
-from tests.utils import admin_api, make_token  # noqa: E402
+from tests.helpers.fixtures import running_hub  # noqa: E402
+from tests.helpers.utils import admin_api, make_token  # noqa: E402
 from tljh_repo2docker.db.models import Environment, utcnow  # noqa: E402
 from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db  # noqa: E402
 

@@ -29,9 +29,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fixtures import SINGLEUSER_IMAGE, running_hub  # noqa: E402
-from tests.gitserver import GitServer, make_repo  # noqa: E402
-from tests.utils import HubUser, admin_api, make_token, remove_test_images  # noqa: E402
+from tests.helpers.fixtures import SINGLEUSER_IMAGE, running_hub  # noqa: E402
+from tests.helpers.gitserver import GitServer, make_repo  # noqa: E402
+from tests.helpers.utils import HubUser, admin_api, make_token, remove_test_images  # noqa: E402
 
 
 def percentile(values, q):

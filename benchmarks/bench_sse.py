@@ -39,9 +39,9 @@ import httpx
 
 from common import ADMIN_SCOPES, ms, percentile
 
-from tests.fixtures import SINGLEUSER_IMAGE, running_hub  # noqa: E402
-from tests.gitserver import GitServer, make_repo  # noqa: E402
-from tests.utils import make_token, remove_test_images  # noqa: E402
+from tests.helpers.fixtures import SINGLEUSER_IMAGE, running_hub  # noqa: E402
+from tests.helpers.gitserver import GitServer, make_repo  # noqa: E402
+from tests.helpers.utils import make_token, remove_test_images  # noqa: E402
 
 LINES = 50
 # BuildKit's plain progress output: "#<step> <seconds since the step started> <line>".

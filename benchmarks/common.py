@@ -1,7 +1,7 @@
 """What the build benchmarks share: percentiles, the service's process, a filled database.
 
 Every benchmark starts a real JupyterHub + configurable-http-proxy with the
-service as a managed service (``tests.fixtures.running_hub``), so requests go
+service as a managed service (``tests.helpers.fixtures.running_hub``), so requests go
 through HubOAuth token checks like a client's; all traffic stays on 127.0.0.1.
 """
 

@@ -5,7 +5,7 @@ Run on demand (real JupyterHub + proxy + the service + Docker; all on 127.0.0.1)
     .venv/bin/python benchmarks/soak_log_kills.py [--rounds 10] [--seed N]
 
 The same check as ``tests/test_log_kills.py``, for longer: the service runs
-under ``tests/restarter.py`` (started again at once after each SIGKILL, as
+under ``tests/helpers/restarter.py`` (started again at once after each SIGKILL, as
 JupyterHub does after its next poll, every 30 s). Each round builds two
 repositories at once, with random output (a burst of up to 500 lines at
 once, then up to 120 lines 0.05-0.5 s apart, an empty line every fifth),
@@ -32,10 +32,10 @@ from pathlib import Path
 import common  # noqa: F401  (puts the project on sys.path)
 from common import percentile
 
-from tests import logkills  # noqa: E402
-from tests.fixtures import running_hub  # noqa: E402
-from tests.gitserver import GitServer  # noqa: E402
-from tests.utils import HubUser, remove_test_images  # noqa: E402
+from tests.helpers import logkills  # noqa: E402
+from tests.helpers.fixtures import running_hub  # noqa: E402
+from tests.helpers.gitserver import GitServer  # noqa: E402
+from tests.helpers.utils import HubUser, remove_test_images  # noqa: E402
 
 
 async def one_round(hub, git, root, rng):

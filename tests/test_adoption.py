@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from tests.buildutils import docker, token
-from tests.fixtures import SINGLEUSER_IMAGE
+from tests.helpers.buildutils import docker, token
+from tests.helpers.fixtures import SINGLEUSER_IMAGE
 from tljh_repo2docker.builds.adoption import adopt_images
 from tljh_repo2docker.builds.docker import DockerBuilder
 from tljh_repo2docker.db import store

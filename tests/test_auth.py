@@ -9,7 +9,7 @@ import pytest
 
 from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
 
-from .utils import SERVICE, assert_json_error, make_token
+from .helpers.utils import SERVICE, assert_json_error, make_token
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

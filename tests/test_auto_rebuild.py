@@ -18,10 +18,10 @@ import uuid
 import httpx
 import pytest
 
-from tests.buildutils import dockerfile, token, wait_for
-from tests.fixtures import running_hub
-from tests.gitserver import add_commit, head_commit, make_repo
-from tests.utils import SECRET_PASSWORD, SERVICE, HubUser, assert_json_error
+from tests.helpers.buildutils import dockerfile, token, wait_for
+from tests.helpers.fixtures import running_hub
+from tests.helpers.gitserver import add_commit, head_commit, make_repo
+from tests.helpers.utils import SECRET_PASSWORD, SERVICE, HubUser, assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

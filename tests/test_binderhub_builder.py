@@ -33,7 +33,7 @@ from tljh_repo2docker.builds.binderhub import (
     build_url,
 )
 
-from .binderhub_standin import IMAGE, BinderHubStandin
+from .helpers.binderhub_standin import IMAGE, BinderHubStandin
 
 TOKEN = "secret-token-5d1f0e7c9b"
 

@@ -29,10 +29,10 @@ import uuid
 import httpx
 import pytest
 
-from tests import utils
-from tests.buildutils import FINAL, log_text, read_events, token, wait_for
-from tests.fixtures import ROOT, SINGLEUSER_IMAGE, _free_port, need, running_hub
-from tests.gitserver import make_repo
+from tests.helpers import utils
+from tests.helpers.buildutils import FINAL, log_text, read_events, token, wait_for
+from tests.helpers.fixtures import ROOT, SINGLEUSER_IMAGE, _free_port, need, running_hub
+from tests.helpers.gitserver import make_repo
 from tljh_repo2docker.builds.base import FAILED, BuildRequest
 from tljh_repo2docker.builds.binderhub import CANCEL_NOTE, BinderHubBuilder
 

@@ -1,7 +1,7 @@
 """The service with ``--binderhub_url``: builds go to a BinderHub, end to end.
 
 A real JupyterHub, configurable-http-proxy and this service (as a managed
-service) talk to the stand-in BinderHub of ``tests/binderhub_standin.py``,
+service) talk to the stand-in BinderHub of ``tests/helpers/binderhub_standin.py``,
 which runs on 127.0.0.1 in a thread of its own, under a URL with a path
 (``/services/binder/``) and a token it requires. What a build does is chosen
 by a keyword in the repository name (``fail-phase``, ``cut-stream``, ...).
@@ -28,8 +28,8 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from tests import utils
-from tests.binderhub_standin import (
+from tests.helpers import utils
+from tests.helpers.binderhub_standin import (
     IMAGE,
     BinderHubStandin,
     Endless,
@@ -37,8 +37,8 @@ from tests.binderhub_standin import (
     building_steps,
     success,
 )
-from tests.buildutils import FINAL, log_text, read_events, token, wait_for
-from tests.fixtures import running_hub
+from tests.helpers.buildutils import FINAL, log_text, read_events, token, wait_for
+from tests.helpers.fixtures import running_hub
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from tests.buildutils import build_containers, docker, dockerfile, image_info, token
-from tests.fixtures import BUILDER_IMAGE
-from tests.gitserver import make_repo
+from tests.helpers.buildutils import build_containers, docker, dockerfile, image_info, token
+from tests.helpers.fixtures import BUILDER_IMAGE
+from tests.helpers.gitserver import make_repo
 from tljh_repo2docker.builds.docker import DockerBuilder
 from tljh_repo2docker.builds.manager import BuildManager
 from tljh_repo2docker.db import store

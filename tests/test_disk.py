@@ -6,7 +6,7 @@ test repository copies a new random file into the image, so that every
 version has a layer of its own and removing it frees a known amount.
 
 The engine's build cache is shared with everything else on it: every test
-hub's ``build_cache_max_age`` is a century (tests/utils.py ``hub_config``), so
+hub's ``build_cache_max_age`` is a century (tests/helpers/utils.py ``hub_config``), so
 prune never touches it here.
 """
 
@@ -18,11 +18,11 @@ import subprocess
 
 import pytest
 
-from tests import utils
-from tests.buildutils import build_containers, docker, dockerfile, image_info, token, wait_for
-from tests.fixtures import BUILDER_IMAGE, running_hub, start_hub, stop_hub
-from tests.gitserver import add_commit, make_repo
-from tests.utils import assert_json_error
+from tests.helpers import utils
+from tests.helpers.buildutils import build_containers, docker, dockerfile, image_info, token, wait_for
+from tests.helpers.fixtures import BUILDER_IMAGE, running_hub, start_hub, stop_hub
+from tests.helpers.gitserver import add_commit, make_repo
+from tests.helpers.utils import assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

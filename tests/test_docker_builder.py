@@ -5,7 +5,7 @@ Needs the local test images (``scripts/build-test-images.sh``):
 and ``TLJH_R2D_TEST_SINGLEUSER_IMAGE`` (default ``tljh-repo2docker-test/singleuser:latest``).
 Without a Docker engine or those images the tests skip, and fail under ``CI=true``.
 
-Repositories are served by :mod:`tests.gitserver` on 127.0.0.1, so the build
+Repositories are served by :mod:`tests.helpers.gitserver` on 127.0.0.1, so the build
 containers use host networking. Every test uses its own uids and image names
 and removes what it made.
 """
@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.gitserver import GitServer, add_commit, head_commit, make_repo
+from tests.helpers.gitserver import GitServer, add_commit, head_commit, make_repo
 from tljh_repo2docker.builds.base import (
     BUILT,
     CANCELLED,

@@ -19,7 +19,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.buildutils import (
+from tests.helpers.buildutils import (
     FINAL,
     build_containers,
     build_containers_gone,
@@ -33,9 +33,9 @@ from tests.buildutils import (
     wait_building,
     wait_for,
 )
-from tests.fixtures import add
-from tests.gitserver import add_commit, head_commit, make_repo
-from tests.utils import SECRET_PASSWORD, admin_api, assert_json_error
+from tests.helpers.fixtures import add
+from tests.helpers.gitserver import add_commit, head_commit, make_repo
+from tests.helpers.utils import SECRET_PASSWORD, admin_api, assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -45,7 +45,7 @@ def iso(value):
     return datetime.fromisoformat(value)
 
 
-# The fixtures repo and envs are in tests/fixtures.py.
+# The fixtures repo and envs are in tests/helpers/fixtures.py.
 
 
 # -- 1. status flow, fields and image labels ------------------------------------

@@ -2,7 +2,7 @@
 
 import pytest
 
-from .utils import assert_json_error
+from .helpers.utils import assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

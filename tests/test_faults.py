@@ -9,7 +9,7 @@
 
 After each, the database and Docker agree: no environment left queued or
 building, no build container, no image the database does not record, and
-every recorded image present (:func:`tests.buildutils.assert_db_and_docker_agree`).
+every recorded image present (:func:`tests.helpers.buildutils.assert_db_and_docker_agree`).
 
 The hub's service runs with ``--DockerBuilder.build_tmpfs_size`` (see test 1),
 so the builds of tests 2 and 3 also show that ordinary repositories build
@@ -25,9 +25,9 @@ import time
 import httpx
 import pytest
 
-from tests import utils
-from tests.utils import figure
-from tests.buildutils import (
+from tests.helpers import utils
+from tests.helpers.utils import figure
+from tests.helpers.buildutils import (
     FINAL,
     assert_db_and_docker_agree,
     build_containers,
@@ -45,8 +45,8 @@ from tests.buildutils import (
     wait_building,
     wait_for,
 )
-from tests.fixtures import SINGLEUSER_IMAGE, running_hub, start_hub, stop_hub
-from tests.gitserver import make_repo
+from tests.helpers.fixtures import SINGLEUSER_IMAGE, running_hub, start_hub, stop_hub
+from tests.helpers.gitserver import make_repo
 from tljh_repo2docker.builds.docker import BUILD_TMPFS_PATH
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
@@ -251,7 +251,7 @@ async def test_dockerd_restart_mid_build(hub, admin, git_root, git_server):
     stopped build container, so nothing is left behind. With ``live-restore``
     the container keeps running, and the service must follow it to ``built``.
     The engine is started again exactly as ``./dev setup`` starts it
-    (:func:`tests.buildutils.start_dockerd`), and answers before the test ends.
+    (:func:`tests.helpers.buildutils.start_dockerd`), and answers before the test ends.
     """
     name = f"dockerd-{token()}"
     make_repo(

@@ -11,7 +11,7 @@ import pytest
 try:
     from gitserver import GitServer, add_commit, head_commit, make_repo
 except ImportError:  # tests/ imported as a package
-    from tests.gitserver import GitServer, add_commit, head_commit, make_repo
+    from tests.helpers.gitserver import GitServer, add_commit, head_commit, make_repo
 
 
 def git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

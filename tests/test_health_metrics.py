@@ -23,7 +23,7 @@ from tljh_repo2docker.builds.manager import BuildManager
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.session import make_engine, make_sessionmaker
 
-from .utils import SERVICE, admin_api, assert_json_error, make_token
+from .helpers.utils import SERVICE, admin_api, assert_json_error, make_token
 
 SECRET = "hunter2-do-not-show"
 
@@ -323,7 +323,7 @@ c.JupyterHub.load_roles.append({{
 @pytest.fixture(scope="module")
 def metrics_hub(tmp_path_factory, test_images):
     """A second hub whose user carol may read metrics (and is no admin)."""
-    from tests.fixtures import running_hub
+    from tests.helpers.fixtures import running_hub
 
     with running_hub(tmp_path_factory.mktemp("metrics-hub"), extra_config=READ_METRICS_ROLE) as info:
         with admin_api(info) as api:

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from dockerspawner import DockerSpawner
 
-from tests.buildutils import dockerfile
-from tests.fixtures import running_hub
-from tests.gitserver import add_commit, make_repo
+from tests.helpers.buildutils import dockerfile
+from tests.helpers.fixtures import running_hub
+from tests.helpers.gitserver import add_commit, make_repo
 from tests.test_servers import wait_server
-from tests.utils import HubUser, admin_api, make_token
+from tests.helpers.utils import HubUser, admin_api, make_token
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -220,7 +220,7 @@ async def test_files_survive_restarts_rebuilds_switches_and_removal(
 
 def volume_text(volume, path):
     """The text of ``path`` in the home volume ``volume``, read by a throw-away container."""
-    from tests.fixtures import SINGLEUSER_IMAGE
+    from tests.helpers.fixtures import SINGLEUSER_IMAGE
 
     out = subprocess.run(
         ["docker", "run", "--rm", "-v", f"{volume}:/home/jovyan", SINGLEUSER_IMAGE,
@@ -233,7 +233,7 @@ def volume_text(volume, path):
 @pytest.fixture(scope="module")
 def tljh_hub(tmp_path_factory, test_images):
     """A hub configured by the TLJH plugin (``remove = False``), back on the test network."""
-    from tests.utils import next_image_prefix
+    from tests.helpers.utils import next_image_prefix
 
     prefix = next_image_prefix()
     config = f"""
@@ -251,7 +251,7 @@ c.Repo2DockerSpawner.image_prefix = {prefix!r}
 async def test_tljh_plugin_homes_survive_restarts_rebuilds_and_hub_restarts(
     tljh_hub, git_server, git_root
 ):
-    from tests.fixtures import start_hub, stop_hub
+    from tests.helpers.fixtures import start_hub, stop_hub
 
     hub = tljh_hub
     name = f"{RUN}tl"

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from .fixtures import SINGLEUSER_IMAGE, running_hub
-from .utils import assert_json_error
+from .helpers.fixtures import SINGLEUSER_IMAGE, running_hub
+from .helpers.utils import assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
 from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
 from tljh_repo2docker.paths import OPENAPI
 
-from .utils import SERVICE, assert_json_error, figure, make_token
+from .helpers.utils import SERVICE, assert_json_error, figure, make_token
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

@@ -27,9 +27,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests import utils
-from tests.utils import sse_read
-from tests.buildutils import (
+from tests.helpers import utils
+from tests.helpers.utils import sse_read
+from tests.helpers.buildutils import (
     FINAL,
     build_containers,
     build_containers_gone,
@@ -43,8 +43,8 @@ from tests.buildutils import (
     wait_building,
     wait_for,
 )
-from tests.fixtures import _free_port, need, running_hub
-from tests.gitserver import head_commit, make_repo
+from tests.helpers.fixtures import _free_port, need, running_hub
+from tests.helpers.gitserver import head_commit, make_repo
 from tests.test_databases import _server_db
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.session import make_engine, make_sessionmaker

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import SINGLEUSER_IMAGE, image_exists, need
-from tests.kubecluster import NODE_SELECTOR, kube_cluster
+from tests.helpers.fixtures import SINGLEUSER_IMAGE, image_exists, need
+from tests.helpers.kubecluster import NODE_SELECTOR, kube_cluster
 
 pytest.importorskip("kubernetes_asyncio")
 

@@ -25,9 +25,9 @@ import time
 import httpx
 import pytest
 
-from tests import utils
-from tests.utils import figure, sse_read
-from tests.buildutils import (
+from tests.helpers import utils
+from tests.helpers.utils import figure, sse_read
+from tests.helpers.buildutils import (
     FINAL,
     build_containers,
     docker,
@@ -39,8 +39,8 @@ from tests.buildutils import (
     wait_building,
     wait_for,
 )
-from tests.fixtures import SINGLEUSER_IMAGE, running_hub
-from tests.gitserver import make_repo
+from tests.helpers.fixtures import SINGLEUSER_IMAGE, running_hub
+from tests.helpers.gitserver import make_repo
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

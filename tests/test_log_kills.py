@@ -13,7 +13,7 @@ goes on from there.
   stream breaks in the middle of a line.
 - Through a real hub, the real engine and repo2docker: builds that print
   lines steadily while the service is killed at random moments, many times
-  (the service runs under ``tests/restarter.py``, which starts it again at
+  (the service runs under ``tests/helpers/restarter.py``, which starts it again at
   once, as JupyterHub does after its next poll), and once through JupyterHub
   itself, which also measures how long the service is away.
 
@@ -33,11 +33,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import logkills
-from tests.buildutils import wait_building
-from tests.fixtures import running_hub
+from tests.helpers import logkills
+from tests.helpers.buildutils import wait_building
+from tests.helpers.fixtures import running_hub
 from tests.test_service_restart import service_pids
-from tests.utils import HubUser, figure
+from tests.helpers.utils import HubUser, figure
 from tljh_repo2docker.builds.base import BUILT, LOG, FAILED
 from tljh_repo2docker.builds.docker import DockerBuilder
 from tljh_repo2docker.builds.docker import LogReader as _LogReader
@@ -220,7 +220,7 @@ async def test_a_stream_that_breaks_in_the_middle_of_a_line_repeats_nothing(monk
 
 @pytest.fixture(scope="module")
 def kill_hub(tmp_path_factory, test_images):
-    """A hub whose service runs under tests/restarter.py."""
+    """A hub whose service runs under tests/helpers/restarter.py."""
     workdir = tmp_path_factory.mktemp("kill-hub")
     pidfile = workdir / "service.pid"
     with running_hub(workdir, extra_config=logkills.restarter_config(pidfile)) as info:
@@ -488,7 +488,7 @@ async def test_a_binderhub_build_resubmitted_after_a_kill_repeats_no_line(sqlite
     """Over HTTP with the stand-in BinderHub: the service dies mid-build; the
     new one asks BinderHub again, which follows its build from its start
     (the lines already stored come again): they are dropped, and said so."""
-    from tests.binderhub_standin import BinderHubStandin, Done, Event, Scenario, Sleep, building_steps
+    from tests.helpers.binderhub_standin import BinderHubStandin, Done, Event, Scenario, Sleep, building_steps
     from tljh_repo2docker.builds.binderhub import BinderHubBuilder
 
     steps = building_steps()

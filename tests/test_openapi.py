@@ -23,7 +23,7 @@ from tljh_repo2docker.db import store
 from tljh_repo2docker.handlers.base import APIHandler, NotFoundAPIHandler
 from tljh_repo2docker.paths import OPENAPI
 
-from .utils import SERVICE, assert_json_error
+from .helpers.utils import SERVICE, assert_json_error
 
 HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 

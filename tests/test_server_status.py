@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from tests.gitserver import add_commit, make_repo
+from tests.helpers.gitserver import add_commit, make_repo
 
-from .fixtures import SINGLEUSER_IMAGE
-from .fixtures import running_hub
-from .utils import HubUser, admin_api, assert_json_error
+from .helpers.fixtures import SINGLEUSER_IMAGE
+from .helpers.fixtures import running_hub
+from .helpers.utils import HubUser, admin_api, assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

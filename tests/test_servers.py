@@ -18,7 +18,7 @@ from dockerspawner import DockerSpawner
 
 from tljh_repo2docker.handlers.servers import slug_for
 
-from .utils import SERVICE, admin_api, assert_json_error
+from .helpers.utils import SERVICE, admin_api, assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

@@ -19,9 +19,9 @@ import time
 import httpx
 import pytest
 
-from tests.buildutils import FINAL, build_containers, build_containers_gone, docker, dockerfile, image_info, token, wait_building
-from tests.gitserver import head_commit, make_repo
-from tests.utils import sse_read
+from tests.helpers.buildutils import FINAL, build_containers, build_containers_gone, docker, dockerfile, image_info, token, wait_building
+from tests.helpers.gitserver import head_commit, make_repo
+from tests.helpers.utils import sse_read
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

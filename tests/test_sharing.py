@@ -18,10 +18,10 @@ import time
 import httpx
 import pytest
 
-from tests.buildutils import dockerfile, token, wait_for
-from tests.fixtures import running_hub
-from tests.gitserver import make_repo
-from tests.utils import SERVICE, HubUser, admin_api, assert_json_error, make_token
+from tests.helpers.buildutils import dockerfile, token, wait_for
+from tests.helpers.fixtures import running_hub
+from tests.helpers.gitserver import make_repo
+from tests.helpers.utils import SERVICE, HubUser, admin_api, assert_json_error, make_token
 from tljh_repo2docker import TLJH_R2D_BUILD_SCOPE
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]

@@ -17,7 +17,7 @@ import docker
 import pytest
 from jupyterhub.objects import Hub
 
-from tests.utils import remove_volumes
+from tests.helpers.utils import remove_volumes
 from tljh_repo2docker.spawner import EnvironmentRefused, Repo2DockerSpawner, SpawnFailed
 
 pytestmark = pytest.mark.docker
@@ -209,7 +209,7 @@ def docker_out(*args):
 
 def in_volume(volume, script, image=None):
     """Run ``sh -c script`` as root in a throw-away container with ``volume`` as the home (``~``)."""
-    from tests.fixtures import SINGLEUSER_IMAGE
+    from tests.helpers.fixtures import SINGLEUSER_IMAGE
 
     return docker_out(
         "run", "--rm", "-u", "0", "-e", "HOME=/home/jovyan", "-v", f"{volume}:/home/jovyan",

@@ -17,9 +17,9 @@ import uuid
 
 import pytest
 
-from tests.fixtures import running_hub
+from tests.helpers.fixtures import running_hub
 from tests.test_spawner_docker import build_environment
-from tests.utils import HubUser, admin_api, next_image_prefix
+from tests.helpers.utils import HubUser, admin_api, next_image_prefix
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

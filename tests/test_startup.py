@@ -21,10 +21,10 @@ import time
 import httpx
 import pytest
 
-from tests import utils
-from tests.buildutils import dockerfile, token
-from tests.fixtures import running_hub
-from tests.gitserver import make_repo
+from tests.helpers import utils
+from tests.helpers.buildutils import dockerfile, token
+from tests.helpers.fixtures import running_hub
+from tests.helpers.gitserver import make_repo
 from tests.test_hub_databases import PrivatePostgres
 from tests.test_servers import wait_server
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import utils
-from tests.fixtures import ROOT, _free_port, need
+from tests.helpers import utils
+from tests.helpers.fixtures import ROOT, _free_port, need
 from tests.test_startup import SocketForwarder
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]

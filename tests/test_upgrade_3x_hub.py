@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import utils
-from tests.buildutils import docker, token
-from tests.fixtures import SINGLEUSER_IMAGE, running_hub
+from tests.helpers import utils
+from tests.helpers.buildutils import docker, token
+from tests.helpers.fixtures import SINGLEUSER_IMAGE, running_hub
 from tests.test_homes import Files
 from tests.test_servers import container, wait_server
 
@@ -86,7 +86,7 @@ def upgraded(tmp_path_factory, test_images, git_server, git_root):
     con.commit()
     rows = con.execute("SELECT uid, name, image_meta FROM images ORDER BY name").fetchall()
     con.close()
-    from tests.gitserver import make_repo
+    from tests.helpers.gitserver import make_repo
 
     # the repositories the environments were built from, for the rebuild
     repos = {}

@@ -1,7 +1,7 @@
 """Versions and rollback end to end: every build a version, history, rollback.
 
 Real JupyterHub with its proxy, the service, the Docker engine, repo2docker
-and the git server (see tests/fixtures.py). One environment lives through
+and the git server (see tests/helpers/fixtures.py). One environment lives through
 two builds, servers on each version, a rollback and a refused one; servers
 are alice's (the environment is the admin's, shared with everyone).
 """
@@ -10,11 +10,11 @@ import re
 
 import pytest
 
-from tests.buildutils import FINAL, dockerfile, image_info, wait_building
-from tests.fixtures import add
-from tests.gitserver import add_commit, head_commit
+from tests.helpers.buildutils import FINAL, dockerfile, image_info, wait_building
+from tests.helpers.fixtures import add
+from tests.helpers.gitserver import add_commit, head_commit
 from tests.test_servers import container, wait_server
-from tests.utils import assert_json_error
+from tests.helpers.utils import assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -190,7 +190,7 @@ async def test_rollback_to_a_version_whose_image_is_gone(admin, envs, repo, git_
     assert env["status"] == "built", env
     current, old = await versions_of(admin, env["uid"])
     # Someone removes version 1's image behind the service's back.
-    from tests.buildutils import docker
+    from tests.helpers.buildutils import docker
 
     docker("image", "rm", old["image_name"])
     assert image_info(old["image_id"]) is None

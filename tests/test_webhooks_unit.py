@@ -3,7 +3,7 @@
 No hub and no Docker: secrets, signatures, payloads, ref matching, rate
 limits, ``git ls-remote`` output, and when the poller rebuilds. The ref
 checks against a repository run real ``git ls-remote`` on the test git
-server (tests/gitserver.py).
+server (tests/helpers/gitserver.py).
 """
 
 import hashlib
@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import pytest
 from tornado.httputil import HTTPHeaders
 
-from tests.gitserver import add_commit, make_repo
+from tests.helpers.gitserver import add_commit, make_repo
 from tljh_repo2docker.service import push_webhooks as webhooks
 from tljh_repo2docker.service import ref_watcher as refwatch
 from tljh_repo2docker.db import store

@@ -1,6 +1,6 @@
 """Fixtures of the browser tests (``ui-tests/``).
 
-They reuse the real infrastructure of ``tests/fixtures.py`` (JupyterHub with
+They reuse the real infrastructure of ``tests/helpers/fixtures.py`` (JupyterHub with
 configurable-http-proxy, the service as a managed service, Docker, the git
 server) and add a browser:
 
@@ -26,7 +26,7 @@ server) and add a browser:
   dialog by the first build test; built through the API when a test runs
   alone). ``html_env``: a built environment named like an HTML injection.
 
-The hub is the one of ``tests/fixtures.py`` (machine profiles Small/Large and
+The hub is the one of ``tests/helpers/fixtures.py`` (machine profiles Small/Large and
 a ``gpu`` node selector are configured). Run together with ``tests/``, the
 browser tests get a hub of their own: the fixtures are imported here, so
 pytest holds them twice. Helpers that tests import live in ``ui_helpers.py``.
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import pytest
 
-# hub, admin, alice, git_server, ... come from tests/fixtures.py (loaded by the root conftest.py)
-from tests.fixtures import IN_CI, SINGLEUSER_IMAGE, need
-from tests.gitserver import make_repo
-from tests.utils import SERVICE
+# hub, admin, alice, git_server, ... come from tests/helpers/fixtures.py (loaded by the root conftest.py)
+from tests.helpers.fixtures import IN_CI, SINGLEUSER_IMAGE, need
+from tests.helpers.gitserver import make_repo
+from tests.helpers.utils import SERVICE
 from ui_helpers import logged_in_context
 
 try:

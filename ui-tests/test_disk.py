@@ -7,7 +7,7 @@ import uuid
 import pytest
 from playwright.async_api import expect
 
-from tests.fixtures import SINGLEUSER_IMAGE
+from tests.helpers.fixtures import SINGLEUSER_IMAGE
 from ui_helpers import goto, service_path, shot
 
 pytestmark = pytest.mark.browser

@@ -311,7 +311,7 @@ async def test_failed_build_shows_its_error(admin_page, ui_envs, broken_repo, sl
 
 async def test_private_repository_credentials(admin_page, ui_envs, private_repo):
     """Credentials go with the build; a rebuild asks for them again."""
-    from tests.utils import SECRET_PASSWORD
+    from tests.helpers.utils import SECRET_PASSWORD
 
     page = admin_page
     name = ui_envs["private"]

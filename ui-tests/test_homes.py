@@ -11,9 +11,9 @@ import subprocess
 import pytest
 from playwright.async_api import expect
 
-from tests.fixtures import SINGLEUSER_IMAGE
-from tests.gitserver import add_commit, make_repo
-from tests.utils import admin_api
+from tests.helpers.fixtures import SINGLEUSER_IMAGE
+from tests.helpers.gitserver import add_commit, make_repo
+from tests.helpers.utils import admin_api
 from ui_helpers import SPAWN_TIMEOUT, goto, logged_in_context, server_row, service_path, shot
 
 pytestmark = pytest.mark.browser

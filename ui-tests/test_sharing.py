@@ -3,12 +3,12 @@
 import pytest
 from playwright.async_api import expect
 
-from tests.utils import HubUser, admin_api
+from tests.helpers.utils import HubUser, admin_api
 from ui_helpers import env_row, goto, logged_in_context, open_environments, service_path, shot
 
 pytestmark = pytest.mark.browser
 
-OWNER = "sh-owner"  # a builder in the test hub's configuration (tests/utils.py BUILDERS)
+OWNER = "sh-owner"  # a builder in the test hub's configuration (tests/helpers/utils.py BUILDERS)
 GROUP = "ui-sharing-team"
 NAME = "Builder's env"
 

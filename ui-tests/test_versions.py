@@ -3,8 +3,8 @@
 import pytest
 from playwright.async_api import expect
 
-from tests.fixtures import SINGLEUSER_IMAGE
-from tests.gitserver import add_commit, make_repo
+from tests.helpers.fixtures import SINGLEUSER_IMAGE
+from tests.helpers.gitserver import add_commit, make_repo
 from tests.test_servers import wait_server
 from ui_helpers import env_row, open_environments, open_servers, server_row, shot
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
-from tests.utils import SERVICE
+from tests.helpers.utils import SERVICE
 
 VIEWPORT = {"width": 1280, "height": 900}
 

@@ -150,7 +150,7 @@ c.Repo2DockerSpawner.image_prefix = "{info.image_prefix}"
 # Who may use which environment: the service's database (read only).
 c.Repo2DockerSpawner.db_url = {db_url!r}
 # Each test hub its own home volumes on the shared engine (users of every hub
-# are called alice and bob); removed with the hub (tests/fixtures.py).
+# are called alice and bob); removed with the hub (tests/helpers/fixtures.py).
 c.Repo2DockerSpawner.home_volume_name_template = "tljh-r2d-test-home-{{prefix}}-{{username}}"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
@@ -361,7 +361,7 @@ async def read_sse(client, url, headers=None, until_final=True, timeout=120):
 
 
 # Figures the tests measure (latencies, counts, durations), printed together at
-# the end of the run by tests/fixtures.py's pytest_terminal_summary, passed or not.
+# the end of the run by tests/helpers/fixtures.py's pytest_terminal_summary, passed or not.
 FIGURES = []
 
 

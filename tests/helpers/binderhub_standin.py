@@ -32,7 +32,7 @@ In process::
 
 As a process (for manual or UI tests)::
 
-    python tests/binderhub_standin.py --port 8585 --prefix /services/binder/
+    python tests/helpers/binderhub_standin.py --port 8585 --prefix /services/binder/
 """
 
 import argparse

@@ -14,9 +14,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.fixtures import need
+from tests.helpers.fixtures import need
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The bridge address scripts/kube.sh gives the host (BRIDGE_IP there).
 HOST_IP = "10.244.0.1"
 NODE_SELECTOR = {"hub.jupyter.org/node-purpose": "user"}

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.buildutils import FINAL, dockerfile, token
-from tests.gitserver import make_repo
-from tests.utils import sse_read
+from tests.helpers.buildutils import FINAL, dockerfile, token
+from tests.helpers.gitserver import make_repo
+from tests.helpers.utils import sse_read
 
 RESTARTER = Path(__file__).with_name("restarter.py")
 # BuildKit prints the output of a RUN step as "#<step> <seconds> <line>".
@@ -31,7 +31,7 @@ NUMBERED_RE = re.compile(r"^#\d+ [\d.]+ (tick|burst)-(\d+)$")
 
 
 def restarter_config(pidfile):
-    """Hub configuration that runs the service under tests/restarter.py (see there)."""
+    """Hub configuration that runs the service under tests/helpers/restarter.py (see there)."""
     return (
         "c.JupyterHub.services[0]['command'] = "
         f"[sys.executable, {str(RESTARTER)!r}, {str(pidfile)!r}] + c.JupyterHub.services[0]['command']\n"

@@ -1,6 +1,6 @@
 """Run a command, and start it again at once each time it is killed with SIGKILL.
 
-    python tests/restarter.py PIDFILE COMMAND...
+    python tests/helpers/restarter.py PIDFILE COMMAND...
 
 What JupyterHub does for a managed service that dies, without its wait: it
 notices a dead service only when it polls it (every 30 s) and then starts

@@ -13,8 +13,8 @@ import subprocess
 import time
 import uuid
 
-from tests.fixtures import SINGLEUSER_IMAGE
-from tests.utils import sse_read
+from tests.helpers.fixtures import SINGLEUSER_IMAGE
+from tests.helpers.utils import sse_read
 
 FINAL = {"built", "failed", "cancelled"}
 

@@ -7,12 +7,12 @@ Real components, started once per session:
 - ``test_images``: the local images built by ``scripts/build-test-images.sh``
   (repo2docker builder and single-user image); fails under CI if missing.
 - ``git_server``: a git HTTP server on 127.0.0.1 serving bare repositories
-  (``tests/gitserver.py``); ``private_git_server`` requires basic auth.
+  (``tests/helpers/gitserver.py``); ``private_git_server`` requires basic auth.
 - ``hub``: a real JupyterHub with configurable-http-proxy, DummyAuthenticator,
   Repo2DockerSpawner on the project's own Docker network, and this service as
   a managed service. Gives URLs, the admin API token and helpers.
 - ``admin``, ``alice``, ``bob``: logged-in browser-like sessions
-  (:class:`tests.utils.HubUser`) for a hub admin, a plain user, and a user whose
+  (:class:`tests.helpers.utils.HubUser`) for a hub admin, a plain user, and a user whose
   role carries the ``custom:tljh_repo2docker:admin`` scope.
 - ``running_hub(workdir, extra_service_args, extra_config, image_prefix)``: a
   context manager starting another such hub, for modules that need the
@@ -39,10 +39,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import utils
-from tests.gitserver import GitServer, make_repo
+from tests.helpers import utils
+from tests.helpers.gitserver import GitServer, make_repo
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # tests/
 ROOT = HERE.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
