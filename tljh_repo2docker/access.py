@@ -19,6 +19,8 @@ database (``spawner.user.groups``). Both call :meth:`Access.allows`.
 
 from dataclasses import dataclass
 
+from .errors import Forbidden, NotFound
+
 #: What environments added by admins, converted from 3.x or adopted get.
 EVERYONE = {"everyone": True, "users": [], "groups": []}
 #: What environments added by builders (holders of the build scope) get.
@@ -128,3 +130,19 @@ class Access:
         """Does the environment exist for ``viewer``? Owners and admins see it
         in every state; the others only once built, and when they may use it."""
         return self.manages(viewer) or (built and self.allows(viewer))
+
+
+def environment_for(viewer: Viewer, env, uid, manage=False, action="change it"):
+    """``env`` (a stored environment, or None) as ``viewer`` may reach it.
+
+    The one 404-or-403 decision: NotFound when it does not exist for them
+    (so that names of private environments do not leak), Forbidden when
+    ``manage`` is asked and they are neither its owner nor an admin
+    ("Only the environment's owner or an admin may <action>").
+    """
+    access = Access(env.owner, env.sharing) if env is not None else None
+    if access is None or not access.shows(viewer, env.image_id is not None):
+        raise NotFound(f"No environment with uid {uid!r}")
+    if manage and not access.manages(viewer):
+        raise Forbidden(f"Only the environment's owner or an admin may {action}")
+    return env

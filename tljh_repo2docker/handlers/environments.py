@@ -10,7 +10,7 @@ user may not see is answered 404, one they see but do not manage 403.
 from tornado import web
 
 from .. import contract
-from ..access import EVERYONE, PRIVATE, Access, SharingError, parse_sharing
+from ..access import EVERYONE, PRIVATE, Access, SharingError, environment_for, parse_sharing
 from ..builds.base import BuildError
 from ..db import store
 from ..service import fields as envs
@@ -29,13 +29,9 @@ class EnvironmentAPIMixin:
         """The environment ``uid`` as this user may see it: 404 when it does
         not exist for them, 403 when ``manage`` and they are neither its owner
         nor an admin."""
-        env = await store.get_environment(self.sessions, uid)
-        if env is None or not self.visible(env):
-            raise web.HTTPError(404, f"No environment with uid {uid!r}")
-        if manage and not Access(env.owner, env.sharing).manages(self.viewer):
-            raise web.HTTPError(
-                403, "Only the environment's owner or an admin may change it"
-            )
+        env = environment_for(
+            self.viewer, await store.get_environment(self.sessions, uid), uid, manage=manage
+        )
         if manage and not (self.is_admin or self.is_builder):
             raise web.HTTPError(
                 403, "Changing an environment needs the tljh-repo2docker build scope"
@@ -242,8 +238,6 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
     @web.authenticated
     async def get(self, uid):
         env = await self.get_env(uid)
-        if not self.visible(env):
-            raise web.HTTPError(404, f"No environment with uid {uid!r}")
         self.write_json(self.model(env))
 
     @web.authenticated

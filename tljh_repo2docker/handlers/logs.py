@@ -6,7 +6,7 @@ import json
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..access import Access
+from ..access import environment_for
 from ..db import store
 from .base import APIHandler
 
@@ -57,12 +57,10 @@ class EventStreamHandler(APIHandler):
 class LogsAPIHandler(EventStreamHandler):
     @web.authenticated
     async def get(self, uid):
-        env = await store.get_environment(self.sessions, uid)
-        access = Access(env.owner, env.sharing) if env is not None else None
-        if env is None or not access.shows(self.viewer, env.image_id is not None):
-            raise web.HTTPError(404, f"No environment with uid {uid!r}")
-        if not access.manages(self.viewer):
-            raise web.HTTPError(403, "Only the environment's owner or an admin may read its build log")
+        environment_for(
+            self.viewer, await store.get_environment(self.sessions, uid), uid,
+            manage=True, action="read its build log",
+        )
         last = self.request.headers.get("Last-Event-ID") or self.get_argument("last_event_id", "0")
         try:
             after = max(int(last), 0)

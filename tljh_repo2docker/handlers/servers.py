@@ -15,6 +15,7 @@ from tornado import web
 from ..access import Access
 from ..db import store
 from ..contract import user_options
+from ..service import starting
 from ..service.engine import Homes
 from ..hub_client import HubError
 from .base import APIHandler, BaseHandler, FieldError
@@ -110,6 +111,10 @@ def _timestamp(iso):
 
 class ServersMixin:
     """What the API and the page share: reading and starting the user's servers."""
+
+    #: Seconds a start waits for the images of before the service's start to
+    #: be adopted (see service/starting.py).
+    recovery_wait = starting.RECOVERY_WAIT
 
     def server_url(self, server_name, urlpath=""):
         user = self.current_user["name"]
@@ -306,13 +311,17 @@ class ServersMixin:
         if env is None or not Access(env.owner, env.sharing).allows(self.viewer):
             # one the user may not use does not exist for them
             raise FieldError("environment", f"no environment named {environment!r}", status=404)
-        if env.image_id is None:
-            raise FieldError(
-                "environment", f"{env.name!r} is not built yet (status: {env.status})", status=409
-            )
-        if reason := self.builds.builder.unstartable(env.image_name):
-            raise FieldError("environment", f"{env.name!r} cannot be started: {reason}", status=409)
-        return env
+        # Right after an upgrade from 3.x, a built environment's image may
+        # not be adopted yet: wait for the recovery (bounded), then say so.
+        app = self.tljh_app
+        return await starting.startable(
+            self.sessions,
+            env,
+            getattr(app, "builds_ready", None),
+            wait=self.recovery_wait,
+            backend_problem=lambda: getattr(app, "builder_problem", None),
+            unstartable=self.builds.builder.unstartable,
+        )
 
     async def find_server(self, name):
         """The user's server called ``name`` (by display or hub name), or None."""
