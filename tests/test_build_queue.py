@@ -18,7 +18,7 @@ from tljh_repo2docker.builds.docker import DockerBuilder
 from tljh_repo2docker.builds.manager import BuildManager
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db
-from tljh_repo2docker.handlers.environments import build_request
+from tljh_repo2docker.service.lifecycle import build_request
 
 pytestmark = pytest.mark.docker
 

@@ -177,7 +177,7 @@ async def test_a_queued_build_that_starts_on_a_full_disk_fails_with_the_message(
         sqlite_sessions, uid="a" * 32, name="full", image_name="p/full:HEAD",
         repo="https://example.org/r", ref="HEAD", node_selector={}, build_args={},
     )
-    from tljh_repo2docker.handlers.environments import build_request
+    from tljh_repo2docker.service.lifecycle import build_request
 
     await manager.submit(env, build_request(env))
     for _ in range(200):

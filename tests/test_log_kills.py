@@ -526,7 +526,7 @@ async def test_a_binderhub_build_resubmitted_after_a_kill_repeats_no_line(sqlite
         )
         builder = BinderHubBuilder(url=binder.url)
         second = BuildManager(builder=builder, sessions=sqlite_sessions, flush_interval=0)
-        from tljh_repo2docker.handlers.environments import build_request
+        from tljh_repo2docker.service.lifecycle import build_request
 
         await second.recover(build_request)
         await asyncio.wait_for(follow(second, seen[-1][0]), 10)

@@ -9,14 +9,13 @@ user may not see is answered 404, one they see but do not manage 403.
 
 from tornado import web
 
-from .. import contract
 from ..access import EVERYONE, PRIVATE, Access, SharingError, environment_for, parse_sharing
 from ..builds.base import BuildError
 from ..db import store
 from ..service import fields as envs
 from ..service.environment_list import EnvironmentList
 from ..hub_client import HubError
-from ..service.lifecycle import build_request, queue_rebuild, refuse_when_disk_full
+from ..service.lifecycle import add_environment, queue_rebuild
 from .base import APIHandler, FieldError, admin_only, builders_only
 
 #: A list answered from memory checks that the database still answers at
@@ -149,40 +148,11 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
             raise FieldError(e.field, e.reason) from None
         if not self.is_admin:
             fields = self.tljh_app.quotas.check_request(fields, body)
-        await refuse_when_disk_full(self.tljh_app)
-        async with self.tljh_app.quotas.lock(self.current_user["name"]):
-            # counted and stored under one lock: two requests at once cannot
-            # both take a user's last free place
-            if not self.is_admin:
-                await self.tljh_app.quotas.check_usage(
-                    self.sessions, self.current_user["name"], new=True
-                )
-            env = await self._create(fields)
-        await self.builds.submit(
-            env, build_request(env, credentials, self.tljh_app.image_prefix)
+        env = await add_environment(
+            self.tljh_app, fields, owner=self.current_user["name"],
+            check_quota=not self.is_admin, credentials=credentials,
         )
         self.write_json(self.model(env), status=202)
-
-    async def _create(self, fields):
-        if await store.name_taken(self.sessions, fields["name"]):
-            raise web.HTTPError(409, f"name: an environment named {fields['name']!r} exists")
-        if await store.image_name_taken(self.sessions, fields["image_name"]):
-            raise web.HTTPError(
-                409, f"name: the image {fields['image_name']} belongs to another environment"
-            )
-        try:
-            env = await store.create_environment(
-                self.sessions,
-                uid=contract.new_uid(),
-                owner=self.current_user["name"],
-                requested_by=self.current_user["name"],
-                build_reason="request",
-                **fields,
-            )
-        except store.NameTaken:
-            raise web.HTTPError(409, f"name: an environment named {fields['name']!r} exists")
-        self.log.info("%s added environment %s (%s)", self.current_user["name"], env.uid, env.name)
-        return env
 
 
     @web.authenticated

@@ -1,9 +1,12 @@
-"""Queueing a rebuild of an environment: the one path for every reason.
+"""Admitting builds: the one path for every way an environment is built.
 
-A user's ``POST api/environments/{uid}/rebuild``, the ref poller
-(ref_watcher.py) and the push webhook (handlers/webhooks.py) all come here, so
-the checks a rebuild passes (nothing queued yet, credentials of a private
-repository, the owner's quotas and fair queue) are made once.
+Adding an environment (``POST api/environments``, :func:`add_environment`),
+a user's ``POST api/environments/{uid}/rebuild``, the ref poller
+(ref_watcher.py) and the push webhook (handlers/webhooks.py)
+(:func:`queue_rebuild`) all pass :func:`_admit`, so the checks a build
+passes (the engine's free disk, the owner's quotas under the owner's lock,
+nothing queued yet, credentials of a private repository) are made once,
+and nothing is stored when one refuses.
 """
 
 from .. import contract
@@ -64,6 +67,57 @@ async def _owner_is_admin(app, owner):
     return await app.hub_client.is_admin(owner)
 
 
+async def _admit(app, owner, *, check_quota, new, store_it, before=None, credentials=(None, None)):
+    """The one admission path of every build: the engine's disk, then under
+    the owner's lock (usage is counted and changed under it, so two requests
+    at once cannot both take their last free place) ``before()``, the
+    owner's quotas, ``store_it()`` (which returns the stored environment)
+    and the hand-over to the build queue. Nothing is stored when a check
+    refuses."""
+    await refuse_when_disk_full(app)
+    async with app.quotas.lock(owner or ""):
+        if before is not None:
+            before()
+        if check_quota:
+            await app.quotas.check_usage(app.sessions, owner or "", new=new)
+        env = await store_it()
+        await app.build_manager.submit(env, build_request(env, credentials, app.image_prefix))
+    return env
+
+
+async def add_environment(app, fields, *, owner, check_quota, credentials=(None, None)):
+    """Store a new environment from checked ``fields`` (service/fields.py,
+    with its ``sharing``) and queue its first build; the stored Environment.
+
+    Raises Conflict for a name or image name taken, DiskFull, or the
+    quotas' FieldError; nothing is stored then.
+    """
+
+    async def store_it():
+        name_taken = f"name: an environment named {fields['name']!r} exists"
+        if await store.name_taken(app.sessions, fields["name"]):
+            raise Conflict(name_taken)
+        if await store.image_name_taken(app.sessions, fields["image_name"]):
+            raise Conflict(f"name: the image {fields['image_name']} belongs to another environment")
+        try:
+            return await store.create_environment(
+                app.sessions,
+                uid=contract.new_uid(),
+                owner=owner,
+                requested_by=owner,
+                build_reason=REQUEST,
+                **fields,
+            )
+        except store.NameTaken:
+            raise Conflict(name_taken) from None
+
+    env = await _admit(
+        app, owner, check_quota=check_quota, new=True, store_it=store_it, credentials=credentials
+    )
+    app.log.info("%s added environment %s (%s)", owner, env.uid, env.name)
+    return env
+
+
 async def queue_rebuild(
     app, env, *, requested_by=None, reason=REQUEST, credentials=(None, None),
     check_quota=None, fields=None,
@@ -84,22 +138,25 @@ async def queue_rebuild(
     username, password = credentials
     if env.private and not password:
         raise NeedsCredentials()
-    await refuse_when_disk_full(app)
     if check_quota is None:
         check_quota = not await _owner_is_admin(app, env.owner)
-    # Usage is the owner's: counted and changed under the owner's lock, so
-    # two rebuilds at once cannot both take their last free place.
-    async with app.quotas.lock(env.owner or ""):
+
+    def not_building():
         if builds.is_active(env.uid):
             raise AlreadyBuilding()
-        if check_quota:
-            await app.quotas.check_usage(app.sessions, env.owner or "")
+
+    async def store_it():
         queued = await store.start_rebuild(
             app.sessions, env.uid, requested_by=requested_by, reason=reason, fields=fields
         )
         if queued is None:
             raise NotFound(f"No environment with uid {env.uid!r}")
-        await builds.submit(queued, build_request(queued, (username, password), app.image_prefix))
+        return queued
+
+    queued = await _admit(
+        app, env.owner, check_quota=check_quota, new=False, store_it=store_it,
+        before=not_building, credentials=(username, password),
+    )
     app.log.info(
         "Rebuild of %s queued (%s, by %s)", env.uid, reason, requested_by or "the service"
     )
