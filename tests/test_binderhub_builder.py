@@ -551,7 +551,7 @@ async def test_failure_reason_is_the_log_line_that_says_why(binder, builder):
 
 
 def binder_failed_like_repo2docker(command):
-    from .binderhub_standin import Event, Scenario, building_steps
+    from .helpers.binderhub_standin import Event, Scenario, building_steps
 
     return Scenario(
         steps=[

@@ -175,7 +175,7 @@ async def test_page_is_for_admins(admin):
 
 async def test_without_a_docker_engine_the_answer_says_so(tmp_path):
     """With BinderHub (Kubernetes), homes are no Docker volumes of this service: 501."""
-    from .utils import HubUser
+    from .helpers.utils import HubUser
 
     with running_hub(tmp_path, extra_service_args=["--binderhub_url=http://127.0.0.1:9/"]) as info:
         admin = await HubUser.login(info, "admin")
