@@ -13,11 +13,12 @@ from escapism import escape
 from tornado import web
 
 from ..access import Access
-from ..db import store
 from ..contract import user_options
+from ..db import store
+from ..errors import ServiceError
+from ..hub_client import HubError
 from ..service import starting
 from ..service.engine import Homes
-from ..hub_client import HubError
 from .base import APIHandler, BaseHandler, FieldError
 
 # JupyterHub accepts most characters in server names; we keep to those that
@@ -371,7 +372,7 @@ class ServersMixin:
         while True:
             try:
                 servers = await self.user_servers()
-            except web.HTTPError:
+            except (web.HTTPError, ServiceError):
                 return False, None
             server = next((s for s in servers if s["server_name"] == server_name), None)
             if server is None:
@@ -485,9 +486,9 @@ class ServersPageHandler(ServersMixin, BaseHandler):
                     await self.start(
                         name, previous_options=self._options.get(name), server_name=server_name
                     )
-        except web.HTTPError as e:
+        except (web.HTTPError, ServiceError) as e:
             self.set_status(e.status_code)
-            return await self.render_page(error=e.log_message)
+            return await self.render_page(error=self.error_message(e))
         await self.render_page(
             launching=name,
             launching_server=server_name,
@@ -502,8 +503,8 @@ class ServersPageHandler(ServersMixin, BaseHandler):
         ]
         try:
             servers = await self.user_servers()
-        except web.HTTPError as e:
-            servers, error = [], error or e.log_message
+        except (web.HTTPError, ServiceError) as e:
+            servers, error = [], error or self.error_message(e)
         self.finish(
             self.render_template(
                 "servers.html",
