@@ -171,7 +171,7 @@ async def test_a_queued_build_that_starts_on_a_full_disk_fails_with_the_message(
     app = SimpleNamespace(min_free_disk=5000, log=TljhRepo2Docker().log)
     builder = FullDiskBuilder()
     app.builder = builder
-    disk = Disk(app)
+    disk = Disk(app, builder=builder, log=app.log)
     manager = BuildManager(builder=builder, sessions=sqlite_sessions, start_check=disk.refusal)
     env = await store.create_environment(
         sqlite_sessions, uid="a" * 32, name="full", image_name="p/full:HEAD",
@@ -207,7 +207,7 @@ async def test_unknown_free_space_never_refuses():
     logged = []
     log = SimpleNamespace(warning=lambda *args: logged.append(args))
     app = SimpleNamespace(min_free_disk=10**18, log=log, builder=Builder())
-    disk = Disk(app)
+    disk = Disk(app, builder=app.builder, log=log)
     assert await disk.refusal() is None
     assert await disk.refusal() is None
     assert len(logged) == 1 and "min_free_disk" in logged[0][0]
@@ -242,7 +242,7 @@ async def test_report_and_prune_on_a_backend_without_an_engine(sqlite_sessions):
             sqlite_sessions, env.uid, number=number, image_name=f"registry/bh:{commit}",
             image_id=f"registry/bh:{commit}", commit=commit, size=1000 * number,
         )
-    disk = Disk(app)
+    disk = Disk(app, builder=app.builder, sessions=app.sessions, log=app.log)
     report = await disk.report()
     [listed] = report["environments"]
     assert [(v["number"], v["size"], v["current"], v["servers"], v["removable"], v["present"])

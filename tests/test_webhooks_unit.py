@@ -294,7 +294,7 @@ def test_should_rebuild():
 def watcher():
     from tljh_repo2docker.app import TljhRepo2Docker
 
-    return refwatch.RefWatcher(TljhRepo2Docker())
+    return refwatch.RefWatcher(parent=TljhRepo2Docker())
 
 
 def test_git_gets_no_secrets_and_no_prompts(watcher, monkeypatch):
@@ -346,7 +346,7 @@ async def test_what_cannot_be_polled_is_recorded_not_guessed(sqlite_sessions, gi
 
     app = TljhRepo2Docker()
     app.sessions = sqlite_sessions
-    watcher = refwatch.RefWatcher(app)
+    watcher = refwatch.RefWatcher(parent=app, sessions=sqlite_sessions)
     common = dict(owner="o", image_id="sha256:x", commit=SHA1, auto_rebuild=True)
     cases = {
         "private": dict(repo=git_server.url("x"), ref="main", private=True),

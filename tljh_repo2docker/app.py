@@ -53,7 +53,7 @@ from .limits import (
     parse_node_selector_config,
 )
 from .paths import STATIC, TEMPLATES
-from .service.lifecycle import build_request
+from .service.lifecycle import Lifecycle, build_request
 from .service.quotas import Quotas
 from .service.ref_watcher import RefWatcher
 from .secret import SecretFileError, read_secret_file
@@ -698,8 +698,11 @@ class TljhRepo2Docker(Application):
     def init_quotas(self):
         self.quotas = Quotas(parent=self)
 
-    def init_ref_watcher(self):
-        self.ref_watcher = RefWatcher(self)
+    def init_disk(self):
+        self.disk = Disk(self, builder=self.builder, sessions=self.sessions, log=self.log)
+
+    def init_homes(self):
+        self.homes = Homes(parent=self, builder=getattr(self, "builder", None))
 
     def init_build_manager(self):
         self.build_manager = BuildManager(
@@ -708,8 +711,29 @@ class TljhRepo2Docker(Application):
             sessions=self.sessions,
             on_started=metrics.build_started,
             on_finished=metrics.build_finished,
-            on_built=Disk.for_app(self).after_build,
-            start_check=Disk.for_app(self).refusal,
+            on_built=self.disk.after_build,
+            start_check=self.disk.refusal,
+        )
+        self.disk.build_manager = self.build_manager
+
+    def init_lifecycle(self):
+        self.lifecycle = Lifecycle(
+            sessions=self.sessions,
+            build_manager=self.build_manager,
+            quotas=self.quotas,
+            hub_client=self.hub_client,
+            disk=self.disk,
+            image_prefix=self.image_prefix,
+            log=self.log,
+        )
+
+    def init_ref_watcher(self):
+        self.ref_watcher = RefWatcher(
+            parent=self,
+            sessions=self.sessions,
+            lifecycle=self.lifecycle,
+            ready=self.builds_ready,
+            interval=self.ref_poll_interval,
         )
 
     async def init_builds(self):
@@ -818,7 +842,10 @@ class TljhRepo2Docker(Application):
         self.init_builder()
         self.init_hub_client()
         self.init_quotas()
+        self.init_disk()
+        self.init_homes()
         self.init_build_manager()
+        self.init_lifecycle()
         self.init_ref_watcher()
         self.init_webapp()
         stop = asyncio.Event()

@@ -85,6 +85,16 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def hub(self):
         return self.settings["hub_client"]
 
+    @property
+    def homes(self):
+        """Users' home volumes (service/engine.py), made by the app's ``init_homes``."""
+        return self.tljh_app.homes
+
+    @property
+    def disk(self):
+        """The engine's disk (service/disk_usage.py), made by the app's ``init_disk``."""
+        return self.tljh_app.disk
+
     async def prepare(self):
         # Until the database (and, for changes, the build backend) can be
         # used, say so instead of failing on the first query.

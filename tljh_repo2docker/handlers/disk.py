@@ -3,17 +3,10 @@
 from tornado import web
 
 from ..builds.base import BuildError
-from ..service.disk_usage import Disk
 from .base import APIHandler, BaseHandler, FieldError, admin_only
 
 
-class DiskMixin:
-    @property
-    def disk(self):
-        return Disk.for_app(self.tljh_app)
-
-
-class DiskAPIHandler(DiskMixin, APIHandler):
+class DiskAPIHandler(APIHandler):
     builds_needed_for = ("GET",)
 
     @web.authenticated
@@ -25,7 +18,7 @@ class DiskAPIHandler(DiskMixin, APIHandler):
             raise web.HTTPError(503, e.message) from None
 
 
-class DiskPruneAPIHandler(DiskMixin, APIHandler):
+class DiskPruneAPIHandler(APIHandler):
     builds_needed_for = ("POST",)
 
     @web.authenticated

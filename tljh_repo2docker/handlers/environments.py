@@ -15,7 +15,6 @@ from ..db import store
 from ..service import fields as envs
 from ..service.environment_list import EnvironmentList
 from ..hub_client import HubError
-from ..service.lifecycle import add_environment, queue_rebuild
 from .base import APIHandler, FieldError, admin_only, builders_only
 
 #: A list answered from memory checks that the database still answers at
@@ -148,8 +147,8 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
             raise FieldError(e.field, e.reason) from None
         if not self.is_admin:
             fields = self.tljh_app.quotas.check_request(fields, body)
-        env = await add_environment(
-            self.tljh_app, fields, owner=self.current_user["name"],
+        env = await self.tljh_app.lifecycle.add_environment(
+            fields, owner=self.current_user["name"],
             check_quota=not self.is_admin, credentials=credentials,
         )
         self.write_json(self.model(env), status=202)
@@ -281,8 +280,8 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
             raise web.HTTPError(409, "The environment is already queued or building")
         body = self.get_json_body()
         credentials = envs.parse_credentials(body)
-        env = await queue_rebuild(
-            self.tljh_app, env, requested_by=self.current_user["name"],
+        env = await self.tljh_app.lifecycle.queue_rebuild(
+            env, requested_by=self.current_user["name"],
             credentials=credentials, check_quota=not self.is_admin,
         )
         self.write_json(self.model(env), status=202)

@@ -3,7 +3,7 @@
 from tornado import web
 
 from ..db import store
-from ..service.engine import EngineError, HomeInUse, HomeNotFound, Homes, valid_volume_name
+from ..service.engine import EngineError, HomeInUse, HomeNotFound, valid_volume_name
 from .base import APIHandler, BaseHandler, FieldError, admin_only
 
 NO_ENGINE = (
@@ -15,10 +15,6 @@ NO_ENGINE = (
 
 
 class HomesMixin:
-    @property
-    def homes(self):
-        return Homes.for_app(self.tljh_app)
-
     def require_engine(self):
         if not self.homes.available:
             raise web.HTTPError(

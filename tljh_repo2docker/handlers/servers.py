@@ -18,7 +18,6 @@ from ..db import store
 from ..errors import ServiceError
 from ..hub_client import HubError
 from ..service import starting
-from ..service.engine import Homes
 from .base import APIHandler, BaseHandler, FieldError
 
 # JupyterHub accepts most characters in server names; we keep to those that
@@ -137,7 +136,7 @@ class ServersMixin:
             )
         except HubError as e:
             raise web.HTTPError(502, f"JupyterHub answered: {e.message}") from None
-        Homes.for_app(self.tljh_app).watch_deaths()
+        self.homes.watch_deaths()
         listed = await store.list_environments(self.sessions)
         envs = {e.uid: e for e in listed}
         # Servers started under tljh-repo2docker 3.x name only their image.
@@ -187,7 +186,7 @@ class ServersMixin:
         (``_image``, from add_engine_facts), else, without an engine, the
         name the server was started by. Stopped servers start from the
         current version: ``newer_version`` false."""
-        by_name = not Homes.for_app(self.tljh_app).available
+        by_name = not self.homes.available
         uids = {s["environment_uid"] for s in servers if s["environment_uid"]}
         kept = {uid: await store.list_versions(self.sessions, uid) for uid in sorted(uids)}
         for server in servers:
@@ -240,7 +239,7 @@ class ServersMixin:
                 failure = await self._no_address(failure, hub_model, key)
             model["error"] = _exit_reasons.get(key) or failure
             return
-        homes = Homes.for_app(self.tljh_app)
+        homes = self.homes
         state = hub_model.get("state") or {}
         ref = state.get("object_id") or state.get("object_name")
         if not homes.available or status not in {"spawn", "running"}:
@@ -267,7 +266,7 @@ class ServersMixin:
         """DockerSpawner's cryptic failure when the container stopped before
         it had an address, said plainly, with the exit status if the engine
         still knows it."""
-        homes = Homes.for_app(self.tljh_app)
+        homes = self.homes
         code = None
         if homes.available:
             code = await homes.exit_status(
@@ -341,7 +340,7 @@ class ServersMixin:
         options = user_options(env) if env is not None else dict(previous_options or {})
         server_name = server_name or await self.hub_server_name(name)
         _exit_reasons.pop((self.current_user["name"], server_name), None)
-        Homes.for_app(self.tljh_app).watch_deaths()
+        self.homes.watch_deaths()
         try:
             await self.hub.start_server(
                 self.current_user["name"], server_name, options, display_name=name

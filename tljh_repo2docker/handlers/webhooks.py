@@ -95,8 +95,8 @@ class WebhookAPIHandler(EnvironmentAPIMixin, APIHandler):
         if push.after and not push.deleted:
             seen["remote_commit"] = push.after.lower()[:64]
         try:
-            await rebuilds.queue_rebuild(
-                self.tljh_app, env, reason=rebuilds.WEBHOOK, fields=seen
+            await self.tljh_app.lifecycle.queue_rebuild(
+                env, reason=rebuilds.WEBHOOK, fields=seen
             )
         except rebuilds.AlreadyBuilding:
             return self.write_json({"queued": False, "reason": "a build is in progress"}, 202)

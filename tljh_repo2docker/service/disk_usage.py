@@ -29,9 +29,9 @@ delete answers name as deleted (counted as above) plus the build cache's
 """
 
 import asyncio
+import logging
 import re
 import time
-import weakref
 from dataclasses import dataclass, field
 
 from .. import contract
@@ -202,33 +202,25 @@ def _deleted_ids(answer):
 
 
 class Disk:
-    """The disk operations of one running service (settings read from it)."""
+    """The disk operations of one running service.
 
-    _instances = weakref.WeakKeyDictionary()
+    Made by the app's ``init_disk`` step and handed the build ``builder``
+    (the engine), the database ``sessions`` and the ``log``; ``settings`` is
+    the object whose attributes hold ``keep_versions``, ``min_free_disk``,
+    ``build_cache_max_age`` and ``image_prefix`` (the app: its traits).
+    """
 
-    @classmethod
-    def for_app(cls, app):
-        disk = cls._instances.get(app)
-        if disk is None:
-            disk = cls._instances[app] = cls(app)
-        return disk
-
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, settings, *, builder, sessions=None, log=None):
+        self.settings = settings
+        #: The build queue (set by the app's ``init_build_manager``, which
+        #: hands this disk's checks to it): environments it builds keep
+        #: their images.
+        self.build_manager = None
+        self.builder = builder
+        self.sessions = sessions
+        self.log = log or logging.getLogger(__name__)
         self._lock = asyncio.Lock()
         self._unknown_logged = False
-
-    @property
-    def log(self):
-        return self.app.log
-
-    @property
-    def builder(self):
-        return self.app.builder
-
-    @property
-    def sessions(self):
-        return self.app.sessions
 
     async def _plan(self, only=None, with_engine=True):
         if only is not None:
@@ -242,7 +234,7 @@ class Disk:
             versions = {}
             for uid, version in await store.all_versions(self.sessions):
                 versions.setdefault(uid, []).append(version)
-        manager = getattr(self.app, "build_manager", None)
+        manager = self.build_manager
         active = frozenset(
             e.uid for e in environments if manager is not None and manager.is_active(e.uid)
         )
@@ -260,9 +252,9 @@ class Disk:
             versions,
             usage,
             users,
-            keep=self.app.keep_versions,
-            image_prefix=self.app.image_prefix,
-            max_age=self.app.build_cache_max_age,
+            keep=self.settings.keep_versions,
+            image_prefix=self.settings.image_prefix,
+            max_age=self.settings.build_cache_max_age,
             active=active,
             only=only,
             with_engine=with_engine,
@@ -287,7 +279,7 @@ class Disk:
                 removed, freed, _ = await self._remove_versions(result)
                 self.log.info(
                     "keep_versions=%d: removed %d old version%s of %s (%s), freeing %s",
-                    self.app.keep_versions, len(removed), "" if len(removed) == 1 else "s",
+                    self.settings.keep_versions, len(removed), "" if len(removed) == 1 else "s",
                     uid, ", ".join(f"v{v['number']}" for v in removed), human_size(freed),
                 )
 
@@ -351,7 +343,7 @@ class Disk:
             cache = {"count": 0, "size": 0}
             if result.build_cache["count"]:
                 try:
-                    cache = await self.builder.prune_build_cache(self.app.build_cache_max_age)
+                    cache = await self.builder.prune_build_cache(self.settings.build_cache_max_age)
                 except BuildError as e:
                     skipped.append({"build_cache": True, "reason": e.message})
             freed += cache["size"]
@@ -441,12 +433,12 @@ class Disk:
             notes.append(space["note"])
         return {
             "environments": listed,
-            "build_cache": {**build_cache, "max_age": self.app.build_cache_max_age},
+            "build_cache": {**build_cache, "max_age": self.settings.build_cache_max_age},
             "dangling": dangling,
             "images": all_images,
             "disk": {k: space.get(k) for k in ("path", "total", "used", "free")},
-            "min_free_disk": self.app.min_free_disk,
-            "keep_versions": self.app.keep_versions,
+            "min_free_disk": self.settings.min_free_disk,
+            "keep_versions": self.settings.keep_versions,
             "reclaimable": result.frees,
             "notes": notes,
         }
@@ -457,7 +449,7 @@ class Disk:
         """Why a build may not start now (the engine's disk is under
         ``min_free_disk``), or None. Free space that cannot be known never
         refuses (said once in the log)."""
-        minimum = self.app.min_free_disk
+        minimum = self.settings.min_free_disk
         if not minimum:
             return None
         try:

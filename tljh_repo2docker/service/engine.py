@@ -22,7 +22,6 @@ import collections
 import json
 import re
 import time
-import weakref
 from datetime import datetime, timezone
 
 import aiodocker
@@ -142,15 +141,12 @@ class Homes(LoggingConfigurable):
         """,
     ).tag(config=True)
 
-    _instances = weakref.WeakKeyDictionary()
-
     @classmethod
     def for_app(cls, app):
-        """The one instance of the running service ``app`` (made on first use)."""
-        homes = cls._instances.get(app)
-        if homes is None:
-            homes = cls._instances[app] = cls(parent=app, builder=getattr(app, "builder", None))
-        return homes
+        """The one instance of the service ``app`` (made by its ``init_homes`` step)."""
+        if getattr(app, "homes", None) is None:
+            app.init_homes()
+        return app.homes
 
     def __init__(self, builder=None, **kwargs):
         super().__init__(**kwargs)

@@ -1,9 +1,9 @@
 """Admitting builds: the one path for every way an environment is built.
 
-Adding an environment (``POST api/environments``, :func:`add_environment`),
+Adding an environment (``POST api/environments``, :meth:`Lifecycle.add_environment`),
 a user's ``POST api/environments/{uid}/rebuild``, the ref poller
 (ref_watcher.py) and the push webhook (handlers/webhooks.py)
-(:func:`queue_rebuild`) all pass :func:`_admit`, so the checks a build
+(:meth:`Lifecycle.queue_rebuild`) all pass :meth:`Lifecycle._admit`, so the checks a build
 passes (the engine's free disk, the owner's quotas under the owner's lock,
 nothing queued yet, credentials of a private repository) are made once,
 and nothing is stored when one refuses.
@@ -12,7 +12,6 @@ and nothing is stored when one refuses.
 from .. import contract
 from ..builds.base import BuildRequest
 from ..db import store
-from .disk_usage import Disk
 from ..errors import Conflict, DiskFull, FieldError, NotFound
 
 #: Why a build runs (stored with the version it makes).
@@ -53,111 +52,126 @@ def build_request(env, credentials=(None, None), image_prefix=""):
     )
 
 
-async def refuse_when_disk_full(app):
-    """507 when the engine's disk has less free space than ``min_free_disk``."""
-    reason = await Disk.for_app(app).refusal()
-    if reason:
-        raise DiskFull(reason)
+class Lifecycle:
+    """Adds environments and queues their rebuilds, each through :meth:`_admit`.
 
-
-async def _owner_is_admin(app, owner):
-    """Whether the environment's owner is a hub admin (whose builds no quota limits)."""
-    if not owner:
-        return True  # environments of no one (3.x's, adopted) are the admins'
-    return await app.hub_client.is_admin(owner)
-
-
-async def _admit(app, owner, *, check_quota, new, store_it, before=None, credentials=(None, None)):
-    """The one admission path of every build: the engine's disk, then under
-    the owner's lock (usage is counted and changed under it, so two requests
-    at once cannot both take their last free place) ``before()``, the
-    owner's quotas, ``store_it()`` (which returns the stored environment)
-    and the hand-over to the build queue. Nothing is stored when a check
-    refuses."""
-    await refuse_when_disk_full(app)
-    async with app.quotas.lock(owner or ""):
-        if before is not None:
-            before()
-        if check_quota:
-            await app.quotas.check_usage(app.sessions, owner or "", new=new)
-        env = await store_it()
-        await app.build_manager.submit(env, build_request(env, credentials, app.image_prefix))
-    return env
-
-
-async def add_environment(app, fields, *, owner, check_quota, credentials=(None, None)):
-    """Store a new environment from checked ``fields`` (service/fields.py,
-    with its ``sharing``) and queue its first build; the stored Environment.
-
-    Raises Conflict for a name or image name taken, DiskFull, or the
-    quotas' FieldError; nothing is stored then.
+    Made by the app's ``init_lifecycle`` step and handed the parts it uses:
+    the database ``sessions``, the ``build_manager`` (the queue), the
+    ``quotas``, the ``hub_client`` (who is an admin), the ``disk`` (free
+    space) and the service's ``image_prefix``.
     """
 
-    async def store_it():
-        name_taken = f"name: an environment named {fields['name']!r} exists"
-        if await store.name_taken(app.sessions, fields["name"]):
-            raise Conflict(name_taken)
-        if await store.image_name_taken(app.sessions, fields["image_name"]):
-            raise Conflict(f"name: the image {fields['image_name']} belongs to another environment")
-        try:
-            return await store.create_environment(
-                app.sessions,
-                uid=contract.new_uid(),
-                owner=owner,
-                requested_by=owner,
-                build_reason=REQUEST,
-                **fields,
-            )
-        except store.NameTaken:
-            raise Conflict(name_taken) from None
+    def __init__(self, *, sessions, build_manager, quotas, hub_client, disk, image_prefix, log):
+        self.sessions = sessions
+        self.build_manager = build_manager
+        self.quotas = quotas
+        self.hub_client = hub_client
+        self.disk = disk
+        self.image_prefix = image_prefix
+        self.log = log
 
-    env = await _admit(
-        app, owner, check_quota=check_quota, new=True, store_it=store_it, credentials=credentials
-    )
-    app.log.info("%s added environment %s (%s)", owner, env.uid, env.name)
-    return env
+    async def refuse_when_disk_full(self):
+        """507 when the engine's disk has less free space than ``min_free_disk``."""
+        reason = await self.disk.refusal()
+        if reason:
+            raise DiskFull(reason)
 
+    async def _owner_is_admin(self, owner):
+        """Whether the environment's owner is a hub admin (whose builds no quota limits)."""
+        if not owner:
+            return True  # environments of no one (3.x's, adopted) are the admins'
+        return await self.hub_client.is_admin(owner)
 
-async def queue_rebuild(
-    app, env, *, requested_by=None, reason=REQUEST, credentials=(None, None),
-    check_quota=None, fields=None,
-):
-    """Queue ``env`` (a stored Environment) to be built again; the queued Environment.
+    async def _admit(self, owner, *, check_quota, new, store_it, before=None, credentials=(None, None)):
+        """The one admission path of every build: the engine's disk, then under
+        the owner's lock (usage is counted and changed under it, so two requests
+        at once cannot both take their last free place) ``before()``, the
+        owner's quotas, ``store_it()`` (which returns the stored environment)
+        and the hand-over to the build queue. Nothing is stored when a check
+        refuses."""
+        await self.refuse_when_disk_full()
+        async with self.quotas.lock(owner or ""):
+            if before is not None:
+                before()
+            if check_quota:
+                await self.quotas.check_usage(self.sessions, owner or "", new=new)
+            env = await store_it()
+            await self.build_manager.submit(env, build_request(env, credentials, self.image_prefix))
+        return env
 
-    ``requested_by``: the user who asked, None for the service itself
-    (poll, webhook). ``check_quota``: whether the owner's quotas apply
-    (default: unless the owner is an admin, as when the owner asks).
-    ``fields``: more columns written with the queued state (what the poller
-    or the webhook saw). Raises AlreadyBuilding, NeedsCredentials, 507 when
-    the disk is under ``min_free_disk``, or the quotas' FieldError; nothing
-    is stored then.
-    """
-    builds = app.build_manager
-    if builds.is_active(env.uid):
-        raise AlreadyBuilding()
-    username, password = credentials
-    if env.private and not password:
-        raise NeedsCredentials()
-    if check_quota is None:
-        check_quota = not await _owner_is_admin(app, env.owner)
+    async def add_environment(self, fields, *, owner, check_quota, credentials=(None, None)):
+        """Store a new environment from checked ``fields`` (service/fields.py,
+        with its ``sharing``) and queue its first build; the stored Environment.
 
-    def not_building():
+        Raises Conflict for a name or image name taken, DiskFull, or the
+        quotas' FieldError; nothing is stored then.
+        """
+        sessions = self.sessions
+
+        async def store_it():
+            name_taken = f"name: an environment named {fields['name']!r} exists"
+            if await store.name_taken(sessions, fields["name"]):
+                raise Conflict(name_taken)
+            if await store.image_name_taken(sessions, fields["image_name"]):
+                raise Conflict(f"name: the image {fields['image_name']} belongs to another environment")
+            try:
+                return await store.create_environment(
+                    sessions,
+                    uid=contract.new_uid(),
+                    owner=owner,
+                    requested_by=owner,
+                    build_reason=REQUEST,
+                    **fields,
+                )
+            except store.NameTaken:
+                raise Conflict(name_taken) from None
+
+        env = await self._admit(
+            owner, check_quota=check_quota, new=True, store_it=store_it, credentials=credentials
+        )
+        self.log.info("%s added environment %s (%s)", owner, env.uid, env.name)
+        return env
+
+    async def queue_rebuild(
+        self, env, *, requested_by=None, reason=REQUEST, credentials=(None, None),
+        check_quota=None, fields=None,
+    ):
+        """Queue ``env`` (a stored Environment) to be built again; the queued Environment.
+
+        ``requested_by``: the user who asked, None for the service itself
+        (poll, webhook). ``check_quota``: whether the owner's quotas apply
+        (default: unless the owner is an admin, as when the owner asks).
+        ``fields``: more columns written with the queued state (what the poller
+        or the webhook saw). Raises AlreadyBuilding, NeedsCredentials, 507 when
+        the disk is under ``min_free_disk``, or the quotas' FieldError; nothing
+        is stored then.
+        """
+        builds = self.build_manager
         if builds.is_active(env.uid):
             raise AlreadyBuilding()
+        username, password = credentials
+        if env.private and not password:
+            raise NeedsCredentials()
+        if check_quota is None:
+            check_quota = not await self._owner_is_admin(env.owner)
 
-    async def store_it():
-        queued = await store.start_rebuild(
-            app.sessions, env.uid, requested_by=requested_by, reason=reason, fields=fields
+        def not_building():
+            if builds.is_active(env.uid):
+                raise AlreadyBuilding()
+
+        async def store_it():
+            queued = await store.start_rebuild(
+                self.sessions, env.uid, requested_by=requested_by, reason=reason, fields=fields
+            )
+            if queued is None:
+                raise NotFound(f"No environment with uid {env.uid!r}")
+            return queued
+
+        queued = await self._admit(
+            env.owner, check_quota=check_quota, new=False, store_it=store_it,
+            before=not_building, credentials=(username, password),
         )
-        if queued is None:
-            raise NotFound(f"No environment with uid {env.uid!r}")
+        self.log.info(
+            "Rebuild of %s queued (%s, by %s)", env.uid, reason, requested_by or "the service"
+        )
         return queued
-
-    queued = await _admit(
-        app, env.owner, check_quota=check_quota, new=False, store_it=store_it,
-        before=not_building, credentials=(username, password),
-    )
-    app.log.info(
-        "Rebuild of %s queued (%s, by %s)", env.uid, reason, requested_by or "the service"
-    )
-    return queued

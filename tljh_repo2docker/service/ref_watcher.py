@@ -6,7 +6,7 @@ so that many hubs do not ask one git host at once), each environment with
 its repository asked where its ref is (``git ls-remote``, a few at a time).
 What it saw is recorded (``remote_commit``, ``remote_checked``,
 ``remote_error``); when the ref is at another commit than the one built,
-a rebuild is queued (reason "poll") through rebuilds.py, like a user's.
+a rebuild is queued (reason "poll") through service/lifecycle.py, like a user's.
 
 Never in a loop: a rebuild that failed (or was cancelled) for a commit is
 not tried again until the ref moves on to another one; ``remote_commit``
@@ -131,9 +131,15 @@ class RefWatcher(LoggingConfigurable):
         """,
     ).tag(config=True)
 
-    def __init__(self, app, **kwargs):
-        super().__init__(parent=app, **kwargs)
-        self.app = app
+    def __init__(self, *, sessions=None, lifecycle=None, ready=None, interval=300, **kwargs):
+        """``sessions``: the database; ``lifecycle`` (service/lifecycle.py)
+        queues the rebuilds; ``ready``: an asyncio.Event set once builds can
+        be queued; ``interval``: seconds between rounds (``ref_poll_interval``)."""
+        super().__init__(**kwargs)
+        self.sessions = sessions
+        self.lifecycle = lifecycle
+        self.ready = ready
+        self.interval = interval
         self._home = None
 
     def git_environment(self):
@@ -200,7 +206,7 @@ class RefWatcher(LoggingConfigurable):
         """Check one environment; queue its rebuild when its ref moved."""
         if is_full_sha(env.ref):
             return  # a commit id never moves
-        sessions = self.app.sessions
+        sessions = self.sessions
         problem = self.pollable(env)
         if problem:
             if env.remote_error != problem:
@@ -226,7 +232,7 @@ class RefWatcher(LoggingConfigurable):
             "The ref %s of %s moved to %s: rebuilding", env.ref, env.uid, remote[:12]
         )
         try:
-            await rebuilds.queue_rebuild(self.app, env, reason=rebuilds.POLL, fields=seen)
+            await self.lifecycle.queue_rebuild(env, reason=rebuilds.POLL, fields=seen)
         except rebuilds.AlreadyBuilding:
             pass  # someone was quicker: that build takes the new commit
         except ServiceError as e:
@@ -248,15 +254,15 @@ class RefWatcher(LoggingConfigurable):
                 except Exception:
                     self.log.exception("Checking the ref of %s failed", env.uid)
 
-        envs = await store.auto_rebuild_environments(self.app.sessions)
+        envs = await store.auto_rebuild_environments(self.sessions)
         await asyncio.gather(*(one(env) for env in envs))
 
     async def run(self):
         """Check every ``ref_poll_interval`` seconds, once builds can be queued."""
-        await self.app.builds_ready.wait()
+        await self.ready.wait()
         try:
             while True:
-                interval = self.app.ref_poll_interval
+                interval = self.interval
                 await asyncio.sleep(interval * random.uniform(0.9, 1.1))
                 try:
                     await self.check_all()
