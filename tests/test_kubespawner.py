@@ -328,3 +328,50 @@ async def test_with_db_url_the_form_lists_built_environments(make_spawner, servi
         await spawner.options_from_form({"image": ["registry.example.org/binder-queued:1"]})
     # without the database there is nothing to list: no form
     assert await make_user_spawner(user_options={}).get_options_form() == ""
+
+
+async def test_the_default_prefix_keeps_every_image(make_spawner):
+    """On Kubernetes images are named by their registry: no prefix unless one is set
+    (the Docker spawner's default is the service's, tests/test_image_prefix_defaults.py)."""
+    spawner = make_spawner({"image": "registry.example.org/r2d/python-env:abc"})
+    assert spawner.image_prefix == ""
+
+
+# -- configured through hub_config.configure() only (issue 25) ---------------------------
+
+
+async def test_configure_gives_the_kube_spawner_the_services_database(make_spawner, service_db):
+    """``hub_config.configure(c, args=["--db_url=…"])`` is all an admin writes: the Kubernetes
+    spawner reads the service's database too, so forged user_options (a foreign image, more
+    memory and CPU, another node pool, an environment not built) change nothing."""
+    from tljh_repo2docker import hub_config
+
+    c = Config()
+    c.KubeSpawner.node_selector = {"pool": "users"}
+    hub_config.configure(c, args=[f"--db_url={service_db}", "--image_prefix=registry.example.org/binder-"])
+    forged = {
+        "image": "docker.io/evil/miner:latest",
+        "environment": "built1",
+        "metadata": {"memory": "64G", "cpu": 32, "node_selector": {"gpu": "no", "pool": "big"}},
+    }
+    spawner = make_user_spawner(c, user_options=forged)
+    assert (spawner.db_url, spawner.image_prefix) == (service_db, "registry.example.org/binder-")
+    await spawner.load_user_options()
+    pod = await spawner.get_pod_manifest()
+    assert container(pod).image == "registry.example.org/binder-built:1"
+    assert container(pod).resources.limits == {"memory": 2 * GIB, "cpu": 1.5}
+    assert pod.spec.node_selector == {"pool": "users", "gpu": "yes"}
+
+    not_built = make_user_spawner(c, user_options={"image": "x", "environment": "queued1"})
+    with pytest.raises(EnvironmentRefused) as info:
+        await not_built.load_user_options()
+    assert "is not built" in info.value.jupyterhub_message
+
+
+async def test_configure_keeps_a_value_set_for_one_spawner_class(make_spawner, service_db):
+    from tljh_repo2docker import hub_config
+
+    c = Config()
+    c.Repo2DockerKubeSpawner.db_url = "sqlite:////elsewhere.sqlite"
+    hub_config.configure(c, args=[f"--db_url={service_db}"])
+    assert make_user_spawner(c).db_url == "sqlite:////elsewhere.sqlite"

@@ -254,7 +254,11 @@ def test_tljh_settings_reach_the_hub_and_the_service(monkeypatch, tmp_path):
     # settings (a DB password among them) never on the command line
     assert not any("hunter2" in arg or "school-envs" in arg for arg in service["command"])
     assert by_name(c.JupyterHub.services)["cull-idle"]["admin"] is True
-    assert c.Repo2DockerSpawner.image_prefix == "school-envs/"
+    # every spawner class gets the service's prefix and database (issue 25)
+    from tljh_repo2docker import Repo2DockerSpawner
+
+    spawner = Repo2DockerSpawner(config=c, _mock=True)
+    assert (spawner.image_prefix, spawner.db_url) == ("school-envs/", secret_url)
     admin = by_name(c.JupyterHub.load_roles)[hub_config.ADMIN_ROLE]
     assert admin["users"] == ["bob"] and admin["groups"] == ["teachers"]
 

@@ -32,7 +32,7 @@ from traitlets import (
 from traitlets.config import Application, Config
 
 from . import __version__, metrics
-from .contract import SETTINGS_ENV_VAR
+from .contract import DEFAULT_IMAGE_PREFIX, SETTINGS_ENV_VAR
 from .handlers.bodylimit import BodyLimit
 from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
@@ -374,8 +374,13 @@ class TljhRepo2Docker(Application):
     ).tag(config=True)
 
     image_prefix = Unicode(
-        "tljh-r2d/",
-        help="Prefix of the names of built images; the name ends with ``<name>:<ref>``.",
+        DEFAULT_IMAGE_PREFIX,
+        help="""
+        Prefix of the names of built images; the name ends with
+        ``<name>:<ref>``. It also marks this hub's images and home volumes on
+        a Docker engine shared by several hubs. The spawners' ``image_prefix``
+        must be the same (its default is the same: ``tljh-r2d/``).
+        """,
     ).tag(config=True)
 
     adopt_legacy_images = Bool(

@@ -74,6 +74,10 @@ def split_reference(image_name):
 
 # -- which hub an image belongs to ---------------------------------------------
 
+#: The default ``image_prefix`` of the service (``TljhRepo2Docker``) and of
+#: the spawners alike, so that a hub configured without it agrees with itself.
+DEFAULT_IMAGE_PREFIX = "tljh-r2d/"
+
 def belongs_to_hub(image, labels, image_prefix):
     """True when ``image`` is one of the environments of the hub with ``image_prefix``.
 
@@ -84,6 +88,20 @@ def belongs_to_hub(image, labels, image_prefix):
     if image.startswith(image_prefix):
         return True
     return bool(image_prefix) and (labels or {}).get(IMAGE_PREFIX_LABEL) == image_prefix
+
+
+def home_belongs_to_hub(label, image_prefix):
+    """True when a home volume whose ``tljh_repo2docker.home.prefix`` label is
+    ``label`` is one of the hub with ``image_prefix``.
+
+    Spawners labelled homes with their own ``image_prefix``, whose default
+    was empty before it became the service's: a home labelled ``""`` is the
+    default hub's, so a hub configured without a prefix keeps its users'
+    homes across the upgrade.
+    """
+    if label == image_prefix:
+        return True
+    return label == "" and image_prefix == DEFAULT_IMAGE_PREFIX
 
 
 # -- what a built environment turns into ------------------------------------------

@@ -134,9 +134,9 @@ def configure(
     ``{"users": [...], "groups": [...]}`` for :func:`admin_role`, ``builders``
     the same for :func:`builder_role`.
 
-    The spawner checks who may use an environment in the service's database
-    (``c.Repo2DockerSpawner.db_url``): when the service's ``--db_url`` is in
-    ``args`` it is set to the same URL, unless ``c`` sets it already.
+    The spawners check who may use an environment in the service's database:
+    when the service's ``--db_url`` (or ``--image_prefix``) is in ``args``,
+    every spawner class we ship gets the same (:func:`configure_spawners`).
     """
     hub = c.JupyterHub
     services = _current(hub, "services", [])
@@ -156,9 +156,38 @@ def configure(
         scopes.setdefault(name, definition)
     hub.custom_scopes = scopes
 
-    db_url = next((a.split("=", 1)[1] for a in args if a.startswith("--db_url=")), None)
-    if db_url and "db_url" not in c.EnvironmentMixin and "db_url" not in c.Repo2DockerSpawner:
-        c.Repo2DockerSpawner.db_url = db_url
+    shared = {}
+    for name in SPAWNER_SETTINGS:
+        value = next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
+        if value is not None:
+            shared[name] = value
+    configure_spawners(c, **shared)
+
+
+#: The config section of the class every spawner we ship derives from
+#: (``Repo2DockerSpawner``, ``Repo2DockerKubeSpawner`` and their subclasses):
+#: the one place that decides which spawners get the service's settings.
+SPAWNER_SECTION = "EnvironmentMixin"
+
+#: The service's settings that its spawners must share.
+SPAWNER_SETTINGS = ("db_url", "image_prefix")
+
+
+def configure_spawners(c, **settings):
+    """Give every spawner class the service's ``settings`` (``db_url``,
+    ``image_prefix``) through ``c.EnvironmentMixin``.
+
+    A value ``c.EnvironmentMixin`` already holds is kept; one set for a
+    spawner class itself (``c.Repo2DockerSpawner.db_url``) still wins for
+    that class, as traitlets gives a subclass's section the last word.
+    """
+    unknown = set(settings) - set(SPAWNER_SETTINGS)
+    if unknown:
+        raise TypeError(f"not a setting the spawners share: {', '.join(sorted(unknown))}")
+    section = c[SPAWNER_SECTION]
+    for name, value in settings.items():
+        if name not in section:
+            section[name] = value
 
 
 def merge_roles(existing, new):

@@ -174,19 +174,18 @@ def configure(c, tljh_config=None):
         admins=admins if admins["users"] or admins["groups"] else None,
         builders=builders if builders["users"] or builders["groups"] else None,
     )
-    if "db_url" in service_settings:
-        # The spawner reads who may use which environment there (the
-        # service runs in the hub's directory, so the default is the same).
-        c.Repo2DockerSpawner.db_url = service_settings["db_url"]
+    # Every spawner reads who may use which environment in the service's
+    # database (the service runs in the hub's directory, so the default is
+    # the same) and starts only images of its prefix.
+    hub_config.configure_spawners(
+        c, **{k: service_settings[k] for k in hub_config.SPAWNER_SETTINGS if k in service_settings}
+    )
     if settings:
         for service in c.JupyterHub.services:
             if service.get("name") == SECTION:
                 environment = dict(service.get("environment") or {})
                 environment[ENV_VAR] = json.dumps(settings)
                 service["environment"] = environment
-    if "image_prefix" in service_settings:
-        # Repo2DockerSpawner starts only images of this prefix.
-        c.Repo2DockerSpawner.image_prefix = service_settings["image_prefix"]
 
 
 def _names(section, key):

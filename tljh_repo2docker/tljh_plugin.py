@@ -74,8 +74,9 @@ def configure_docker(c):
 
     # Images are built on this machine; there is nothing to pull.
     c.DockerSpawner.pull_policy = "never"
-    # only the environments of this hub's service (its default image prefix)
-    c.Repo2DockerSpawner.image_prefix = "tljh-r2d/"
+    # Only the environments of this hub's service: the spawner's default
+    # image_prefix is the service's, and tljh_config.configure() gives every
+    # spawner the one set in TLJH's config.
     # repo2docker images have no entrypoint for JupyterHub; start the
     # single-user server explicitly.
     c.DockerSpawner.cmd = ["jupyterhub-singleuser"]

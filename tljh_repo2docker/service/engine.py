@@ -198,7 +198,9 @@ class Homes(LoggingConfigurable):
 
     def _is_ours(self, volume):
         labels = volume.get("Labels") or {}
-        return labels.get(HOME_LABEL) == "1" and labels.get(PREFIX_LABEL) == self.prefix
+        return labels.get(HOME_LABEL) == "1" and contract.home_belongs_to_hub(
+            labels.get(PREFIX_LABEL), self.prefix
+        )
 
     async def _containers(self, volume=None):
         """``{volume name: [container names]}`` of every container (running or not)."""
@@ -220,7 +222,7 @@ class Homes(LoggingConfigurable):
         why sizes are unknown (None when they are known)."""
         answer = await self._ask(
             self.builder.docker.volumes.list(
-                filters={"label": [f"{HOME_LABEL}=1", f"{PREFIX_LABEL}={self.prefix}"]}
+                filters={"label": [f"{HOME_LABEL}=1", PREFIX_LABEL]}
             )
         )
         volumes = [v for v in (answer.get("Volumes") or []) if self._is_ours(v)]

@@ -18,6 +18,7 @@ from dockerspawner import DockerSpawner, SystemUserSpawner
 from traitlets import Bool, Unicode, default
 
 from . import homes
+from ..contract import home_belongs_to_hub
 from .mixin import (
     HOME_LABEL,
     UID_LABEL,
@@ -272,7 +273,7 @@ class SpawnerMixin(EnvironmentMixin):
             self.log.info("Created home volume %s for %s", home.source, self._log_name)
             return True
         owner = (info.get("Labels") or {}).get(f"{HOME_LABEL}.prefix")
-        if owner is not None and owner != self.image_prefix:
+        if owner is not None and not home_belongs_to_hub(owner, self.image_prefix):
             raise SpawnFailed(
                 f"The home volume {home.source!r} belongs to another hub on this Docker "
                 f"engine (image prefix {owner!r}). Ask an administrator to give each hub "

@@ -67,6 +67,14 @@ class KubeEnvironment(EnvironmentMixin):
     A plain mixin, so that this module imports without kubespawner installed.
     """
 
+    @default("image_prefix")
+    def _default_image_prefix(self):
+        # Images on Kubernetes are named by the registry they are pushed to
+        # (BinderHub's, or the Docker builder's with push on), not by the
+        # service's default prefix; and homes are claims, not volumes the
+        # service lists. Default: every image; set it to the registry prefix.
+        return ""
+
     @default("options_form")
     def _default_options_form(self):
         # Without the database there is no list of environments to offer.

@@ -30,7 +30,7 @@ from traitlets import Enum, Integer, Unicode, default
 from traitlets.config import Configurable
 
 from .. import contract
-from ..contract import LABEL_PREFIX, TLJH_R2D_ADMIN_SCOPE, belongs_to_hub  # noqa: F401 (spawners import belongs_to_hub here)
+from ..contract import DEFAULT_IMAGE_PREFIX, LABEL_PREFIX, TLJH_R2D_ADMIN_SCOPE, belongs_to_hub  # noqa: F401 (spawners import belongs_to_hub here)
 from ..access import PRIVATE, Access, Viewer
 from ..limits import LimitError, memory_bytes, parse_cpu, parse_memory
 
@@ -350,15 +350,16 @@ class EnvironmentMixin(Configurable):
     """
 
     image_prefix = Unicode(
-        "",
+        DEFAULT_IMAGE_PREFIX,
         help="""
         Offer and start only environments whose image name starts with this
-        prefix: the service's ``image_prefix`` (``tljh-r2d/`` by default), or
-        for images of tljh-repo2docker 3.x that kept their names, whose
-        ``tljh_repo2docker.image_prefix`` label is this prefix. Set it when
-        several services or hubs share one Docker engine, so that each hub
-        shows only its own environments; it also names the hub on its users'
-        home volumes. Default: every built environment on the engine.
+        prefix, the service's ``image_prefix`` (both default to
+        ``tljh-r2d/``), or, for images of tljh-repo2docker 3.x that kept
+        their names, whose ``tljh_repo2docker.image_prefix`` label is this
+        prefix (the service adds it when it adopts them). It also names the
+        hub on its users' home volumes, so several hubs can share one Docker
+        engine. Set it to the service's when that is not the default; an
+        empty prefix takes every built environment on the engine.
         """,
     ).tag(config=True)
 
