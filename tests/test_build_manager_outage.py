@@ -12,28 +12,12 @@ import logging
 import pytest
 from sqlalchemy import exc as sa_exc
 
+from tests.helpers.fakes import FlakySessions
 from tljh_repo2docker.builds.base import BUILT, LOG, Builder, BuildEvent, BuildRequest
 from tljh_repo2docker.builds.buildlog import DATABASE_AWAY_NOTICE
 from tljh_repo2docker.builds.manager import BuildManager
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.errors import database_unavailable
-
-
-class FlakySessions:
-    """A sessionmaker whose database can be switched off (connections refused)."""
-
-    def __init__(self, real):
-        self.real = real
-        self.down = False
-        self.refused = 0
-
-    def __call__(self):
-        if self.down:
-            self.refused += 1
-            raise sa_exc.OperationalError(
-                "SELECT 1", None, ConnectionRefusedError(111, "Connection refused")
-            )
-        return self.real()
 
 
 class ScriptedBuilder(Builder):

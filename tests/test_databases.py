@@ -8,12 +8,10 @@ does not answer fails the tests under ``CI=true`` and skips them elsewhere.
 """
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -21,72 +19,21 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import inspect
 
+from tests.helpers.databases import _server_db
 from tljh_repo2docker.db import store
 from tljh_repo2docker.db.models import Base
 from tljh_repo2docker.db.session import (
     alembic_config,
-    async_url,
     head_revision,
     make_engine,
     make_sessionmaker,
-    redact,
     upgrade_db,
 )
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
-SERVER_URLS = {
-    "postgresql": os.environ.get(
-        "TLJH_R2D_TEST_POSTGRES_URL", "postgresql://tljh_r2d:tljh_r2d@127.0.0.1:5432/tljh_r2d_test"
-    ),
-    "mysql": os.environ.get(
-        "TLJH_R2D_TEST_MYSQL_URL", "mysql://tljh_r2d:tljh_r2d@127.0.0.1:3306/tljh_r2d_test"
-    ),
-}
 REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
-
-
-def need(reason):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: the database tests must run)")
-    pytest.skip(reason)
-
-
-def _admin_engine(kind):
-    try:
-        url = async_url(SERVER_URLS[kind])
-    except ValueError as e:  # driver not installed
-        need(str(e))
-    return url, create_async_engine(url, isolation_level="AUTOCOMMIT")
-
-
-async def _server_db(kind):
-    """Create a uniquely named database on the server; returns (url, drop coroutine fn)."""
-    base, admin = _admin_engine(kind)
-    name = f"{base.database}_{uuid.uuid4().hex[:12]}"
-    try:
-        async with asyncio.timeout(10):
-            async with admin.connect() as conn:
-                await conn.execute(text(f"CREATE DATABASE {name}"))
-    except Exception as e:  # noqa: BLE001 - any failure means "no usable server"
-        await admin.dispose()
-        need(f"{kind} test server {redact(SERVER_URLS[kind])} is not usable: "
-             f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-
-    async def drop():
-        try:
-            async with admin.connect() as conn:
-                force = " WITH (FORCE)" if kind == "postgresql" else ""
-                await conn.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
-        finally:
-            await admin.dispose()
-
-    url = make_url(SERVER_URLS[kind]).set(database=name)
-    return url.render_as_string(hide_password=False), drop
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])

@@ -14,13 +14,26 @@ import asyncio
 import json
 import os
 import re
-import subprocess
 import uuid
 from urllib.parse import quote
 
 import pytest
 
-from tests.helpers.gitserver import GitServer, add_commit, head_commit, make_repo
+from tests.helpers.dockerbuilder import (
+    BUILD_TIMEOUT,
+    R2D_IMAGE,
+    SINGLEUSER_IMAGE,
+    build_containers,
+    collect,
+    docker,
+    dockerfile,
+    explain,
+    logs_of,
+    make_builder,
+    new_repo,
+    new_request,
+)
+from tests.helpers.gitserver import GitServer, add_commit, head_commit
 from tljh_repo2docker.builds.base import (
     BUILT,
     CANCELLED,
@@ -30,16 +43,7 @@ from tljh_repo2docker.builds.base import (
     BuildError,
     BuildRequest,
 )
-from tljh_repo2docker.builds.docker import BUILD_LABEL, CREDENTIALS_PATH, DockerBuilder
-
-R2D_IMAGE = os.environ.get(
-    "TLJH_R2D_TEST_REPO2DOCKER_IMAGE", "tljh-repo2docker-test/repo2docker:latest"
-)
-SINGLEUSER_IMAGE = os.environ.get(
-    "TLJH_R2D_TEST_SINGLEUSER_IMAGE", "tljh-repo2docker-test/singleuser:latest"
-)
-# Upper bound for one build here; builds of these repositories take seconds.
-BUILD_TIMEOUT = 180
+from tljh_repo2docker.builds.docker import CREDENTIALS_PATH, DockerBuilder
 
 
 def unavailable(reason):
@@ -47,13 +51,6 @@ def unavailable(reason):
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: Docker tests must run)")
     pytest.skip(reason)
-
-
-def make_builder(**kwargs):
-    kwargs.setdefault("repo2docker_image", R2D_IMAGE)
-    kwargs.setdefault("network_mode", "host")
-    kwargs.setdefault("pull_repo2docker_image", False)
-    return DockerBuilder(**kwargs)
 
 
 @pytest.fixture
@@ -94,52 +91,6 @@ def git_server(git_root):
         yield server
 
 
-def docker(*args, check=True):
-    result = subprocess.run(["docker", *args], check=False, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr}")
-    return result
-
-
-def new_request(made, repo, **kwargs):
-    uid = f"t{uuid.uuid4().hex[:12]}"
-    image = f"tljh-r2d-builder-test-{uid}:1"
-    made["uids"].append(uid)
-    made["images"].append(image)
-    kwargs.setdefault("ref", "main")
-    return BuildRequest(uid=uid, repo=repo, image_name=image, **kwargs)
-
-
-def dockerfile(*lines):
-    """A Dockerfile on the single-user image whose steps are never cached.
-
-    BuildKit would otherwise reuse the steps of an earlier run and finish at
-    once, which defeats tests that need a build to be running.
-    """
-    return "\n".join([f"FROM {SINGLEUSER_IMAGE}", f"ENV TEST_RUN={uuid.uuid4().hex}", *lines, ""])
-
-
-def new_repo(git_root, files):
-    name = f"repo-{uuid.uuid4().hex[:8]}"
-    make_repo(git_root, name, files)
-    return name
-
-
-async def collect(events):
-    """All events of a build, checking that exactly the last one is final."""
-
-    async def run():
-        result = []
-        async for event in events:
-            assert not (result and result[-1].final), "events after the final event"
-            result.append(event)
-        return result
-
-    result = await asyncio.wait_for(run(), BUILD_TIMEOUT)
-    assert result and result[-1].final, f"no final event: {result[-3:]}"
-    return result
-
-
 async def until(event, task):
     """Wait for ``event``; fail at once if the build ``task`` ends first."""
     waiter = asyncio.ensure_future(event.wait())
@@ -151,21 +102,6 @@ async def until(event, task):
         if task.done():
             task.result()
         raise AssertionError("the build ended (or hung) before it got where the test needs it")
-
-
-def logs_of(events):
-    return [e.message for e in events if e.phase == LOG]
-
-
-def explain(events):
-    """The end of a build log, for assertion messages."""
-    return "\n".join(f"{e.phase}: {e.message}" for e in events[-25:])
-
-
-async def build_containers(builder, uid):
-    return await builder.docker.containers.list(
-        all=True, filters={"label": [f"{BUILD_LABEL}={uid}"]}
-    )
 
 
 # -- building -------------------------------------------------------------------

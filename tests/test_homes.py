@@ -11,15 +11,14 @@ import json
 import os
 import subprocess
 
-import httpx
 import pytest
 from dockerspawner import DockerSpawner
 
 from tests.helpers.buildutils import dockerfile
 from tests.helpers.fixtures import running_hub
 from tests.helpers.gitserver import add_commit, make_repo
-from tests.test_servers import wait_server
-from tests.helpers.utils import HubUser, admin_api, make_token
+from tests.helpers.servers import Files, wait_server
+from tests.helpers.utils import HubUser, admin_api
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -49,44 +48,6 @@ def home_volumes(hub, user):
         capture_output=True, text=True,
     ).stdout.split()
     return {name: docker_json("volume", "inspect", name)[0]["Labels"] for name in names}
-
-
-class Files:
-    """A user's files in their server, through the contents API of the Jupyter server."""
-
-    def __init__(self, hub, user):
-        token = make_token(hub, user, [f"access:servers!user={user}"])
-        self.user = user
-        self.client = httpx.AsyncClient(
-            base_url=hub.url, headers={"Authorization": f"token {token}"}, timeout=30
-        )
-
-    async def _request(self, method, server, path, **kwargs):
-        url = f"user/{self.user}/{server}/api/contents/{path}"
-        for _ in range(60):  # the proxy may not route to a new server at once
-            r = await self.client.request(method, url, **kwargs)
-            if r.status_code not in (502, 503, 424):
-                return r
-            await asyncio.sleep(0.5)
-        return r
-
-    async def write(self, server, path, text):
-        r = await self._request("PUT", server, path.rsplit("/", 1)[0], json={"type": "directory"})
-        assert r.status_code in (200, 201), (r.status_code, r.text)
-        r = await self._request(
-            "PUT", server, path, json={"type": "file", "format": "text", "content": text}
-        )
-        assert r.status_code in (200, 201), (r.status_code, r.text)
-
-    async def read(self, server, path):
-        r = await self._request("GET", server, path, params={"content": "1", "format": "text"})
-        if r.status_code == 404:
-            return None
-        assert r.status_code == 200, (r.status_code, r.text)
-        return r.json()["content"]
-
-    async def close(self):
-        await self.client.aclose()
 
 
 async def start(user, name, environment=None):
@@ -306,7 +267,7 @@ def upstream_server(hub, test_images):
     """What 3.x left for one user: an image under its old name (relabelled by the
     upgrade: ``tljh_repo2docker.image_prefix`` is this hub's) and the server's
     container, without a home volume, the user's files in its own layer."""
-    from tests.test_spawner_docker import UPSTREAM, build_environment
+    from tests.helpers.environments import UPSTREAM, build_environment
 
     user = f"{RUN}old"
     old, image = f"{RUN}-upg-one:main-3x", f"{RUN}-upg-one:main"

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from tests.helpers import logkills
 from tests.helpers.buildutils import wait_building
 from tests.helpers.fixtures import running_hub
-from tests.test_service_restart import service_pids
+from tests.helpers.processes import service_pids
 from tests.helpers.utils import HubUser, figure
 from tljh_repo2docker.builds.base import BUILT, LOG, FAILED
 from tljh_repo2docker.builds.docker import DockerBuilder
@@ -350,7 +350,7 @@ async def test_a_kill_through_jupyterhub_while_lines_arrive(hub, admin, git_root
 # -- the manager (unit: a scripted backend, a real SQLite database) -----------------
 
 
-from tests.test_build_manager_outage import FlakySessions  # noqa: E402
+from tests.helpers.fakes import FlakySessions  # noqa: E402
 from tljh_repo2docker.builds.base import STATUS, Builder, BuildEvent, BuildRequest  # noqa: E402
 from tljh_repo2docker.builds.manager import BuildManager, without_replay  # noqa: E402
 from tljh_repo2docker.db import store  # noqa: E402
@@ -555,7 +555,7 @@ async def test_a_kill_after_the_build_ended_but_before_its_result_was_stored(
     """The container stays until the consumer moves on from the final event,
     so a service killed in between re-attaches to the ended build and reports
     the same result, with no line again; only then is the container removed."""
-    from tests import test_docker_builder as t
+    from tests.helpers import dockerbuilder as t
 
     made = {"uids": [], "images": []}
     builder = t.make_builder()

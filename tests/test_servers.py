@@ -4,50 +4,25 @@ Real Docker, real JupyterHub with its proxy, the service as a managed service,
 and the environment built by repo2docker (the ``built_env`` fixture).
 """
 
-import asyncio
 import html
-import json
 import re
-import subprocess
 import time
 
 import httpx
 import jupyterhub
 import pytest
-from dockerspawner import DockerSpawner
 
 from tljh_repo2docker.handlers.servers import slug_for
 
+from .helpers.servers import container, wait_server
 from .helpers.utils import SERVICE, admin_api, assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
 
-async def wait_server(user, name, status="running", timeout=120):
-    deadline = time.monotonic() + timeout
-    servers = {}
-    while time.monotonic() < deadline:
-        r = await user.api("GET", "api/servers")
-        assert r.status_code == 200, r.text
-        servers = {s["name"]: s for s in r.json()["servers"]}
-        if status == "absent" and name not in servers:
-            return None
-        if name in servers and servers[name]["status"] == status:
-            return servers[name]
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"server {name} not {status}: {servers.get(name)}")
-
-
 def hub_name(name):
     """The hub's name for the server the user called ``name``."""
     return slug_for(name) if jupyterhub.version_info >= (6,) else name
-
-
-def container(user, server):
-    # DockerSpawner lowercases and escapes the server name in {servername}
-    name = f"tljh-r2d-test-{user}-{DockerSpawner._escape(server.lower())}"
-    out = subprocess.run(["docker", "inspect", name], capture_output=True, text=True)
-    return json.loads(out.stdout)[0] if out.returncode == 0 else None
 
 
 async def test_start_reach_limits_stop_delete(alice, admin, built_env, hub):

@@ -13,7 +13,6 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import time
 
 import httpx
@@ -21,21 +20,13 @@ import pytest
 
 from tests.helpers.buildutils import FINAL, build_containers, build_containers_gone, docker, dockerfile, image_info, token, wait_building
 from tests.helpers.gitserver import head_commit, make_repo
+from tests.helpers.processes import service_pids
 from tests.helpers.utils import sse_read
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
 # Long enough that the build still runs after JupyterHub restarted the service.
 SLEEP = 45
-
-
-def service_pids(hub):
-    result = subprocess.run(
-        ["pgrep", "-f", f"tljh_repo2docker --port={hub.service_port}"],
-        capture_output=True,
-        text=True,
-    )
-    return [int(pid) for pid in result.stdout.split()]
 
 
 async def follow(user, uid, into, last_event_id=None):

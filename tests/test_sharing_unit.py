@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.test_spawner_unit import FakeDocker, env_labels, spawner_maker
+from tests.helpers.fakes import FakeDocker, env_labels, spawner_maker
 from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
 from tljh_repo2docker.access import EVERYONE, PRIVATE, Access, SharingError, Viewer, parse_sharing
 from tljh_repo2docker.db import store

@@ -17,27 +17,13 @@ import docker
 import pytest
 from jupyterhub.objects import Hub
 
+from tests.helpers.environments import UPSTREAM, build_environment
 from tests.helpers.utils import remove_volumes
 from tljh_repo2docker.spawner import EnvironmentRefused, Repo2DockerSpawner, SpawnFailed
 
 pytestmark = pytest.mark.docker
 
 MIB = 1024**2
-
-
-def build_environment(base, tag, **labels):
-    """Tag ``base`` with environment labels, the way a build labels its image."""
-    args = []
-    for name, value in labels.items():
-        args += ["--label", f"tljh_repo2docker.{name}={value}"]
-    subprocess.run(
-        ["docker", "build", "-q", "-t", tag, *args, "-"],
-        input=f"FROM {base}\n",
-        text=True,
-        check=True,
-        capture_output=True,
-    )
-    return tag
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +85,8 @@ def make_spawner(docker_client):
             **{
                 "cmd": ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
                 "pull_policy": "never",
+                # the test images carry no hub prefix (the default is the service's)
+                "image_prefix": "",
                 **traits,
             },
         )
@@ -199,8 +187,6 @@ async def test_form_offers_built_environments_only(environments, make_spawner):
 
 
 # -- homes, upgrades from 3.x, start-up failures ---------------------------------------
-
-UPSTREAM = json.loads((Path(__file__).parent / "data" / "upstream-3x.json").read_text())
 
 
 def docker_out(*args):

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from tests.helpers.fixtures import running_hub
-from tests.test_spawner_docker import build_environment
+from tests.helpers.environments import build_environment
 from tests.helpers.utils import HubUser, admin_api, next_image_prefix
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]

@@ -30,7 +30,7 @@ import pytest
 
 from tests.helpers import utils
 from tests.helpers.fixtures import ROOT, _free_port, need
-from tests.test_startup import SocketForwarder
+from tests.helpers.docker_socket import SocketForwarder
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -320,7 +320,9 @@ def test_spawner_prefix_follows_and_port_changes_on_reload(tljh):
         f"loader = PyFileConfigLoader({os.path.basename(tljh.config_py)!r}, "
         f"path={os.path.dirname(tljh.config_py)!r})\n"
         "c = loader.load_config()\n"
-        "print(json.dumps({'prefix': c.Repo2DockerSpawner.image_prefix,"
+        "from tljh_repo2docker import Repo2DockerSpawner\n"
+        "prefix = Repo2DockerSpawner(config=c, _mock=True).image_prefix\n"
+        "print(json.dumps({'prefix': prefix,"
         " 'services': [s['name'] for s in c.JupyterHub.services],"
         " 'roles': c.JupyterHub.load_roles}))\n"
     )).stdout

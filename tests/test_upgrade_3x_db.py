@@ -249,7 +249,7 @@ async def test_interrupted_conversion_on_a_server_without_transactional_ddl_is_r
 
 @pytest.mark.parametrize("kind", ["postgresql", "mysql"])
 async def test_3x_database_on_a_server_is_converted(kind):
-    from tests.test_databases import _server_db
+    from tests.helpers.databases import _server_db
 
     url, drop = await _server_db(kind)
     try:

@@ -31,8 +31,7 @@ import pytest
 from tests.helpers import utils
 from tests.helpers.buildutils import docker, token
 from tests.helpers.fixtures import SINGLEUSER_IMAGE, running_hub
-from tests.test_homes import Files
-from tests.test_servers import container, wait_server
+from tests.helpers.servers import Files, container, wait_server
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 

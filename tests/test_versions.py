@@ -13,7 +13,7 @@ import pytest
 from tests.helpers.buildutils import FINAL, dockerfile, image_info, wait_building
 from tests.helpers.fixtures import add
 from tests.helpers.gitserver import add_commit, head_commit
-from tests.test_servers import container, wait_server
+from tests.helpers.servers import container, wait_server
 from tests.helpers.utils import assert_json_error
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]

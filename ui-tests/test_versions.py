@@ -5,7 +5,7 @@ from playwright.async_api import expect
 
 from tests.helpers.fixtures import SINGLEUSER_IMAGE
 from tests.helpers.gitserver import add_commit, make_repo
-from tests.test_servers import wait_server
+from tests.helpers.servers import wait_server
 from ui_helpers import env_row, open_environments, open_servers, server_row, shot
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]

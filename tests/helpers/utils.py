@@ -146,9 +146,10 @@ c.DockerSpawner.pull_policy = "never"
 c.DockerSpawner.remove = True
 c.DockerSpawner.cmd = ["jupyterhub-singleuser"]
 c.DockerSpawner.name_template = "tljh-r2d-test-{{username}}-{{servername}}"
-c.Repo2DockerSpawner.image_prefix = "{info.image_prefix}"
-# Who may use which environment: the service's database (read only).
-c.Repo2DockerSpawner.db_url = {db_url!r}
+# The service's prefix and its database (read only: who may use which
+# environment), for every spawner class, as hub_config.configure() gives them.
+from tljh_repo2docker import hub_config
+hub_config.configure_spawners(c, image_prefix="{info.image_prefix}", db_url={db_url!r})
 # Each test hub its own home volumes on the shared engine (users of every hub
 # are called alice and bob); removed with the hub (tests/helpers/fixtures.py).
 c.Repo2DockerSpawner.home_volume_name_template = "tljh-r2d-test-home-{{prefix}}-{{username}}"
