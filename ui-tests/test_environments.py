@@ -215,6 +215,12 @@ async def test_a_log_stream_left_silent_is_opened_again(admin_page, demo_env):
     row = env_row(page, demo_env["name"])
     await row.get_by_role("button", name=f"Logs {demo_env['name']}").click()
     await expect(page.locator("#logs-status")).to_have_text("Connecting…")
+    # The stream's request reaches the route a moment after the status shows:
+    # only then does the fake clock run (else the first request can come late).
+    for _ in range(200):
+        if requests:
+            break
+        await asyncio.sleep(0.05)
     await page.clock.run_for(34_000)
     assert len(requests) == 1, requests
     await page.clock.run_for(2_000)
