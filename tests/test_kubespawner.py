@@ -375,3 +375,36 @@ async def test_configure_keeps_a_value_set_for_one_spawner_class(make_spawner, s
     c.Repo2DockerKubeSpawner.db_url = "sqlite:////elsewhere.sqlite"
     hub_config.configure(c, args=[f"--db_url={service_db}"])
     assert make_user_spawner(c).db_url == "sqlite:////elsewhere.sqlite"
+
+
+async def test_pods_start_the_current_versions_own_reference(make_spawner, service_db):
+    """user_options name the current version's own image (a rebuild never moves it), so a
+    node that pulls IfNotPresent never starts a stale build; a rollback is followed."""
+    from tljh_repo2docker.db import store
+    from tljh_repo2docker.db.session import make_engine, make_sessionmaker
+
+    engine = make_engine(service_db)
+    sessions = make_sessionmaker(engine)
+    for number in (1, 2):
+        await store.add_version(
+            sessions, "built1", number=number, image_name=f"registry.example.org/binder-built:1--v{number}",
+            image_id=f"sha256:v{number}", commit=f"c{number}", size=1,
+        )
+    await store.update_environment(sessions, "built1", image_id="sha256:v2")
+    c = Config()
+    c.Repo2DockerKubeSpawner.db_url = service_db
+    spawner = make_user_spawner(c, user_options={"environment": "built1", "image": "whatever"})
+    await spawner.load_user_options()
+    pod = await spawner.get_pod_manifest()
+    assert container(pod).image == "registry.example.org/binder-built:1--v2"
+    form = await make_user_spawner(c, user_options={}).get_options_form()
+    assert 'value="registry.example.org/binder-built:1--v2"' in form
+
+    # a rollback to version 1: new pods start its own reference
+    env = await store.get_environment(sessions, "built1")
+    [v1] = [v for v in await store.list_versions(sessions, "built1") if v.number == 1]
+    assert await store.make_version_current(sessions, "built1", v1, env.image_name)
+    spawner = make_user_spawner(c, user_options={"environment": "built1"})
+    await spawner.load_user_options()
+    assert container(await spawner.get_pod_manifest()).image == "registry.example.org/binder-built:1--v1"
+    await engine.dispose()

@@ -121,6 +121,16 @@ def user_options(env):
     }
 
 
+def pinned_image(env, version=None):
+    """The image reference that starts ``env``'s current version and that no
+    rebuild moves: the version's own reference (Docker's ``repo:tag--vN``,
+    BinderHub's per-commit name), else the environment's name. A node that
+    pulls ``IfNotPresent`` then never starts a stale build after a rebuild."""
+    if version is not None and version.image_name:
+        return version.image_name
+    return env.image_name
+
+
 def image_labels(env, image_prefix=""):
     """The labels that make an image self-describing (no secrets).
 

@@ -524,6 +524,21 @@ async def all_versions(sessions) -> list[tuple[str, Version]]:
 
 
 @_uncancellable
+async def current_version(sessions, env: Environment) -> Version | None:
+    """The version ``env`` (a stored Environment) starts from: the one whose
+    image it holds (None before its first build, or for a version not recorded)."""
+    if env.image_id is None:
+        return None
+    async with sessions() as session:
+        return await session.scalar(
+            select(Version)
+            .where(Version.environment_id == env.id, Version.image_id == env.image_id)
+            .order_by(Version.number.desc(), Version.id.desc())
+            .limit(1)
+        )
+
+
+@_uncancellable
 async def get_version(sessions, uid, version_id) -> Version | None:
     async with sessions() as session:
         return await session.scalar(

@@ -36,6 +36,7 @@ async def stored_user_options(db_url, user_options):
     from sqlalchemy.exc import SQLAlchemyError
 
     from ..db import store
+    from ..contract import pinned_image
     from ..contract import user_options as stored_options
 
     uid = user_options.get("environment")
@@ -54,6 +55,12 @@ async def stored_user_options(db_url, user_options):
             f"The environment {env.name!r} is not built (status: {env.status}): choose another one."
         )
     stored = stored_options(env)
+    try:
+        version = await store.current_version(_sessions_for(db_url), env)
+    except (SQLAlchemyError, OSError) as e:
+        raise _database_unreadable(e) from None
+    # the current version's own reference, which a rebuild never moves
+    stored["image"] = pinned_image(env, version)
     return {
         **user_options,
         **stored,
@@ -113,14 +120,27 @@ class KubeEnvironment(EnvironmentMixin):
         from sqlalchemy.exc import SQLAlchemyError
 
         from ..db import store
+        from ..contract import pinned_image
         from ..contract import user_options as stored_options
 
+        sessions = _sessions_for(self.db_url)
         try:
-            rows = await store.list_environments(_sessions_for(self.db_url))
+            rows = await store.list_environments(sessions)
+            versions = await store.all_versions(sessions)
         except (SQLAlchemyError, OSError) as e:
             raise _database_unreadable(e) from None
+        current = {}  # uid: the current version (newest first: the first match)
+        image_ids = {env.uid: env.image_id for env in rows}
+        for uid, version in versions:
+            if uid not in current and version.image_id == image_ids.get(uid):
+                current[uid] = version
+
+        def options(env):
+            # the current version's own reference, as stored_user_options() starts
+            return {**stored_options(env), "image": pinned_image(env, current.get(env.uid))}
+
         environments = [
-            BuiltEnvironment.from_user_options(stored_options(env))
+            BuiltEnvironment.from_user_options(options(env))
             for env in rows
             if env.image_id is not None and belongs_to_hub(env.image_name, {}, self.image_prefix)
         ]
