@@ -228,3 +228,24 @@ async def test_kept_list_per_user_follows_sharing(sqlite_sessions):
     await store.update_environment(sessions, "e1", sharing=PRIVATE)
     assert await uids(member) == ["e3"]
     assert await uids(Viewer("member", frozenset())) == ["e3"]
+
+
+async def test_spawner_refuses_when_the_database_cannot_be_read(tmp_path):
+    """A database named but unreadable: nothing is offered or started on trust of
+    user_options, and the user reads why in one line (issue 25)."""
+    from tornado.web import HTTPError
+
+    fake = FakeDocker()
+    make = spawner_maker(fake, Repo2DockerSpawner, environment_access=Repo2DockerSpawner.environment_access)
+    fake.add_image("old:1", env_labels(uid="o", image="old:1", owner="bob"))
+    (tmp_path / "folder.sqlite").mkdir()  # a folder where the database file should be
+    spawner = make(db_url=f"sqlite:///{tmp_path / 'folder.sqlite'}", user_options={"image": "old:1"})
+    spawner.user.admin = False
+    with pytest.raises(HTTPError) as info:
+        await spawner.list_images()
+    assert info.value.status_code == 503
+    message = info.value.jupyterhub_message
+    assert "database cannot be read" in message and "\n" not in message
+    with pytest.raises(HTTPError):
+        await spawner.start()
+    assert fake.created == []
