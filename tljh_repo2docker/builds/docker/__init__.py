@@ -18,6 +18,7 @@ The modules, each one part of :class:`DockerBuilder`:
 ``images``          naming the result, versions (``repo:tag--vN``), deleting,
                     disk use, adoption
 ``credentials``     private repositories' credentials: split, scrub, upload
+``push``            pushing built images to their registry (``push``)
 ``engine``          label names, the engine's errors, small helpers
 ==================  ==========================================================
 

@@ -12,7 +12,9 @@ or by :meth:`DockerBuilder.cancel`. Its parts, each in a module of its own:
 - :mod:`.images`: naming the built image, versions, deleting images, disk
   use, adoption;
 - :mod:`.credentials`: credentials for private repositories, which never
-  reach the container's command line, environment or labels.
+  reach the container's command line, environment or labels;
+- :mod:`.push`: pushing built images to the registry their name designates
+  (``push``), with credentials that never reach a log line.
 """
 
 import collections
@@ -40,11 +42,11 @@ from .engine import (
 from .follow import FollowMixin
 from .images import ImagesMixin
 from .logreader import LogReader
+from .push import PushMixin
 
 
-class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, Builder):
+class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Builder):
     """Build images with repo2docker running as a Docker container."""
-
 
     repo2docker_image = Unicode(
         "quay.io/jupyterhub/repo2docker:2025.12.0",
@@ -164,6 +166,51 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, Builder):
         """,
     ).tag(config=True)
 
+    push = Bool(
+        False,
+        help="""
+        Push each built image to the registry its name designates, for
+        servers that run elsewhere (KubeSpawner). With the service's
+        ``image_prefix`` ``127.0.0.1:5000/tljh-r2d/``, ``.../name:ref`` goes to
+        the registry at ``127.0.0.1:5000``; a name without a registry host
+        (no ``.`` or ``:`` before its first ``/``) goes to Docker Hub.
+
+        The push is the last step of the build, shown in its log. A build
+        whose push fails has failed (the message names the registry), and
+        the environment keeps its previous image. Each version kept
+        (``name:ref--vN``) is pushed too, and so is the name when a rollback
+        moves it. Removing old versions (``keep_versions``) removes their
+        local tags only: their tags stay in the registry. Default: False.
+        """,
+    ).tag(config=True)
+
+    registry_username = Unicode(
+        "",
+        help="""
+        User name for the registry that ``push`` sends images to. The Docker
+        engine does not read the ``docker login`` of the command line client:
+        without this, pushes are anonymous. Default: empty (anonymous).
+        """,
+    ).tag(config=True)
+
+    registry_password = Unicode(
+        "",
+        help="""
+        Password (or access token) of ``registry_username`` for the registry
+        that ``push`` sends images to. It goes to the Docker engine only with
+        each push request, and never reaches a log line, the build's log, a
+        label or an error message. Default: empty.
+        """,
+    ).tag(config=True)
+
+    push_timeout = Float(
+        3600,
+        help="""
+        Seconds one push (see ``push``) may take before the build fails with
+        a message saying so. Default: 3600.
+        """,
+    ).tag(config=True)
+
     @default("docker_url")
     def _default_docker_url(self):
         return os.environ.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
@@ -185,6 +232,15 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, Builder):
             raise ValueError(
                 f"DockerBuilder.build_tmpfs_size {proposal['value']!r} is not a size: "
                 "use a number of bytes or a number with k, m or g (512m, 2g)"
+            )
+        return value
+
+    @validate("push_timeout")
+    def _validate_push_timeout(self, proposal):
+        value = proposal["value"]
+        if not value > 0:
+            raise ValueError(
+                f"DockerBuilder.push_timeout must be a positive number of seconds, not {value}"
             )
         return value
 
@@ -269,19 +325,20 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, Builder):
         else:
             credential_store = None
 
-        try:
-            async for event in self._ensure_repo2docker_image():
-                yield event
-        except BuildError as e:
-            self.log.error("Build %s: %s", uid, e.log_message)
-            yield BuildEvent(FAILED, e.message)
-            return
-        request.mark("repo2docker image checked")
-
         container = None
         error = None
         staging = self._staging_name(uid)
         for attempt in (1, 2):
+            # The repo2docker image: found (or pulled) before the first
+            # attempt, and checked again when the create finds it gone since.
+            try:
+                async for event in self._ensure_repo2docker_image():
+                    yield event
+            except BuildError as e:
+                self.log.error("Build %s: %s", uid, e.log_message)
+                yield BuildEvent(FAILED, e.message)
+                return
+            request.mark("repo2docker image checked")
             try:
                 container = await self._start_container(request, staging, credential_store)
             except _Repo2DockerGone as e:
@@ -298,14 +355,6 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, Builder):
                 raise
             else:
                 break
-            # Gone since it was last found: check again (a pull, or a clear failure).
-            try:
-                async for event in self._ensure_repo2docker_image():
-                    yield event
-            except BuildError as e:
-                self.log.error("Build %s: %s", uid, e.log_message)
-                yield BuildEvent(FAILED, e.message)
-                return
         if error is not None:
             self.log.error("Build %s: could not start the build container: %s", uid, error)
             await self._discard(uid)

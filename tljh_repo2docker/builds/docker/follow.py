@@ -59,8 +59,8 @@ class FollowMixin:
         """Yield a started container's log lines, then the final event.
 
         repo2docker builds ``staging``; a successful build is then tagged
-        ``image_name`` (see :meth:`_publish`). ``reader`` (a
-        :class:`~.logreader.LogReader`) knows which lines were yielded
+        ``image_name``, and pushed with ``push`` on (see :meth:`_publish`).
+        ``reader`` (a :class:`~.logreader.LogReader`) knows which lines were yielded
         before (by the service before it restarted): those are read again,
         for the commit and the failure message, but not yielded. Each line
         yielded carries its cursor (see :class:`~.logreader.LogReader`).
@@ -195,7 +195,14 @@ class FollowMixin:
                 # Even if the build got to its end: cancel() removes its image.
                 final = BuildEvent(CANCELLED, "Build cancelled")
             elif code == 0:
-                final = await self._publish(staging, image_name, commit, uid, mark)
+                # Named, and pushed when push is on: the push's lines come first.
+                publish = self._publish(staging, image_name, commit, uid, mark)
+                async with contextlib.aclosing(publish) as events:
+                    async for event in events:
+                        if event.final:
+                            final = event
+                        else:
+                            yield event
             elif lost is not None:
                 final = BuildEvent(
                     FAILED,

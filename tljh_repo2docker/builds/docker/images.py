@@ -1,4 +1,5 @@
-"""The Docker backend's images: naming a build's result, versions, deleting, disk use, adoption.
+"""The Docker backend's images: naming (and pushing) a build's result, versions,
+deleting, disk use, adoption.
 
 :class:`ImagesMixin` is the part of
 :class:`~tljh_repo2docker.builds.docker.DockerBuilder` that works on images
@@ -12,6 +13,11 @@ until the new one is ready.
 Each build kept as a version has its own reference, ``repo:tag--vN``
 (:func:`tljh_repo2docker.contract.version_reference`, the one definition
 of that pattern).
+
+With ``push`` on, the named image, each version's reference and the name
+moved by a rollback are pushed to their registry (see :mod:`.push`).
+Removing a version removes its local reference only: its tag stays in the
+registry.
 """
 
 import io
@@ -33,43 +39,82 @@ from .engine import (
     UID_LABEL,
     container_name,
     describe,
+    shielded,
     timestamp,
 )
+from .push import PushFailed, PushProgress
 
 class ImagesMixin:
     """Images (part of ``DockerBuilder``): uses its ``docker`` client, ``log``,
-    ``docker_url``, ``container_prefix`` and ``_root_dir``."""
+    ``docker_url``, ``container_prefix``, ``_root_dir``, ``push`` and its
+    push steps (see :mod:`.push`)."""
 
     # -- the result of a build -----------------------------------------------
 
     async def _publish(self, staging, image_name, commit, uid=None, mark=None):
-        """Give the image built as ``staging`` its real name; the final event.
+        """Give the image built as ``staging`` its real name, and push it
+        when ``push`` is on; yield the push's events, then the final one.
 
         A build re-attached after it ended (the service was killed before it
-        stored the result) was named already: its staging name is gone, and
-        ``image_name`` is the image (labelled with the build's uid; repo2docker
-        ended with 0, so it built it, perhaps all from BuildKit's cache).
+        stored the result) was named (and pushed) already: its staging name
+        is gone, and ``image_name`` is the image (labelled with the build's
+        uid; repo2docker ended with 0, so it built it, perhaps all from
+        BuildKit's cache). The staging name goes only once the push is done,
+        so a build re-attached during its push is named and pushed again.
+
+        A push that fails fails the build: ``image_name`` names its previous
+        image again, and the new one (still named ``staging``) is removed
+        with the staging name, as after any failure.
         """
-        if staging and staging != image_name:
+        mark = mark or (lambda point: None)
+        if not staging or staging == image_name:
+            yield await self._built_event(image_name, commit)
+            return
+        previous = digest = None
+        try:
+            if self.push:
+                new_id = await self._image_id(staging)
+                if new_id is not None:
+                    previous = await self._previous_image(image_name, new_id, uid)
             repository, tag = split_reference(image_name)
+            await self.docker.images.tag(staging, repository, tag=tag)
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                if await self._made_by(image_name, uid):
+                    yield await self._built_event(image_name, commit)
+                    return
+                yield BuildEvent(
+                    FAILED, f"repo2docker finished but the image {staging} does not exist"
+                )
+                return
+            yield BuildEvent(FAILED, f"Cannot name the built image: {describe(e)}")
+            return
+        except (aiohttp.ClientError, OSError) as e:
+            yield BuildEvent(FAILED, f"Cannot name the built image: {describe(e)}")
+            return
+        mark("image named")
+        if self.push:
+            progress = PushProgress()
             try:
-                await self.docker.images.tag(staging, repository, tag=tag)
-            except aiodocker.DockerError as e:
-                if e.status == 404:
-                    if await self._made_by(image_name, uid):
-                        return await self._built_event(image_name, commit)
-                    return BuildEvent(
-                        FAILED, f"repo2docker finished but the image {staging} does not exist"
-                    )
-                return BuildEvent(FAILED, f"Cannot name the built image: {describe(e)}")
-            except (aiohttp.ClientError, OSError) as e:
-                return BuildEvent(FAILED, f"Cannot name the built image: {describe(e)}")
-            if mark is not None:
-                mark("image named")
-            await self._untag(staging)
-            if mark is not None:
-                mark("staging name removed")
-        return await self._built_event(image_name, commit)
+                async for event in self._push(image_name, progress, uid):
+                    yield event
+            except PushFailed as e:
+                await self._put_name_back(image_name, previous)
+                yield BuildEvent(FAILED, str(e))
+                return
+            except BaseException:
+                # Stopped following (or cancelled) while it pushed: the new
+                # image is not the environment's until it is pushed.
+                await shielded(self._put_name_back(image_name, previous))
+                raise
+            digest = progress.digest
+            mark("image pushed")
+        await self._untag(staging)
+        mark("staging name removed")
+        event = await self._built_event(image_name, commit)
+        if digest is not None and event.phase == BUILT:
+            event.message = f"{event.message}, pushed as {repository}@{digest}"
+        yield event
 
     async def _made_by(self, image_name, uid):
         """Whether ``image_name`` exists and is labelled as built for ``uid``."""
@@ -158,6 +203,15 @@ class ImagesMixin:
         ref = version_reference(image_name, number)
         repository, tag = split_reference(ref)
         await self.docker.images.tag(image_id or image_name, repository, tag=tag)
+        if self.push:
+            # Its layers are in the registry already: only the tag goes up.
+            # The version is kept here even if the push fails.
+            try:
+                digest = await self._push_now(ref)
+            except PushFailed as e:
+                self.log.warning("Version %s is kept here but not in its registry: %s", ref, e)
+            else:
+                self.log.info("Pushed version %s (%s)", ref, digest)
         return ref
 
     async def image_references(self):
@@ -166,12 +220,22 @@ class ImagesMixin:
 
     async def make_current(self, version_image, image_id, image_name):
         repository, tag = split_reference(image_name)
+        previous = None
         try:
+            if self.push:
+                previous = await self._image_id(image_name)
             await self.docker.images.tag(image_id or version_image, repository, tag=tag)
         except aiodocker.DockerError as e:
             raise BuildError(f"Cannot restore image {version_image}: {describe(e)}") from e
         except (aiohttp.ClientError, OSError) as e:
             raise BuildError(f"Cannot restore image {version_image}: {describe(e)}") from e
+        if self.push:
+            # Servers elsewhere (Kubernetes) pull the name from the registry.
+            try:
+                await self._push_now(image_name)
+            except PushFailed as e:
+                await self._put_name_back(image_name, previous)
+                raise BuildError(str(e)) from None
         return image_name
 
     # -- images --------------------------------------------------------------
