@@ -404,6 +404,29 @@ async def test_a_build_is_pushed_then_its_versions_and_rollbacks(
 
 
 @pytest.mark.docker
+@pytest.mark.kube
+async def test_the_versions_own_tag_is_in_the_registry_before_the_build_counts(
+    registry, builders, cleanup, git_root, git_server
+):
+    """The request names the version the build makes: its own reference (what pods on
+    Kubernetes start) is pushed before the final event, not after the result is stored."""
+    builder = builders(push=True)
+    name, repository = image_name(registry)
+    repo = new_repo(git_root, {"Dockerfile": dockerfile("RUN echo v7 > /tmp/which")})
+    request = new_request(cleanup, git_server.url(repo), name)
+    request.number = 7
+    cleanup["images"].append(version_reference(name, 7))
+    events = await collect(builder.build(request))
+    assert events[-1].phase == BUILT, explain(events)
+    digest = pushed_digest(events, name)
+    cleanup["manifests"].append((registry, repository, digest, None))
+    # at the final event already, without keep_version()
+    assert remote_tags(registry, repository) == ["main", "main--v7"]
+    assert remote_digest(registry, repository, "main--v7") == digest
+    assert f"Pushed {version_reference(name, 7)}, digest {digest}" in logs_of(events)
+
+
+@pytest.mark.docker
 async def test_a_failed_push_fails_the_build_and_keeps_the_previous_image(
     builders, cleanup, git_root, git_server
 ):
@@ -542,3 +565,85 @@ async def test_a_push_stopped_midway_is_done_again_on_attach(
     assert events[-1].image_id != previous
     assert await local_id(builder, name) == events[-1].image_id
     assert remote_digest(registry, repository, "main") == digest
+
+
+@pytest.fixture(scope="module")
+def no_delete_registry(registry, tmp_path_factory):
+    """A registry that allows no deletes (the default of Docker's registry): ``host:port``."""
+    binary = _registry_binary()
+    if binary is None:
+        need("no docker-registry binary (./dev kube up unpacks Debian's)")
+    root = tmp_path_factory.mktemp("no-delete-registry")
+    port = _free_port()
+    (root / "config.yml").write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    with open(root / "registry.log", "w") as log:
+        proc = subprocess.Popen(
+            [binary, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while _answers(f"http://{address}/v2/") != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the registry did not start: {(root / 'registry.log').read_text()}")
+            time.sleep(0.2)
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.docker
+@pytest.mark.kube
+async def test_pushed_images_are_deleted_from_registries_that_allow_it(
+    registry, auth_registry, no_delete_registry, builders, cleanup, git_root, git_server
+):
+    repo = new_repo(git_root, {"Dockerfile": dockerfile("RUN echo deleted > /tmp/which")})
+
+    # A registry with deletes: the version's tag and the name go (one manifest, two tags).
+    builder = builders(push=True)
+    name, repository = image_name(registry)
+    request = new_request(cleanup, git_server.url(repo), name)
+    request.number = 1
+    cleanup["images"].append(version_reference(name, 1))
+    events = await collect(builder.build(request))
+    assert events[-1].phase == BUILT, explain(events)
+    assert remote_tags(registry, repository) == ["main", "main--v1"]
+    deleted, left = await builder.delete_pushed([version_reference(name, 1), name])
+    assert (sorted(deleted), left) == (sorted([name, version_reference(name, 1)]), [])
+    assert remote_tags(registry, repository) == []
+    # gone already: nothing left, nothing to say
+    assert await builder.delete_pushed([name]) == ([name], [])
+
+    # With credentials (basic auth), never in what it says.
+    address, user, password = auth_registry
+    secret_builder = builders(push=True, registry_username=user, registry_password=password)
+    name, repository = image_name(address)
+    events = await collect(secret_builder.build(new_request(cleanup, git_server.url(repo), name)))
+    assert events[-1].phase == BUILT, explain(events)
+    assert await secret_builder.delete_pushed([name]) == ([name], [])
+    assert remote_tags(address, repository, auth=(user, password)) == []
+
+    # A registry that allows no deletes: the tag stays, and the answer says why.
+    name, repository = image_name(no_delete_registry)
+    events = await collect(builder.build(new_request(cleanup, git_server.url(repo), name)))
+    assert events[-1].phase == BUILT, explain(events)
+    deleted, left = await builder.delete_pushed([name])
+    assert deleted == []
+    assert left == [(name, f"{no_delete_registry} does not allow deleting images")]
+    assert remote_tags(no_delete_registry, repository) == ["main"]
+
+
+def test_registry_urls():
+    from tljh_repo2docker.builds.docker.registry import registry_url
+
+    assert registry_url("127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert registry_url("localhost:5000") == "http://localhost:5000"
+    assert registry_url("[::1]:5000") == "http://[::1]:5000"
+    assert registry_url("registry.example.org") == "https://registry.example.org"
+    assert registry_url("docker.io") == "https://registry-1.docker.io"

@@ -56,6 +56,9 @@ class BuildRequest:
     build_args: dict[str, str] = field(default_factory=dict)
     #: Repository provider for backends that need one (BinderHub: gh, gl, git, ...).
     provider: str = "git"
+    #: The number of the version this build makes (the environment's build
+    #: number); None when unknown.
+    number: int | None = None
     #: Credentials for a private repository. Used for the clone and then
     #: forgotten: never logged, stored, labelled or put on a command line.
     username: str | None = field(default=None, repr=False)
@@ -181,6 +184,18 @@ class Builder(LoggingConfigurable):
         a container uses it). May return what the backend did (Docker: the
         engine's ``[{"Untagged": ...}, {"Deleted": <image id>}, ...]``).
         """
+
+    #: Whether built images are pushed to a registry (that the backend can delete them from).
+    pushes = False
+
+    async def delete_pushed(self, image_names) -> tuple[list, list]:
+        """Delete ``image_names`` from the registry they were pushed to.
+
+        ``(deleted, left)``: the names gone from the registry, and
+        ``[(name, reason)]`` of those left there (a registry that allows no
+        deletes, one that cannot be reached). Nothing to do by default.
+        """
+        return [], []
 
     def version_name(self, image_name: str, number: int) -> str:
         """The reference that keeps build ``number`` of ``image_name`` once

@@ -89,6 +89,15 @@ class EnvironmentAPIMixin:
             raise web.HTTPError(409, e.message)
         await store.delete_environment(self.sessions, env.uid)
         self.log.info("%s deleted environment %s", self.current_user["name"], env.uid)
+        if not builder.pushes:
+            return None
+        # Pushed images: their registry too, where it allows deletes.
+        names = [v.image_name for v in versions] + [env.image_name]
+        deleted, left = await builder.delete_pushed(names)
+        return {
+            "deleted_from_registry": deleted,
+            "left_in_registry": [{"image_name": n, "reason": r} for n, r in left],
+        }
 
     def deprecated(self, replacement):
         """Mark the answer of a tljh-repo2docker 3.x call kept as an alias."""
@@ -250,7 +259,11 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
 
     @web.authenticated
     async def delete(self, uid):
-        await self.delete_environment(await self.get_env(uid, manage=True))
+        registry = await self.delete_environment(await self.get_env(uid, manage=True))
+        if registry is not None:
+            # With push on: what went from the registry, and what it kept (and why).
+            self.write_json(registry)
+            return
         self.set_status(204)
         self.finish()
 

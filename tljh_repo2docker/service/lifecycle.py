@@ -47,6 +47,7 @@ def build_request(env, credentials=(None, None), image_prefix=""):
         labels=contract.image_labels(env, image_prefix),
         build_args=dict(env.build_args or {}),
         provider=env.provider,
+        number=env.build_number,
         username=username,
         password=password,
     )

@@ -19,6 +19,7 @@ The modules, each one part of :class:`DockerBuilder`:
                     disk use, adoption
 ``credentials``     private repositories' credentials: split, scrub, upload
 ``push``            pushing built images to their registry (``push``)
+``registry``        deleting pushed images from their registry (Registry API v2)
 ``engine``          label names, the engine's errors, small helpers
 ==================  ==========================================================
 

@@ -35,6 +35,7 @@ from .engine import (
     ENGINE_ERRORS,
     IMAGE_NAME_LABEL,
     STAGING_NAME_LABEL,
+    VERSION_NUMBER_LABEL,
     describe,
     option,
     shielded,
@@ -42,10 +43,11 @@ from .engine import (
 from .follow import FollowMixin
 from .images import ImagesMixin
 from .logreader import LogReader
+from .registry import RegistryMixin
 from .push import PushMixin
 
 
-class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Builder):
+class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, RegistryMixin, Builder):
     """Build images with repo2docker running as a Docker container."""
 
     repo2docker_image = Unicode(
@@ -211,6 +213,10 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Builder
         """,
     ).tag(config=True)
 
+    @property
+    def pushes(self):
+        return self.push
+
     @default("docker_url")
     def _default_docker_url(self):
         return os.environ.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
@@ -370,7 +376,8 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Builder
             request.ref,
         )
         follow = self._follow(
-            container, uid, request.image_name, staging, LogReader(), secrets, request.mark
+            container, uid, request.image_name, staging, LogReader(), secrets, request.mark,
+            number=request.number,
         )
         async with contextlib.aclosing(follow) as events:
             async for event in events:
@@ -398,6 +405,8 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Builder
         labels = info["Config"].get("Labels") or {}
         staging = labels.get(STAGING_NAME_LABEL) or option(info["Config"]["Cmd"], "--image-name")
         image_name = labels.get(IMAGE_NAME_LABEL) or staging
+        number = labels.get(VERSION_NUMBER_LABEL)
+        number = int(number) if number and number.isdigit() else None
         # Defence in depth after a restart: the request's credentials are
         # gone, so read them back from the container to scrub the log.
         secrets = await credentials.read_back(container)
@@ -406,7 +415,7 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Builder
         else:
             self.log.info("Build %s: re-attached, skipping %d lines", uid, skip_lines)
         reader = LogReader(cursor=cursor, skip_lines=skip_lines)
-        follow = self._follow(container, uid, image_name, staging, reader, secrets)
+        follow = self._follow(container, uid, image_name, staging, reader, secrets, number=number)
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield event

@@ -26,6 +26,7 @@ from .engine import (
     ENGINE_ERRORS,
     IMAGE_NAME_LABEL,
     STAGING_NAME_LABEL,
+    VERSION_NUMBER_LABEL,
     UID_LABEL,
     describe,
 )
@@ -179,6 +180,7 @@ class ContainerMixin:
                 BUILD_LABEL: request.uid,
                 IMAGE_NAME_LABEL: request.image_name,
                 STAGING_NAME_LABEL: staging,
+                **({VERSION_NUMBER_LABEL: str(request.number)} if request.number else {}),
             },
             "Tty": False,
             "AttachStdin": False,

@@ -21,6 +21,8 @@ BUILD_LABEL = "tljh_repo2docker.build"
 IMAGE_NAME_LABEL = "tljh_repo2docker.build_image"
 #: Container label holding the staging name repo2docker builds into.
 STAGING_NAME_LABEL = "tljh_repo2docker.build_staging"
+#: Container label holding the number of the version the build makes (for attach()).
+VERSION_NUMBER_LABEL = "tljh_repo2docker.build_number"
 #: Image label that marks an environment's image (see adoptable_images()).
 UID_LABEL = contract.UID_LABEL
 #: The label every image of tljh-repo2docker 3.x carries (it has no uid label).

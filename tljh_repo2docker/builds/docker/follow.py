@@ -55,7 +55,9 @@ class FollowMixin:
     ``_remove``).
     """
 
-    async def _follow(self, container, uid, image_name, staging, reader, secrets, mark=None):
+    async def _follow(
+        self, container, uid, image_name, staging, reader, secrets, mark=None, number=None
+    ):
         """Yield a started container's log lines, then the final event.
 
         repo2docker builds ``staging``; a successful build is then tagged
@@ -196,7 +198,7 @@ class FollowMixin:
                 final = BuildEvent(CANCELLED, "Build cancelled")
             elif code == 0:
                 # Named, and pushed when push is on: the push's lines come first.
-                publish = self._publish(staging, image_name, commit, uid, mark)
+                publish = self._publish(staging, image_name, commit, uid, mark, number)
                 async with contextlib.aclosing(publish) as events:
                     async for event in events:
                         if event.final:

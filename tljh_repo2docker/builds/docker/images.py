@@ -29,7 +29,7 @@ import time
 import aiodocker
 import aiohttp
 
-from ..base import BUILT, FAILED, BuildError, BuildEvent
+from ..base import BUILT, FAILED, STATUS, BuildError, BuildEvent
 from ...contract import split_reference, version_reference
 from .engine import (
     BUILD_LABEL,
@@ -51,7 +51,7 @@ class ImagesMixin:
 
     # -- the result of a build -----------------------------------------------
 
-    async def _publish(self, staging, image_name, commit, uid=None, mark=None):
+    async def _publish(self, staging, image_name, commit, uid=None, mark=None, number=None):
         """Give the image built as ``staging`` its real name, and push it
         when ``push`` is on; yield the push's events, then the final one.
 
@@ -65,6 +65,11 @@ class ImagesMixin:
         A push that fails fails the build: ``image_name`` names its previous
         image again, and the new one (still named ``staging``) is removed
         with the staging name, as after any failure.
+
+        With ``number`` (the version the build makes) and push on, the
+        version's own reference (``name:tag--vN``) is tagged and pushed too,
+        before the build counts as built: pods that start that reference
+        (spawners/kube.py) find it in the registry.
         """
         mark = mark or (lambda point: None)
         if not staging or staging == image_name:
@@ -109,6 +114,24 @@ class ImagesMixin:
                 raise
             digest = progress.digest
             mark("image pushed")
+            if number:
+                version = version_reference(image_name, number)
+                try:
+                    repository_v, tag_v = split_reference(version)
+                    await self.docker.images.tag(image_name, repository_v, tag=tag_v)
+                    async for event in self._push(version, PushProgress(), uid):
+                        if event.phase != STATUS:
+                            yield event
+                except (PushFailed, *ENGINE_ERRORS) as e:
+                    await self._put_name_back(image_name, previous)
+                    await self._untag(version)
+                    message = str(e) if isinstance(e, PushFailed) else describe(e)
+                    yield BuildEvent(FAILED, f"Cannot push the version {version}: {message}")
+                    return
+                except BaseException:
+                    await shielded(self._put_name_back(image_name, previous))
+                    raise
+                mark("version pushed")
         await self._untag(staging)
         mark("staging name removed")
         event = await self._built_event(image_name, commit)
