@@ -647,3 +647,68 @@ def test_registry_urls():
     assert registry_url("[::1]:5000") == "http://[::1]:5000"
     assert registry_url("registry.example.org") == "https://registry.example.org"
     assert registry_url("docker.io") == "https://registry-1.docker.io"
+
+
+def test_credentials_from_a_docker_config_file(tmp_path):
+    """registry_config_file: the auth of the registry an image goes to (base64 user:password,
+    or username/password fields); unreadable files are named, never shown."""
+    import base64
+    import json as jsonlib
+
+    from tljh_repo2docker.builds.docker.push import config_file_credentials
+
+    path = tmp_path / "config.json"
+    path.write_text(jsonlib.dumps({"auths": {
+        "127.0.0.1:5000": {"auth": base64.b64encode(b"bot:s3cret:with-colon").decode()},
+        "https://registry.example.org": {"username": "u", "password": "p"},
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:tok").decode()},
+    }}))
+    assert config_file_credentials(path, "127.0.0.1:5000") == ("bot", "s3cret:with-colon")
+    assert config_file_credentials(path, "registry.example.org") == ("u", "p")
+    assert config_file_credentials(path, "docker.io") == ("hub", "tok")
+    assert config_file_credentials(path, "elsewhere.org") == ("", "")
+
+    builder = make_builder(registry_config_file=str(path))
+    assert builder._registry_auth("127.0.0.1:5000") == {"username": "bot", "password": "s3cret:with-colon"}
+    assert "s3cret:with-colon" in builder._registry_secrets("127.0.0.1:5000")
+    # the settings win over the file
+    assert make_builder(registry_config_file=str(path), registry_username="x", registry_password="y")._registry_auth(
+        "127.0.0.1:5000"
+    ) == {"username": "x", "password": "y"}
+
+    path.write_text('{"auths": {"127.0.0.1:5000": {"auth": "s3cret-not-base64!"}}}')
+    with pytest.raises(ValueError) as info:
+        config_file_credentials(path, "127.0.0.1:5000")
+    assert str(path) in str(info.value) and "s3cret" not in str(info.value)
+    with pytest.raises(ValueError, match="cannot be read"):
+        config_file_credentials(tmp_path / "missing.json", "127.0.0.1:5000")
+
+
+@pytest.mark.docker
+@pytest.mark.kube
+async def test_push_with_credentials_from_a_config_file(
+    auth_registry, builders, cleanup, git_root, git_server, tmp_path
+):
+    import base64
+    import json as jsonlib
+
+    address, user, password = auth_registry
+    config = tmp_path / "config.json"
+    config.write_text(jsonlib.dumps(
+        {"auths": {address: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}}}
+    ))
+    builder = builders(push=True, registry_config_file=str(config))
+    name, repository = image_name(address)
+    repo = new_repo(git_root, {"Dockerfile": dockerfile("RUN echo config-file > /tmp/which")})
+    events = await collect(builder.build(new_request(cleanup, git_server.url(repo), name)))
+    assert events[-1].phase == BUILT, explain(events)
+    assert remote_tags(address, repository, auth=(user, password)) == ["main"]
+    assert not any(password in e.message for e in events)
+    assert await builder.delete_pushed([name]) == ([name], [])
+
+    # an unreadable file fails the build's push naming the file, not a traceback
+    config.write_text("{not json")
+    again = new_request(cleanup, git_server.url(repo), name)
+    events = await collect(builder.build(again))
+    assert events[-1].phase == FAILED
+    assert events[-1].message.startswith(f"pushing to {address} failed: DockerBuilder.registry_config_file")

@@ -205,6 +205,19 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Registr
         """,
     ).tag(config=True)
 
+    registry_config_file = Unicode(
+        "",
+        help="""
+        A Docker client config file (``config.json``: ``{"auths":
+        {"<registry>": {"auth": "<base64 of user:password>"}}}``), e.g. a
+        Kubernetes secret of type ``kubernetes.io/dockerconfigjson`` mounted
+        as a file: the credentials of the registry each image is pushed to,
+        when ``registry_username`` is empty. Read at each push; its content
+        never reaches a log, the build's log, a label or an error message.
+        Default: none.
+        """,
+    ).tag(config=True)
+
     push_timeout = Float(
         3600,
         help="""

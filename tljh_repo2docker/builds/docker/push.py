@@ -56,6 +56,41 @@ def _layers(count):
     return f"{count} layer{'' if count == 1 else 's'}"
 
 
+def config_file_credentials(path, registry):
+    """``(username, password)`` for ``registry`` in a Docker client config file
+    (``{"auths": {"<registry>": {"auth": base64("user:password")}}}``, or
+    ``username``/``password`` fields; as in a Kubernetes secret of type
+    ``kubernetes.io/dockerconfigjson``). Empty strings when it has none.
+
+    Raises ValueError naming the file (never its content) when it cannot be read.
+    """
+    try:
+        with open(path) as f:
+            auths = (json.load(f) or {}).get("auths") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"DockerBuilder.registry_config_file {path} cannot be read ({e.__class__.__name__})"
+        ) from None
+    names = [registry, f"https://{registry}", f"http://{registry}"]
+    if registry == DEFAULT_REGISTRY:
+        names += ["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"]
+    for name in names:
+        entry = auths.get(name) or auths.get(name + "/")
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("auth"):
+            try:
+                username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise ValueError(
+                    f"DockerBuilder.registry_config_file {path}: the auth of {registry} is not "
+                    "base64 of user:password"
+                ) from None
+            return username, password
+        return entry.get("username") or "", entry.get("password") or ""
+    return "", ""
+
+
 class PushFailed(Exception):
     """A push failed; the message names the registry and holds no secret."""
 
@@ -136,19 +171,28 @@ class PushMixin:
     ``registry_username``, ``registry_password``, ``push_timeout``,
     ``docker`` client and ``log``."""
 
-    def _registry_auth(self):
-        """What the engine sends to the registry (None: push anonymously)."""
-        if not (self.registry_username or self.registry_password):
-            return None
-        return {"username": self.registry_username, "password": self.registry_password}
+    def _registry_credentials(self, registry=None):
+        """``(username, password)`` for ``registry``: the settings, else its
+        entry in ``registry_config_file`` (empty strings: anonymous)."""
+        if self.registry_username or self.registry_password or not self.registry_config_file:
+            return self.registry_username, self.registry_password
+        return config_file_credentials(self.registry_config_file, registry)
 
-    def _registry_secrets(self):
+    def _registry_auth(self, registry=None):
+        """What the engine sends to the registry (None: push anonymously)."""
+        username, password = self._registry_credentials(registry)
+        if not (username or password):
+            return None
+        return {"username": username, "password": password}
+
+    def _registry_secrets(self, registry=None):
         """The strings that must never be shown, longest first."""
-        found = set(credentials.secrets(self.registry_username, self.registry_password))
-        if self.registry_password:
-            pair = f"{self.registry_username}:{self.registry_password}".encode()
+        username, password = self._registry_credentials(registry)
+        found = set(credentials.secrets(username, password))
+        if password:
+            pair = f"{username}:{password}".encode()
             found.add(base64.b64encode(pair).decode())
-            header = json.dumps(self._registry_auth()).encode()
+            header = json.dumps(self._registry_auth(registry)).encode()
             found.add(base64.urlsafe_b64encode(header).decode())
         return sorted(found, key=len, reverse=True)
 
@@ -160,7 +204,11 @@ class PushMixin:
         """
         registry = registry_of(image_name)
         repository, tag = split_reference(image_name)
-        secrets = self._registry_secrets()
+        try:
+            secrets = self._registry_secrets(registry)
+        except ValueError as e:  # registry_config_file unreadable: says which, never its content
+            self.log.error("Build %s: pushing to %s failed: %s", uid or "-", registry, e)
+            raise PushFailed(f"pushing to {registry} failed: {e}") from None
         started = time.monotonic()
         yield BuildEvent(STATUS, f"pushing to {registry}")
         yield BuildEvent(LOG, f"Pushing {image_name}")
@@ -174,7 +222,7 @@ class PushMixin:
                     "DockerBuilder.registry_username is not"
                 )
             stream = self.docker.images.push(
-                repository, tag=tag, auth=self._registry_auth(), stream=True
+                repository, tag=tag, auth=self._registry_auth(registry), stream=True
             )
             deadline = time.monotonic() + self.push_timeout
             while True:

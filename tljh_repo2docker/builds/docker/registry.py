@@ -54,16 +54,17 @@ def registry_url(registry):
 
 class RegistryMixin:
     """Deleting pushed images (part of ``DockerBuilder``): uses its
-    ``registry_username``, ``registry_password`` and ``log``."""
+    ``registry_username``, ``registry_password``, ``registry_config_file`` and ``log``."""
 
-    def _basic_auth(self):
-        if not (self.registry_username or self.registry_password):
+    def _basic_auth(self, registry):
+        username, password = self._registry_credentials(registry)
+        if not (username or password):
             return None
-        return aiohttp.BasicAuth(self.registry_username or "", self.registry_password or "")
+        return aiohttp.BasicAuth(username or "", password or "")
 
-    async def _registry_request(self, session, method, url, repository, headers):
+    async def _registry_request(self, session, method, url, repository, headers, registry):
         """``method url``; on a token registry's 401, again with its token."""
-        auth = self._basic_auth()
+        auth = self._basic_auth(registry)
         response = await session.request(method, url, headers=headers, auth=auth)
         challenge = response.headers.get("WWW-Authenticate", "")
         if response.status != 401 or not challenge.lower().startswith("bearer"):
@@ -100,11 +101,14 @@ class RegistryMixin:
                 url = f"{registry_url(registry)}/v2/{repository}/manifests/{tag}"
                 try:
                     response = await self._registry_request(
-                        session, "HEAD", url, repository, {"Accept": MANIFEST_TYPES}
+                        session, "HEAD", url, repository, {"Accept": MANIFEST_TYPES}, registry
                     )
                     response.release()
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
                     left.append((name, f"{registry} cannot be reached ({e.__class__.__name__})"))
+                    continue
+                except ValueError as e:  # registry_config_file unreadable
+                    left.append((name, str(e)))
                     continue
                 digest = response.headers.get("Docker-Content-Digest")
                 if response.status == 404:
@@ -117,7 +121,7 @@ class RegistryMixin:
                 url = f"{registry_url(registry)}/v2/{repository}/manifests/{digest}"
                 try:
                     response = await self._registry_request(
-                        session, "DELETE", url, repository, {"Accept": MANIFEST_TYPES}
+                        session, "DELETE", url, repository, {"Accept": MANIFEST_TYPES}, registry
                     )
                     response.release()
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
