@@ -10,11 +10,9 @@ user may not see is answered 404, one they see but do not manage 403.
 from tornado import web
 
 from ..access import EVERYONE, PRIVATE, Access, SharingError, environment_for, parse_sharing
-from ..builds.base import BuildError
 from ..db import store
 from ..service import fields as envs
 from ..service.environment_list import EnvironmentList
-from ..hub_client import HubError
 from .base import APIHandler, FieldError, admin_only, builders_only
 
 #: A list answered from memory checks that the database still answers at
@@ -45,59 +43,10 @@ class EnvironmentAPIMixin:
         return Access(env.owner, env.sharing).shows(self.viewer, env.image_id is not None)
 
     async def delete_environment(self, env):
-        """Cancel its build, remove its image and forget it; 409 while servers use it."""
-        try:
-            servers = await self.hub.active_servers()
-        except HubError as e:
-            if e.status != 403:
-                raise web.HTTPError(502, f"Could not ask JupyterHub which servers run: {e.message}")
-            # Without the list:users scope the hub cannot tell; the builder
-            # still refuses to remove an image that a container uses.
-            self.log.warning("Cannot list servers (give the service list:users): %s", e.message)
-            servers = []
-        users = sorted(
-            f"{user}/{name}" if name else user
-            for user, name, server in servers
-            if _uses(server, env)
-        )
-        if users:
-            raise web.HTTPError(
-                409, f"The environment is used by running servers: {', '.join(users)}"
-            )
-        builder = self.tljh_app.builder
-        versions = await store.list_versions(self.sessions, env.uid)
-        try:
-            in_use = await builder.image_users() or {}
-        except Exception as e:
-            raise web.HTTPError(502, f"Could not list the containers: {e}")
-        kept = sorted({v.number for v in versions if in_use.get(v.image_id)})
-        if kept:
-            raise web.HTTPError(
-                409,
-                "Containers still use version"
-                f"{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))} of this environment",
-            )
-        await self.builds.cancel(env.uid)
-        try:
-            # Every kept version (its own tag), then the environment's name.
-            for version in versions:
-                if version.image_name != env.image_name:
-                    await builder.delete_image(version.image_name, None)
-            if env.image_id is not None or env.status == store.BUILT:
-                await builder.delete_image(env.image_name, env.image_id)
-        except BuildError as e:
-            raise web.HTTPError(409, e.message)
-        await store.delete_environment(self.sessions, env.uid)
+        """Remove ``env`` (service/lifecycle.py); what its registry kept, with push on."""
+        removed = await self.tljh_app.lifecycle.remove_environment(env)
         self.log.info("%s deleted environment %s", self.current_user["name"], env.uid)
-        if not builder.pushes:
-            return None
-        # Pushed images: their registry too, where it allows deletes.
-        names = [v.image_name for v in versions] + [env.image_name]
-        deleted, left = await builder.delete_pushed(names)
-        return {
-            "deleted_from_registry": deleted,
-            "left_in_registry": [{"image_name": n, "reason": r} for n, r in left],
-        }
+        return removed
 
     def deprecated(self, replacement):
         """Mark the answer of a tljh-repo2docker 3.x call kept as an alias."""
@@ -276,11 +225,6 @@ def _accepts_gzip(header):
             quality = params.strip().lower()
             return not quality.startswith("q=") or quality[2:].strip() not in ("0", "0.0", "0.00", "0.000")
     return False
-
-
-def _uses(server, env):
-    options = server.get("user_options") or {}
-    return options.get("environment") == env.uid or options.get("image") == env.image_name
 
 
 class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):

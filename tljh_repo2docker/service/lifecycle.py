@@ -10,9 +10,10 @@ and nothing is stored when one refuses.
 """
 
 from .. import contract
-from ..builds.base import BuildRequest
+from ..builds.base import BuildError, BuildRequest
 from ..db import store
-from ..errors import Conflict, DiskFull, FieldError, NotFound
+from ..errors import Conflict, DiskFull, FieldError, NotFound, ServiceError
+from ..hub_client import HubError
 
 #: Why a build runs (stored with the version it makes).
 REQUEST, POLL, WEBHOOK = "request", "poll", "webhook"
@@ -176,3 +177,71 @@ class Lifecycle:
             "Rebuild of %s queued (%s, by %s)", env.uid, reason, requested_by or "the service"
         )
         return queued
+
+    async def remove_environment(self, env):
+        """Cancel ``env``'s build, remove its images (every kept version, then
+        its name) and forget it; with a backend that pushes, delete them from
+        their registry too.
+
+        Raises Conflict (409) while servers or containers use it, or when
+        the backend cannot remove an image; ServiceError 502 when the hub
+        cannot say which servers run. Returns None, or with push on
+        ``{"deleted_from_registry": [...], "left_in_registry": [{"image_name",
+        "reason"}]}``.
+        """
+        try:
+            servers = await self.hub_client.active_servers()
+        except HubError as e:
+            if e.status != 403:
+                raise ServiceError(
+                    f"Could not ask JupyterHub which servers run: {e.message}", status=502
+                ) from None
+            # Without the list:users scope the hub cannot tell; the builder
+            # still refuses to remove an image that a container uses.
+            self.log.warning("Cannot list servers (give the service list:users): %s", e.message)
+            servers = []
+        users = sorted(
+            f"{user}/{name}" if name else user
+            for user, name, server in servers
+            if uses(server, env)
+        )
+        if users:
+            raise Conflict(f"The environment is used by running servers: {', '.join(users)}")
+        builder = self.build_manager.builder
+        versions = await store.list_versions(self.sessions, env.uid)
+        try:
+            in_use = await builder.image_users() or {}
+        except Exception as e:
+            raise ServiceError(f"Could not list the containers: {e}", status=502) from None
+        kept = sorted({v.number for v in versions if in_use.get(v.image_id)})
+        if kept:
+            raise Conflict(
+                "Containers still use version"
+                f"{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))} of this environment"
+            )
+        await self.build_manager.cancel(env.uid)
+        try:
+            # Every kept version (its own tag), then the environment's name.
+            for version in versions:
+                if version.image_name != env.image_name:
+                    await builder.delete_image(version.image_name, None)
+            if env.image_id is not None or env.status == store.BUILT:
+                await builder.delete_image(env.image_name, env.image_id)
+        except BuildError as e:
+            raise Conflict(e.message) from None
+        await store.delete_environment(self.sessions, env.uid)
+        if not builder.pushes:
+            return None
+        # Pushed images: their registry too, where it allows deletes.
+        names = [v.image_name for v in versions] + [env.image_name]
+        deleted, left = await builder.delete_pushed(names)
+        return {
+            "deleted_from_registry": deleted,
+            "left_in_registry": [{"image_name": n, "reason": r} for n, r in left],
+        }
+
+
+def uses(server, env):
+    """Whether the hub's ``server`` model runs ``env`` (by uid, or a 3.x image name)."""
+    options = server.get("user_options") or {}
+    return options.get("environment") == env.uid or options.get("image") == env.image_name
