@@ -4,15 +4,25 @@ There are no image labels to read on Kubernetes: with ``db_url`` the
 environments come from the service's database, otherwise from
 ``user_options``. Homes are PersistentVolumeClaims (KubeSpawner's storage
 settings), one per user by default, never deleted with a server.
+
+A pod that no node can take (none matches its node selector, or none has room
+for it) makes the start fail after ``unschedulable_timeout`` seconds with the
+scheduler's reason and the labels it asks for, instead of a timeout that says
+nothing (``start_timeout``, minutes later).
 """
 
-from traitlets import Unicode, default
+import asyncio
+import dataclasses
+import time
+
+from traitlets import Float, Unicode, default
 
 from .mixin import (
     HOME_LABEL,
     BuiltEnvironment,
     EnvironmentMixin,
     EnvironmentRefused,
+    SpawnFailed,
     _environments_form,
     belongs_to_hub,
     read_access,
@@ -29,10 +39,18 @@ _PVC_TEMPLATES = {
 #: The name of the home volume in the pod.
 HOME_VOLUME = "tljh-r2d-home"
 
+
 async def stored_user_options(db_url, user_options):
     """``user_options`` with the image, limits and node selector the service
     stored for the chosen environment (``user_options["environment"]``, its
     uid): what a user sends cannot raise their limits or pick another image."""
+    options, _image_id = await _stored_options_and_image(db_url, user_options)
+    return options
+
+
+async def _stored_options_and_image(db_url, user_options):
+    """:func:`stored_user_options`, and the id of the image they start (the
+    current version's, as the service recorded it)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from ..db import store
@@ -61,11 +79,41 @@ async def stored_user_options(db_url, user_options):
         raise _database_unreadable(e) from None
     # the current version's own reference, which a rebuild never moves
     stored["image"] = pinned_image(env, version)
-    return {
+    options = {
         **user_options,
         **stored,
         "metadata": {**(user_options.get("metadata") or {}), **stored["metadata"]},
     }
+    return options, env.image_id or ""
+
+
+def unschedulable_reason(pod):
+    """Why the scheduler has found no node for ``pod`` (a Pod as a dict, as
+    KubeSpawner's reflector holds it), or None: it has a node, or the
+    scheduler has not said it has none."""
+    if not pod or (pod.get("spec") or {}).get("nodeName"):
+        return None
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return (condition.get("message") or "").strip() or "no node can run it"
+    return None
+
+
+def unschedulable_message(pod, reason, waited):
+    """What a user is told when no node takes their server's pod: the
+    scheduler's ``reason`` and the node labels the pod asks for."""
+    selector = (pod.get("spec") or {}).get("nodeSelector") or {}
+    labels = ", ".join(f"{key}={value}" for key, value in sorted(selector.items()))
+    needs = f"a node labelled {labels} (its node selector)" if labels else "a node"
+    return (
+        f"No node of the cluster can run this server: {reason.rstrip('.')} "
+        f"(for {waited:.0f} s). It needs {needs}, with room for its CPU and "
+        "memory requests. Choose another environment, or ask an administrator."
+    )
 
 
 class KubeEnvironment(EnvironmentMixin):
@@ -112,7 +160,8 @@ class KubeEnvironment(EnvironmentMixin):
         return "10Gi"
 
     async def built_environments(self):
-        """The built environments in the service's database (needs ``db_url``)."""
+        """The built environments in the service's database (needs ``db_url``),
+        with their current image's id."""
         if not self.db_url:
             # Nothing to list: the environment user_options name is the only one known.
             image = self.user_options.get("image") if self.user_options else None
@@ -140,7 +189,9 @@ class KubeEnvironment(EnvironmentMixin):
             return {**stored_options(env), "image": pinned_image(env, current.get(env.uid))}
 
         environments = [
-            BuiltEnvironment.from_user_options(options(env))
+            dataclasses.replace(
+                BuiltEnvironment.from_user_options(options(env)), image_id=env.image_id or ""
+            )
             for env in rows
             if env.image_id is not None and belongs_to_hub(env.image_name, {}, self.image_prefix)
         ]
@@ -171,17 +222,51 @@ class KubeEnvironment(EnvironmentMixin):
     async def load_user_options(self):
         # KubeSpawner's documented hook for user_options (profiles come first).
         await super().load_user_options()
+        image_id = ""
         if self.db_url:
-            self.user_options = await stored_user_options(self.db_url, self.user_options)
+            self.user_options, image_id = await _stored_options_and_image(
+                self.db_url, self.user_options
+            )
         if not self.user_options.get("image"):
             raise EnvironmentRefused(
                 "No environment was chosen: start servers from the Environments page."
             )
         env = await self.choose_environment()
+        # state["image_id"]: the image this server starts (unknown without the database)
+        self.image_id = image_id
         home = self.home_for(env.uid)
         if home is not None and self.pvc_name != home.source:
             self.pvc_name = home.source
             self._pvc_exists = False  # another claim (per environment): make sure it exists
+
+    async def watch_scheduling(self, interval=1):
+        """Return once this server's pod is on a node; raise SpawnFailed when it
+        has been unschedulable for ``unschedulable_timeout`` seconds (a setting
+        of Repo2DockerKubeSpawner; the scheduler's own condition on the pod,
+        read from KubeSpawner's pod reflector: no API request of its own)."""
+        if not self.unschedulable_timeout:
+            return
+        since = None
+        while True:
+            await asyncio.sleep(interval)
+            reflector = self.pod_reflector
+            pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
+            if pod and (pod.get("spec") or {}).get("nodeName"):
+                return
+            reason = unschedulable_reason(pod)
+            if reason is None or self._node_on_its_way():
+                since = None
+                continue
+            since = since or time.monotonic()
+            waited = time.monotonic() - since
+            if waited >= self.unschedulable_timeout:
+                message = unschedulable_message(pod, reason, waited)
+                self.log.warning("Server %s of %s: %s", self.name, self.user.name, message)
+                raise SpawnFailed(message)
+
+    def _node_on_its_way(self):
+        # The cluster autoscaler says it adds a node for this pod.
+        return any(event.get("reason") == "TriggeredScaleUp" for event in self.events)
 
     def render_home_name(self, server, environment):
         template = self.pvc_name_template.replace("{environment}", environment)
@@ -273,6 +358,9 @@ def make_kube_spawner():
         (``delete_pvc = False``), mounted at ``/home/<image_user_name>``
         (unless ``volume_mounts`` already mount something there), with the
         group ``fs_gid = image_user_id``.
+
+        A pod no node takes fails the start after ``unschedulable_timeout``
+        seconds, with the scheduler's reason and the labels it asks for.
         """
 
         db_url = Unicode(
@@ -289,10 +377,40 @@ def make_kube_spawner():
             """,
         ).tag(config=True)
 
+        unschedulable_timeout = Float(
+            30,
+            help="""
+            Seconds a server's pod may stay unschedulable (the scheduler finds
+            no node for it: none carries the labels of its node selector, or
+            none has room for its requests) before the start fails with the
+            scheduler's reason and the labels the pod asks for, which the
+            user sees. Not while the cluster autoscaler adds a node for it (a
+            ``TriggeredScaleUp`` event, with ``events_enabled``); raise it
+            where nodes are added without that event (e.g. Karpenter). 0:
+            wait for ``start_timeout``, whose failure only says that the pod
+            did not start (KubeSpawner's behaviour). Default: 30.
+            """,
+        ).tag(config=True)
+
         async def start(self):
-            # KubeSpawner's own start: the environment is chosen in
-            # load_user_options() and applied in get_pod_manifest().
-            return await KubeSpawner.start(self)
+            # KubeSpawner's own start (the environment is chosen in
+            # load_user_options() and applied in get_pod_manifest()), stopped
+            # early when no node takes the pod: JupyterHub then stops the
+            # server (deleting the pod) and shows why.
+            started = KubeSpawner.start(self)
+            watcher = asyncio.ensure_future(self.watch_scheduling())
+            try:
+                await asyncio.wait([started, watcher], return_when=asyncio.FIRST_COMPLETED)
+                if watcher.done() and not watcher.cancelled() and not started.done():
+                    error = watcher.exception()
+                    if isinstance(error, SpawnFailed):
+                        started.cancel()
+                        raise error
+                    if error is not None:
+                        self.log.error("Could not follow the scheduling of %s: %r", self.pod_name, error)
+                return await started
+            finally:
+                watcher.cancel()
 
     Repo2DockerKubeSpawner.__qualname__ = "Repo2DockerKubeSpawner"
     Repo2DockerKubeSpawner.__module__ = "tljh_repo2docker.spawners.kube"
