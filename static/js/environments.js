@@ -73,7 +73,24 @@
         cell.append(badge("text-bg-secondary", env.status));
     }
     if (env.error && !ACTIVE.has(env.status)) {
-      cell.append(el("div", { class: "env-error small text-danger mt-1", title: env.error }, env.error));
+      // The whole reason, wrapped: failure.py makes it one plain sentence
+      // for the common causes, and the log has the rest.
+      cell.append(el("div", { class: "env-error small text-danger mt-1" }, env.error));
+      if (manages(env)) {
+        cell.append(
+          el(
+            "button",
+            {
+              type: "button",
+              class: "btn btn-link btn-sm p-0 env-view-log",
+              dataset: { action: "view-log" },
+              "aria-label": `View log of ${env.name}`,
+            },
+            icon("fa-file-lines"),
+            el("span", { class: "ms-1" }, "View log")
+          )
+        );
+      }
     }
     return cell;
   }
@@ -278,6 +295,7 @@
     if (!env) return;
     const actions = {
       logs: () => openLogs(env, button),
+      "view-log": () => openLogs(env, button),
       rebuild: () => rebuild(env, button),
       cancel: () => cancel(env, button),
       share: () => openShareDialog(env, button),
@@ -516,6 +534,7 @@
     seen: new Set(), // "phase|message" of the events that carry lastId (see onEvent)
     text: [],
     pending: null,
+    traceback: null, // the Python traceback being folded (see addLogLine)
     stick: true,
     failures: 0,
     retryTimer: null,
@@ -542,6 +561,7 @@
       lastId: 0,
       seen: new Set(),
       text: [],
+      traceback: null,
       stick: true,
       failures: 0,
       done: false,
@@ -677,22 +697,76 @@
     return text ? text[0].toUpperCase() + text.slice(1) : text;
   }
 
-  function addLogLine(phase, message) {
-    // Each message is one line; a carriage return overwrites, as in a terminal.
-    const lines = String(message)
+  // repo2docker logs some messages without a line end, so that the traceback
+  // after them starts on the same line: it gets a line of its own.
+  const GLUED_TRACEBACK = /(\S)(Traceback \(most recent call last\):)/g;
+  // A traceback's first line, bare or in a Dockerfile step's output ("#7 0.465 ").
+  const TRACEBACK_START = /^(?:#(\d+) \d+\.\d+ |(\d+\.\d+ ))?Traceback \(most recent call last\):\s*$/;
+
+  /**
+   * The lines of one message. Each message is one line; a carriage return
+   * overwrites, as in a terminal; a traceback glued to a line is split off.
+   */
+  function messageLines(message) {
+    return String(message)
       .split(/\r?\n/)
-      .map((line) => line.split("\r").pop());
+      .map((line) => line.split("\r").pop())
+      .flatMap((line) => line.replace(GLUED_TRACEBACK, "$1\n$2").split("\n"));
+  }
+
+  /**
+   * A Python traceback starting at ``line`` (plain text), or null: a
+   * collapsed <details> whose summary counts its lines. The lines that
+   * follow go in while they are indented (with the same step prefix); the
+   * exception's own line, the first one that is not, stays outside, visible.
+   */
+  function startTraceback(line) {
+    const match = TRACEBACK_START.exec(line);
+    if (!match) return null;
+    const stamp = match[1] ? new RegExp(`^#${match[1]} \\d+\\.\\d+ `) : match[2] ? /^\d+\.\d+ / : null;
+    const summary = el("summary", { class: "log-traceback-summary" });
+    const details = el("details", { class: "log-traceback" }, summary);
+    return { details, summary, stamp, count: 0 };
+  }
+
+  function continuesTraceback(traceback, line) {
+    let rest = line;
+    if (traceback.stamp) {
+      const stamp = traceback.stamp.exec(line);
+      if (!stamp) return false;
+      rest = line.slice(stamp[0].length);
+    }
+    return /^[ \t]+\S/.test(rest);
+  }
+
+  function addLogLine(phase, message) {
     if (!logs.pending) {
       logs.pending = document.createDocumentFragment();
       window.requestAnimationFrame(flushLog);
     }
-    for (const line of lines) {
+    for (const line of messageLines(message)) {
       const prefix = phase === "log" ? "" : phase === "status" ? "» " : `» ${phase}: `;
+      const plain = R.stripAnsi(line);
       const span = el("span", { class: `log-line log-${phase}` });
       if (prefix) span.append(prefix);
       span.append(...R.ansiNodes(line), "\n");
-      logs.pending.append(span);
-      logs.text.push(prefix + R.stripAnsi(line));
+      logs.text.push(prefix + plain);
+
+      let traceback = logs.traceback;
+      if (traceback && !(phase === "log" && continuesTraceback(traceback, plain))) {
+        traceback = logs.traceback = null;
+      }
+      if (!traceback && phase === "log") {
+        traceback = logs.traceback = startTraceback(plain);
+        if (traceback) logs.pending.append(traceback.details);
+      }
+      if (traceback) {
+        traceback.details.append(span);
+        traceback.count += 1;
+        traceback.summary.textContent = `Traceback (${traceback.count} line${traceback.count === 1 ? "" : "s"})`;
+      } else {
+        logs.pending.append(span);
+      }
     }
   }
 
