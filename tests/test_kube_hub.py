@@ -226,12 +226,6 @@ async def test_a_server_is_a_pod_of_the_environments_image_behind_the_proxy(
 # -- (5) the service's list of servers shows the pod's server ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/servers.py matches a running server to its version only through a Docker "
-    "container (state object_id) when the service has a Docker engine; a pod has none, so "
-    "version stays null (and each list looks for the container's exit in Docker's events)",
-)
 async def test_the_servers_list_shows_the_pods_server_with_status_and_version(callers, environments):
     alice, env = callers["alice"], environments["lab"]
     server = await ensure_running(alice, "lab", env)

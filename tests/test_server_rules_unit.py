@@ -487,3 +487,44 @@ async def test_a_removed_container_without_a_known_exit_leaves_no_error(sqlite_s
     ((_, match),) = homes.exit_queries
     assert match == {"image": "img/x:1", "name_parts": ["ann", "lab"]}
 
+
+
+async def test_a_pods_server_is_matched_to_its_version_by_its_state(sqlite_sessions):
+    """A server of Repo2DockerKubeSpawner has no container: its state (pod_name, image_id)
+    says which version it runs, without asking the engine."""
+    from types import SimpleNamespace
+
+    from tljh_repo2docker.db import store
+    from tljh_repo2docker.service.servers import UserServers, server_model
+
+    env = await store.create_environment(
+        sqlite_sessions, uid="k" * 32, name="lab", image_name="reg/lab:HEAD",
+        repo="https://example.org/r", ref="HEAD", node_selector={}, build_args={},
+    )
+    for number in (1, 2):
+        await store.add_version(
+            sqlite_sessions, env.uid, number=number, image_name=f"reg/lab:HEAD--v{number}",
+            image_id=f"sha256:{number}", commit=f"c{number}", size=1,
+        )
+    await store.update_environment(sqlite_sessions, env.uid, image_id="sha256:2", status="built")
+    env = await store.get_environment(sqlite_sessions, env.uid)
+
+    class NoEngine:
+        available = True  # a Docker engine exists (the builder's), but pods are not on it
+
+        async def container(self, ref):
+            raise AssertionError("a pod's server must not be looked up as a container")
+
+        async def exit_status(self, *args, **kwargs):
+            raise AssertionError("a pod's server must not be searched in Docker's events")
+
+    servers = UserServers("alice", sessions=sqlite_sessions, hub=None, homes=NoEngine(),
+                          log=SimpleNamespace(debug=lambda *a: None))
+    hub_model = {"ready": True, "pending": None, "url": "/user/alice/lab/",
+                 "user_options": {"environment": env.uid, "image": "reg/lab:HEAD--v1"},
+                 "state": {"pod_name": "jupyter-alice--lab", "image_id": "sha256:1"}}
+    model = server_model("lab", hub_model, env, "/user/alice/lab/")
+    assert model["status"] == "running"
+    await servers.add_engine_facts(model, hub_model, env)
+    await servers.add_version_facts([model], {env.uid: env})
+    assert (model["version"], model["newer_version"], model["outdated"]) == (1, True, True)

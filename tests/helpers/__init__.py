@@ -17,7 +17,9 @@ cluster (``kubecluster``); and, for some tests each:
   (``SocketForwarder``); ``processes``: the service's pids (``service_pids``);
 - ``fakes``: an in-memory Docker engine for the spawners (``FakeDocker``,
   ``spawner_maker``, ``env_labels``) and a database that can be switched off
-  (``FlakySessions``), for unit tests.
+  (``FlakySessions``), for unit tests;
+- ``kubehub``: a JupyterHub with ``Repo2DockerKubeSpawner`` on the real cluster
+  (``Cluster``, ``cleanup_images``).
 
 Test modules import from here, never from each other
 (``tests/test_test_layout.py`` checks it).

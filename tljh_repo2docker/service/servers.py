@@ -239,8 +239,9 @@ class UserServers:
         container runs, but its server model carries the spawner's state
         (the service's role has ``admin:servers``), where DockerSpawner keeps
         the container's id: the engine then tells its image. A stopped server
-        is never outdated (starting it again uses the newest build); without
-        an engine (BinderHub and Kubernetes) or a container it is unknown (null).
+        is never outdated (starting it again uses the newest build); a pod
+        (Repo2DockerKubeSpawner) is matched by the image id of its spawner's
+        state; without an engine (BinderHub) or a container it is unknown (null).
 
         ``error``: why its last start failed, or why it is not running when
         the hub thinks it is. The hub's progress stream keeps the failure of a
@@ -261,6 +262,14 @@ class UserServers:
             return
         homes = self.homes
         state = hub_model.get("state") or {}
+        if "pod_name" in state:
+            # A Kubernetes pod (KubeSpawner's state): no container on this
+            # engine to ask; the spawner's state says which image it started.
+            if state.get("image_id") and status in {"spawn", "running"}:
+                model["_image"] = state["image_id"]  # for add_version_facts
+                if env is not None and env.image_id:
+                    model["outdated"] = state["image_id"] != env.image_id
+            return
         ref = state.get("object_id") or state.get("object_name")
         if not homes.available or status not in {"spawn", "running"}:
             return
