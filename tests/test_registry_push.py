@@ -17,6 +17,7 @@ the manifests pushed are removed afterwards.
 """
 
 import base64
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -44,7 +45,7 @@ from tests.helpers.dockerbuilder import (
     new_repo,
 )
 from tests.helpers.fixtures import need
-from tests.helpers.gitserver import GitServer, add_commit
+from tests.helpers.gitserver import add_commit
 from tests.helpers.kubecluster import kube_cluster
 from tljh_repo2docker.builds.base import BUILT, FAILED, STATUS, BuildError, BuildRequest
 from tljh_repo2docker.builds.docker import UID_LABEL, version_reference
@@ -198,22 +199,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def auth_registry(registry, tmp_path_factory):
-    """A registry that needs a user name and password: ``(host:port, user, password)``."""
+@contextlib.contextmanager
+def serving_registry(root, extra_config="", auth=None):
+    """Debian's docker-registry on a free loopback port with ``root`` for its data
+    and ``extra_config`` (YAML lines); ``host:port`` once it answers."""
     binary = _registry_binary()
     if binary is None:
         need("no docker-registry binary (./dev kube up unpacks Debian's)")
-    user, password = "pushbot", f"pw-{uuid.uuid4().hex}"
-    root = tmp_path_factory.mktemp("auth-registry")
-    (root / "htpasswd").write_text(f"{user}:{_bcrypt(password)}\n")
     port = _free_port()
     (root / "config.yml").write_text(
         "version: 0.1\n"
         "log: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
-        f"auth: {{htpasswd: {{realm: tljh-r2d-test, path: {root / 'htpasswd'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n" + extra_config
     )
     with open(root / "registry.log", "w") as log:
         proc = subprocess.Popen(
@@ -222,17 +219,30 @@ def auth_registry(registry, tmp_path_factory):
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
-        while _answers(f"http://{address}/v2/") != 401:
+        while _answers(f"http://{address}/v2/") != (401 if auth else 200):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"the registry with auth did not start: {(root / 'registry.log').read_text()}"
-                )
+                raise AssertionError(f"the registry did not start: {(root / 'registry.log').read_text()}")
             time.sleep(0.2)
-        assert _answers(f"http://{address}/v2/", auth=(user, password)) == 200
-        yield address, user, password
+        if auth:
+            assert _answers(f"http://{address}/v2/", auth=auth) == 200
+        yield address
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def auth_registry(registry, tmp_path_factory):
+    """A registry that needs a user name and password: ``(host:port, user, password)``."""
+    user, password = "pushbot", f"pw-{uuid.uuid4().hex}"
+    root = tmp_path_factory.mktemp("auth-registry")
+    (root / "htpasswd").write_text(f"{user}:{_bcrypt(password)}\n")
+    config = (
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"auth: {{htpasswd: {{realm: tljh-r2d-test, path: {root / 'htpasswd'}}}}}\n"
+    )
+    with serving_registry(root, config, auth=(user, password)) as address:
+        yield address, user, password
 
 
 def remote_digest(address, repository, tag, auth=None):
@@ -258,17 +268,6 @@ def remote_tags(address, repository, auth=None):
 
 
 # -- Docker ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def git_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("repos")
-
-
-@pytest.fixture(scope="module")
-def git_server(git_root):
-    with GitServer(git_root) as server:
-        yield server
 
 
 @pytest.fixture
@@ -570,32 +569,9 @@ async def test_a_push_stopped_midway_is_done_again_on_attach(
 @pytest.fixture(scope="module")
 def no_delete_registry(registry, tmp_path_factory):
     """A registry that allows no deletes (the default of Docker's registry): ``host:port``."""
-    binary = _registry_binary()
-    if binary is None:
-        need("no docker-registry binary (./dev kube up unpacks Debian's)")
     root = tmp_path_factory.mktemp("no-delete-registry")
-    port = _free_port()
-    (root / "config.yml").write_text(
-        "version: 0.1\n"
-        "log: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n"
-    )
-    with open(root / "registry.log", "w") as log:
-        proc = subprocess.Popen(
-            [binary, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while _answers(f"http://{address}/v2/") != 200:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the registry did not start: {(root / 'registry.log').read_text()}")
-            time.sleep(0.2)
+    with serving_registry(root, f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\n") as address:
         yield address
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.docker

@@ -82,6 +82,20 @@ class RegistryMixin:
             method, url, headers={**headers, "Authorization": f"Bearer {token}"}
         )
 
+    async def _ask(self, session, method, url, repository, registry):
+        """``(response, None)`` (its body released), or ``(None, why)`` when
+        the registry cannot be asked."""
+        try:
+            response = await self._registry_request(
+                session, method, url, repository, {"Accept": MANIFEST_TYPES}, registry
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            return None, f"{registry} cannot be reached ({e.__class__.__name__})"
+        except ValueError as e:  # registry_config_file unreadable (names the file only)
+            return None, str(e)
+        response.release()
+        return response, None
+
     async def delete_pushed(self, image_names):
         """Delete the manifests ``image_names`` point at from their registries.
 
@@ -99,16 +113,9 @@ class RegistryMixin:
                 if repository.startswith(registry + "/"):
                     repository = repository[len(registry) + 1:]
                 url = f"{registry_url(registry)}/v2/{repository}/manifests/{tag}"
-                try:
-                    response = await self._registry_request(
-                        session, "HEAD", url, repository, {"Accept": MANIFEST_TYPES}, registry
-                    )
-                    response.release()
-                except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                    left.append((name, f"{registry} cannot be reached ({e.__class__.__name__})"))
-                    continue
-                except ValueError as e:  # registry_config_file unreadable
-                    left.append((name, str(e)))
+                response, problem = await self._ask(session, "HEAD", url, repository, registry)
+                if problem:
+                    left.append((name, problem))
                     continue
                 digest = response.headers.get("Docker-Content-Digest")
                 if response.status == 404:
@@ -119,14 +126,9 @@ class RegistryMixin:
                     digests.setdefault((registry, repository, digest), []).append(name)
             for (registry, repository, digest), names in digests.items():
                 url = f"{registry_url(registry)}/v2/{repository}/manifests/{digest}"
-                try:
-                    response = await self._registry_request(
-                        session, "DELETE", url, repository, {"Accept": MANIFEST_TYPES}, registry
-                    )
-                    response.release()
-                except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                    reason = f"{registry} cannot be reached ({e.__class__.__name__})"
-                    left += [(name, reason) for name in names]
+                response, problem = await self._ask(session, "DELETE", url, repository, registry)
+                if problem:
+                    left += [(name, problem) for name in names]
                     continue
                 if response.status in (200, 202, 404):
                     deleted += names
