@@ -26,7 +26,6 @@ made is removed afterwards: the namespace, pushed manifests, the images the
 node pulled, the local images.
 """
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -34,9 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from common import percentile
+import common
+from common import time_starts
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,7 +52,7 @@ from tests.helpers.kubehub import (  # noqa: E402
     publish,
     registry_prefix,
 )
-from tests.helpers.utils import HubUser, admin_api, make_token, remove_test_images  # noqa: E402
+from tests.helpers.utils import HubUser, admin_api, remove_test_images  # noqa: E402
 from tljh_repo2docker.contract import version_reference  # noqa: E402
 
 
@@ -71,19 +69,6 @@ async def build(hub_info, git, name):
     return env
 
 
-async def wait_answering(client, url, token, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            r = await client.get(url, headers={"Authorization": f"token {token}"})
-            if r.status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.05)
-    raise TimeoutError(url)
-
-
 def remove(hub_info, name, timeout=300):
     with admin_api(hub_info) as api:
         api.request("DELETE", f"users/admin/servers/{name}", json={"remove": True})
@@ -97,23 +82,17 @@ def remove(hub_info, name, timeout=300):
 
 async def start_rounds(hub_info, env, rounds, prefix, gone=None):
     """Seconds from the POST to the answer through the proxy, for each round."""
-    token = make_token(hub_info, "admin", ["access:servers!user=admin"])
     options = {"environment": env["uid"], "image": env["image_name"]}
-    times = []
-    async with httpx.AsyncClient(base_url=hub_info.url, timeout=60) as client:
-        for number in range(rounds):
-            name = f"{prefix}{number}"
-            with admin_api(hub_info) as api:
-                started = time.perf_counter()
-                r = api.post(f"users/admin/servers/{name}", json={"user_options": options})
-                if r.status_code not in (201, 202):
-                    raise RuntimeError(f"start {name}: {r.status_code} {r.text}")
-            await wait_answering(client, f"user/admin/{name}/api/status", token)
-            times.append(time.perf_counter() - started)
-            remove(hub_info, name)
-            if gone is not None:
-                await gone(name)
-    return times
+
+    async def after(name):
+        remove(hub_info, name)
+        if gone is not None:
+            await gone(name)
+
+    names = [f"{prefix}{number}" for number in range(rounds)]
+    return await time_starts(
+        hub_info, names, {"user_options": options}, after, timeout=300, client_timeout=60
+    )
 
 
 async def on_kubernetes(git, rounds):
@@ -146,20 +125,14 @@ async def on_docker(git, rounds):
 
 
 def summary(label, times):
-    print(
-        f"{label:44s} n={len(times)} p50={percentile(times, 50):.3f}s "
-        f"p90={percentile(times, 90):.3f}s mean={statistics.mean(times):.3f}s"
-    )
+    common.summary(label, times, width=44, high=90)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--warmup", type=int, default=1,
-        help="first starts of each engine left out (image pull, home claim, cold caches)",
+    args = common.rounds_args(
+        __doc__.splitlines()[0],
+        warmup_help="first starts of each engine left out (image pull, home claim, cold caches)",
     )
-    args = parser.parse_args()
     root = Path(tempfile.mkdtemp())
     git = GitServer(root).start()
     for name in ("kube", "docker"):

@@ -16,7 +16,6 @@ the ratio service / plain DockerSpawner (target: under 1.05).
    hub's own REST API.
 """
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -26,31 +25,15 @@ from pathlib import Path
 
 import httpx
 
+import common
+from common import time_starts, wait_answering
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.fixtures import SINGLEUSER_IMAGE, running_hub  # noqa: E402
 from tests.helpers.gitserver import GitServer, make_repo  # noqa: E402
 from tests.helpers.utils import HubUser, admin_api, make_token, remove_test_images  # noqa: E402
-
-
-def percentile(values, q):
-    values = sorted(values)
-    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
-    return values[index]
-
-
-async def wait_answering(client, url, token, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            r = await client.get(url, headers={"Authorization": f"token {token}"})
-            if r.status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.05)
-    raise TimeoutError(url)
 
 
 def wait_gone(hub_info, user, server):
@@ -77,7 +60,7 @@ async def through_service(hub_info, rounds):
             start = time.perf_counter()
             r = await admin.api("POST", "api/servers", json={"name": name, "environment": "bench-env"})
             assert r.status_code == 202, r.text
-            await wait_answering(client, f"user/admin/{name}/api/status", token)
+            await wait_answering(client, f"user/admin/{name}/api/status", token, timeout=120)
             times.append(time.perf_counter() - start)
             await admin.api("DELETE", f"api/servers/{name}", params={"remove": "true"})
             wait_gone(hub_info, "admin", name)
@@ -87,37 +70,23 @@ async def through_service(hub_info, rounds):
 
 
 async def through_plain_dockerspawner(hub_info, rounds):
-    token = make_token(hub_info, "admin", ["access:servers!user=admin"])
-    times = []
-    async with httpx.AsyncClient(base_url=hub_info.url, timeout=30) as client:
-        for i in range(rounds):
-            name = f"plain{i}"
-            with admin_api(hub_info) as api:
-                start = time.perf_counter()
-                r = api.post(f"users/admin/servers/{name}", json={})
-                assert r.status_code in (201, 202), r.text
-            await wait_answering(client, f"user/admin/{name}/api/status", token)
-            times.append(time.perf_counter() - start)
-            with admin_api(hub_info) as api:
-                api.request("DELETE", f"users/admin/servers/{name}", json={"remove": True})
-            wait_gone(hub_info, "admin", name)
-    return times
+    async def after(name):
+        with admin_api(hub_info) as api:
+            api.request("DELETE", f"users/admin/servers/{name}", json={"remove": True})
+        wait_gone(hub_info, "admin", name)
+
+    names = [f"plain{i}" for i in range(rounds)]
+    return await time_starts(hub_info, names, {}, after, timeout=120, client_timeout=30)
 
 
 def summary(label, times):
-    print(
-        f"{label:32s} n={len(times)} p50={percentile(times, 50):.3f}s "
-        f"p95={percentile(times, 95):.3f}s mean={statistics.mean(times):.3f}s"
-    )
+    common.summary(label, times, width=32, high=95)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="first spawns of each path left out (cold caches)"
+    args = common.rounds_args(
+        __doc__.splitlines()[0], warmup_help="first spawns of each path left out (cold caches)"
     )
-    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         with running_hub(Path(tmp)) as hub_info:
             image, service_times = asyncio.run(

@@ -1,20 +1,27 @@
-"""What the build benchmarks share: percentiles, the service's process, a filled database.
+"""What the benchmarks share: percentiles and their summary line, the service's
+process, a filled database, waiting for a server to answer through the proxy.
 
 Every benchmark starts a real JupyterHub + configurable-http-proxy with the
 service as a managed service (``tests.helpers.fixtures.running_hub``), so requests go
 through HubOAuth token checks like a client's; all traffic stays on 127.0.0.1.
 """
 
+import argparse
 import asyncio
+import statistics
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.helpers.utils import admin_api, make_token  # noqa: E402
 from tljh_repo2docker.db import store  # noqa: E402
 from tljh_repo2docker.db.session import make_engine, make_sessionmaker, upgrade_db  # noqa: E402
 
@@ -32,6 +39,36 @@ def percentile(values, q):
 
 def ms(seconds):
     return f"{seconds * 1000:.1f} ms"
+
+
+def rounds_args(description, warmup_help):
+    """The options of a benchmark timing server starts: ``--rounds`` (5) and ``--warmup`` (1)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help=warmup_help)
+    return parser.parse_args()
+
+
+def summary(label, times, width, high):
+    """Print ``label`` (padded to ``width``) with the count, p50, p``high`` and mean of ``times`` (seconds)."""
+    print(
+        f"{label:{width}s} n={len(times)} p50={percentile(times, 50):.3f}s "
+        f"p{high}={percentile(times, high):.3f}s mean={statistics.mean(times):.3f}s"
+    )
+
+
+async def wait_answering(client, url, token, timeout):
+    """Poll ``url`` (through ``client``, with ``token``) until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = await client.get(url, headers={"Authorization": f"token {token}"})
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.05)
+    raise TimeoutError(url)
 
 
 def service_pid(hub_info):
@@ -97,3 +134,23 @@ async def fill_db(db_path, count, image_prefix="tljh-r2d-bench/"):
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def time_starts(hub_info, names, body, after, timeout, client_timeout):
+    """Seconds from ``POST users/admin/servers/<name>`` (the hub's REST API, with
+    ``body``) to ``GET /user/admin/<name>/api/status`` answering 200 through the
+    proxy (within ``timeout``), for each of ``names`` in turn; ``await
+    after(name)`` removes the server before the next one starts."""
+    token = make_token(hub_info, "admin", ["access:servers!user=admin"])
+    times = []
+    async with httpx.AsyncClient(base_url=hub_info.url, timeout=client_timeout) as client:
+        for name in names:
+            with admin_api(hub_info) as api:
+                started = time.perf_counter()
+                r = api.post(f"users/admin/servers/{name}", json=body)
+                if r.status_code not in (201, 202):
+                    raise RuntimeError(f"start {name}: {r.status_code} {r.text}")
+            await wait_answering(client, f"user/admin/{name}/api/status", token, timeout)
+            times.append(time.perf_counter() - started)
+            await after(name)
+    return times

@@ -1,12 +1,13 @@
 """The service with ``--binderhub_url`` against the real BinderHub, end to end.
 
 BinderHub (from its source, see ``./dev setup_vendor``) runs without
-Kubernetes, the way its own single-machine set-up does: a JupyterHub managed
-service ``binder`` next to ours, ``LocalRepo2dockerBuild`` (repo2docker as a
-host process on this machine's Docker engine, with ``docker buildx`` from
-Debian 13), API-only mode, no registry, authentication through the hub. Its
-repositories come from a ``git daemon`` (BinderHub's git provider takes
-``git://`` URLs) and build from the local single-user image, offline.
+Kubernetes, the way its own single-machine set-up does
+(``tests/helpers/binderhub_real.py``): a JupyterHub managed service ``binder``
+next to ours, ``LocalRepo2dockerBuild`` (repo2docker as a host process on this
+machine's Docker engine, with ``docker buildx`` from Debian 13), API-only
+mode, no registry, authentication through the hub. Its repositories come from
+a ``git daemon`` (BinderHub's git provider takes ``git://`` URLs) and build
+from the local single-user image, offline.
 
 What only the real one shows is tested here: its own errors come as HTTP 200
 with ``status_code`` in the event, a failed build's reason is in the log
@@ -21,27 +22,22 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import time
 import uuid
 
 import httpx
 import pytest
 
 from tests.helpers import utils
+from tests.helpers.binderhub_real import binderhub_hub, hub_user, local_images, need_binderhub, serve_git
 from tests.helpers.buildutils import FINAL, log_text, read_events, token, wait_for
-from tests.helpers.fixtures import ROOT, SINGLEUSER_IMAGE, _free_port, need, running_hub
-from tests.helpers.gitserver import make_repo
+from tests.helpers.fixtures import SINGLEUSER_IMAGE
+from tests.helpers.processes import service_pids
 from tljh_repo2docker.builds.base import FAILED, BuildRequest
 from tljh_repo2docker.builds.binderhub import CANCEL_NOTE, BinderHubBuilder
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
-VENV = ROOT / ".venv-binderhub"
-PYTHON = VENV / "bin" / "python"
-#: BinderHub's own docker CLI config, holding the docker-buildx plugin.
-DOCKER_CONFIG = VENV / "docker"
 #: Images BinderHub builds here start with this (its image_prefix), one per run.
 IMAGE_PREFIX = f"tljh-r2d-bhreal-{os.getpid()}-"
 
@@ -55,114 +51,30 @@ REPOS = {
 }
 
 
-def _port_open(port):
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def binderhub_venv():
-    if not PYTHON.exists():
-        need(f"the real BinderHub is not installed in {VENV} (run ./dev setup)")
-    if not (DOCKER_CONFIG / "cli-plugins" / "docker-buildx").exists():
-        need(f"docker-buildx is missing from {DOCKER_CONFIG}/cli-plugins (run ./dev setup)")
-    return PYTHON
+    return need_binderhub()
 
 
 @pytest.fixture(scope="module")
 def git_daemon(tmp_path_factory, test_images):
-    root = tmp_path_factory.mktemp("git-daemon")
-    for name, dockerfile in REPOS.items():
-        make_repo(root, name, {"Dockerfile": dockerfile})
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}",
-         "--listen=127.0.0.1", f"--port={port}", str(root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not _port_open(port):
-        assert proc.poll() is None and time.monotonic() < deadline, "git daemon did not start"
-        time.sleep(0.1)
-    yield f"git://127.0.0.1:{port}/"
-    proc.terminate()
-    proc.wait(10)
+    with serve_git(tmp_path_factory.mktemp("git-daemon"), REPOS) as url:
+        yield url
 
 
 def binderhub_images():
-    out = subprocess.run(
-        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{IMAGE_PREFIX}*"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    return set(out.split())
+    return local_images(IMAGE_PREFIX)
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, binderhub_venv, git_daemon, docker_engine):
-    workdir = tmp_path_factory.mktemp("binderhub-real-hub")
-    binder_port = _free_port()
-    r2d_config = workdir / "repo2docker_config.py"
-    # Offline: only the providers that need no internet.
-    r2d_config.write_text(
-        "from repo2docker.contentproviders import Git, Local\n"
-        "c.Repo2Docker.content_providers = [Local, Git]\n"
-    )
-    binder_config = workdir / "binderhub_config.py"
-    binder_config.write_text(
-        f"""
-import os
-# The hub as the hub tells its services (BinderHub checks hub/api/health there).
-c.BinderHub.hub_url = os.environ["JUPYTERHUB_API_URL"].rpartition("hub/api")[0]
-c.BinderHub.build_class = "binderhub.build_local.LocalRepo2dockerBuild"
-c.BinderHub.use_registry = False
-c.BinderHub.builder_required = False
-c.BinderHub.launch_quota_class = "binderhub.quota.LaunchQuota"
-c.BinderHub.enable_api_only_mode = True
-c.BinderHub.auth_enabled = True
-c.BinderHub.image_prefix = {IMAGE_PREFIX!r}
-c.BinderHub.base_url = "/services/binder/"
-c.BinderHub.port = {binder_port}
-c.LocalRepo2dockerBuild.repo2docker_extra_args = ["--config", {str(r2d_config)!r}]
-"""
-    )
-    extra_config = f"""
-import os
-c.JupyterHub.services.append({{
-    "name": "binder",
-    "url": "http://127.0.0.1:{binder_port}",
-    "command": [{str(PYTHON)!r}, "-m", "binderhub", "-f", {str(binder_config)!r}],
-    "cwd": {str(workdir)!r},
-    "oauth_no_confirm": True,
-    "environment": {{
-        "PATH": {str(VENV / "bin")!r} + ":" + os.environ["PATH"],
-        "DOCKER_CONFIG": {str(DOCKER_CONFIG)!r},
-    }},
-}})
-# our service reaches BinderHub with its own token (hub_config.roles(binderhub=True))
-c.JupyterHub.load_roles[0]["scopes"].append("access:services!service=binder")
-"""
-    args = [
-        f"--binderhub_url=http://127.0.0.1:{binder_port}/services/binder/",
-        "--repo_providers=git",
-        # BinderHub starts after our service, which looks again every second.
-        "--retry_interval=1",
-    ]
-    with running_hub(workdir, args, extra_config=extra_config) as hub_info:
-        hub_info.binder_url = f"http://127.0.0.1:{binder_port}/services/binder/"
-        utils.wait_for_http(hub_info.binder_url + "health", timeout=60, ok=(200,))
-        utils.wait_for_http(f"{hub_info.url}services/tljh_repo2docker/health", timeout=60, ok=(200,))
+    with binderhub_hub(tmp_path_factory.mktemp("binderhub-real-hub"), IMAGE_PREFIX) as hub_info:
         yield hub_info
     for image in binderhub_images():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
-@pytest.fixture(scope="module")
-async def admin(hub):
-    user = await utils.HubUser.login(hub, "admin")
-    yield user
-    await user.close()
+admin = hub_user("admin")
 
 
 def binder_log(hub):
@@ -281,12 +193,8 @@ async def test_cancel_leaves_binderhub_building_and_its_image_unused(hub, admin,
 
 
 async def restart_service(hub, admin):
-    pids = subprocess.run(
-        ["pgrep", "-f", f"tljh_repo2docker --port={hub.service_port}"],
-        capture_output=True, text=True,
-    ).stdout.split()
-    (pid,) = pids
-    os.kill(int(pid), signal.SIGKILL)
+    (pid,) = service_pids(hub)
+    os.kill(pid, signal.SIGKILL)
 
     async def back():
         try:

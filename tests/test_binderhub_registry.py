@@ -1,9 +1,9 @@
 """The real BinderHub pushes to the cluster's registry, and a pod starts from its image.
 
-BinderHub runs as in ``tests/test_binderhub_real.py`` (a JupyterHub managed
-service ``binder`` next to ours, ``LocalRepo2dockerBuild`` on this machine's
-Docker engine, API-only mode, repositories from a ``git daemon``), but with
-its registry: the plain-HTTP, no-auth registry of ``./dev kube up``
+BinderHub runs as in ``tests/test_binderhub_real.py``
+(``tests/helpers/binderhub_real.py``: a JupyterHub managed service ``binder``
+next to ours, ``LocalRepo2dockerBuild`` on this machine's Docker engine,
+API-only mode, repositories from a ``git daemon``), but with its registry: the plain-HTTP, no-auth registry of ``./dev kube up``
 (``tests/helpers/kubecluster.py``). The settings that make it push:
 
 - ``BinderHub.use_registry`` and an ``image_prefix`` starting with the
@@ -26,37 +26,21 @@ manifests and the local images under the run's prefix.
 
 import json
 import os
-import socket
-import subprocess
-import time
 import urllib.request
 import uuid
 
 import httpx
 import pytest
 
-from tests.helpers import utils
+from tests.helpers.binderhub_real import binderhub_hub, hub_user, local_images, need_binderhub, serve_git
 from tests.helpers.buildutils import log_text, read_events, token, wait_for
-from tests.helpers.fixtures import ROOT, SINGLEUSER_IMAGE, _free_port, need, running_hub
-from tests.helpers.gitserver import make_repo
+from tests.helpers.fixtures import SINGLEUSER_IMAGE
 from tests.helpers.kubecluster import NODE_SELECTOR, kube_cluster
-from tests.helpers.kubehub import Cluster, cleanup_images
+from tests.helpers.kubehub import Cluster, cleanup_images, registry_digest
 
 pytestmark = [pytest.mark.kube, pytest.mark.hub, pytest.mark.docker]
 
-VENV = ROOT / ".venv-binderhub"
-PYTHON = VENV / "bin" / "python"
-#: BinderHub's own docker CLI config, holding the docker-buildx plugin.
-DOCKER_CONFIG = VENV / "docker"
 DOCKERFILE = f"FROM {SINGLEUSER_IMAGE}\nRUN echo built by BinderHub > /tmp/built\n"
-MANIFEST_TYPES = ", ".join(
-    [
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.index.v1+json",
-    ]
-)
 BUILD_TIMEOUT = 300
 POD_TIMEOUT = 120
 PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
@@ -77,126 +61,25 @@ def image_prefix(cluster, docker_engine):
     assert not local_images(prefix)
 
 
-def local_images(prefix):
-    out = subprocess.run(
-        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    return {name for name in out.split() if name.startswith(prefix)}
-
-
 @pytest.fixture(scope="module")
 def binderhub_venv():
-    if not PYTHON.exists():
-        need(f"the real BinderHub is not installed in {VENV} (run ./dev setup)")
-    if not (DOCKER_CONFIG / "cli-plugins" / "docker-buildx").exists():
-        need(f"docker-buildx is missing from {DOCKER_CONFIG}/cli-plugins (run ./dev setup)")
-    return PYTHON
+    return need_binderhub()
 
 
 @pytest.fixture(scope="module")
 def git_daemon(tmp_path_factory, test_images):
-    root = tmp_path_factory.mktemp("git-daemon")
-    make_repo(root, "ok", {"Dockerfile": DOCKERFILE})
-    port = _free_port()
-    proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}",
-         "--listen=127.0.0.1", f"--port={port}", str(root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not _port_open(port):
-            assert proc.poll() is None and time.monotonic() < deadline, "git daemon did not start"
-            time.sleep(0.1)
-        yield f"git://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _port_open(port):
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def binderhub_config(workdir, port, image_prefix, registry):
-    r2d_config = workdir / "repo2docker_config.py"
-    # Offline: only the providers that need no internet.
-    r2d_config.write_text(
-        "from repo2docker.contentproviders import Git, Local\n"
-        "c.Repo2Docker.content_providers = [Local, Git]\n"
-    )
-    # The registry asks for no credentials: an empty docker config, so that
-    # BinderHub's registry client reads no one's ~/.docker/config.json.
-    registry_auth = workdir / "registry-docker-config.json"
-    registry_auth.write_text("{}\n")
-    config = workdir / "binderhub_config.py"
-    config.write_text(
-        f"""
-import os
-c.BinderHub.hub_url = os.environ["JUPYTERHUB_API_URL"].rpartition("hub/api")[0]
-c.BinderHub.build_class = "binderhub.build_local.LocalRepo2dockerBuild"
-c.BinderHub.builder_required = False
-c.BinderHub.launch_quota_class = "binderhub.quota.LaunchQuota"
-c.BinderHub.enable_api_only_mode = True
-c.BinderHub.auth_enabled = True
-c.BinderHub.base_url = "/services/binder/"
-c.BinderHub.port = {port}
-c.LocalRepo2dockerBuild.repo2docker_extra_args = ["--config", {str(r2d_config)!r}]
-
-# Push to the cluster's registry, and look images up there.
-c.BinderHub.use_registry = True
-c.BinderHub.image_prefix = {image_prefix!r}
-# Any value: it only makes BinderHub pass --push to repo2docker (the local
-# executor has no secret to mount; the engine needs no login for this registry).
-c.LocalRepo2dockerBuild.push_secret = "push"
-c.DockerRegistry.url = "http://{registry}"
-c.DockerRegistry.docker_config_path = {str(registry_auth)!r}
-"""
-    )
-    return config
+    with serve_git(tmp_path_factory.mktemp("git-daemon"), {"ok": DOCKERFILE}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, cluster, image_prefix, binderhub_venv, git_daemon):
     workdir = tmp_path_factory.mktemp("binderhub-registry-hub")
-    binder_port = _free_port()
-    config = binderhub_config(workdir, binder_port, image_prefix, cluster["registry"])
-    extra_config = f"""
-import os
-c.JupyterHub.services.append({{
-    "name": "binder",
-    "url": "http://127.0.0.1:{binder_port}",
-    "command": [{str(PYTHON)!r}, "-m", "binderhub", "-f", {str(config)!r}],
-    "cwd": {str(workdir)!r},
-    "oauth_no_confirm": True,
-    "environment": {{
-        "PATH": {str(VENV / "bin")!r} + ":" + os.environ["PATH"],
-        "DOCKER_CONFIG": {str(DOCKER_CONFIG)!r},
-    }},
-}})
-c.JupyterHub.load_roles[0]["scopes"].append("access:services!service=binder")
-"""
-    args = [
-        f"--binderhub_url=http://127.0.0.1:{binder_port}/services/binder/",
-        "--repo_providers=git",
-        "--retry_interval=1",
-    ]
-    with running_hub(workdir, args, extra_config=extra_config) as hub_info:
-        hub_info.binder_url = f"http://127.0.0.1:{binder_port}/services/binder/"
-        utils.wait_for_http(hub_info.binder_url + "health", timeout=60, ok=(200,))
-        utils.wait_for_http(f"{hub_info.url}services/tljh_repo2docker/health", timeout=60, ok=(200,))
+    with binderhub_hub(workdir, image_prefix, registry=cluster["registry"]) as hub_info:
         yield hub_info
 
 
-@pytest.fixture(scope="module")
-async def admin(hub):
-    user = await utils.HubUser.login(hub, "admin")
-    yield user
-    await user.close()
+admin = hub_user("admin")
 
 
 @pytest.fixture(scope="module")
@@ -209,12 +92,9 @@ async def built(hub, admin, git_daemon):
     return env, log_text(events)
 
 
-def registry_get(registry, path, method="GET", headers=None):
-    request = urllib.request.Request(
-        f"http://{registry}{path}", method=method, headers=headers or {}
-    )
-    with urllib.request.urlopen(request, timeout=10) as r:
-        return r.headers, r.read()
+def registry_get(registry, path):
+    with urllib.request.urlopen(f"http://{registry}{path}", timeout=10) as r:
+        return r.read()
 
 
 def split_image(registry, image):
@@ -222,15 +102,6 @@ def split_image(registry, image):
     assert image.startswith(registry + "/"), image
     repository, _, tag = image[len(registry) + 1 :].rpartition(":")
     return repository, tag
-
-
-def registry_digest(registry, image):
-    repository, tag = split_image(registry, image)
-    headers, _ = registry_get(
-        registry, f"/v2/{repository}/manifests/{tag}", method="HEAD",
-        headers={"Accept": MANIFEST_TYPES},
-    )
-    return headers["Docker-Content-Digest"]
 
 
 async def test_binderhub_checks_the_registry(hub, image_prefix):
@@ -252,9 +123,9 @@ async def test_image_pushed_and_stored_as_the_environment(cluster, image_prefix,
     assert "built by BinderHub" in log
     assert f"pushing {image} with docker" in log, log[-3000:]  # buildx --push
 
-    _, body = registry_get(registry, f"/v2/{repository}/tags/list")
+    body = registry_get(registry, f"/v2/{repository}/tags/list")
     assert json.loads(body)["tags"] == [tag]
-    assert registry_digest(registry, image).startswith("sha256:")
+    assert registry_digest(image).startswith("sha256:")
 
     # Our service keeps BinderHub's name, as the environment and as its version.
     r = await admin.api("GET", f"api/environments/{env['uid']}/versions")
@@ -311,7 +182,7 @@ async def test_pod_starts_from_the_pushed_image(cluster, built):
             assert node.metadata.labels.get(key) == value
         (status,) = p.status.container_statuses
         # the image the node ran is the one in the registry
-        assert status.image_id.endswith(registry_digest(cluster["registry"], env["image_name"])), (
+        assert status.image_id.endswith(registry_digest(env["image_name"])), (
             status.image_id
         )
         log = await kube.core.read_namespaced_pod_log(name, namespace)
@@ -335,5 +206,5 @@ async def test_binderhub_finds_the_pushed_image(cluster, built, admin, git_daemo
     assert "Found built image" in log, log[-3000:]
     assert "pushing layer" not in log, log[-3000:]
     repository, tag = split_image(cluster["registry"], env["image_name"])
-    _, body = registry_get(cluster["registry"], f"/v2/{repository}/tags/list")
+    body = registry_get(cluster["registry"], f"/v2/{repository}/tags/list")
     assert json.loads(body)["tags"] == [tag]

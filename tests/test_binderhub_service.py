@@ -20,7 +20,6 @@ The service restart test comes last: it kills the service.
 import asyncio
 import os
 import signal
-import subprocess
 import threading
 import time
 from urllib.parse import unquote
@@ -39,6 +38,7 @@ from tests.helpers.binderhub_standin import (
 )
 from tests.helpers.buildutils import FINAL, log_text, read_events, token, wait_for
 from tests.helpers.fixtures import running_hub
+from tests.helpers.processes import service_pids
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -424,15 +424,6 @@ async def test_versions_and_rollback_with_images_named_per_commit(admin, binder,
 
 
 # -- keep last: kills the service ------------------------------------------------
-
-
-def service_pids(hub):
-    result = subprocess.run(
-        ["pgrep", "-f", f"tljh_repo2docker --port={hub.service_port}"],
-        capture_output=True,
-        text=True,
-    )
-    return [int(pid) for pid in result.stdout.split()]
 
 
 async def test_restart_mid_build_resubmits_to_binderhub(admin, binder, hub):

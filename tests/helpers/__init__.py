@@ -20,6 +20,7 @@ cluster (``kubecluster``); and, for some tests each:
   (``FlakySessions``), for unit tests;
 - ``kubehub``: a JupyterHub with ``Repo2DockerKubeSpawner`` on the real cluster
   (``Cluster``, ``cleanup_images``).
+- ``binderhub_real``: the real BinderHub as the hub's service ``binder`` (``binderhub_hub``, ``serve_git``).
 
 Test modules import from here, never from each other
 (``tests/test_test_layout.py`` checks it).
