@@ -43,6 +43,7 @@ from .handlers import (
     disk, environments, health, homes, logs, openapi, pages, servers, versions, webhooks,
 )
 from .handlers.base import NotFoundAPIHandler
+from .service.claims import Claims
 from .service.engine import Homes
 from .hub_client import HubClient
 from .limits import (
@@ -104,6 +105,7 @@ class TljhRepo2Docker(Application):
         "authenticate_prometheus": "TljhRepo2Docker.authenticate_prometheus",
         "ref_poll_interval": "TljhRepo2Docker.ref_poll_interval",
         "webhook_rate_limit": "TljhRepo2Docker.webhook_rate_limit",
+        "kube_namespace": "TljhRepo2Docker.kube_namespace",
         "max_concurrent_builds": "BuildManager.max_concurrent_builds",
         "environments_per_user": "Quotas.environments_per_user",
         "builds_per_user": "Quotas.builds_per_user",
@@ -505,6 +507,34 @@ class TljhRepo2Docker(Application):
         """,
     ).tag(config=True)
 
+    kube_namespace = Unicode(
+        "",
+        help="""
+        The Kubernetes namespace where the hub's KubeSpawner
+        (``Repo2DockerKubeSpawner``) makes users' homes, its
+        ``KubeSpawner.namespace``. When set, the Homes page and ``api/homes``
+        list and delete this hub's home claims there (PersistentVolumeClaims
+        labelled ``tljh_repo2docker.home=1`` whose
+        ``tljh_repo2docker.home.prefix`` annotation is this service's
+        ``image_prefix``; other hubs' claims in the namespace are left alone)
+        instead of Docker volumes. The service reaches the cluster as the
+        pod it runs in (its service account), else with ``$KUBECONFIG`` (or
+        ``~/.kube/config``); it needs to list, read and delete
+        persistentvolumeclaims and list pods in the namespace. Needs the
+        ``kubernetes`` extra. Default: empty (homes are Docker volumes).
+        """,
+    ).tag(config=True)
+
+    @validate("kube_namespace")
+    def _validate_kube_namespace(self, proposal):
+        value = proposal.value.strip()
+        if value and not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", value):
+            raise TraitError(
+                f"kube_namespace: {value[:80]!r} is not a Kubernetes namespace name "
+                "(up to 63 lowercase letters, digits or '-', starting and ending with a letter or digit)"
+            )
+        return value
+
     tornado_settings = Dict(help="Extra settings for the Tornado application.").tag(config=True)
 
     @default("log_level")
@@ -707,7 +737,14 @@ class TljhRepo2Docker(Application):
         self.disk = Disk(self, builder=self.builder, sessions=self.sessions, log=self.log)
 
     def init_homes(self):
+        # self.homes: the Docker engine's volumes and servers' containers;
+        # self.user_homes: where the Homes page finds users' homes (the
+        # claims of kube_namespace, else those volumes).
         self.homes = Homes(parent=self, builder=getattr(self, "builder", None))
+        self.user_homes = self.homes
+        if self.kube_namespace:
+            self.user_homes = Claims(self.kube_namespace, self.image_prefix, log=self.log)
+            self.log.info("Homes: the claims of the Kubernetes namespace %s", self.kube_namespace)
 
     def init_build_manager(self):
         self.build_manager = BuildManager(
