@@ -9,10 +9,13 @@ module and three environments, all built from the single-user test image:
 - ``lab``: the admin's, shared with everyone: 512M, 0.5 CPU, and the node
   selector the cluster's node matches (``hub.jupyter.org/node-purpose=user``);
 - ``gpu``: the admin's, with a node selector (``gpu=yes``) no node matches;
-- ``private``: sh-owner's (a builder), shared with nobody.
+- ``private``: sh-owner's (a builder), shared with nobody;
+- ``ver`` (the ``evolving`` fixture): the admin's, 384M, 0.25 CPU, rebuilt
+  once (version 2) and rolled back to version 1 by the later tests.
 
-alice's server ``lab`` lives through the first tests (started once, stopped
-and started again for her home); at most two pods run at a time. The hub's log
+alice's server ``lab`` lives through the tests (started once, stopped and
+started again for her home); each later test runs at most one server of its
+own beside it, so at most two pods run at a time. The hub's log
 and everything in the namespace (pods, their events and logs, claims) are
 printed when a test fails. The namespace (pods, claims), the pushed manifests,
 the local images and those the node pulled are removed afterwards.
@@ -20,13 +23,15 @@ the local images and those the node pulled are removed afterwards.
 Fails (does not skip) under ``CI=true`` when the cluster cannot come up.
 """
 
+import html
+import re
 import time
 
 import httpx
 import pytest
 
 from tests.helpers.buildutils import FINAL, dockerfile, token
-from tests.helpers.gitserver import make_repo
+from tests.helpers.gitserver import add_commit, make_repo
 from tests.helpers.kubecluster import kube_cluster
 from tests.helpers.kubehub import (
     BUILDER_PUSH,
@@ -35,6 +40,7 @@ from tests.helpers.kubehub import (
     START_TIMEOUT,
     UNSCHEDULABLE_TIMEOUT,
     Cluster,
+    cgroup_limits,
     cleanup_images,
     kube_hub,
     new_namespace,
@@ -44,8 +50,9 @@ from tests.helpers.kubehub import (
     registry_prefix,
 )
 from tests.helpers.servers import Files, wait_server
-from tests.helpers.utils import HubUser, admin_api, figure, make_token
+from tests.helpers.utils import SERVICE, HubUser, admin_api, figure, make_token
 from tljh_repo2docker.contract import version_reference
+from tljh_repo2docker.limits import memory_bytes
 
 pytestmark = [pytest.mark.kube, pytest.mark.hub, pytest.mark.docker]
 
@@ -372,3 +379,279 @@ async def test_no_node_matching_the_selector_fails_saying_so(callers, environmen
         await kube.wait_no_pod("alice", "gpu")
     finally:
         await alice.api("DELETE", "api/servers/gpu", params={"remove": "true"})
+
+
+# -- helpers of the tests below ----------------------------------------------------------------
+
+
+async def start_server(user, name, env):
+    """Start ``user``'s server ``name`` from ``env`` through the service; its model once running."""
+    r = await user.api("POST", "api/servers", json={"name": name, "environment": env["name"]})
+    assert r.status_code == 202, r.text
+    return await wait_server(user, name, timeout=WAIT)
+
+
+async def running_pod(kube, server, user="alice"):
+    """The pod of ``user``'s server ``server``, which must be Running and ready."""
+    pod = await kube.pod_of(user, server)
+    assert pod is not None, f"no pod for {user}/{server}"
+    [status] = [s for s in pod.status.container_statuses or [] if s.name == "notebook"] or [None]
+    assert pod.status.phase == "Running" and status is not None and status.ready, (
+        f"pod {pod.metadata.name}: {pod.status.phase}, "
+        f"events: {await kube.events_of(pod.metadata.name)}"
+    )
+    return pod
+
+
+def image_digest_of(pod):
+    """The digest of the image the pod's container runs (``containerStatuses[].imageID``)."""
+    [status] = [s for s in pod.status.container_statuses if s.name == "notebook"]
+    return status.image_id.rpartition("@")[2]
+
+
+def home_claim_of(pod):
+    """The claim mounted at the image user's home in ``pod``, or None."""
+    mounts = [m for m in container_of(pod).volume_mounts if m.mount_path == "/home/jovyan"]
+    if not mounts:
+        return None
+    [volume] = [v for v in pod.spec.volumes if v.name == mounts[0].name]
+    return volume.persistent_volume_claim and volume.persistent_volume_claim.claim_name
+
+
+def spawner_state(hub, server, user="alice"):
+    with admin_api(hub) as api:
+        return api.get(f"users/{user}").json()["servers"][server]["state"]
+
+
+async def versions_of(user, uid):
+    """``{number: version}`` of the environment ``uid`` (GET api/environments/{uid}/versions)."""
+    r = await user.api("GET", f"api/environments/{uid}/versions")
+    assert r.status_code == 200, r.text
+    return {v["number"]: v for v in r.json()["versions"]}
+
+
+@pytest.fixture(scope="module")
+async def evolving(callers, git_server, git_root):
+    """``ver``: the admin's environment (384M, 0.25 CPU) that the tests rebuild
+    and roll back; built (version 1, in the registry). ``versions``: ``{number:
+    {"image", "digest", "image_id", "id"}}``, which ``second_version`` completes."""
+    admin = callers["admin"]
+    name = f"k-ver-{token()}"
+    make_repo(git_root, name, {"Dockerfile": dockerfile("RUN echo version-1")})
+    body = {
+        "repo": git_server.url(name),
+        "name": name,
+        "memory": "384M",
+        "cpu": "0.25",
+        "node_selector": {NODE_LABEL: "user"},
+    }
+    env = await admin.create_env(body)
+    env = await admin.wait_env(env["uid"], FINAL, timeout=600)
+    assert env["status"] == "built", env
+    image = version_reference(env["image_name"], 1)
+    [v1] = (await versions_of(admin, env["uid"])).values()
+    assert v1["image_name"] == image and v1["image_id"] == env["image_id"], v1
+    version = {"image": image, "digest": publish([image])[image], "image_id": v1["image_id"], "id": v1["id"]}
+    return {**env, "versions": {1: version}}
+
+
+async def second_version(admin, env, git_root):
+    """Rebuild ``env`` (``evolving``) from a new commit through the service, once:
+    version 2, built, current and in the registry (``env["versions"][2]``)."""
+    if 2 in env["versions"]:
+        return env["versions"][2]
+    started = time.monotonic()
+    add_commit(git_root, env["name"], {"Dockerfile": dockerfile("RUN echo version-2")})
+    r = await admin.api("POST", f"api/environments/{env['uid']}/rebuild")
+    assert r.status_code == 202, r.text
+    rebuilt = await admin.wait_env(env["uid"], FINAL, timeout=600)
+    assert rebuilt["status"] == "built", rebuilt
+    versions = await versions_of(admin, env["uid"])
+    assert sorted(versions) == [1, 2], versions
+    v2 = versions[2]
+    image = version_reference(env["image_name"], 2)
+    assert v2["image_name"] == image and v2["current"] is True, v2
+    assert v2["image_id"] == rebuilt["image_id"] != env["versions"][1]["image_id"], (v2, rebuilt)
+    digest = publish([image])[image]
+    assert digest != env["versions"][1]["digest"], "version 2 has version 1's manifest"
+    env["versions"][2] = {"image": image, "digest": digest, "image_id": v2["image_id"], "id": v2["id"]}
+    figure(f"kube: rebuild (version 2) built and in the registry in {time.monotonic() - started:.1f} s")
+    return env["versions"][2]
+
+
+# -- (6) the environment's limits are in force: the container's cgroup on the node -------------
+
+
+async def test_the_environments_limits_are_in_the_containers_cgroup(callers, environments, kube):
+    alice, lab = callers["alice"], environments["lab"]
+    await ensure_running(alice, "lab", lab)
+    pod = await running_pod(kube, "lab")
+    # what the kernel enforces on the server's processes, not only what the spec asks
+    memory, cpus = cgroup_limits(pod)
+    assert memory == memory_bytes(lab["memory"]) == 512 * 2**20, (memory, lab["memory"])
+    assert cpus == pytest.approx(float(lab["cpu"])), (cpus, lab["cpu"])
+    assert cpus == pytest.approx(0.5)
+
+
+# -- (7) servers start from the hub's spawn form and from a direct link -------------------------
+
+
+def spawn_form(text):
+    """The spawn page's form: ``(action URL, {environment name: the "image" value offered})``."""
+    action = re.search(r'id="spawn_form"\s+action="([^"]+)"', text)
+    assert action, f"no spawn form in the page: {text[:1000]}"
+    offered = re.findall(
+        r'name="image"[^>]*value="([^"]*)"[^>]*>\s*<label[^>]*>\s*<strong>([^<]*)</strong>', text
+    )
+    return html.unescape(action.group(1)), {html.unescape(n): html.unescape(v) for v, n in offered}
+
+
+async def test_servers_start_from_the_spawn_form_and_from_a_direct_link(hub, callers, environments, kube):
+    alice, lab = callers["alice"], environments["lab"]
+
+    async def check_running(server):
+        model = await wait_server(alice, server, timeout=WAIT)
+        assert model["environment_uid"] == lab["uid"], model
+        pod = await running_pod(kube, server)
+        assert container_of(pod).image == lab["version_image"]
+        assert pod.spec.node_selector == {NODE_LABEL: "user"}
+        assert spawner_state(hub, server)["environment_uid"] == lab["uid"]
+
+    # the hub's spawn form, by the image it offers and by the environment's uid
+    for server, choice in [("k-form", "image"), ("k-form-uid", "environment")]:
+        try:
+            r = await alice.client.get(f"hub/spawn/alice/{server}")
+            assert r.status_code == 200, (r.status_code, r.text[:500])
+            action, offered = spawn_form(r.text)
+            assert environments["private"]["name"] not in offered, offered  # not shared with her
+            # the current version's own tag, as the spawner starts it
+            assert offered.get(lab["name"]) == lab["version_image"], offered
+            data = {"image": offered[lab["name"]]} if choice == "image" else {"environment": lab["uid"]}
+            r = await alice.client.post(action, data=data)
+            error = re.search(r'class="spawn-error-msg[^>]*>(.*?)</p>', r.text, re.S)
+            assert r.status_code == 200 and not error, (r.status_code, error and error.group(1))
+            await check_running(server)
+        finally:
+            await remove_server(hub, kube, server)
+
+    # the service's direct link: ?name=…&environment=<uid> starts a new server
+    try:
+        r = await alice.client.get(
+            f"services/{SERVICE}/servers", params={"name": "k-link", "environment": lab["uid"]}
+        )
+        assert r.status_code == 200, (r.status_code, r.text[:500])
+        assert "/user/alice/k-link/" in r.text, r.text[:2000]  # the page follows the launch
+        await check_running("k-link")
+    finally:
+        await remove_server(hub, kube, "k-link")
+
+
+# -- (8) the home claim outlives a change of environment, a rebuild and the server's removal -----
+
+
+async def test_the_home_claim_survives_another_environment_a_rebuild_and_removal(
+    hub, callers, environments, evolving, kube, alice_files, alice_api, git_root
+):
+    alice, admin, lab, ver = callers["alice"], callers["admin"], environments["lab"], evolving
+    claim_name = HOME_CLAIM.format(username="alice")
+    text, path = f"moves {token()}", "kube-home/moves.txt"
+
+    async def file_and_claim(pod):
+        mounted = home_claim_of(pod)
+        assert mounted == claim_name, f"the pod mounts {mounted!r} at the home, not {claim_name}"
+        assert await alice_files.read("home", path) == text, "the file written before is gone"
+        claim = await kube.claim(claim_name)
+        assert claim is not None, f"the claim {claim_name} is gone"
+        assert claim.metadata.uid == first_claim.metadata.uid, (
+            f"the claim {claim_name} was made anew", claim.metadata,
+        )
+
+    try:
+        await start_server(alice, "home", lab)
+        pod = await running_pod(kube, "home")
+        assert container_of(pod).image == lab["version_image"]
+        await alice_files.write("home", path, text)
+        assert home_claim_of(pod) == claim_name, pod.spec.volumes
+        first_claim = await kube.claim(claim_name)
+        assert first_claim is not None, f"no claim {claim_name}: {await kube.claims()}"
+        assert first_claim.status.phase == "Bound", first_claim.status
+
+        # another environment for the same server name (home_scope "user"): the
+        # service removes the stopped server and starts it anew from ver
+        r = await alice.api("DELETE", "api/servers/home")
+        assert r.status_code == 202, r.text
+        await wait_server(alice, "home", "stopped", timeout=WAIT)
+        await kube.wait_no_pod("alice", "home")
+        server = await start_server(alice, "home", ver)
+        assert server["environment_uid"] == ver["uid"] and server["version"] == 1, server
+        pod = await running_pod(kube, "home")
+        assert container_of(pod).image == ver["versions"][1]["image"]
+        await file_and_claim(pod)
+        # the new environment's limits, in force
+        memory, cpus = cgroup_limits(pod)
+        assert memory == 384 * 2**20 and cpus == pytest.approx(0.25), (memory, cpus)
+
+        # a rebuild: the running server keeps version 1 until it restarts
+        v2 = await second_version(admin, ver, git_root)
+        assert container_of(await running_pod(kube, "home")).image == ver["versions"][1]["image"]
+        r = await alice_api.delete("users/alice/servers/home")
+        assert r.status_code in (202, 204), r.text
+        await wait_server(alice, "home", "stopped", timeout=WAIT)
+        await kube.wait_no_pod("alice", "home")
+        # restarted as it is (the hub's stored user_options, which name version 1's tag)
+        r = await alice_api.post("users/alice/servers/home", json={"user_options": None})
+        assert r.status_code in (201, 202), r.text
+        server = await wait_server(alice, "home", timeout=WAIT)
+        assert server["version"] == 2 and server["newer_version"] is False, server
+        pod = await running_pod(kube, "home")
+        assert container_of(pod).image == v2["image"], container_of(pod).image
+        assert image_digest_of(pod) == v2["digest"], (image_digest_of(pod), v2["digest"])
+        assert spawner_state(hub, "home")["image_id"] == v2["image_id"]
+        await file_and_claim(pod)
+
+        # the server removed through the hub's REST API: the claim stays
+        r = await alice_api.request("DELETE", "users/alice/servers/home", json={"remove": True})
+        assert r.status_code in (202, 204), r.text
+        await wait_server(alice, "home", "absent", timeout=WAIT)
+        await kube.wait_no_pod("alice", "home")
+        claim = await kube.claim(claim_name)
+        assert claim is not None, f"removing the server deleted the claim {claim_name}"
+        assert claim.metadata.uid == first_claim.metadata.uid, claim.metadata
+        assert claim.status.phase == "Bound", claim.status
+        # a new server finds the files
+        await start_server(alice, "home", ver)
+        pod = await running_pod(kube, "home")
+        assert container_of(pod).image == v2["image"]
+        await file_and_claim(pod)
+    finally:
+        await remove_server(hub, kube, "home")
+
+
+# -- (9) a rollback: a new pod starts the older version's own tag --------------------------------
+
+
+async def test_a_rollback_makes_a_new_pod_start_the_older_versions_tag(
+    hub, callers, evolving, kube, git_root
+):
+    alice, admin, ver = callers["alice"], callers["admin"], evolving
+    v1 = ver["versions"][1]
+    v2 = await second_version(admin, ver, git_root)
+    versions = await versions_of(admin, ver["uid"])
+    assert [versions[1]["current"], versions[2]["current"]] == [False, True], versions
+
+    r = await admin.api("POST", f"api/environments/{ver['uid']}/rollback", json={"version": v1["id"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == v1["id"] and r.json()["image_id"] == v1["image_id"], r.json()
+    versions = await versions_of(admin, ver["uid"])
+    assert [versions[1]["current"], versions[2]["current"]] == [True, False], versions
+    try:
+        server = await start_server(alice, "rolled", ver)
+        assert server["version"] == 1 and server["newer_version"] is True, server
+        pod = await running_pod(kube, "rolled")
+        # version 1's own tag in the pod's spec, and the node runs version 1's manifest
+        assert container_of(pod).image == v1["image"], container_of(pod).image
+        assert image_digest_of(pod) == v1["digest"] != v2["digest"], (image_digest_of(pod), v1, v2)
+        state = spawner_state(hub, "rolled")
+        assert state["environment_image"] == v1["image"] and state["image_id"] == v1["image_id"], state
+    finally:
+        await remove_server(hub, kube, "rolled")

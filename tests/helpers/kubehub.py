@@ -18,6 +18,8 @@ starting pods in a namespace of the test's own:
   namespace, a server's pod and claim, a dump of everything for a failing
   test; ``registry_digest``, ``cleanup_images`` and ``node_images`` for the
   registry, the local engine and the images the node pulled.
+- ``cgroup_limits(pod)``: the memory and CPU limits the kernel enforces on a
+  pod's container, read from its cgroup on this host (the cluster's node).
 
 Nothing leaves loopback and the cluster's bridge.
 """
@@ -257,6 +259,49 @@ def cleanup_images(image_prefix):
     if mine:
         subprocess.run(["docker", "rmi", "-f", *mine], capture_output=True)
     return problems
+
+
+# -- the node's cgroups ----------------------------------------------------------------
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def container_cgroup(controller, pod, container):
+    """The cgroup of ``pod``'s container ``container`` on this host, the cluster's
+    node (the kubelet's cgroupfs driver: ``kubepods[/<qos>]/pod<uid>/<container id>``
+    under the ``controller``'s hierarchy with cgroup v1, under the root with v2)."""
+    statuses = [s for s in pod.status.container_statuses or [] if s.name == container]
+    assert statuses and statuses[0].container_id, (
+        f"pod {pod.metadata.name}: no container {container} running: {pod.status.container_statuses}"
+    )
+    container_id = statuses[0].container_id.split("://", 1)[-1]
+    unified = (CGROUP_ROOT / "cgroup.controllers").exists()
+    kubepods = CGROUP_ROOT / ("" if unified else controller) / "kubepods"
+    found = list(kubepods.glob(f"**/pod{pod.metadata.uid}/{container_id}"))
+    assert found, (
+        f"no {controller} cgroup under {kubepods} for container {container} "
+        f"({container_id}) of pod {pod.metadata.name} (uid {pod.metadata.uid})"
+    )
+    return found[0]
+
+
+def cgroup_limits(pod, container="notebook"):
+    """``(memory bytes, CPUs)`` the kernel enforces on ``pod``'s container: cgroup
+    v1's ``memory.limit_in_bytes`` and ``cpu.cfs_quota_us / cpu.cfs_period_us``
+    (v2's ``memory.max`` and ``cpu.max``); None for either when unlimited."""
+    memory_dir = container_cgroup("memory", pod, container)
+    cpu_dir = container_cgroup("cpu", pod, container)
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        memory = (memory_dir / "memory.max").read_text().strip()
+        quota, period = (cpu_dir / "cpu.max").read_text().split()
+        memory = None if memory == "max" else int(memory)
+        cpus = None if quota == "max" else int(quota) / int(period)
+        return memory, cpus
+    memory = int((memory_dir / "memory.limit_in_bytes").read_text())
+    quota = int((cpu_dir / "cpu.cfs_quota_us").read_text())
+    period = int((cpu_dir / "cpu.cfs_period_us").read_text())
+    # v1 says "unlimited" with the largest page-aligned value, and a quota of -1
+    return (None if memory >= 2**62 else memory), (None if quota < 0 else quota / period)
 
 
 # -- the Kubernetes API ----------------------------------------------------------------
