@@ -155,10 +155,17 @@ def registry():
 
 
 def _registry_binary():
+    """Debian's docker-registry: installed, or unpacked by ``./dev kube up`` (of this
+    checkout, or of the one whose cluster TLJH_R2D_KUBECONFIG names)."""
     found = shutil.which("docker-registry")
-    unpacked = ROOT / ".build/kube/bin/debian/usr/bin/docker-registry"
-    if found is None and unpacked.is_file():
-        found = str(unpacked)
+    builds = [ROOT / ".build/kube"]
+    if os.environ.get("TLJH_R2D_KUBECONFIG"):
+        # <checkout>/.build/kube/state/kubeconfig
+        builds.append(Path(os.environ["TLJH_R2D_KUBECONFIG"]).resolve().parents[1])
+    for build in builds:
+        unpacked = build / "bin/debian/usr/bin/docker-registry"
+        if found is None and unpacked.is_file():
+            found = str(unpacked)
     return found
 
 
