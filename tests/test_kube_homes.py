@@ -27,7 +27,7 @@ import pytest
 
 from tests.helpers.fixtures import running_hub
 from tests.helpers.kubecluster import kube_cluster
-from tests.helpers.kubehub import Cluster, new_namespace, wait_until
+from tests.helpers.kubehub import Cluster, wait_until
 from tests.helpers.utils import SERVICE, HubUser, assert_json_error, next_image_prefix
 
 pytestmark = [pytest.mark.kube, pytest.mark.hub, pytest.mark.docker]
@@ -48,13 +48,8 @@ def cluster():
 @pytest.fixture(scope="module")
 async def kube(cluster):
     """The cluster's API, with this module's namespace (deleted afterwards)."""
-    kube = await Cluster.connect(cluster["kubeconfig"], new_namespace())
-    await kube.create_namespace()
-    try:
+    async with Cluster.with_namespace(cluster["kubeconfig"]) as kube:
         yield kube
-    finally:
-        await kube.delete_namespace()
-        await kube.close()
 
 
 async def spawner_claim(kubeconfig, namespace, image_prefix, user, home_scope="user"):

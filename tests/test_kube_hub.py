@@ -43,7 +43,6 @@ from tests.helpers.kubehub import (
     cgroup_limits,
     cleanup_images,
     kube_hub,
-    new_namespace,
     node_images,
     parse_quantity,
     publish,
@@ -68,13 +67,8 @@ def cluster():
 @pytest.fixture(scope="module")
 async def kube(cluster):
     """The cluster's API, with this module's namespace (deleted afterwards)."""
-    kube = await Cluster.connect(cluster["kubeconfig"], new_namespace())
-    await kube.create_namespace()
-    try:
+    async with Cluster.with_namespace(cluster["kubeconfig"]) as kube:
         yield kube
-    finally:
-        await kube.delete_namespace()
-        await kube.close()
 
 
 @pytest.fixture(scope="module")

@@ -339,6 +339,17 @@ def new_request(cleanup, repo, name, uid=None):
     return BuildRequest(uid=uid, repo=repo, image_name=name, ref="main")
 
 
+async def built_then_changed(builders, cleanup, git_root, git_server, name):
+    """A repository built into ``name`` without pushing, then given a new commit:
+    ``(first request, the image id it built, the rebuild's request)``."""
+    repo = new_repo(git_root, {"Dockerfile": dockerfile("RUN echo first > /tmp/which")})
+    first = new_request(cleanup, git_server.url(repo), name)
+    events = await collect(builders().build(first))
+    assert events[-1].phase == BUILT, explain(events)
+    add_commit(git_root, repo, {"Dockerfile": dockerfile("RUN echo second > /tmp/which")})
+    return first, events[-1].image_id, new_request(cleanup, git_server.url(repo), name, uid=first.uid)
+
+
 def pushed_digest(events, name):
     """The digest the build's log says ``name`` was pushed with."""
     for line in logs_of(events):
@@ -439,17 +450,9 @@ async def test_a_failed_push_fails_the_build_and_keeps_the_previous_image(
     # Nothing listens on this loopback port: the registry the name designates is down.
     address = f"127.0.0.1:{_free_port()}"
     name, _ = image_name(address)
-    repo = new_repo(git_root, {"Dockerfile": dockerfile("RUN echo first > /tmp/which")})
-
-    # The current image, built while pushing was off.
-    first = new_request(cleanup, git_server.url(repo), name)
-    events = await collect(builders().build(first))
-    assert events[-1].phase == BUILT, explain(events)
-    previous = events[-1].image_id
-
-    add_commit(git_root, repo, {"Dockerfile": dockerfile("RUN echo second > /tmp/which")})
+    # The current image, built while pushing was off; then a new commit.
     builder = builders(push=True)
-    second = new_request(cleanup, git_server.url(repo), name, uid=first.uid)
+    first, previous, second = await built_then_changed(builders, cleanup, git_root, git_server, name)
     events = await collect(builder.build(second))
     final = events[-1]
     assert final.phase == FAILED, explain(events)
@@ -539,16 +542,9 @@ async def test_a_push_stopped_midway_is_done_again_on_attach(
     registry, builders, cleanup, git_root, git_server
 ):
     name, repository = image_name(registry)
-    repo = new_repo(git_root, {"Dockerfile": dockerfile("RUN echo first > /tmp/which")})
-    first = new_request(cleanup, git_server.url(repo), name)
-    events = await collect(builders().build(first))
-    assert events[-1].phase == BUILT, explain(events)
-    previous = events[-1].image_id
-
-    # The service stops following (it shuts down) as the push starts.
-    add_commit(git_root, repo, {"Dockerfile": dockerfile("RUN echo second > /tmp/which")})
     builder = builders(push=True)
-    second = new_request(cleanup, git_server.url(repo), name, uid=first.uid)
+    first, previous, second = await built_then_changed(builders, cleanup, git_root, git_server, name)
+    # The service stops following (it shuts down) as the push starts.
     lines, cursor = 0, None
     following = builder.build(second)
     async for event in following:

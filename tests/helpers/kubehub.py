@@ -337,6 +337,18 @@ class Cluster:
         api_client = await config.new_client_from_config(config_file=kubeconfig)
         return cls(api_client, namespace)
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def with_namespace(cls, kubeconfig):
+        """The cluster's API with a new namespace of its own, deleted afterwards."""
+        kube = await cls.connect(kubeconfig, new_namespace())
+        await kube.create_namespace()
+        try:
+            yield kube
+        finally:
+            await kube.delete_namespace()
+            await kube.close()
+
     async def close(self):
         await self.api_client.close()
 
