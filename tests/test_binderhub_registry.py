@@ -35,7 +35,7 @@ import pytest
 from tests.helpers.binderhub_real import binderhub_hub, hub_user, local_images, need_binderhub, serve_git
 from tests.helpers.buildutils import log_text, read_events, token, wait_for
 from tests.helpers.fixtures import SINGLEUSER_IMAGE
-from tests.helpers.kubecluster import NODE_SELECTOR, kube_cluster
+from tests.helpers.kubecluster import NODE_SELECTOR, kube_cluster, pod_manifest
 from tests.helpers.kubehub import Cluster, cleanup_images, registry_digest
 
 pytestmark = [pytest.mark.kube, pytest.mark.hub, pytest.mark.docker]
@@ -141,25 +141,7 @@ async def test_pod_starts_from_the_pushed_image(cluster, built):
     namespace = f"tljh-r2d-bhreg-{uuid.uuid4().hex[:8]}"
     kube = await Cluster.connect(cluster["kubeconfig"], namespace)
     name = "from-binderhub"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": NODE_SELECTOR,
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 0,
-            "automountServiceAccountToken": False,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": env["image_name"],
-                    "imagePullPolicy": "Always",
-                    "command": ["python3", "-c", "print(open('/tmp/built').read())"],
-                }
-            ],
-        },
-    }
+    pod = pod_manifest(name, env["image_name"], ["python3", "-c", "print(open('/tmp/built').read())"])
     try:
         await kube.create_namespace()
         await kube.core.create_namespaced_pod(namespace, pod)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fixtures import SINGLEUSER_IMAGE, image_exists, need
-from tests.helpers.kubecluster import NODE_SELECTOR, kube_cluster
+from tests.helpers.kubecluster import NODE_SELECTOR, kube_cluster, pod_manifest
 
 pytest.importorskip("kubernetes_asyncio")
 
@@ -95,29 +95,16 @@ def _pod_cgroup(controller, uid):
 
 async def test_pod_from_registry_with_limits_and_claim(core, pushed_image):
     name = f"kube-smoke-{uuid.uuid4().hex[:8]}"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "tljh-r2d-kube-smoke"}},
-        "spec": {
-            "nodeSelector": NODE_SELECTOR,
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 0,
-            "automountServiceAccountToken": False,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": pushed_image,
-                    "imagePullPolicy": "Always",
-                    "command": ["python3", "-c", "import time; time.sleep(3600)"],
-                    "resources": {
-                        "requests": {"cpu": "100m", "memory": "64Mi"},
-                        "limits": {"cpu": f"{CPU_LIMIT_MILLI}m", "memory": str(MEMORY_LIMIT)},
-                    },
-                }
-            ],
+    pod = pod_manifest(
+        name,
+        pushed_image,
+        ["python3", "-c", "import time; time.sleep(3600)"],
+        labels={"app": "tljh-r2d-kube-smoke"},
+        resources={
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+            "limits": {"cpu": f"{CPU_LIMIT_MILLI}m", "memory": str(MEMORY_LIMIT)},
         },
-    }
+    )
     claim = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",

@@ -62,3 +62,29 @@ def kube_cluster():
         need(f"no kubeconfig at {kubeconfig}")
     _cluster = {"kubeconfig": kubeconfig, "registry": registry, "host_ip": HOST_IP}
     return _cluster
+
+
+def pod_manifest(name, image, command, labels=None, **container):
+    """A one-container pod for the user node (NODE_SELECTOR) that runs ``command``
+    once in ``image``, always pulled from its registry; ``container``: more fields
+    of the container (e.g. ``resources``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, **({"labels": labels} if labels else {})},
+        "spec": {
+            "nodeSelector": NODE_SELECTOR,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": image,
+                    "imagePullPolicy": "Always",
+                    "command": command,
+                    **container,
+                }
+            ],
+        },
+    }
