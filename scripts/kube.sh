@@ -568,8 +568,14 @@ preflight() {
         port_free "$port" || die "port $port is taken: $(ss -Hltnp "sport = :$port" | awk '{print $NF}' | head -1)
 (another checkout's cluster? run its ./dev kube down)"
     done
-    ! ip link show "$BRIDGE" >/dev/null 2>&1 \
-        || die "the bridge $BRIDGE exists (another checkout's cluster? run its ./dev kube down)"
+    # The bridge with every port above free: a cluster whose processes are gone (a killed
+    # session, a machine whose processes were stopped but whose kernel state stayed) left
+    # it. Its leftovers would break this start: remove them.
+    if ip link show "$BRIDGE" >/dev/null 2>&1; then
+        log "the bridge $BRIDGE is left from a cluster that no longer runs: removing it and its leftovers"
+        unmount_under "/.build/kube/state/"
+        remove_host_leftovers
+    fi
 }
 
 healthy() {
@@ -717,7 +723,13 @@ cleanup() {
     for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd registry; do stop_daemon "$c"; done
     kill_leftover_shims
     unmount_under "$STATE/"
-    # Network namespaces the CNI sandboxes left, once no process is in them.
+    remove_host_leftovers
+    rm -rf "$STATE"
+}
+
+remove_host_leftovers() {
+    # What a cluster leaves in the kernel and outside the checkout once its processes are
+    # gone: CNI network namespaces, cgroups, iptables rules, the bridge, CNI results.
     local ns
     for ns in /var/run/netns/cni-*; do
         [ -e "$ns" ] || continue
@@ -729,7 +741,6 @@ cleanup() {
     remove_iptables_leftovers
     ip link del "$BRIDGE" 2>/dev/null || true
     rm -rf /var/lib/cni/results/tljh-r2d-* /var/log/pods /var/log/containers "$HOSTPATH_PV_DIR"
-    rm -rf "$STATE"
 }
 
 cmd_down() {
