@@ -114,6 +114,13 @@ class Environment(Base):
     remote_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The push webhook's secret, hashed (sha256 hex); None: no webhook.
     webhook_secret_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The owner's own check, run in each new image after the built-in one
+    # (None: none); the builder image the environment names (None: the
+    # default builder); "any" push rebuilds, or only those that change
+    # what repo2docker reads ("environment").
+    check_command: Mapped[str | None] = mapped_column(Text, nullable=True)
+    builder_image: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    rebuild_on: Mapped[str] = mapped_column(String(16), default="any", server_default="any")
 
 
 class LogLine(Base):
@@ -158,3 +165,13 @@ class Version(Base):
     built_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # Why it was built: "request", "poll", "webhook", "adopted".
     reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The check made before it could go live: {"status": "passed" | "failed"
+    # | "skipped", "message": ...}; None for versions made before checks.
+    check: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # What is inside: {"build_pack", "python", "r", "repo2docker"}; and its
+    # packages: [{"name", "version", "manager"}]. None: not known.
+    inside: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    packages: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    # The builder (repo2docker image) that made it, by name and id.
+    builder_image: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    builder_image_id: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -135,6 +135,8 @@ def as_dict(env: Environment, *, position=None, admin=True):
         "owner": env.owner,
         "sharing": normalise_sharing(env.sharing),
         "auto_rebuild": bool(env.auto_rebuild),
+        "rebuild_on": env.rebuild_on or "any",
+        "builder_image": env.builder_image,
     }
     if admin:
         model.update(
@@ -149,6 +151,7 @@ def as_dict(env: Environment, *, position=None, admin=True):
                 "remote_checked": _iso(env.remote_checked),
                 "remote_error": env.remote_error,
                 "webhook": env.webhook_secret_hash is not None,
+                "check_command": env.check_command,
             }
         )
     return model
@@ -468,6 +471,13 @@ def version_dict(version: Version, *, current=False, servers=0):
         "duration": version.duration,
         "built_by": version.built_by,
         "reason": version.reason,
+        "check": version.check,
+        "inside": version.inside,
+        "builder": (
+            {"image": version.builder_image, "image_id": version.builder_image_id}
+            if version.builder_image
+            else None
+        ),
         "current": current,
         "servers": servers,
     }
