@@ -33,6 +33,18 @@ class BuildEvent:
     image_id: str | None = None
     size: int | None = None
     commit: str | None = None
+    #: On the final event, when the image was checked before going live: the
+    #: check's result, ``{"status": "passed" | "failed" | "skipped", "message": ...}``.
+    #: A ``failed`` event with a check and an ``image_id`` is a version that
+    #: failed its check (recorded, never current).
+    check: dict | None = None
+    #: What is inside the image (``{"build_pack", "python", "r", "repo2docker"}``)
+    #: and its packages (``[{"name", "version", "manager"}]``); None: unknown.
+    inside: dict | None = None
+    packages: list | None = None
+    #: The builder that made it: its image reference and id.
+    builder_image: str | None = None
+    builder_image_id: str | None = None
     #: On ``log`` events: where the backend's output stands just after this
     #: line, as an opaque string. The manager stores it in the same
     #: transaction as the line, and after a restart gives the stored one
@@ -59,6 +71,14 @@ class BuildRequest:
     #: The number of the version this build makes (the environment's build
     #: number); None when unknown.
     number: int | None = None
+    #: The owner's own check, run in the new image after the built-in one
+    #: (a shell command line; None: none).
+    check_command: str | None = None
+    #: The environment's limits, which the check applies like the spawner.
+    memory: str | None = None
+    cpu: float | None = None
+    #: The builder (repo2docker image) to build with; None: the backend's default.
+    builder_image: str | None = None
     #: Credentials for a private repository. Used for the clone and then
     #: forgotten: never logged, stored, labelled or put on a command line.
     username: str | None = field(default=None, repr=False)

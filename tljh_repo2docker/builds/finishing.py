@@ -106,6 +106,11 @@ class FinishingMixin:
             "duration": duration,
             "built_by": env.requested_by,
             "reason": env.build_reason or "request",
+            "check": event.check,
+            "inside": event.inside,
+            "packages": event.packages,
+            "builder_image": event.builder_image,
+            "builder_image_id": event.builder_image_id,
         }
 
     async def _keep_version(self, uid, image_name, version):

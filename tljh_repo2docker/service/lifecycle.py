@@ -49,6 +49,10 @@ def build_request(env, credentials=(None, None), image_prefix=""):
         build_args=dict(env.build_args or {}),
         provider=env.provider,
         number=env.build_number,
+        check_command=env.check_command,
+        memory=env.memory,
+        cpu=env.cpu,
+        builder_image=env.builder_image,
         username=username,
         password=password,
     )
