@@ -376,10 +376,12 @@ async def test_private_repository_builds_and_the_password_leaks_nowhere(
     hub, admin, envs, private_git_root, private_git_server
 ):
     name = f"p-{token()}"
+    # The build runs long enough for the test to see it and inspect its container
+    # even on a loaded machine (4 s was not, once, in CI).
     make_repo(
         private_git_root,
         name,
-        {"Dockerfile": dockerfile("RUN echo private-build && sleep 4 && echo private-done")},
+        {"Dockerfile": dockerfile("RUN echo private-build && sleep 12 && echo private-done")},
     )
     url = private_git_server.url(name)
     seen = []  # everything the service said, and what Docker shows
