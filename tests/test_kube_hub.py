@@ -36,6 +36,7 @@ from tests.helpers.kubecluster import kube_cluster
 from tests.helpers.kubehub import (
     BUILDER_PUSH,
     HOME_CLAIM,
+    IMAGE_PULL_TIMEOUT,
     NODE_LABEL,
     START_TIMEOUT,
     UNSCHEDULABLE_TIMEOUT,
@@ -46,6 +47,7 @@ from tests.helpers.kubehub import (
     node_images,
     parse_quantity,
     publish,
+    registry_delete,
     registry_prefix,
 )
 from tests.helpers.servers import Files, wait_server
@@ -373,6 +375,42 @@ async def test_no_node_matching_the_selector_fails_saying_so(callers, environmen
         await kube.wait_no_pod("alice", "gpu")
     finally:
         await alice.api("DELETE", "api/servers/gpu", params={"remove": "true"})
+
+
+# -- (4b) an image the node cannot pull: a clear failure, not a timeout ----------------------
+
+
+async def test_an_image_gone_from_the_registry_fails_the_start_saying_so(
+    hub, callers, git_server, git_root, kube
+):
+    admin, alice = callers["admin"], callers["alice"]
+    name = f"k-gone-{token()}"
+    make_repo(git_root, name, {"Dockerfile": dockerfile()})
+    env = await admin.create_env({"repo": git_server.url(name), "name": name})
+    env = await admin.wait_env(env["uid"], FINAL, timeout=600)
+    assert env["status"] == "built", env
+    version = version_reference(env["image_name"], 1)
+    publish([env["image_name"], version])
+    # Never pulled by the node, and now gone from the registry: no node can have it.
+    registry_delete(version)
+    started = time.monotonic()
+    r = await alice.api("POST", "api/servers", json={"name": "gone", "environment": name})
+    assert r.status_code in (202, 400, 500), r.text
+    try:
+        server = await wait_server(alice, "gone", "stopped", timeout=WAIT)
+        took = time.monotonic() - started
+        figure(
+            f"kube: unpullable image reported after {took:.1f} s "
+            f"(image_pull_timeout {IMAGE_PULL_TIMEOUT} s)"
+        )
+        error = server["error"] or ""
+        assert f"could not pull the image {version}" in error, server
+        assert "rebuild the environment" in error, server
+        assert took < START_TIMEOUT - 30, f"took {took:.0f}s: the start timed out"
+        await kube.wait_no_pod("alice", "gone")
+    finally:
+        await alice.api("DELETE", "api/servers/gone", params={"remove": "true"})
+        await admin.api("DELETE", f"api/environments/{env['uid']}")
 
 
 # -- helpers of the tests below ----------------------------------------------------------------

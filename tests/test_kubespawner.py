@@ -408,3 +408,37 @@ async def test_pods_start_the_current_versions_own_reference(make_spawner, servi
     await spawner.load_user_options()
     assert container(await spawner.get_pod_manifest()).image == "registry.example.org/binder-built:1--v1"
     await engine.dispose()
+
+
+def _waiting_pod(reason, message="", image="127.0.0.1:5000/envs/x:v1"):
+    return {
+        "spec": {"nodeName": "node"},
+        "status": {
+            "containerStatuses": [
+                {"image": image, "state": {"waiting": {"reason": reason, "message": message}}}
+            ]
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "reason, final",
+    [("ErrImagePull", False), ("ImagePullBackOff", False), ("InvalidImageName", True)],
+)
+def test_a_pod_that_cannot_pull_its_image_is_told_from_one_starting(reason, final):
+    from tljh_repo2docker.spawners.kube import image_pull_failure, image_pull_message
+
+    pod = _waiting_pod(reason, "manifest unknown")
+    assert image_pull_failure(pod) == ("127.0.0.1:5000/envs/x:v1", reason, "manifest unknown", final)
+    text = image_pull_message(*image_pull_failure(pod)[:3], waited=20)
+    assert text.startswith("The cluster's node could not pull the image 127.0.0.1:5000/envs/x:v1: manifest unknown")
+    assert "rebuild the environment" in text
+    # still creating, running, no status yet: not a pull failure
+    assert image_pull_failure(_waiting_pod("ContainerCreating")) is None
+    assert image_pull_failure({"status": {"containerStatuses": [{"state": {"running": {}}}]}}) is None
+    # an init container of the same image waits for it first
+    init = {"status": {"initContainerStatuses": _waiting_pod(reason)["status"]["containerStatuses"],
+                       "containerStatuses": [{"state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    assert image_pull_failure(init)[1] == reason
+    assert image_pull_failure(None) is None
+    assert image_pull_failure({"status": {}}) is None

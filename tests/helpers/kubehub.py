@@ -52,6 +52,7 @@ NODE_CHOICES = {
 }
 #: Seconds a pod may stay unschedulable before its start fails (the default is 30).
 UNSCHEDULABLE_TIMEOUT = 10
+IMAGE_PULL_TIMEOUT = 10
 START_TIMEOUT = 180
 HOME_CLAIM = "tljh-r2d-home-{username}"
 MANIFEST_TYPES = ", ".join(
@@ -100,6 +101,7 @@ c.KubeSpawner.cpu_guarantee = 0.05
 c.KubeSpawner.mem_guarantee = "64M"
 c.KubeSpawner.storage_capacity = "100Mi"
 c.Repo2DockerKubeSpawner.unschedulable_timeout = {UNSCHEDULABLE_TIMEOUT}
+c.Repo2DockerKubeSpawner.image_pull_timeout = {IMAGE_PULL_TIMEOUT}
 
 
 def _home_to_the_image_user(spawner, pod):
@@ -183,6 +185,16 @@ def registry_digest(ref):
         if e.code == 404:
             return None
         raise
+
+
+def registry_delete(ref):
+    """Remove ``ref``'s manifest from the registry (every tag of it goes with it)."""
+    registry, name, _tag = _split(ref)
+    digest = registry_digest(ref)
+    assert digest, f"the registry has no {ref}"
+    request = urllib.request.Request(f"http://{registry}/v2/{name}/manifests/{digest}", method="DELETE")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 202, r.status
 
 
 def publish(refs):

@@ -8,7 +8,9 @@ settings), one per user by default, never deleted with a server.
 A pod that no node can take (none matches its node selector, or none has room
 for it) makes the start fail after ``unschedulable_timeout`` seconds with the
 scheduler's reason and the labels it asks for, instead of a timeout that says
-nothing (``start_timeout``, minutes later).
+nothing (``start_timeout``, minutes later). Likewise a pod whose node cannot
+pull its image (removed from the registry, a registry that refuses the node)
+fails after ``image_pull_timeout`` seconds with the node's reason.
 """
 
 import asyncio
@@ -113,6 +115,40 @@ def unschedulable_message(pod, reason, waited):
         f"No node of the cluster can run this server: {reason.rstrip('.')} "
         f"(for {waited:.0f} s). It needs {needs}, with room for its CPU and "
         "memory requests. Choose another environment, or ask an administrator."
+    )
+
+
+# The kubelet's reasons for a container waiting on its image: the pull failed
+# (it retries, backing off), or the reference is not one.
+_PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
+_PULL_FINAL = {"ErrImageNeverPull", "InvalidImageName"}
+
+
+def image_pull_failure(pod):
+    """``(image, reason, message, final)`` when a container of ``pod`` (a Pod
+    as a dict, as KubeSpawner's reflector holds it) waits because its image
+    cannot be pulled, else None. ``final``: retrying cannot help."""
+    statuses = (pod or {}).get("status") or {}
+    # Init containers first: the others wait for them (an init container of
+    # the same image, e.g. one that prepares the home, fails the same way).
+    for status in (statuses.get("initContainerStatuses") or []) + (
+        statuses.get("containerStatuses") or []
+    ):
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in _PULL_FAILURES:
+            message = (waiting.get("message") or "").strip()
+            return status.get("image") or "", reason, message, reason in _PULL_FINAL
+    return None
+
+
+def image_pull_message(image, reason, message, waited):
+    """What a user is told when the node cannot pull their server's image."""
+    detail = f": {message.rstrip('.')}" if message else f" ({reason})"
+    return (
+        f"The cluster's node could not pull the image {image}{detail} "
+        f"(for {waited:.0f} s). The registry may have removed it, or refuse the node: "
+        "rebuild the environment, or ask an administrator."
     )
 
 
@@ -264,6 +300,30 @@ class KubeEnvironment(EnvironmentMixin):
                 self.log.warning("Server %s of %s: %s", self.name, self.user.name, message)
                 raise SpawnFailed(message)
 
+    async def watch_image_pull(self, interval=1):
+        """Raise SpawnFailed when this server's pod has waited for its image for
+        ``image_pull_timeout`` seconds because the node cannot pull it (at once
+        when retrying cannot help); never returns otherwise. Reads KubeSpawner's
+        pod reflector, as :meth:`watch_scheduling` does."""
+        if not self.image_pull_timeout:
+            await asyncio.Event().wait()
+        since = None
+        while True:
+            await asyncio.sleep(interval)
+            reflector = self.pod_reflector
+            pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
+            failure = image_pull_failure(pod)
+            if failure is None:
+                since = None
+                continue
+            image, reason, message, final = failure
+            since = since or time.monotonic()
+            waited = time.monotonic() - since
+            if final or waited >= self.image_pull_timeout:
+                text = image_pull_message(image, reason, message, waited)
+                self.log.warning("Server %s of %s: %s", self.name, self.user.name, text)
+                raise SpawnFailed(text)
+
     def _node_on_its_way(self):
         # The cluster autoscaler says it adds a node for this pod.
         return any(event.get("reason") == "TriggeredScaleUp" for event in self.events)
@@ -392,25 +452,45 @@ def make_kube_spawner():
             """,
         ).tag(config=True)
 
+        image_pull_timeout = Float(
+            20,
+            help="""
+            Seconds a server's pod may wait for an image its node cannot pull
+            (the kubelet's ErrImagePull / ImagePullBackOff: the tag is gone
+            from the registry, or the registry refuses the node) before the
+            start fails with the node's reason, which the user sees. A
+            reference that is no image fails at once. 0: wait for
+            ``start_timeout``, whose failure only says that the pod did not
+            start (KubeSpawner's behaviour). Default: 20.
+            """,
+        ).tag(config=True)
+
         async def start(self):
             # KubeSpawner's own start (the environment is chosen in
             # load_user_options() and applied in get_pod_manifest()), stopped
-            # early when no node takes the pod: JupyterHub then stops the
-            # server (deleting the pod) and shows why.
-            started = KubeSpawner.start(self)
-            watcher = asyncio.ensure_future(self.watch_scheduling())
+            # early when no node takes the pod or the node cannot pull its
+            # image: JupyterHub then stops the server (deleting the pod) and
+            # shows why.
+            started = asyncio.ensure_future(KubeSpawner.start(self))
+            watchers = [
+                asyncio.ensure_future(self.watch_scheduling()),
+                asyncio.ensure_future(self.watch_image_pull()),
+            ]
             try:
-                await asyncio.wait([started, watcher], return_when=asyncio.FIRST_COMPLETED)
-                if watcher.done() and not watcher.cancelled() and not started.done():
-                    error = watcher.exception()
-                    if isinstance(error, SpawnFailed):
-                        started.cancel()
-                        raise error
-                    if error is not None:
-                        self.log.error("Could not follow the scheduling of %s: %r", self.pod_name, error)
+                pending = {started, *watchers}
+                while not started.done():
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for watcher in done - {started}:
+                        error = None if watcher.cancelled() else watcher.exception()
+                        if isinstance(error, SpawnFailed):
+                            started.cancel()
+                            raise error
+                        if error is not None:
+                            self.log.error("Could not follow the start of %s: %r", self.pod_name, error)
                 return await started
             finally:
-                watcher.cancel()
+                for watcher in watchers:
+                    watcher.cancel()
 
     Repo2DockerKubeSpawner.__qualname__ = "Repo2DockerKubeSpawner"
     Repo2DockerKubeSpawner.__module__ = "tljh_repo2docker.spawners.kube"
