@@ -22,6 +22,25 @@ pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
 BROKEN_OUTPUT = "hs-broken: this environment has no notebook server"
 
+# The environments here exit as they start, on purpose: the service's check
+# of built images (DockerBuilder.check_images) would refuse them, so this
+# module's hubs build without it.
+UNCHECKED = ["--DockerBuilder.check_images=False"]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, test_images):
+    """This module's own hub (see UNCHECKED), in place of the session's."""
+    with running_hub(tmp_path_factory.mktemp("hub-unchecked"), extra_service_args=UNCHECKED) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+async def admin(hub):
+    user = await HubUser.login(hub, "admin")
+    yield user
+    await user.close()
+
 
 @pytest.fixture(scope="module")
 async def dora(hub):
@@ -152,6 +171,7 @@ async def keeping_hub(tmp_path_factory, test_images):
     that exits while it starts."""
     with running_hub(
         tmp_path_factory.mktemp("hub-keep"),
+        extra_service_args=UNCHECKED,
         # a short http_timeout: the hub gives up on a server that exited sooner
         extra_config="c.DockerSpawner.remove = False\nc.Spawner.http_timeout = 20",
     ) as info:

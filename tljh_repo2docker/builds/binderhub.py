@@ -51,6 +51,9 @@ from traitlets import Float, Integer, Unicode, default, validate
 from . import failure
 from .base import BUILT, CANCELLED, FAILED, LOG, STATUS, Builder, BuildError, BuildEvent
 
+#: The check of a built image (see docker/check.py) is the Docker backend's.
+BINDERHUB_CHECK_SKIPPED = "BinderHub builds are not checked: its images live in its registry"
+
 #: Repository providers of BinderHub's default configuration (its
 #: ``repo_providers``), by URL prefix, with a label for forms.
 PROVIDERS = {
@@ -551,6 +554,9 @@ class BinderHubBuilder(Builder):
                         # makes the environment usable for servers.
                         image_id=tag or "latest",
                         commit=tag if _SHA1_RE.match(tag) else None,
+                        # Not checked: the image lives in BinderHub's
+                        # registry, not on an engine this service runs.
+                        check={"status": "skipped", "message": BINDERHUB_CHECK_SKIPPED},
                     )
                 )
             if phase not in _LOG_ONLY_PHASES and phase != last_phase:

@@ -4,10 +4,16 @@
 records a build's final state. Every successful build is a version
 (``keep_versions`` decides when old ones go); the backend makes the
 version's own reference once the result is stored, off the build's path.
+
+A build whose image failed its check (a ``failed`` event with a ``check``
+and an ``image_id``) is a version too, marked failed and never current: the
+backend kept it under its version reference itself, and the environment's
+image and status are those of any failed build (the previous image stays,
+a first build is failed).
 """
 
 from ..db import store
-from .base import BUILT
+from .base import BUILT, FAILED
 
 
 class FinishingMixin:
@@ -45,6 +51,12 @@ class FinishingMixin:
             if env.image_id and env.build_number > 1:
                 message = f"{event.message}. The previous image is kept and still used."
                 fields["error"] = message
+            if failed_check(event):
+                # Recorded (what it holds, why it failed), never current:
+                # the environment keeps its image, as after any failure.
+                version = self._new_version(
+                    env, event, {**fields, "image_name": env.image_name, "commit": event.commit}
+                )
         # The result, the final event and the lines not yet stored are
         # written in one transaction: a kill can never leave a result
         # without the end of its log (the restarted service would not
@@ -71,7 +83,7 @@ class FinishingMixin:
         if log is not None:
             log.publish(stored)
             self._mark(uid, "final event sent")
-        if version is not None:
+        if version is not None and event.phase == BUILT:
             self._run_hook(self._keep_version(uid, fields["image_name"], version))
         if release is not None:
             # Runs from the next turn of the loop, after subscribers had the end.
@@ -84,7 +96,8 @@ class FinishingMixin:
                 self.log.debug("Build %s timeline: %s", uid, timeline.summary())
 
     def _new_version(self, env, event, fields):
-        """The fields of the Version a successful build makes (stored with its result).
+        """The fields of the Version a build makes (stored with its result):
+        a successful one, or one whose image failed its check.
 
         Its own reference is only named here; the backend makes it once the
         result is stored (:meth:`_keep_version`), off the build's path. Until
@@ -120,3 +133,12 @@ class FinishingMixin:
             # The version stays usable for a rollback by its image id while
             # the environment's name keeps the image; the next start tries again.
             self.log.warning("Could not tag build %d of %s: %s", version["number"], uid, e)
+
+
+def failed_check(event):
+    """Whether ``event`` ends a build whose image was made but failed its check."""
+    return (
+        event.phase == FAILED
+        and event.image_id is not None
+        and (event.check or {}).get("status") == "failed"
+    )

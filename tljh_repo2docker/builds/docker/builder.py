@@ -14,7 +14,9 @@ or by :meth:`DockerBuilder.cancel`. Its parts, each in a module of its own:
 - :mod:`.credentials`: credentials for private repositories, which never
   reach the container's command line, environment or labels;
 - :mod:`.push`: pushing built images to the registry their name designates
-  (``push``), with credentials that never reach a log line.
+  (``push``), with credentials that never reach a log line;
+- :mod:`.check` and :mod:`.inside`: the check of a built image before it
+  becomes current (``check_images``), and what it holds.
 """
 
 import collections
@@ -28,7 +30,14 @@ from traitlets import Bool, Float, Integer, List, Unicode, default, validate
 
 from ..base import FAILED, Builder, BuildError, BuildEvent
 from . import credentials
-from .container import ContainerMixin, _Repo2DockerGone
+from .check import CheckMixin, CheckSpec, parse_version
+from .container import (
+    CHECK_COMMAND_LABEL,
+    CPU_LABEL,
+    MEMORY_LABEL,
+    ContainerMixin,
+    _Repo2DockerGone,
+)
 from .engine import (
     BUILD_LABEL,
     DOCKER_SOCKET,
@@ -42,12 +51,22 @@ from .engine import (
 )
 from .follow import FollowMixin
 from .images import ImagesMixin
+from .inside import InsideMixin
 from .logreader import LogReader
 from .registry import RegistryMixin
 from .push import PushMixin
 
 
-class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, RegistryMixin, Builder):
+class DockerBuilder(
+    ContainerMixin,
+    FollowMixin,
+    CheckMixin,
+    InsideMixin,
+    ImagesMixin,
+    PushMixin,
+    RegistryMixin,
+    Builder,
+):
     """Build images with repo2docker running as a Docker container."""
 
     repo2docker_image = Unicode(
@@ -226,6 +245,81 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Registr
         """,
     ).tag(config=True)
 
+    check_images = Bool(
+        True,
+        help="""
+        Check each built image before it becomes the environment's current
+        version: start ``jupyterhub-singleuser`` in it as the spawner would
+        (the image's user and entry point, the environment's memory and CPU
+        limits, no network but its own loopback) and wait for the server to
+        answer, check that its JupyterHub is at least
+        ``check_jupyterhub_min_version``, then run the environment's own
+        ``check_command`` if it has one. An image that fails is kept as a
+        version marked failed, never made current: the previous version
+        stays, and servers are not touched. The check's output is in the
+        build's log. When False, images are not checked (nor is the
+        ``check_command`` run). Default: True.
+        """,
+    ).tag(config=True)
+
+    check_timeout = Float(
+        60,
+        help="""
+        Seconds the check (see ``check_images``) waits for
+        ``jupyterhub-singleuser`` to answer; a server that does not answer
+        in time fails the check. Listing what the image holds is bounded by
+        it too. A server usually answers within a few seconds; a large
+        image under a small memory or CPU limit takes longer.
+        Default: 60.
+        """,
+    ).tag(config=True)
+
+    check_command_timeout = Float(
+        600,
+        help="""
+        Seconds an environment's ``check_command`` may run (in the new
+        image, with its limits and no network) before it is stopped and the
+        check fails. Default: 600.
+        """,
+    ).tag(config=True)
+
+    check_jupyterhub_min_version = Unicode(
+        "2.0",
+        help="""
+        The oldest JupyterHub that a built image may hold: an image whose
+        ``jupyterhub-singleuser`` is older fails its check, with a message
+        asking for a newer ``jupyterhub`` in its requirements. A single-user
+        server authenticates its users with its hub, and the JupyterHub
+        package in the image does that part; it must be close enough to the
+        hub's (JupyterHub's developers advise the same major version). The
+        default, ``2.0``, refuses the single-user servers from before roles
+        and scopes (JupyterHub 1.x and older), which today's hubs no longer
+        work with as they should; set the hub's own major version (such as
+        ``5.0``) to be stricter, or an empty string not to look at the
+        version. Default: ``2.0``.
+        """,
+    ).tag(config=True)
+
+    @validate("check_timeout", "check_command_timeout")
+    def _validate_check_timeouts(self, proposal):
+        value = proposal["value"]
+        if not value > 0:
+            raise ValueError(
+                f"DockerBuilder.{proposal['trait'].name} must be a positive number of "
+                f"seconds, not {value}"
+            )
+        return value
+
+    @validate("check_jupyterhub_min_version")
+    def _validate_check_jupyterhub_min_version(self, proposal):
+        value = proposal["value"].strip()
+        if value and (parse_version(value) is None or not value[0].isdigit()):
+            raise ValueError(
+                f"DockerBuilder.check_jupyterhub_min_version {proposal['value']!r} is not "
+                "a version like 2.0 or 5.1 (empty: any version)"
+            )
+        return value
+
     @property
     def pushes(self):
         return self.push
@@ -351,7 +445,7 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Registr
             # The repo2docker image: found (or pulled) before the first
             # attempt, and checked again when the create finds it gone since.
             try:
-                async for event in self._ensure_repo2docker_image():
+                async for event in self._ensure_repo2docker_image(self._builder_image(request)):
                     yield event
             except BuildError as e:
                 self.log.error("Build %s: %s", uid, e.log_message)
@@ -388,9 +482,10 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Registr
             request.repo,
             request.ref,
         )
+        spec = CheckSpec(command=request.check_command, memory=request.memory, cpu=request.cpu)
         follow = self._follow(
             container, uid, request.image_name, staging, LogReader(), secrets, request.mark,
-            number=request.number,
+            number=request.number, check=spec,
         )
         async with contextlib.aclosing(follow) as events:
             async for event in events:
@@ -420,6 +515,7 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Registr
         image_name = labels.get(IMAGE_NAME_LABEL) or staging
         number = labels.get(VERSION_NUMBER_LABEL)
         number = int(number) if number and number.isdigit() else None
+        spec = _check_spec(labels)
         # Defence in depth after a restart: the request's credentials are
         # gone, so read them back from the container to scrub the log.
         secrets = await credentials.read_back(container)
@@ -428,7 +524,9 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Registr
         else:
             self.log.info("Build %s: re-attached, skipping %d lines", uid, skip_lines)
         reader = LogReader(cursor=cursor, skip_lines=skip_lines)
-        follow = self._follow(container, uid, image_name, staging, reader, secrets, number=number)
+        follow = self._follow(
+            container, uid, image_name, staging, reader, secrets, number=number, check=spec
+        )
         async with contextlib.aclosing(follow) as events:
             async for event in events:
                 yield event
@@ -455,6 +553,8 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Registr
             if e.status == 404:
                 return
             raise
+        # A check's containers first: they hold the new image, which goes too.
+        await self._remove_checks(uid)
         await self._stop_and_remove(container, uid, info)
         await self._remove_leftover_image(uid, info)
 
@@ -468,4 +568,19 @@ class DockerBuilder(ContainerMixin, FollowMixin, ImagesMixin, PushMixin, Registr
             self.log.warning("Could not inspect the leftover container of build %s: %s", uid, e)
             return
         self.log.warning("Build %s has ended: removing its leftover container", uid)
+        await self._remove_checks(uid)
         await self._stop_and_remove(container, uid, info)
+
+
+def _check_spec(labels):
+    """What the check of a build's image needs, from its container's labels."""
+    cpu = labels.get(CPU_LABEL)
+    try:
+        cpu = float(cpu) if cpu else None
+    except ValueError:
+        cpu = None
+    return CheckSpec(
+        command=labels.get(CHECK_COMMAND_LABEL) or None,
+        memory=labels.get(MEMORY_LABEL) or None,
+        cpu=cpu,
+    )

@@ -1,11 +1,14 @@
 """The build container: how it is configured, created, found again, stopped and removed.
 
-Each build is one container, ``{container_prefix}{uid}``, made from
-``repo2docker_image`` with the engine's socket mounted, so repo2docker builds
+Each build is one container, ``{container_prefix}{uid}``, made from the
+request's ``builder_image`` (else ``repo2docker_image``) with the engine's socket mounted, so repo2docker builds
 the image on the same engine that JupyterHub spawns from. The container
 carries the label ``tljh_repo2docker.build=<uid>``; that label is how
 ``DockerBuilder.running()`` and ``attach()`` find builds again after the
-service restarted.
+service restarted. What the check of the built image needs (see
+:mod:`.check`: the owner's check command and the environment's limits) is
+in its labels too, for a build followed again after a restart; never a
+credential.
 
 :class:`ContainerMixin` is this part of
 :class:`~tljh_repo2docker.builds.docker.DockerBuilder`.
@@ -42,6 +45,12 @@ if [ "$3" = 1 ] && [ -z "$(git rev-parse --show-superproject-working-tree 2>/dev
     echo "tljh-repo2docker: checked out $(git rev-parse HEAD)"
 fi
 """
+
+
+#: Build container labels: what the check of its image needs (see :mod:`.check`).
+CHECK_COMMAND_LABEL = "tljh_repo2docker.build_check_command"
+MEMORY_LABEL = "tljh_repo2docker.build_memory"
+CPU_LABEL = "tljh_repo2docker.build_cpu"
 
 
 class _Repo2DockerGone(Exception):
@@ -116,12 +125,26 @@ class ContainerMixin:
             host_config["Tmpfs"] = {BUILD_TMPFS_PATH: f"size={self.build_tmpfs_size},mode=1777"}
         return host_config
 
+    def _builder_image(self, request):
+        """The repo2docker image that builds ``request``: its own, else the default."""
+        return request.builder_image or self.repo2docker_image
+
+    def _check_labels(self, request):
+        labels = {}
+        if request.check_command:
+            labels[CHECK_COMMAND_LABEL] = request.check_command
+        if request.memory:
+            labels[MEMORY_LABEL] = str(request.memory)
+        if request.cpu:
+            labels[CPU_LABEL] = f"{request.cpu:g}"
+        return labels
+
     # -- creating it -----------------------------------------------------------
 
-    async def _ensure_repo2docker_image(self):
-        """Make sure the repo2docker image is there; yields status events while pulling."""
-        image = self.repo2docker_image
-        if self._repo2docker_found == image:
+    async def _ensure_repo2docker_image(self, image):
+        """Make sure the repo2docker image ``image`` is there; yields status events while pulling."""
+        # The last one found is not asked for again (a request less per build).
+        if image == self._repo2docker_found:
             return
         try:
             await self.docker.images.inspect(image)
@@ -159,7 +182,7 @@ class ContainerMixin:
         try:
             container = await self._create_container(request, staging)
         except aiodocker.DockerError as e:
-            if e.status != 404 or self._repo2docker_found is None:
+            if e.status != 404 or self._repo2docker_found != self._builder_image(request):
                 raise
             self._repo2docker_found = None
             raise _Repo2DockerGone() from e
@@ -173,7 +196,7 @@ class ContainerMixin:
     async def _create_container(self, request, staging):
         name = self._container_name(request.uid)
         config = {
-            "Image": self.repo2docker_image,
+            "Image": self._builder_image(request),
             "Cmd": _with_hook(self._command(request, staging)),
             "Env": self._environment(request),
             "Labels": {
@@ -181,6 +204,7 @@ class ContainerMixin:
                 IMAGE_NAME_LABEL: request.image_name,
                 STAGING_NAME_LABEL: staging,
                 **({VERSION_NUMBER_LABEL: str(request.number)} if request.number else {}),
+                **self._check_labels(request),
             },
             "Tty": False,
             "AttachStdin": False,

@@ -10,21 +10,31 @@ The commit that was built is read from the log: git prints ``HEAD is now at
 (``HEAD``, a shallow clone without that line) a ``post-checkout`` hook
 uploaded into the container prints ``tljh-repo2docker: checked out <sha>``
 (see :mod:`.container`).
+
+A build that repo2docker ends with 0 is checked before it gets its name
+(:mod:`.check`), while what it holds is listed (:mod:`.inside`): an image
+that fails its check is kept as a failed version under its version
+reference, and the environment's name stays where it was.
 """
 
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import re
 import time
 
 import aiodocker
 import aiohttp
 
+from ... import contract
 from .. import failure
 from ..base import BUILT, CANCELLED, FAILED, LOG, STATUS, BuildEvent
+from . import check as checks
 from . import credentials
-from .engine import ENGINE_ERRORS, NO_CONNECTION, describe, forget, option
+from .check import CheckSpec
+from .engine import ENGINE_ERRORS, NO_CONNECTION, describe, forget, option, shielded
+from .inside import build_pack_of
 
 # With core.abbrev=40 (set for git, see container.py) git prints the full commit id here.
 _HEAD_RE = re.compile(r"HEAD is now at ([0-9a-f]{7,64})\b")
@@ -51,12 +61,21 @@ class FollowMixin:
 
     Uses the builder's ``docker`` client, ``docker_url``,
     ``engine_wait_timeout``, the uids it cancelled (``_cancelled``), and
-    its image and container steps (``_publish``, ``_remove_staging``,
-    ``_remove``).
+    its image, container, check and listing steps (``_publish``,
+    ``_remove_staging``, ``_remove``, ``_check_image``, ``_describe``).
     """
 
     async def _follow(
-        self, container, uid, image_name, staging, reader, secrets, mark=None, number=None
+        self,
+        container,
+        uid,
+        image_name,
+        staging,
+        reader,
+        secrets,
+        mark=None,
+        number=None,
+        check=None,
     ):
         """Yield a started container's log lines, then the final event.
 
@@ -84,7 +103,9 @@ class FollowMixin:
         followed further, without repeating lines; one that the restart
         stopped fails the build with a reason naming the engine, and is
         removed like any other. ``mark(point)``, when given, notes the moments
-        of the build's steps (see :class:`~..base.Timeline`).
+        of the build's steps (see :class:`~..base.Timeline`). ``check`` (a
+        :class:`~.check.CheckSpec`) is what the check of the built image needs
+        (see :meth:`_check_and_publish`).
         """
         mark = mark or (lambda point: None)
         started = time.monotonic()
@@ -95,13 +116,16 @@ class FollowMixin:
         lost = None  # why the engine was lost, while it is
         losses = 0
         code = None
+        build_pack = None
+        builder = (None, None)  # the builder image's reference and id
 
         def take(line):
             """Scrub ``line``, note what it tells, and return it."""
-            nonlocal commit
+            nonlocal commit, build_pack
             match = _CHECKOUT_RE.match(line) or _HEAD_RE.search(line)
             if match:
                 commit = match.group(1)
+            build_pack = build_pack_of(line) or build_pack
             line = credentials.scrub(line, secrets)
             if line.strip():
                 tail.append(line)
@@ -112,6 +136,7 @@ class FollowMixin:
                 try:
                     info = await container.show()
                     ref = option(info["Config"]["Cmd"], "--ref")
+                    builder = (info["Config"].get("Image"), info.get("Image"))
                     if lost is not None and not info["State"].get("Running"):
                         # The container ended while the engine was away.
                         code = info["State"].get("ExitCode")
@@ -197,14 +222,28 @@ class FollowMixin:
                 # Even if the build got to its end: cancel() removes its image.
                 final = BuildEvent(CANCELLED, "Build cancelled")
             elif code == 0:
-                # Named, and pushed when push is on: the push's lines come first.
-                publish = self._publish(staging, image_name, commit, uid, mark, number)
-                async with contextlib.aclosing(publish) as events:
+                # Checked, then named and pushed when push is on: the
+                # check's and the push's lines come first.
+                steps = self._check_and_publish(
+                    uid, image_name, staging, commit, mark, number,
+                    check or CheckSpec(), secrets, build_pack, builder,
+                )  # fmt: skip
+                async with contextlib.aclosing(steps) as events:
                     async for event in events:
                         if event.final:
                             final = event
-                        else:
-                            yield event
+                            continue
+                        if event.phase == LOG and event.cursor is None:
+                            # The check's output is not the build container's:
+                            # its lines leave the cursor where the build's log
+                            # ended (a restart checks again, and says so).
+                            event.cursor = reader.cursor
+                        yield event
+                if uid in self._cancelled:
+                    # cancel() came during the check: what it kept goes too.
+                    if final.phase == FAILED and final.image_id and number:
+                        await self._delete_quietly(contract.version_reference(image_name, number))
+                    final = BuildEvent(CANCELLED, "Build cancelled")
             elif lost is not None:
                 final = BuildEvent(
                     FAILED,
@@ -221,6 +260,109 @@ class FollowMixin:
         # the result), so that a service killed before that finds the
         # container, re-attaches and reports the same result.
         await self._remove(container, uid)
+
+    async def _check_and_publish(
+        self, uid, image_name, staging, commit, mark, number, spec, secrets, build_pack, builder
+    ):
+        """Check the image built as ``staging`` and list what it holds; name
+        (and push) it when it passes. Yields the check's and the push's
+        events, then the final one, which carries the check, what the image
+        holds and the builder (``(reference, id)`` of its image).
+
+        An image that fails its check never gets ``image_name``: with the
+        version's ``number`` it is kept under the version's own reference
+        (``name:tag--vN``, local only: never pushed), so that what it holds
+        can still be looked at, and the final ``failed`` event carries its
+        id (the manager records a failed version, never current).
+        """
+        builder_image, builder_image_id = builder
+        about = {"builder_image": builder_image, "builder_image_id": builder_image_id}
+        new_id = None
+        if staging and staging != image_name:
+            try:
+                new_id = await self._image_id(staging)
+            except ENGINE_ERRORS as e:
+                yield BuildEvent(FAILED, f"Cannot inspect the built image: {describe(e)}")
+                return
+        if new_id is None:
+            # Named before the service restarted (so checked then, if at
+            # all), or never made: _publish tells which.
+            async for event in self._publish(staging, image_name, commit, uid, mark, number):
+                if event.phase == BUILT:
+                    inside, packages = await self._describe(
+                        uid, image_name, build_pack, builder_image_id, spec
+                    )
+                    about.update(inside=inside, packages=packages)
+                    event = dataclasses.replace(event, **about)
+                yield event
+            return
+        try:
+            # What a check cut short by a restart left: its server is taken over.
+            server = await self._take_over_checks(uid, new_id)
+        except ENGINE_ERRORS as e:
+            yield BuildEvent(FAILED, f"Cannot check the built image: {describe(e)}")
+            return
+        listing = asyncio.ensure_future(
+            self._describe(uid, staging, build_pack, builder_image_id, spec)
+        )
+        outcome = {}
+        try:
+            try:
+                checking = self._check_image(uid, staging, spec, secrets, outcome, server)
+                async for event in checking:
+                    yield event
+            except ENGINE_ERRORS as e:
+                if uid in self._cancelled:  # cancel() removed what the check used
+                    await self._remove_checks(uid)
+                    yield BuildEvent(CANCELLED, "Build cancelled")
+                    return
+                self.log.error("Build %s: could not check the image: %s", uid, e)
+                yield BuildEvent(FAILED, f"Cannot check the built image: {describe(e)}")
+                return
+            mark("image checked")
+            about["inside"], about["packages"] = await listing
+            mark("image listed")
+        finally:
+            if not listing.done():
+                listing.cancel()
+                await shielded(_ended(listing))
+        if uid in self._cancelled:
+            # cancel() stopped the check: its verdict means nothing.
+            await self._remove_checks(uid)
+            yield BuildEvent(CANCELLED, "Build cancelled")
+            return
+        check = outcome.get("check")
+        about["check"] = check
+        if check is not None and check["status"] == checks.FAILED:
+            self.log.info("Build %s: the image failed its check: %s", uid, check["message"])
+            kept = await self._keep_failed(uid, staging, image_name, number)
+            yield BuildEvent(
+                FAILED,
+                check["message"],
+                image_id=new_id if kept else None,
+                commit=commit,
+                **about,
+            )
+            return
+        async for event in self._publish(staging, image_name, commit, uid, mark, number):
+            if event.final:
+                event = dataclasses.replace(event, **about)
+            yield event
+
+    async def _keep_failed(self, uid, staging, image_name, number):
+        """Give an image that failed its check its version's own reference
+        instead of its staging name; whether it did."""
+        if not number:
+            return False
+        version = contract.version_reference(image_name, number)
+        try:
+            repository, tag = contract.split_reference(version)
+            await self.docker.images.tag(staging, repository, tag=tag)
+        except ENGINE_ERRORS as e:
+            self.log.warning("Build %s: could not keep the failed image as %s: %s", uid, version, e)
+            return False
+        await self._untag(staging)
+        return True
 
     async def _probe_engine(self):
         """``"ok"``, ``"refused"`` (no new connection) or ``"error"``, asking the engine anew.
@@ -253,6 +395,14 @@ class FollowMixin:
                 return False
             await asyncio.sleep(1)
 
+
+
+async def _ended(task):
+    """Wait for a cancelled ``task`` to end; its cancellation is no error."""
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
 
 
 def _failure_message(code, tail):

@@ -42,6 +42,7 @@ from .engine import (
     shielded,
     timestamp,
 )
+from .check import CHECK_LABEL
 from .push import PushFailed, PushProgress
 
 class ImagesMixin:
@@ -274,13 +275,15 @@ class ImagesMixin:
 
     async def image_users(self):
         """``{image id: number of containers}`` over the engine's containers,
-        build containers left out (any state: a stopped server's container
+        build and check containers left out (any state: a stopped server's container
         still needs its image to start again)."""
         containers = await self.docker.containers.list(all=True)
         users = {}
         for container in containers:
             info = container._container  # the list entry (aiodocker keeps it there)
-            if (info.get("Labels") or {}).get(BUILD_LABEL):
+            labels = info.get("Labels") or {}
+            # Build containers, and those checking a new image (never a server's).
+            if labels.get(BUILD_LABEL) or labels.get(CHECK_LABEL):
                 continue
             image_id = info.get("ImageID")
             if image_id:
