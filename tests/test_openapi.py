@@ -147,7 +147,8 @@ def _environment():
         for column in (
             "uid name image_name repo ref provider status memory cpu machine_profile "
             "node_selector build_args owner commit size error started finished build_number sharing "
-            "auto_rebuild remote_commit remote_checked remote_error webhook_secret_hash"
+            "auto_rebuild remote_commit remote_checked remote_error webhook_secret_hash "
+            "check_command builder_image rebuild_on"
         ).split()
     }
     fields.update(created=now, node_selector={}, build_args={})
@@ -178,8 +179,11 @@ def test_environment_request_fields_are_known_to_the_parser(spec):
         default_memory_limit=None,
         default_cpu_limit=None,
         image_prefix="test/",
+        allowed_repo2docker_images=[],
     )
-    builder = SimpleNamespace(supports_credentials=True, supports_build_args=True)
+    builder = SimpleNamespace(
+        supports_credentials=True, supports_build_args=True, repo2docker_image="r2d:test"
+    )
     body = {field: None for field in schema["properties"]}
     body["repo"] = "https://git.example.invalid/owner/repo.git"
     fields, _ = envs.parse_request(body, app, builder)

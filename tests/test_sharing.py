@@ -289,12 +289,15 @@ async def test_quota_builds_and_image_size(hub, callers, git_server, git_root):
         r = await user.api("POST", "api/environments", json={"repo": git_server.url(names[1]), "name": names[1]})
         body = assert_json_error(r, 403, "image_size_per_user")
         assert body["field"] == "image_size_per_user"
-        r = await user.api("POST", f"api/environments/{first['uid']}/rebuild", json={})
+        # (forced: a rebuild of the commit already built is not a build at all)
+        r = await user.api("POST", f"api/environments/{first['uid']}/rebuild", json={"force": True})
         assert_json_error(r, 403, "image_size_per_user")
         assert await _owned(user) == [names[0]]
         assert (await user.get_env(first["uid"]))["status"] == "built"
         # admins are not limited
-        r = await callers["admin"].api("POST", f"api/environments/{first['uid']}/rebuild", json={})
+        r = await callers["admin"].api(
+            "POST", f"api/environments/{first['uid']}/rebuild", json={"force": True}
+        )
         assert r.status_code == 202, r.text
         await callers["admin"].wait_env(first["uid"], {"built"})
     finally:

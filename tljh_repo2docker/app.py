@@ -54,7 +54,9 @@ from .limits import (
     parse_node_selector_config,
 )
 from .paths import STATIC, TEMPLATES
+from .service.fields import builder_choices
 from .service.lifecycle import Lifecycle, build_request
+from .service.remote_git import RemoteGit
 from .service.quotas import Quotas
 from .service.ref_watcher import RefWatcher
 from .secret import SecretFileError, read_secret_file
@@ -361,6 +363,34 @@ class TljhRepo2Docker(Application):
         """,
     ).tag(config=True)
 
+    allowed_repo2docker_images = List(
+        Unicode(),
+        help="""
+        Builders (repo2docker images, e.g.
+        ``quay.io/jupyterhub/repo2docker:2024.07.0``) that an environment may
+        name in its ``builder_image``, besides the default builder
+        (``c.DockerBuilder.repo2docker_image``), which is always allowed and
+        offered first. Each version records the builder that made it, and
+        ``POST api/environments/{uid}/rebuild`` with ``{"version": id}``
+        rebuilds that version's commit with its builder while it is allowed.
+        Not used with the BinderHub backend, which chooses its own builder.
+        Default: empty (only the default builder).
+        """,
+    ).tag(config=True)
+
+    @validate("allowed_repo2docker_images")
+    def _validate_allowed_repo2docker_images(self, proposal):
+        images = []
+        for image in proposal.value:
+            image = image.strip()
+            if not image or re.search(r"[\s\x00-\x1f\x7f]", image) or image.startswith("-"):
+                raise TraitError(
+                    f"allowed_repo2docker_images: {image[:80]!r} is not an image reference"
+                )
+            if image not in images:
+                images.append(image)
+        return images
+
     cookie_secret_file = Unicode(
         "tljh_repo2docker_cookie_secret",
         help="""
@@ -564,6 +594,12 @@ class TljhRepo2Docker(Application):
     def default_provider(self):
         return self.provider_choices[0]
 
+    @property
+    def builder_choices(self):
+        """The builders the Add/Edit form offers: the default first, then
+        ``allowed_repo2docker_images``; empty with BinderHub."""
+        return builder_choices(self.allowed_repo2docker_images, self.builder)
+
     # -- start-up ---------------------------------------------------------------
 
     def initialize(self, argv=None):
@@ -759,7 +795,11 @@ class TljhRepo2Docker(Application):
         self.disk.build_manager = self.build_manager
 
     def init_lifecycle(self):
+        # git for where refs are and what pushes changed (a temporary cache,
+        # removed at stop), shared by the lifecycle and the ref poller.
+        self.remote_git = RemoteGit(log=self.log)
         self.lifecycle = Lifecycle(
+            git=self.remote_git,
             sessions=self.sessions,
             build_manager=self.build_manager,
             quotas=self.quotas,
@@ -940,6 +980,7 @@ class TljhRepo2Docker(Application):
             await self.build_manager.close()
         await self.builder.close()
         await self.hub_client.close()
+        self.remote_git.close()
         await self.engine.dispose()
 
 

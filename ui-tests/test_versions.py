@@ -1,5 +1,7 @@
 """The History dialog of the Environments page: versions and rollback."""
 
+import re
+
 import pytest
 from playwright.async_api import expect
 
@@ -52,8 +54,15 @@ async def history_and_rollback(page, admin, env):
     dialog = page.locator("#history-dialog")
     await expect(dialog).to_be_visible()
     await expect(dialog.locator(".modal-title")).to_have_text(f"History of {env['name']}")
-    rows = dialog.locator("tbody tr")
+    rows = dialog.locator("tbody tr[data-id]")  # (each version's row; its details row follows)
     await expect(rows).to_have_count(2)
+    # What is inside v2, and what changed since v1 (the same single-user image: nothing)
+    inside = dialog.locator(f'tr[data-details-of="{await rows.nth(0).get_attribute("data-id")}"]')
+    await expect(inside).to_contain_text("What's inside")
+    await expect(inside).to_contain_text(re.compile(r"Python 3\.\d+"))
+    await expect(inside).to_contain_text(re.compile(r"\d+ packages"))
+    await inside.get_by_text("Changes since v1").click()
+    await expect(inside).to_contain_text("No package changed.")
     await expect(rows.nth(0).locator(".version-number")).to_contain_text("v2")
     await expect(rows.nth(0).locator(".version-current")).to_be_visible()
     await expect(rows.nth(1).locator(".version-current")).to_have_count(0)

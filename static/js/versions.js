@@ -1,6 +1,9 @@
 /* An environment's history (its versions) and rollback, in the Environments
  * page's #history-dialog. environments.js opens it:
- * TljhR2DVersions.open(env, {manages, returnTo, onChange}). */
+ * TljhR2DVersions.open(env, {manages, returnTo, onChange}).
+ * Under each version: what is inside (build pack, Python/R, builder, package
+ * count; the package list on demand) and what changed since the version
+ * before it (api/environments/{uid}/versions/{id}/diff, on demand). */
 "use strict";
 
 (function () {
@@ -32,6 +35,104 @@
     errorEl.textContent = message;
     errorEl.classList.toggle("d-none", !message);
     if (message) errorEl.focus();
+  }
+
+  const COLUMNS = "8";
+
+  function versionsPath(id) {
+    return `api/environments/${encodeURIComponent(target.env.uid)}/versions/${encodeURIComponent(id)}`;
+  }
+
+  function packageName(p) {
+    return `${p.name}${p.version ? ` ${p.version}` : ""}${p.manager ? ` (${p.manager})` : ""}`;
+  }
+
+  function list(items, text, className) {
+    return el("ul", { class: `list-unstyled small mb-1 ${className || ""}` }, items.map((item) => el("li", {}, text(item))));
+  }
+
+  /* A <details> whose body is loaded the first time it opens. */
+  function lazyDetails(summaryText, loadBody) {
+    const body = el("div", { class: "mt-1" }, el("span", { class: "text-body-secondary small" }, "Loading…"));
+    const details = el("details", { class: "small" }, el("summary", {}, summaryText), body);
+    let loaded = false;
+    details.addEventListener("toggle", async () => {
+      if (!details.open || loaded) return;
+      loaded = true;
+      try {
+        body.replaceChildren(...[].concat(await loadBody()));
+      } catch (e) {
+        loaded = false;
+        body.replaceChildren(el("span", { class: "text-danger" }, `Could not load: ${e.message}`));
+      }
+    });
+    return details;
+  }
+
+  function insideFacts(version) {
+    const inside = version.inside || {};
+    const facts = [];
+    if (inside.build_pack) facts.push(`Build pack: ${inside.build_pack}`);
+    if (inside.python) facts.push(`Python ${inside.python}`);
+    if (inside.r) facts.push(`R ${inside.r}`);
+    const builder = version.builder && version.builder.image;
+    if (builder) facts.push(`Builder: ${builder}`);
+    else if (inside.repo2docker) facts.push(`repo2docker ${inside.repo2docker}`);
+    if (version.package_count !== null && version.package_count !== undefined) {
+      facts.push(`${version.package_count} package${version.package_count === 1 ? "" : "s"}`);
+    }
+    return facts;
+  }
+
+  function packagesDetails(version) {
+    return lazyDetails("Packages", async () => {
+      const data = await R.api("GET", `${versionsPath(version.id)}/packages`);
+      if (!data.known) return el("span", { class: "text-body-secondary" }, data.message || "Not known.");
+      if (!data.packages.length) return el("span", { class: "text-body-secondary" }, "No packages recorded.");
+      return list(data.packages, packageName, "version-packages");
+    });
+  }
+
+  function diffDetails(version, previous) {
+    return lazyDetails(`Changes since v${previous.number}`, async () => {
+      const data = await R.api("GET", `${versionsPath(version.id)}/diff?from=${encodeURIComponent(previous.id)}`);
+      const parts = [];
+      if (data.known === false && data.message) parts.push(el("p", { class: "text-body-secondary mb-1" }, data.message));
+      if (data.added.length) parts.push(el("div", {}, el("strong", {}, `Added (${data.added.length})`), list(data.added, packageName)));
+      if (data.removed.length) parts.push(el("div", {}, el("strong", {}, `Removed (${data.removed.length})`), list(data.removed, packageName)));
+      if (data.changed.length) {
+        parts.push(
+          el(
+            "div",
+            {},
+            el("strong", {}, `Changed (${data.changed.length})`),
+            list(data.changed, (c) => `${c.name}${c.manager ? ` (${c.manager})` : ""}: ${c.from || "?"} → ${c.to || "?"}`)
+          )
+        );
+      }
+      if (!parts.length) parts.push(el("span", { class: "text-body-secondary" }, "No package changed."));
+      return parts;
+    });
+  }
+
+  /* The row under a version: what is inside, and the change since the one before. */
+  function detailsRow(version, previous) {
+    const facts = insideFacts(version);
+    const cell = el(
+      "td",
+      { colspan: COLUMNS, class: "pt-0 border-top-0 version-inside" },
+      el(
+        "div",
+        { class: "small text-body-secondary" },
+        el("span", { class: "fw-semibold" }, "What's inside: "),
+        facts.length ? facts.join(" · ") : "not recorded for this version"
+      )
+    );
+    const more = el("div", { class: "d-flex flex-wrap gap-3" });
+    if (version.package_count) more.append(packagesDetails(version));
+    if (previous) more.append(diffDetails(version, previous));
+    if (more.childElementCount) cell.append(more);
+    return el("tr", { class: `version-details ${version.current ? "table-active" : ""}`, dataset: { detailsOf: String(version.id) } }, cell);
   }
 
   function row(version) {
@@ -75,9 +176,10 @@
     try {
       const data = await R.api("GET", `api/environments/${uid}/versions`);
       shown = data.versions;
-      tbody.replaceChildren(...shown.map(row));
+      // Newest first: the version before shown[i] is shown[i + 1].
+      tbody.replaceChildren(...shown.flatMap((v, i) => [row(v), detailsRow(v, shown[i + 1])]));
       if (!data.versions.length) {
-        tbody.append(el("tr", {}, el("td", { colspan: "8", class: "text-center text-body-secondary py-3" }, "No version yet: the environment has not been built.")));
+        tbody.append(el("tr", {}, el("td", { colspan: COLUMNS, class: "text-center text-body-secondary py-3" }, "No version yet: the environment has not been built.")));
       }
       statusEl.textContent = `${data.versions.length} version${data.versions.length === 1 ? "" : "s"}`;
     } catch (e) {

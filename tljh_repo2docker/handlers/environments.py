@@ -12,7 +12,9 @@ from tornado import web
 from ..access import EVERYONE, PRIVATE, Access, SharingError, environment_for, parse_sharing
 from ..db import store
 from ..service import fields as envs
-from ..service.environment_list import EnvironmentList
+from ..service import lifecycle as rebuilds
+from ..service.environment_list import EnvironmentList, summaries
+from ..service.ref_watcher import SKIPPED
 from .base import APIHandler, FieldError, admin_only, builders_only
 
 #: A list answered from memory checks that the database still answers at
@@ -34,9 +36,16 @@ class EnvironmentAPIMixin:
             )
         return env
 
-    def model(self, env):
+    def model(self, env, summary=None):
         manages = Access(env.owner, env.sharing).manages(self.viewer)
-        return store.as_dict(env, position=self.builds.position(env.uid), admin=manages)
+        return store.as_dict(
+            env, position=self.builds.position(env.uid), admin=manages, summary=summary
+        )
+
+    async def full_model(self, env):
+        """:meth:`model` with the ``summary`` of the current version (one query)."""
+        lines = await summaries(self.sessions, [env.uid]) if env.image_id else {}
+        return self.model(env, lines.get(env.uid))
 
     def visible(self, env):
         """Whether ``env`` exists for this user (see access.Access.shows)."""
@@ -165,23 +174,32 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
     @web.authenticated
     async def get(self, uid):
         env = await self.get_env(uid)
-        self.write_json(self.model(env))
+        self.write_json(await self.full_model(env))
 
     @web.authenticated
     async def patch(self, uid):
-        """Change who the environment is shared with (``{"sharing": {...}}``)
-        and whether it is rebuilt when its ref moves (``{"auto_rebuild": bool}``)."""
+        """Change who the environment is shared with (``{"sharing": {...}}``),
+        whether it is rebuilt when its ref moves (``{"auto_rebuild": bool}``)
+        and on which pushes (``rebuild_on``), its ``check_command`` and its
+        ``builder_image`` (both used from the next build on)."""
         body = self.get_json_body()
-        changeable = {"sharing", "auto_rebuild"}
+        changeable = {"sharing", "auto_rebuild", *envs.TRUST_FIELDS}
         unknown = sorted(set(body) - changeable)
         if unknown:
             raise FieldError(
-                unknown[0], "is not a field that can be changed (only sharing and auto_rebuild)"
+                unknown[0],
+                f"is not a field that can be changed (only {', '.join(sorted(changeable))})",
             )
         if not body:
             raise FieldError("sharing", "give sharing or auto_rebuild")
         env = await self.get_env(uid, manage=True)
-        changes = {}
+        changes = envs.parse_trust_fields(
+            body, self.tljh_app, self.tljh_app.builder, defaults=False
+        )
+        if ("rebuild_on" in changes or "builder_image" in changes) and (
+            env.remote_error or ""
+        ).startswith(SKIPPED):
+            changes["remote_error"] = None  # a skipped push is looked at again
         if "auto_rebuild" in body:
             changes["auto_rebuild"] = envs.parse_auto_rebuild(body, private=env.private)
         if "sharing" in body:
@@ -204,7 +222,13 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
                 "%s turned auto-rebuild of environment %s %s", self.current_user["name"],
                 env.uid, "on" if changes["auto_rebuild"] else "off",
             )
-        self.write_json(self.model(await self.get_env(uid)))
+        trust = sorted(set(changes) & set(envs.TRUST_FIELDS))
+        if trust:
+            self.log.info(
+                "%s changed %s of environment %s",
+                self.current_user["name"], ", ".join(trust), env.uid,
+            )
+        self.write_json(await self.full_model(await self.get_env(uid)))
 
     @web.authenticated
     async def delete(self, uid):
@@ -236,12 +260,59 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
         if self.builds.is_active(env.uid):
             raise web.HTTPError(409, "The environment is already queued or building")
         body = self.get_json_body()
+        unknown = sorted(set(body) - {"username", "password", "force", "version"})
+        if unknown:
+            raise FieldError(unknown[0], "is not a known field (username, password, force, version)")
         credentials = envs.parse_credentials(body)
-        env = await self.tljh_app.lifecycle.queue_rebuild(
-            env, requested_by=self.current_user["name"],
-            credentials=credentials, check_quota=not self.is_admin,
-        )
+        force = body.get("force", False)
+        if force is None:
+            force = False
+        if not isinstance(force, bool):
+            raise FieldError("force", "must be true or false")
+        version = await self.version_to_rebuild(env, body.get("version"))
+        try:
+            env = await self.tljh_app.lifecycle.queue_rebuild(
+                env, requested_by=self.current_user["name"],
+                credentials=credentials, check_quota=not self.is_admin,
+                force=force, version=version,
+            )
+        except rebuilds.AlreadyBuilt as e:
+            self.log.info("Rebuild of %s not needed: %s", env.uid, e.message)
+            model = await self.full_model(await self.get_env(uid))
+            model["message"] = e.message
+            self.write_json(model, status=200)
+            return
+        if version is not None:
+            self.log.info(
+                "%s rebuilds version %d of %s (commit %s, builder %s)",
+                self.current_user["name"], version.number, env.uid, version.commit[:12],
+                version.builder_image or "the default",
+            )
         self.write_json(self.model(env), status=202)
+
+    async def version_to_rebuild(self, env, value):
+        """The stored Version a rebuild body's ``version`` names (None when
+        not given); 400 naming ``version`` when it is not one of ``env``'s or
+        its builder is no longer allowed."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**63 - 1:
+            raise FieldError("version", "must be the id of one of the environment's versions")
+        version = await store.get_version(self.sessions, env.uid, value)
+        if version is None:
+            raise FieldError("version", f"no version {value} of this environment", status=404)
+        if not version.commit:
+            raise FieldError("version", f"the commit of version {version.number} is not known")
+        choices = envs.builder_choices(
+            self.tljh_app.allowed_repo2docker_images, self.tljh_app.builder
+        )
+        if version.builder_image and version.builder_image not in choices:
+            raise FieldError(
+                "version",
+                f"version {version.number} was built with {version.builder_image}, which is "
+                "no longer an allowed builder (allowed_repo2docker_images)",
+            )
+        return version
 
 
 class CancelAPIHandler(EnvironmentAPIMixin, APIHandler):

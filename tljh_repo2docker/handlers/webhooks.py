@@ -7,20 +7,31 @@ webhooks.py), sets no cookie, never redirects, and answers every request
 it does not accept with the same 403, so that nothing tells an uid that
 exists from one that does not, or a webhook that is off from a bad
 signature. It is rate limited per client address and per environment.
+
+A push that needs no build (Lifecycle.push_skip_reason: the commit and
+builder already current, or with ``rebuild_on: "environment"`` no file that
+repo2docker reads changed) is answered ``{"queued": false, "reason": ...}``,
+logged and recorded in ``remote_error`` (``skipped: ...``). Git hosts wait
+about 10 s for an answer: when that check takes longer than
+SKIP_CHECK_SECONDS, the push is built.
 """
 
+import asyncio
 import json
 
 from tornado import web
 
 from ..service import lifecycle as rebuilds
 from ..service import push_webhooks as webhooks
+from ..service.ref_watcher import SKIPPED
 from ..db import store
 from .base import APIHandler
 from .environments import EnvironmentAPIMixin
 
 #: The one answer to every refused webhook call.
 REFUSED = json.dumps({"status": 403, "message": "Forbidden"})
+#: Seconds the webhook waits to know whether a push needs a build (then builds).
+SKIP_CHECK_SECONDS = 8
 
 
 class WebhookAPIHandler(EnvironmentAPIMixin, APIHandler):
@@ -94,6 +105,12 @@ class WebhookAPIHandler(EnvironmentAPIMixin, APIHandler):
         seen = {"remote_checked": store.now(), "remote_error": None}
         if push.after and not push.deleted:
             seen["remote_commit"] = push.after.lower()[:64]
+        skip = await self.skip_reason(env, push)
+        if skip:
+            self.log.info("Push to %s at %s not rebuilt: %s", env.uid, push.after[:12], skip)
+            seen["remote_error"] = SKIPPED + skip
+            await store.update_environment(self.sessions, env.uid, **seen)
+            return self.write_json({"queued": False, "reason": f"not rebuilt: {skip}"})
         try:
             await self.tljh_app.lifecycle.queue_rebuild(
                 env, reason=rebuilds.WEBHOOK, fields=seen
@@ -105,6 +122,22 @@ class WebhookAPIHandler(EnvironmentAPIMixin, APIHandler):
                 409, "The repository is private: the service cannot rebuild it without credentials"
             ) from None
         self.write_json({"queued": True}, 202)
+
+    async def skip_reason(self, env, push):
+        """Why ``push`` needs no build, or None (build): see Lifecycle.push_skip_reason."""
+        commit = (push.after or "").lower()
+        if not webhooks.is_full_sha(commit):
+            return None
+        try:
+            return await asyncio.wait_for(
+                self.tljh_app.lifecycle.push_skip_reason(env, commit), SKIP_CHECK_SECONDS
+            )
+        except asyncio.TimeoutError:
+            self.log.info(
+                "Push to %s: which files changed is not known within %ss: building",
+                env.uid, SKIP_CHECK_SECONDS,
+            )
+            return None
 
     @web.authenticated
     async def put(self, uid):

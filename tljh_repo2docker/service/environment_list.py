@@ -7,7 +7,9 @@ encoded again (``store.changed_since``), and the answer is the kept pieces
 joined. The whole answer is also kept until the next write or queue move, so
 a list that nothing changed costs sending it.
 
-The encoded pieces are those of :func:`store.as_dict`, for admins (and an
+The encoded pieces are those of :func:`store.as_dict` with the one-line
+``summary`` of the current version (:func:`summaries`: one query for the
+environments read, never one per environment), for admins (and an
 environment's owner) and for users; ``position`` (the place in the build
 queue, admins and owners only) moves without a write, so the environments in
 the queue are encoded again at each list.
@@ -39,24 +41,27 @@ import zlib
 
 from ..access import Access, Viewer
 from ..db import store
+from .packages import summary
 
 
 class _Entry:
     """One environment: its row and its encoded pieces."""
 
-    __slots__ = ("env", "key", "built", "admin", "user", "position", "access")
+    __slots__ = ("env", "key", "built", "admin", "user", "position", "access", "summary")
 
-    def __init__(self, env, position):
+    def __init__(self, env, position, summary=None):
         self.env = env
         self.key = (env.created, env.id)
         self.built = env.image_id is not None
         self.access = Access(env.owner, env.sharing)
-        self.user = json.dumps(store.as_dict(env, admin=False)).encode()
+        self.summary = summary
+        self.user = json.dumps(store.as_dict(env, admin=False, summary=summary)).encode()
         self.position = position
         self.admin = self._encode_admin()
 
     def _encode_admin(self):
-        return json.dumps(store.as_dict(self.env, position=self.position, admin=True)).encode()
+        model = store.as_dict(self.env, position=self.position, admin=True, summary=self.summary)
+        return json.dumps(model).encode()
 
     def admin_piece(self, position):
         if position != self.position:  # moved in the queue, without a write
@@ -176,15 +181,17 @@ class EnvironmentList:
         changed = None if self.version is None else store.changed_since(self.sessions, self.version)
         if changed is None:
             envs = await store.list_environments(self.sessions)
-            self.entries = {env.uid: _Entry(env, None) for env in envs}
+            lines = await summaries(self.sessions)
+            self.entries = {env.uid: _Entry(env, None, lines.get(env.uid)) for env in envs}
             self.order = [env.uid for env in envs]
         else:
             found = {env.uid: env for env in await store.environments_by_uid(self.sessions, changed)}
+            lines = await summaries(self.sessions, found) if found else {}
             moved = removed = False
             for uid in changed:
                 old = self.entries.get(uid)
                 if uid in found:
-                    self.entries[uid] = entry = _Entry(found[uid], None)
+                    self.entries[uid] = entry = _Entry(found[uid], None, lines.get(uid))
                     moved = moved or old is None or old.key != entry.key
                 elif self.entries.pop(uid, None) is not None:
                     removed = True
@@ -196,6 +203,16 @@ class EnvironmentList:
             elif removed:
                 self.order = [uid for uid in self.order if uid in self.entries]
         self.version = current
+
+
+async def summaries(sessions, uids=None):
+    """``{uid: summary}`` of the current versions of environments ``uids``
+    (None: all), e.g. ``"Python 3.12 · 143 packages"`` (see
+    packages.summary); environments with nothing known are left out. One
+    query (per 500 uids)."""
+    facts = await store.current_version_facts(sessions, uids)
+    lines = {uid: summary(inside, count) for uid, (inside, count) in facts.items()}
+    return {uid: line for uid, line in lines.items() if line}
 
 
 def _joined(pieces):

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from ..errors import FieldError
 from ..limits import parse_cpu, parse_memory, parse_node_selector_choice
+from .rebuild_rules import ANY, REBUILD_ON
 
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
 _BUILD_ARG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -17,6 +18,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BAD_REF = re.compile(r"[\s~^:?*\[\\\x00-\x1f\x7f]|\.\.|@\{|^[-/.]|[/.]$|\.lock$|//")
 REMOTE_SCHEMES = {"http", "https", "git", "ssh"}
 MAX_NAME = 100
+#: The longest check command (characters).
+MAX_CHECK_COMMAND = 1000
+#: What parse_trust_fields reads (POST and PATCH).
+TRUST_FIELDS = ("check_command", "builder_image", "rebuild_on")
+BINDERHUB_BUILDER = (
+    "BinderHub chooses its own builder (repo2docker image): this backend cannot pin one"
+)
+BINDERHUB_CHECK = "the BinderHub backend does not run check commands on its images"
 
 
 def _text(body, field, required=False, default=None, limit=2048):
@@ -157,12 +166,90 @@ def parse_auto_rebuild(body, private=False):
     return value
 
 
+def builder_choices(allowed, builder):
+    """The builders (repo2docker images) an environment may name: the
+    backend's default first, then ``allowed`` (the service's
+    ``allowed_repo2docker_images``); empty when the backend chooses its own
+    (BinderHub)."""
+    default = getattr(builder, "repo2docker_image", None)
+    if not default:
+        return []
+    return [default] + [image for image in allowed if image != default]
+
+
+def parse_check_command(value, builder):
+    """An environment's own check command: a shell command line run in each
+    new image, or None (null or empty removes it)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise FieldError("check_command", "must be a string (a shell command line)")
+    value = value.strip()
+    if len(value) > MAX_CHECK_COMMAND:
+        raise FieldError("check_command", f"is longer than {MAX_CHECK_COMMAND} characters")
+    if _CONTROL.search(value):
+        raise FieldError(
+            "check_command", "must be one line, without control characters (newlines, tabs, …)"
+        )
+    if not getattr(builder, "repo2docker_image", None):
+        raise FieldError("check_command", BINDERHUB_CHECK)
+    return value
+
+
+def parse_builder_image(value, choices):
+    """The builder an environment names, from ``choices`` (builder_choices);
+    None for the default builder (null, empty, or the default itself)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise FieldError("builder_image", "must be a string: one of the allowed builder images")
+    value = value.strip()
+    if not choices:
+        raise FieldError("builder_image", BINDERHUB_BUILDER)
+    if value == choices[0]:
+        return None  # the default builder: follows the service's setting
+    if value not in choices:
+        raise FieldError(
+            "builder_image",
+            f"{value[:200]!r} is not an allowed builder; allowed: {', '.join(choices)}",
+        )
+    return value
+
+
+def parse_rebuild_on(value):
+    """What pushes rebuild an environment: ``"any"`` (default) or ``"environment"``."""
+    if value is None:
+        return ANY
+    if not isinstance(value, str) or value not in REBUILD_ON:
+        raise FieldError("rebuild_on", f"must be one of: {', '.join(REBUILD_ON)}")
+    return value
+
+
+def parse_trust_fields(body, app, builder, *, defaults):
+    """``check_command``, ``builder_image`` and ``rebuild_on`` of a POST
+    (``defaults=True``: every field, absent ones as their default) or PATCH
+    (only those given) body."""
+    parsers = {
+        "check_command": lambda v: parse_check_command(v, builder),
+        "builder_image": lambda v: parse_builder_image(
+            v, builder_choices(app.allowed_repo2docker_images, builder)
+        ),
+        "rebuild_on": parse_rebuild_on,
+    }
+    return {
+        field: parse(body.get(field))
+        for field, parse in parsers.items()
+        if defaults or field in body
+    }
+
+
 def parse_request(body, app, builder):
     """Check a POST api/environments body. Returns (fields, credentials)."""
     known = {
         "repo", "ref", "name", "memory", "cpu", "machine_profile", "node_selector",
         "buildargs", "build_args", "username", "password", "provider", "auto_rebuild",
         "sharing",  # checked by access.parse_sharing
+        *TRUST_FIELDS,
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -224,5 +311,6 @@ def parse_request(body, app, builder):
         "private": bool(username or password),
         "auto_rebuild": parse_auto_rebuild(body, private=bool(username or password)),
         "image_name": f"{app.image_prefix}{slug(name)}:{image_tag(ref)}",
+        **parse_trust_fields(body, app, builder, defaults=True),
     }
     return fields, (username, password)

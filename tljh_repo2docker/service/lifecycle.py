@@ -7,13 +7,25 @@ a user's ``POST api/environments/{uid}/rebuild``, the ref poller
 passes (the engine's free disk, the owner's quotas under the owner's lock,
 nothing queued yet, credentials of a private repository) are made once,
 and nothing is stored when one refuses.
+
+Rebuild only what changed: a user's rebuild of the commit and builder the
+current version already has raises AlreadyBuilt (unless ``force``), and
+:meth:`Lifecycle.push_skip_reason` tells the poller and the webhook when a
+push needs no build (the same commit and builder, or with ``rebuild_on:
+"environment"`` a push that changes none of the files repo2docker reads).
+Whenever that cannot be known (a private repository, git not answering),
+the build goes ahead: a check that fails never skips a build.
 """
+
+import dataclasses
 
 from .. import contract
 from ..builds.base import BuildError, BuildRequest
 from ..db import store
 from ..errors import Conflict, DiskFull, FieldError, NotFound, ServiceError
 from ..hub_client import HubError
+from . import rebuild_rules
+from .remote_git import RemoteGitError, is_full_sha
 
 #: Why a build runs (stored with the version it makes).
 REQUEST, POLL, WEBHOOK = "request", "poll", "webhook"
@@ -34,6 +46,28 @@ class NeedsCredentials(FieldError):
         super().__init__(
             "password", "this repository is private: give the credentials again to rebuild"
         )
+
+
+class AlreadyBuilt(Exception):
+    """The current version is at the commit asked for, built with the same
+    builder: nothing to build (answered 200 with the message)."""
+
+    def __init__(self, commit):
+        self.commit = commit
+        self.message = (
+            f"Already built at commit {commit[:12]} with the same builder: nothing to "
+            'rebuild (give "force": true to rebuild anyway)'
+        )
+        super().__init__(self.message)
+
+
+def same_builder(version_builder, wanted, default):
+    """Whether a version built with ``version_builder`` (None: not recorded)
+    was built with the builder ``wanted`` now (None: the ``default``)."""
+    if version_builder is None:
+        # Versions made before builders were recorded used the default.
+        return wanted is None
+    return version_builder == (wanted or default)
 
 
 def build_request(env, credentials=(None, None), image_prefix=""):
@@ -67,7 +101,12 @@ class Lifecycle:
     space) and the service's ``image_prefix``.
     """
 
-    def __init__(self, *, sessions, build_manager, quotas, hub_client, disk, image_prefix, log):
+    def __init__(
+        self, *, sessions, build_manager, quotas, hub_client, disk, image_prefix, log, git=None,
+    ):
+        """``git`` (service/remote_git.py's RemoteGit): where refs are and
+        what pushes changed; None: never asked (every rebuild builds)."""
+        self.git = git
         self.sessions = sessions
         self.build_manager = build_manager
         self.quotas = quotas
@@ -88,13 +127,17 @@ class Lifecycle:
             return True  # environments of no one (3.x's, adopted) are the admins'
         return await self.hub_client.is_admin(owner)
 
-    async def _admit(self, owner, *, check_quota, new, store_it, before=None, credentials=(None, None)):
+    async def _admit(
+        self, owner, *, check_quota, new, store_it, before=None, credentials=(None, None),
+        overrides=None,
+    ):
         """The one admission path of every build: the engine's disk, then under
         the owner's lock (usage is counted and changed under it, so two requests
         at once cannot both take their last free place) ``before()``, the
         owner's quotas, ``store_it()`` (which returns the stored environment)
         and the hand-over to the build queue. Nothing is stored when a check
-        refuses."""
+        refuses. ``overrides``: fields of the BuildRequest for this build only
+        (a version's commit and builder)."""
         await self.refuse_when_disk_full()
         async with self.quotas.lock(owner or ""):
             if before is not None:
@@ -102,7 +145,10 @@ class Lifecycle:
             if check_quota:
                 await self.quotas.check_usage(self.sessions, owner or "", new=new)
             env = await store_it()
-            await self.build_manager.submit(env, build_request(env, credentials, self.image_prefix))
+            request = build_request(env, credentials, self.image_prefix)
+            if overrides:
+                request = dataclasses.replace(request, **overrides)
+            await self.build_manager.submit(env, request)
         return env
 
     async def add_environment(self, fields, *, owner, check_quota, credentials=(None, None)):
@@ -138,9 +184,78 @@ class Lifecycle:
         self.log.info("%s added environment %s (%s)", owner, env.uid, env.name)
         return env
 
+    @property
+    def default_builder(self):
+        """The backend's default builder (repo2docker image); None with BinderHub."""
+        return getattr(self.build_manager.builder, "repo2docker_image", None)
+
+    async def built_at(self, env, commit, builder_image):
+        """Whether ``env``'s current version is ``commit`` built with
+        ``builder_image`` (None: the default builder)."""
+        if not commit or env.image_id is None:
+            return False
+        current = await store.current_version(self.sessions, env)
+        if current is None or not current.commit:
+            return False
+        if current.commit.lower() != commit.lower():
+            return False
+        return same_builder(current.builder_image, builder_image, self.default_builder)
+
+    async def _commit_to_build(self, env):
+        """The full commit ``env``'s ref is at now, or None when it cannot be
+        known without credentials or git (then the build goes ahead)."""
+        if is_full_sha(env.ref):
+            return env.ref.lower()
+        if self.git is None or env.private or (env.provider != "git" and "://" not in env.repo):
+            return None
+        try:
+            return await self.git.commit_of(env.repo, env.ref)
+        except RemoteGitError as e:
+            self.log.info("Cannot tell where the ref of %s is (building): %s", env.uid, e)
+            return None
+
+    async def push_skip_reason(self, env, commit):
+        """Why a push that moved ``env``'s ref to ``commit`` (a full commit id)
+        needs no build, or None when it must be built (the poller and the
+        webhook skip it, log it and record the reason in ``remote_error``).
+
+        A push needs no build when the current version is at ``commit``
+        with the same builder, or, with ``rebuild_on: "environment"``, when
+        it changes none of the files repo2docker reads since the commit
+        built. Whenever git cannot say, None: it is built.
+        """
+        if not commit:
+            return None
+        if await self.built_at(env, commit, env.builder_image):
+            return f"commit {commit[:12]} is already built with the same builder"
+        if (env.rebuild_on or rebuild_rules.ANY) != rebuild_rules.ENVIRONMENT:
+            return None
+        if self.git is None or not env.commit or env.image_id is None:
+            return None
+        current = await store.current_version(self.sessions, env)
+        if current is not None and not same_builder(
+            current.builder_image, env.builder_image, self.default_builder
+        ):
+            return None  # another builder was chosen since: build with it
+        try:
+            paths, folder = await self.git.changed_files(
+                env.uid, env.repo, env.ref, env.commit, commit
+            )
+        except RemoteGitError as e:
+            self.log.warning(
+                "Cannot tell which files the push to %s changed (building): %s", env.uid, e
+            )
+            return None
+        if rebuild_rules.changes_environment(paths, folder):
+            return None
+        return (
+            f"commit {commit[:12]} changes none of the files repo2docker reads "
+            f"since {env.commit[:12]} (rebuild_on: environment)"
+        )
+
     async def queue_rebuild(
         self, env, *, requested_by=None, reason=REQUEST, credentials=(None, None),
-        check_quota=None, fields=None,
+        check_quota=None, fields=None, force=True, version=None,
     ):
         """Queue ``env`` (a stored Environment) to be built again; the queued Environment.
 
@@ -148,9 +263,14 @@ class Lifecycle:
         (poll, webhook). ``check_quota``: whether the owner's quotas apply
         (default: unless the owner is an admin, as when the owner asks).
         ``fields``: more columns written with the queued state (what the poller
-        or the webhook saw). Raises AlreadyBuilding, NeedsCredentials, 507 when
-        the disk is under ``min_free_disk``, or the quotas' FieldError; nothing
-        is stored then.
+        or the webhook saw). ``force=False``: raise AlreadyBuilt when the
+        current version is at the commit the ref is at (or ``version``'s),
+        built with the same builder. ``version`` (a stored Version of
+        ``env``): build its commit with its builder (this build only: after
+        a restart a queued build builds the ref again). Raises
+        AlreadyBuilding, NeedsCredentials, AlreadyBuilt, 507 when the disk
+        is under ``min_free_disk``, or the quotas' FieldError; nothing is
+        stored then.
         """
         builds = self.build_manager
         if builds.is_active(env.uid):
@@ -158,6 +278,21 @@ class Lifecycle:
         username, password = credentials
         if env.private and not password:
             raise NeedsCredentials()
+        overrides = None
+        if version is not None:
+            if not version.commit:
+                raise FieldError("version", f"the commit of version {version.number} is not known")
+            overrides = {"ref": version.commit, "builder_image": version.builder_image}
+            if version.builder_image == self.default_builder:
+                overrides["builder_image"] = None
+            commit, wanted = version.commit, overrides["builder_image"]
+        else:
+            commit, wanted = None, env.builder_image
+        if not force:
+            if commit is None:
+                commit = await self._commit_to_build(env)
+            if await self.built_at(env, commit, wanted):
+                raise AlreadyBuilt(commit)
         if check_quota is None:
             check_quota = not await self._owner_is_admin(env.owner)
 
@@ -175,7 +310,7 @@ class Lifecycle:
 
         queued = await self._admit(
             env.owner, check_quota=check_quota, new=False, store_it=store_it,
-            before=not_building, credentials=(username, password),
+            before=not_building, credentials=(username, password), overrides=overrides,
         )
         self.log.info(
             "Rebuild of %s queued (%s, by %s)", env.uid, reason, requested_by or "the service"

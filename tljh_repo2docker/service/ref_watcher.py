@@ -12,6 +12,13 @@ Never in a loop: a rebuild that failed (or was cancelled) for a commit is
 not tried again until the ref moves on to another one; ``remote_commit``
 remembers the commit acted on.
 
+Rebuild only what changed: a push that needs no build (the commit and
+builder of the current version, or with ``rebuild_on: "environment"`` a
+push that changes none of the files repo2docker reads:
+Lifecycle.push_skip_reason) is skipped, logged, and recorded in
+``remote_error`` as ``skipped: <why>``; it is not asked again until the ref
+moves on.
+
 What is not polled: a ref that is a full commit id (it never moves);
 private repositories (their credentials are never stored: the poller has
 none, and refuses to guess); repositories that are not git URLs (BinderHub's
@@ -19,11 +26,9 @@ short specs such as ``gh`` ones).
 """
 
 import asyncio
-import os
 import random
 import re
 import shutil
-import signal
 import tempfile
 
 from traitlets import Float, Integer
@@ -33,51 +38,20 @@ from . import lifecycle as rebuilds
 from ..db import store
 from ..errors import ServiceError
 from .push_webhooks import is_full_sha
+from .remote_git import RemoteGitError, git_environment, last_line, patterns, resolve, run_git
 
 PRIVATE = (
     "not checked: the repository is private and its credentials are never stored; "
     "rebuild it by hand with the credentials"
 )
 NOT_A_URL = "not checked: only repositories given as git URLs can be checked"
-#: Protocols git may use for a check: never ext:: or other helpers that run commands.
-ALLOWED_PROTOCOLS = "http:https:git:ssh:file"
-MAX_OUTPUT = 1024 * 1024
+#: How ``remote_error`` starts when a push was skipped (not an error: a note).
+SKIPPED = "skipped: "
 _ABBREVIATED = re.compile(r"^[0-9a-fA-F]{7,39}$")
 
 
 class LsRemoteError(Exception):
     """``git ls-remote`` did not answer where the ref is; the message says why (for owners)."""
-
-
-def patterns(ref):
-    """The ref names ``git ls-remote`` is asked for, for the environment's ``ref``."""
-    if ref == "HEAD":
-        return ["HEAD"]
-    if ref.startswith("refs/"):
-        return [ref, f"{ref}^{{}}"]
-    return [f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/tags/{ref}^{{}}"]
-
-
-def resolve(output, ref):
-    """The commit ``ref`` is at in ``git ls-remote`` output, or None if it is not there.
-
-    A branch wins over a tag of the same name (as ``git checkout`` does);
-    an annotated tag is the commit it points to (its ``^{}`` line).
-    """
-    found = {}
-    for line in output.splitlines():
-        sha, _, name = line.partition("\t")
-        if sha and name:
-            found[name.strip()] = sha.strip().lower()
-    if ref == "HEAD":
-        return found.get("HEAD")
-    names = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
-    for name in names:
-        if f"{name}^{{}}" in found:
-            return found[f"{name}^{{}}"]
-        if name in found:
-            return found[name]
-    return None
 
 
 def same_commit(a, b):
@@ -96,20 +70,6 @@ def should_rebuild(env, remote):
     if env.status in (store.FAILED, store.CANCELLED) and same_commit(remote, env.remote_commit):
         return False  # already tried for this commit: wait until the ref moves on
     return True
-
-
-async def _kill(proc):
-    """Stop ``proc`` and its process group, and wait for them."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    await proc.wait()
-
-
-def _last_line(text):
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
 
 
 class RefWatcher(LoggingConfigurable):
@@ -148,46 +108,24 @@ class RefWatcher(LoggingConfigurable):
             # git gets an empty home of its own: no user configuration,
             # credential helper or .netrc of the service's user is used.
             self._home = tempfile.mkdtemp(prefix="tljh-r2d-git-")
-        return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": self._home,
-            "LANG": "C",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_ASKPASS": "/bin/false",
-            "SSH_ASKPASS": "/bin/false",
-            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
-        }
+        return git_environment(self._home)
 
     async def ls_remote(self, repo, ref):
         """The commit ``ref`` of ``repo`` is at (None for an abbreviated commit
         id, which no ref is named); LsRemoteError when git cannot say."""
-        proc = await asyncio.create_subprocess_exec(
-            "git", "ls-remote", "--", repo, *patterns(ref),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.git_environment(),
-            # its own process group: git's helpers (git-remote-http, ssh)
-            # hold the pipes too, and are stopped with it
-            start_new_session=True,
-        )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except asyncio.TimeoutError:
-            await _kill(proc)
+            code, out, err = await run_git(
+                ["ls-remote", "--", repo, *patterns(ref)],
+                env=self.git_environment(), timeout=self.timeout,
+            )
+        except RemoteGitError:
             raise LsRemoteError(f"git ls-remote took longer than {self.timeout:g}s") from None
-        except asyncio.CancelledError:
-            await _kill(proc)
-            raise
-        if proc.returncode != 0:
-            message = _last_line(err.decode("utf-8", "replace"))
+        if code != 0:
+            message = last_line(err)
             if "terminal prompts disabled" in message or "Authentication failed" in message:
                 message = "the repository asks for credentials (it is private?)"
-            raise LsRemoteError(f"git ls-remote failed: {message or proc.returncode}")
-        commit = resolve(out[:MAX_OUTPUT].decode("utf-8", "replace"), ref)
+            raise LsRemoteError(f"git ls-remote failed: {message or code}")
+        commit = resolve(out.decode("utf-8", "replace"), ref)
         if commit is None and _ABBREVIATED.match(ref):
             return None  # an abbreviated commit id: it never moves either
         if commit is None:
@@ -226,6 +164,16 @@ class RefWatcher(LoggingConfigurable):
             return
         seen = {"remote_commit": remote, "remote_checked": store.now(), "remote_error": None}
         if not should_rebuild(env, remote):
+            await store.update_environment(sessions, env.uid, **seen)
+            return
+        if same_commit(remote, env.remote_commit) and (env.remote_error or "").startswith(SKIPPED):
+            # skipped already for this commit: not asked again until the ref moves
+            await store.update_environment(sessions, env.uid, remote_checked=store.now())
+            return
+        skip = await self.lifecycle.push_skip_reason(env, remote)
+        if skip:
+            self.log.info("The ref %s of %s moved to %s: not rebuilt, %s", env.ref, env.uid, remote[:12], skip)
+            seen["remote_error"] = SKIPPED + skip
             await store.update_environment(sessions, env.uid, **seen)
             return
         self.log.info(

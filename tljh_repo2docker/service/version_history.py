@@ -5,7 +5,8 @@ Every successful build is a version (``db.models.Version``, recorded by the
 build manager). The *current* version is the one whose image id the
 environment holds: new servers start from it. A rollback makes an earlier
 version current again (``Builder.make_current``); running servers keep the
-image they run.
+image they run. A version whose image failed its check (``check.status``
+"failed") is in the history, never current: a rollback to it is refused.
 
 How many servers use a version: the Docker backend counts the containers of
 each image (any state: a stopped server's container needs its image to start
@@ -34,13 +35,20 @@ class RollbackError(Exception):
         self.message = message
 
 
+def failed_check(version):
+    """Whether ``version``'s image failed the check made before it could go live."""
+    return (version.check or {}).get("status") == "failed"
+
+
 def current_version_id(env, versions):
     """The id of ``env``'s current version among ``versions`` (newest first):
-    the newest one with the environment's image id, or None."""
+    the newest one with the environment's image id that did not fail its
+    check (a rebuild to the same image that failed, say a new check command,
+    leaves the version that passed current), or None."""
     if env.image_id is None:
         return None
     for version in versions:
-        if version.image_id == env.image_id:
+        if version.image_id == env.image_id and not failed_check(version):
             return version.id
     return None
 
@@ -85,6 +93,9 @@ async def history(sessions, builder, hub, env, *, manages):
         )
         if not manages:
             model["built_by"] = None
+        # how many packages it holds (None: not known); the list itself is
+        # versions/{id}/packages
+        model["package_count"] = len(version.packages) if isinstance(version.packages, list) else None
         models.append(model)
     return models
 
@@ -105,13 +116,21 @@ def parse_version_id(body):
 async def rollback(sessions, builder, env, version_id):
     """Make version ``version_id`` of ``env`` current; returns the Version.
 
-    Raises RollbackError: 404 for a version that is not ``env``'s, 409 when
-    its image is gone (the row is then removed: it cannot come back) or the
-    backend cannot point the environment at it.
+    Raises RollbackError: 404 for a version that is not ``env``'s, 400 for
+    one whose image failed its check, 409 when its image is gone (the row is
+    then removed: it cannot come back) or the backend cannot point the
+    environment at it.
     """
     version = await store.get_version(sessions, env.uid, version_id)
     if version is None:
         raise RollbackError(404, f"version: no version {version_id} of this environment")
+    if failed_check(version):
+        raise RollbackError(
+            400,
+            f"version: version {version.number} failed its check, so servers cannot start "
+            f"from it ({version.check.get('message') or 'no reason recorded'}); "
+            "choose a version that passed, or fix the repository and rebuild",
+        )
     image = version.image_id or version.image_name
     try:
         exists = await builder.image_exists(image)
