@@ -76,6 +76,9 @@ def split_reference(image_name):
 
 #: The default ``image_prefix`` of the service (``TljhRepo2Docker``) and of
 #: the spawners alike, so that a hub configured without it agrees with itself.
+#: The service's name in JupyterHub: its pages are under /services/<name>/.
+SERVICE_NAME = "tljh_repo2docker"
+
 DEFAULT_IMAGE_PREFIX = "tljh-r2d/"
 
 def belongs_to_hub(image, labels, image_prefix):

@@ -18,10 +18,11 @@ import sys
 
 from traitlets.config import LazyConfigValue
 
-from . import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE
+from . import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE, contract
+from .paths import _data_dir
 
 #: The service's name in JupyterHub (its pages live under /services/<name>/).
-SERVICE_NAME = "tljh_repo2docker"
+SERVICE_NAME = contract.SERVICE_NAME
 DEFAULT_IP = "127.0.0.1"
 DEFAULT_PORT = 6789
 
@@ -33,6 +34,12 @@ BINDER_ACCESS_SCOPE = "access:services!service=binder"
 SERVICE_ROLE = "tljh-repo2docker-service"
 ADMIN_ROLE = "tljh-repo2docker-admin"
 BUILDER_ROLE = "tljh-repo2docker-builder"
+
+#: Our templates for the hub's own pages: its ``page.html`` extends
+#: JupyterHub's and adds "Environments" and "Servers" to its navigation bar.
+HUB_TEMPLATES = _data_dir("hub_templates")
+#: The template variable that tells those templates the service's name.
+TEMPLATE_VAR = "tljh_repo2docker_service"
 
 
 def service_config(port=DEFAULT_PORT, *, ip=DEFAULT_IP, args=()):
@@ -156,12 +163,33 @@ def configure(
         scopes.setdefault(name, definition)
     hub.custom_scopes = scopes
 
+    configure_templates(c)
+
     shared = {}
     for name in SPAWNER_SETTINGS:
         value = next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
         if value is not None:
             shared[name] = value
     configure_spawners(c, **shared)
+
+
+def configure_templates(c, service_name=SERVICE_NAME):
+    """Add our hub templates to ``c.JupyterHub.template_paths`` (after the
+    paths already there, so that an admin's own ``page.html`` still wins) and
+    tell them the service's name (``c.JupyterHub.template_vars``).
+
+    The hub's pages (Home, Token, the spawn form) then link to the service's
+    Servers page, and to its Environments page for those who may build.
+    """
+    hub = c.JupyterHub
+    paths = [str(p) for p in _current(hub, "template_paths", [])]
+    if str(HUB_TEMPLATES) not in paths:
+        paths.append(str(HUB_TEMPLATES))
+    hub.template_paths = paths
+    template_vars = _current(hub, "template_vars", {})
+    if isinstance(template_vars, dict):
+        template_vars.setdefault(TEMPLATE_VAR, service_name)
+        hub.template_vars = template_vars
 
 
 #: The config section of the class every spawner we ship derives from

@@ -284,9 +284,13 @@ async def test_cancel_and_rebuild(admin_page, ui_envs, slow_repo, demo_env):
     await wait_status(row, "cancelled", timeout=60_000)
     await expect(row.locator(".env-status")).to_contain_text("Cancelled")
 
-    # Rebuild the built demo: it goes through queued/building back to built.
+    # Rebuild the built demo: its commit is already built, which the page says,
+    # offering to build anyway; then it goes through queued/building back to built.
     demo = env_row(page, demo_env["name"])
     await demo.get_by_role("button", name=f"Rebuild {demo_env['name']}").click()
+    notice = page.locator("#page-notice")
+    await expect(notice).to_contain_text(re.compile("already built", re.I))
+    await notice.get_by_role("button", name="Rebuild anyway").click()
     await expect(demo).to_have_attribute("data-status", re.compile("queued|building"))
     await expect(demo.get_by_role("button", name=f"Cancel {demo_env['name']}")).to_be_visible()
     await wait_status(demo, "built")

@@ -46,6 +46,9 @@ async def test_new_server_open_stop_remove(alice_page, alice, demo_env):
     await expect(page.locator("#server-name-error")).to_contain_text("not a valid server name")
 
     await name_input.fill("ui-lab")
+    # Stay on the list to follow the row (opening the server when ready, the
+    # default, is tested in test_page_states.py).
+    await dialog.get_by_label("Open it in this tab when it is ready").uncheck()
     await dialog.get_by_role("button", name="Start").click()
     # The hub answers when the server started, or after its slow_spawn_timeout (10 s).
     await expect(dialog).to_be_hidden(timeout=30_000)

@@ -44,6 +44,9 @@
     for (const name of ["off", "on", "result"]) {
       dialog.querySelector(`.webhook-${name}`).classList.toggle("d-none", name !== part);
     }
+    // Disabling is offered only when there is something to disable.
+    dialog.querySelector(".webhook-disable").classList.toggle("d-none", part === "off");
+    dialog.querySelector(".webhook-state").textContent = part === "off" ? "off" : "on";
   }
 
   function error(message) {

@@ -262,18 +262,20 @@
     let message = error.message;
     if (!field) {
       const match = /^([a-z_]+): (.*)$/s.exec(message);
-      if (match && form.querySelector(`[data-field="${match[1]}"], [name="${match[1]}"]`)) {
-        field = match[1];
-      }
+      if (match) field = match[1];
     }
     const input = field && form.querySelector(`[data-field="${field}"], [name="${field}"]`);
+    if (field && message.startsWith(`${field}: `)) {
+      // "name: is required" -> "Name is required.": a sentence that says
+      // which field, in the words of the form's own label.
+      message = fieldSentence(input ? fieldLabel(input) : humanise(field), message.slice(field.length + 2));
+    }
     if (!input) {
       const alert = form.querySelector(".form-error");
       alert.textContent = message;
       alert.classList.remove("d-none");
       return alert;
     }
-    if (message.startsWith(`${field}: `)) message = message.slice(field.length + 2);
     const details = input.closest("details");
     if (details) details.open = true;
     const feedbackId = `${input.id}-error`;
@@ -286,6 +288,96 @@
     group.after(feedback);
     if (group !== input) group.classList.add("has-validation", "is-invalid");
     return input;
+  }
+
+  /** "machine_profile" -> "Machine profile". */
+  function humanise(field) {
+    const words = String(field).replace(/_/g, " ");
+    return words.charAt(0).toUpperCase() + words.slice(1);
+  }
+
+  /** What a form's input is called on the page: its label (or legend), without hints in brackets. */
+  function fieldLabel(input) {
+    let text = "";
+    if (input.id) {
+      const label = document.querySelector(`label[for="${CSS.escape(input.id)}"]`);
+      if (label) text = label.textContent;
+    }
+    if (!text) {
+      const legend = input.closest("fieldset") && input.closest("fieldset").querySelector("legend");
+      text = (legend && legend.textContent) || input.getAttribute("aria-label") || humanise(input.name || "");
+    }
+    return text.replace(/\s*\(.*\)\s*$/s, "").replace(/\s+/g, " ").trim() || humanise(input.name || "");
+  }
+
+  /**
+   * One sentence naming the field: a reason that starts without a subject
+   * ("is required", "must not contain spaces") gets the field's name in
+   * front; a reason that is a sentence of its own is kept, with a capital
+   * and a full stop.
+   */
+  function fieldSentence(subject, reason) {
+    let text = String(reason).trim();
+    if (/^(is|are|must|should|has|have|contains|cannot|can't|needs|may)\b/.test(text)) {
+      text = `${subject} ${text}`;
+    } else if (/^[a-z]/.test(text) && !text.toLowerCase().includes(subject.toLowerCase())) {
+      text = `${subject}: ${text}`;
+    }
+    text = text.charAt(0).toUpperCase() + text.slice(1);
+    return /[.!?…]$/.test(text) ? text : `${text}.`;
+  }
+
+  /**
+   * Inputs with data-maxlength: their limit is a hint, not a cut. The
+   * browser's maxlength would silently drop what is typed or pasted past
+   * it; here the whole text stays and the input says it is too long.
+   * Returns the first input over its limit (after showing its error), or null.
+   */
+  function checkLengths(form) {
+    let first = null;
+    for (const input of form.querySelectorAll("[data-maxlength]")) {
+      const over = lengthProblem(input);
+      showLengthProblem(input, over);
+      if (over && !first) first = input;
+    }
+    return first;
+  }
+
+  function lengthProblem(input) {
+    const max = Number(input.dataset.maxlength);
+    const length = [...input.value.trim()].length;
+    if (!max || length <= max) return null;
+    return `${fieldLabel(input)} is longer than ${max} characters (it has ${length}): shorten it.`;
+  }
+
+  function showLengthProblem(input, message) {
+    const id = `${input.id}-length`;
+    let feedback = document.getElementById(id);
+    const describedBy = (input.getAttribute("aria-describedby") || "").split(" ").filter((x) => x && x !== id);
+    if (!message) {
+      if (feedback) feedback.remove();
+      if (!input.parentElement.querySelector(".js-error")) {
+        input.classList.remove("is-invalid");
+        input.removeAttribute("aria-invalid");
+      }
+      input.setAttribute("aria-describedby", describedBy.join(" "));
+      return;
+    }
+    if (!feedback) {
+      feedback = el("div", { class: "invalid-feedback js-length", id });
+      input.after(feedback);
+    }
+    feedback.textContent = message;
+    input.classList.add("is-invalid");
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-describedby", [...describedBy, id].join(" "));
+  }
+
+  /** Say "too long" as soon as it is, in every form of the page. */
+  function watchLengths() {
+    for (const input of document.querySelectorAll("input[data-maxlength], textarea[data-maxlength]")) {
+      input.addEventListener("input", () => showLengthProblem(input, lengthProblem(input)));
+    }
   }
 
   function setBusy(button, busy, label) {
@@ -503,6 +595,8 @@
     download,
     clearErrors,
     showError,
+    checkLengths,
+    fieldSentence,
     setBusy,
     openModal,
     confirmAction,
@@ -512,4 +606,6 @@
     pageData,
     renderRows,
   };
+  // common.js is deferred: the page's forms are there.
+  watchLengths();
 })();

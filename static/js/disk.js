@@ -104,12 +104,28 @@
     );
   }
 
+  /** Prune is offered only when it would remove something; otherwise the page says why not. */
+  function setPrunable(data) {
+    const removable = data.environments.some((env) => env.versions.some((v) => v.removable));
+    const nothing =
+      !data.reclaimable &&
+      !removable &&
+      !data.dangling.count &&
+      !(data.build_cache && data.build_cache.older_than_max_age);
+    pruneButton.disabled = nothing;
+    const why = document.getElementById("prune-why");
+    why.textContent = nothing
+      ? "Nothing to prune: it would free 0 B (every version is kept, and there are no untagged images or old build cache)."
+      : "";
+    why.classList.toggle("d-none", !nothing);
+  }
+
   async function load() {
     const box = document.getElementById("page-error");
     try {
       const data = await R.api("GET", "api/disk");
       render(data);
-      pruneButton.disabled = false;
+      setPrunable(data);
       box.classList.add("d-none");
     } catch (e) {
       box.textContent = `Could not read the disk use: ${e.message}`;

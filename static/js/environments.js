@@ -44,7 +44,7 @@
       case "queued":
         cell.append(
           badge(
-            "text-bg-secondary",
+            "text-bg-warning",
             icon("fa-hourglass-half"),
             " Queued",
             env.position ? ` (position ${env.position})` : ""
@@ -54,7 +54,7 @@
       case "building":
         cell.append(
           badge(
-            "text-bg-info",
+            "text-bg-warning",
             el("span", { class: "spinner-border spinner-border-sm me-1", "aria-hidden": "true" }),
             "Building"
           )
@@ -67,7 +67,7 @@
         cell.append(badge("text-bg-danger", icon("fa-xmark"), " Failed"));
         break;
       case "cancelled":
-        cell.append(badge("text-bg-warning", icon("fa-ban"), " Cancelled"));
+        cell.append(badge("text-bg-secondary", icon("fa-ban"), " Cancelled"));
         break;
       default:
         cell.append(badge("text-bg-secondary", env.status));
@@ -165,7 +165,7 @@
           button("logs", "Logs", "btn-outline-secondary", "fa-file-lines"),
           button("share", "Share", "btn-outline-secondary", "fa-share-nodes"),
           autoRebuildButton(env),
-          button("webhook", "Webhook", "btn-outline-secondary", "fa-bolt"),
+          webhookButton(env),
           active
             ? button("cancel", "Cancel", "btn-outline-secondary", "fa-stop")
             : button("rebuild", "Rebuild", "btn-outline-primary", "fa-rotate"),
@@ -178,6 +178,25 @@
       "td",
       { class: "env-actions" },
       el("div", { class: "d-flex flex-wrap gap-1 justify-content-end" }, ...buttons)
+    );
+  }
+
+  /** The Webhook button says whether the webhook is on (autorebuild.js opens its dialog). */
+  function webhookButton(env) {
+    const state = env.webhook ? "on" : "off";
+    return el(
+      "button",
+      {
+        type: "button",
+        class: `btn btn-sm ${env.webhook ? "btn-secondary" : "btn-outline-secondary"}`,
+        dataset: { action: "webhook", state },
+        "aria-label": `Webhook ${env.name} (${state})`,
+        title: env.webhook
+          ? "The webhook is on: a push to the repository rebuilds this environment"
+          : "The webhook is off",
+      },
+      icon("fa-bolt"),
+      el("span", { class: "ms-1" }, `Webhook ${state}`)
     );
   }
 
@@ -274,6 +293,29 @@
     box.classList.remove("d-none");
   }
 
+  /** A notice above the list, with an optional action button (e.g. "Rebuild anyway"). */
+  function showPageNotice(message, action) {
+    const box = document.getElementById("page-notice");
+    const button = document.getElementById("page-notice-action");
+    document.getElementById("page-notice-text").textContent = message;
+    button.classList.toggle("d-none", !action);
+    button.onclick = null;
+    if (action) {
+      button.textContent = action.label;
+      button.onclick = () => {
+        hidePageNotice();
+        action.run();
+      };
+    }
+    box.classList.remove("d-none");
+  }
+
+  function hidePageNotice() {
+    document.getElementById("page-notice").classList.add("d-none");
+  }
+
+  document.getElementById("page-notice-close").addEventListener("click", hidePageNotice);
+
   function hidePageError() {
     document.getElementById("page-error").classList.add("d-none");
   }
@@ -313,11 +355,22 @@
     actions[button.dataset.action]();
   });
 
-  async function rebuild(env, button, credentials) {
+  async function rebuild(env, button, body) {
     R.setBusy(button, true, "Rebuild");
     try {
-      upsert(await R.api("POST", `api/environments/${encodeURIComponent(env.uid)}/rebuild`, credentials || {}));
-      R.announce(`Rebuilding ${env.name}`);
+      const answer = await R.api("POST", `api/environments/${encodeURIComponent(env.uid)}/rebuild`, body || {});
+      upsert(answer);
+      if (answer.message) {
+        // Nothing changed since the current version: say so, and offer to build anyway.
+        showPageNotice(`${env.name}: ${answer.message}`, {
+          label: "Rebuild anyway",
+          run: () => rebuild(find(env.uid) || env, rowControl(env.uid, "rebuild")() || button, { ...(body || {}), force: true }),
+        });
+        R.announce(`${env.name}: ${answer.message}`);
+      } else {
+        hidePageNotice();
+        R.announce(`Rebuilding ${env.name}`);
+      }
     } catch (e) {
       if (e.status === 400 && e.field === "password") {
         openRebuildDialog(env, button);
@@ -505,6 +558,11 @@
     R.clearErrors(form);
     if (!repoInput.value.trim()) {
       R.showError(form, new R.ApiError(400, "repo: is required", "repo")).focus();
+      return;
+    }
+    const tooLong = R.checkLengths(form);
+    if (tooLong) {
+      tooLong.focus();
       return;
     }
     R.setBusy(submit, true, "Adding");

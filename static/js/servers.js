@@ -13,6 +13,9 @@
   const environments = R.pageData("environments-data") || [];
   // Servers started from this page: followed until they run (or fail).
   const starting = new Map();
+  // The server whose failure the box above the list explains: its row shows
+  // the Failed badge and points up, rather than saying the reason twice.
+  let explainedAbove = null;
 
   const tbody = document.querySelector("#servers tbody");
 
@@ -28,7 +31,7 @@
     if (PENDING.has(status)) {
       return el(
         "span",
-        { class: "badge text-bg-info" },
+        { class: "badge text-bg-warning" },
         el("span", { class: "spinner-border spinner-border-sm me-1", "aria-hidden": "true" }),
         text
       );
@@ -113,7 +116,9 @@
       "td",
       { class: "server-status" },
       statusBadge(server),
-      server.error
+      server.error && server.name === explainedAbove
+        ? el("div", { class: "server-error small text-danger mt-1" }, "Why: see the message above.")
+        : server.error
         ? el(
             "div",
             { class: "server-error small text-danger mt-1", title: server.error },
@@ -174,7 +179,8 @@
           const since = starting.get(server.name);
           if (server.error) {
             starting.delete(server.name);
-            showPageError(`Could not start ${server.name}: ${server.error}`, server.server_name || server.name);
+            // The reason is in the server's row: the box says which and where to read more.
+            showPageError(`${server.name} could not be started (the reason is in its row).`, server.server_name || server.name);
           } else if (server.status === "running") starting.delete(server.name);
           else if (server.status === "stopped" && Date.now() - since > 4000) {
             starting.delete(server.name);
@@ -247,8 +253,9 @@
     }
   }
 
-  /** POST api/servers, then follow the server until it runs. */
-  async function launch(name, environment) {
+  /** POST api/servers, then follow the server until it runs (``follow``:
+   * in the banner, which opens it when it is ready; else in the list). */
+  async function launch(name, environment, follow = false) {
     let result;
     try {
       result = await R.api("POST", "api/servers", { name, environment });
@@ -261,7 +268,7 @@
       if (!server) throw e;
       result = server;
     }
-    starting.set(name, Date.now());
+    if (!follow) starting.set(name, Date.now());
     const server = find(name);
     const env = environments.find((e) => e.uid === environment);
     const model = {
@@ -279,7 +286,8 @@
     servers.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     render();
     R.announce(`Starting ${name}`);
-    poll.schedule();
+    if (follow) showLaunch(name, result.server_name, result.url);
+    else poll.schedule();
     return result;
   }
 
@@ -376,9 +384,15 @@
       R.showError(form, new R.ApiError(400, "name: is required", "name")).focus();
       return;
     }
+    const tooLong = R.checkLengths(form);
+    if (tooLong) {
+      tooLong.focus();
+      return;
+    }
     R.setBusy(submit, true, "Starting");
+    const open = form.elements.open ? form.elements.open.checked : false;
     try {
-      await launch(name, envSelect.value);
+      await launch(name, envSelect.value, open);
       bootstrap.Modal.getInstance(dialog).hide();
       form.reset();
       nameEdited = false;
@@ -391,36 +405,104 @@
 
   // -- direct launch links (servers?name=…&environment=…) ------------------
 
+  /** Show the banner for ``name`` (started from the dialog) and follow it. */
+  function showLaunch(name, serverName, url) {
+    let box = document.getElementById("launching");
+    if (!box) {
+      box = el(
+        "div",
+        { class: "alert alert-info", role: "status", id: "launching" },
+        el(
+          "div",
+          { class: "d-flex align-items-center gap-2" },
+          el("span", { class: "spinner-border spinner-border-sm", "aria-hidden": "true" }),
+          el("span", {}, "Starting ", el("strong", { class: "launch-name" }), "… you will be taken to it when it is ready.")
+        ),
+        el("p", { class: "small mb-0 mt-2 launch-progress", "aria-live": "off" })
+      );
+      document.getElementById("launch-error").before(box);
+    }
+    box.dataset.name = name;
+    box.dataset.url = url;
+    box.dataset.spawnPending = `${R.hubPrefix}spawn-pending/${encodeURIComponent(R.userName)}/${encodeURIComponent(serverName || name)}`;
+    box.querySelector(".launch-name").textContent = name;
+    box.querySelector(".launch-progress").textContent = "Asking JupyterHub to start it.";
+    document.getElementById("launch-error").classList.add("d-none");
+    box.classList.remove("d-none");
+    followLaunch(box);
+  }
+
+  let following = 0;
+
   /**
-   * The page was asked to start a server: follow it with the API and go to
-   * it when it runs. Everything needed is in the page (data-name, data-url),
-   * so a reload simply asks the service again.
+   * A server is being started (a direct launch link, or "New Server" with
+   * "open it when it is ready"): follow it with the API and go to it, in
+   * this tab, when it runs. Everything needed is in the banner (data-name,
+   * data-url), so a reload simply asks the service again. The banner says
+   * what the list says: both come from the same answer.
    */
   function followLaunch(box) {
     const name = box.dataset.name;
     const target = box.dataset.url;
     const progress = box.querySelector(".launch-progress");
     const started = Date.now();
+    const mine = ++following; // a newer launch takes the banner over
     let stoppedSeen = 0;
 
-    const fail = (message) => {
+    const fail = (reason) => {
       box.classList.add("d-none");
+      explainedAbove = name;
+      render();
+      const server = find(name);
+      const again =
+        server && server.status === "stopped"
+          ? " Fix the cause, then start it again with its Start button in the list below."
+          : " Fix the cause, then try again with “New Server”.";
       const error = document.getElementById("launch-error");
       error.replaceChildren(
-        el("p", { class: "mb-1 fw-semibold" }, message),
+        el("p", { class: "mb-1 fw-semibold" }, `${name} could not be started: ${reason}`),
         el(
           "p",
           { class: "mb-0 small" },
-          el("a", { class: "alert-link", href: box.dataset.spawnPending }, "See JupyterHub's message"),
-          " or try again from the list below."
+          el("a", { class: "alert-link", href: box.dataset.spawnPending }, "See JupyterHub's message."),
+          again
         )
       );
       error.classList.remove("d-none");
       error.focus();
-      R.announce(message);
+      R.announce(`${name} could not be started`);
+    };
+
+    /** One look at the server; true when following is over. */
+    const step = (server) => {
+      const seconds = Math.round((Date.now() - started) / 1000);
+      if (server && server.error) {
+        fail(server.error);
+        return true;
+      }
+      if (server && server.status === "running") {
+        progress.textContent = "The server is ready: opening it…";
+        R.announce(`${name} is ready`);
+        window.location.replace(target);
+        return true;
+      }
+      if (!server || server.status === "stopped") {
+        stoppedSeen += 1;
+        if (stoppedSeen >= 2 && seconds > 3) {
+          fail("it stopped before it was ready.");
+          return true;
+        }
+        progress.textContent = `Asking JupyterHub to start it… (${seconds} s)`;
+      } else {
+        stoppedSeen = 0;
+        const phase = server.status === "spawn" ? "JupyterHub is starting it" : STATUS_TEXT[server.status] || server.status;
+        progress.textContent = `${phase}… (${seconds} s)`;
+      }
+      return false;
     };
 
     const poll = async () => {
+      if (mine !== following) return;
       let server;
       try {
         const data = await R.api("GET", "api/servers");
@@ -432,29 +514,13 @@
         window.setTimeout(poll, POLL_MS);
         return;
       }
-      const seconds = Math.round((Date.now() - started) / 1000);
-      if (server && server.error) {
-        fail(`The server ${name} could not be started: ${server.error}`);
-        return;
-      }
-      if (server && server.status === "running") {
-        progress.textContent = "The server is ready: opening it…";
-        R.announce(`${name} is ready`);
-        window.location.replace(target);
-        return;
-      }
-      if (!server || server.status === "stopped") {
-        stoppedSeen += 1;
-        if (stoppedSeen >= 2 && seconds > 3) {
-          fail(`The server ${name} stopped before it was ready: it could not be started.`);
-          return;
-        }
-      } else {
-        stoppedSeen = 0;
-      }
-      progress.textContent = `${STATUS_TEXT[server ? server.status : "spawn"] || "Starting"}… (${seconds} s)`;
-      window.setTimeout(poll, POLL_MS);
+      if (!step(server)) window.setTimeout(poll, POLL_MS);
     };
+    // What the page already knows (the list was rendered from it).
+    const known = find(name);
+    if (known && (known.status === "running" || known.status === "spawn")) {
+      if (step(known)) return;
+    }
     window.setTimeout(poll, 500);
   }
 
@@ -463,5 +529,5 @@
   render();
   poll.schedule();
   const launching = document.getElementById("launching");
-  if (launching) followLaunch(launching);
+  if (launching && launching.dataset.name) followLaunch(launching);
 })();

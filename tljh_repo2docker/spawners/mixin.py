@@ -30,7 +30,7 @@ from traitlets import Enum, Integer, Unicode, default
 from traitlets.config import Configurable
 
 from .. import contract
-from ..contract import DEFAULT_IMAGE_PREFIX, LABEL_PREFIX, TLJH_R2D_ADMIN_SCOPE, belongs_to_hub  # noqa: F401 (spawners import belongs_to_hub here)
+from ..contract import DEFAULT_IMAGE_PREFIX, LABEL_PREFIX, TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE, belongs_to_hub  # noqa: F401 (spawners import belongs_to_hub here)
 from ..access import PRIVATE, Access, Viewer
 from ..limits import LimitError, memory_bytes, parse_cpu, parse_memory
 
@@ -519,11 +519,41 @@ class EnvironmentMixin(Configurable):
         env = await self.inspect_environment(image)
         offered = {entry.get("image_name") for entry in await self.list_images()}
         if env.image not in offered:
+            failed = await self.failed_version(env)
+            if failed is not None:
+                raise EnvironmentRefused(
+                    f"Version {failed.number} of the environment {env.display_name!r} "
+                    "failed its check, so no server may start from it: "
+                    f"{(failed.check or {}).get('message') or 'no reason recorded'}"
+                )
             raise EnvironmentRefused(
                 f"You may not start the environment {env.display_name!r}: "
                 "it is not one of the environments offered to you."
             )
         return env
+
+    async def failed_version(self, env):
+        """The version of ``env`` whose image ``env.image`` is and that failed
+        its check (the service keeps such images, never current, under their
+        version's own reference), or None. Asked only when a start is refused
+        anyway, for a message that says why."""
+        if not self.db_url or not env.uid or _missing_sqlite_file(self.db_url):
+            return None
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from ..db import store
+
+        try:
+            versions = await store.list_versions(sessions_for(self.db_url), env.uid)
+        except (SQLAlchemyError, OSError):
+            return None
+        for version in versions:
+            same = version.image_name == env.image or (
+                env.image_id and version.image_id == env.image_id
+            )
+            if same and (version.check or {}).get("status") == "failed":
+                return version
+        return None
 
     async def choose_environment(self):
         """Find, check and remember the environment to start.
@@ -594,11 +624,10 @@ class EnvironmentMixin(Configurable):
         """The spawn form: one radio button ``image`` per environment of :meth:`list_images`."""
         images = await self.list_images()
         if not images:
-            return (
-                '<div class="alert alert-warning" role="alert">'
-                "No environment has been built yet, so there is nothing to start. "
-                "Ask an administrator to add one.</div>"
-            )
+            # Nothing to start: the hub made this (named) server to show the
+            # form; it must not stay behind as a server of no environment.
+            self.forget_unstarted()
+            return self._nothing_to_start()
         images = sorted(
             images, key=lambda i: (str(i.get("display_name", "")).lower(), i["image_name"])
         )
@@ -612,6 +641,71 @@ class EnvironmentMixin(Configurable):
             '<fieldset class="tljh-repo2docker-environments">\n'
             "<legend>Environment</legend>\n" + "\n".join(items) + "\n</fieldset>"
         )
+
+    def _nothing_to_start(self):
+        """The spawn form when no environment is offered: who can add one, and
+        no Start button (JupyterHub's form has one; it would only fail)."""
+        viewer = self.viewer()
+        if viewer.admin or self._may_build():
+            base = (getattr(self.hub, "base_url", "") or "/hub/").rsplit("hub/", 1)[0] or "/"
+            url = f"{base}services/{contract.SERVICE_NAME}/environments"
+            advice = (
+                f'Add one on the <a class="alert-link" href="{html.escape(url)}">Environments</a> '
+                "page; once it is built you can start it here."
+            )
+        else:
+            advice = "Ask an administrator to add one for you."
+        return (
+            '<div class="alert alert-warning" role="alert" id="tljh-r2d-no-environment">'
+            "No environment has been built yet, so there is nothing to start. "
+            f"{advice}</div>\n"
+            # JupyterHub's own Start button would only fail: hidden while
+            # nothing can be started (the message above says why).
+            "<style>#spawn_form [type=submit] { display: none; }</style>"
+        )
+
+    def _may_build(self):
+        """Whether this user may add environments of their own (the build scope
+        in one of their roles or their groups' roles)."""
+        user = self.user
+        roles = list(getattr(user, "roles", None) or ())
+        for group in getattr(user, "groups", None) or ():
+            roles += list(getattr(group, "roles", None) or ())
+        return any(TLJH_R2D_BUILD_SCOPE in (getattr(r, "scopes", None) or ()) for r in roles)
+
+    def forget_unstarted(self):
+        """Remove this named server from the hub when it has never been
+        started: visiting ``/hub/spawn/<user>/<name>`` makes the server
+        ``<name>`` in the hub's database before the form is shown, and a start
+        refused there would leave it listed, with no environment, for ever.
+        Returns whether it was removed."""
+        orm_spawner = getattr(self, "orm_spawner", None)
+        user = getattr(self, "user", None)
+        db = getattr(user, "db", None)
+        spawners = getattr(user, "spawners", None)
+        if not self.name or orm_spawner is None or db is None or spawners is None:
+            return False
+        used = (
+            getattr(self, "_spawn_pending", False)
+            or getattr(self, "_proxy_pending", False)
+            or getattr(orm_spawner, "server", None) is not None
+            or getattr(orm_spawner, "started", None)
+            or getattr(orm_spawner, "last_activity", None)
+            or getattr(orm_spawner, "state", None)
+            or getattr(orm_spawner, "user_options", None)
+        )
+        if used:
+            return False
+        try:
+            db.delete(orm_spawner)
+            db.commit()
+        except Exception as e:  # the hub's database: never fail the page for this
+            db.rollback()
+            self.log.warning("Could not remove the unstarted server %s: %s", self.name, e)
+            return False
+        spawners.pop(self.name, None)
+        self.log.info("Removed the server %s of %s: it was never started", self.name, user.name)
+        return True
 
     def _form_item(self, number, entry, checked):
         esc = html.escape
@@ -635,7 +729,11 @@ class EnvironmentMixin(Configurable):
     async def environment_options_from_form(self, formdata):
         """Form data -> user_options of an environment this user may start."""
         image = (formdata.get("image") or [""])[0]
-        env = await self.allowed_environment(image)
+        try:
+            env = await self.allowed_environment(image)
+        except EnvironmentRefused:
+            self.forget_unstarted()
+            raise
         return env.user_options()
 
     # -- state ------------------------------------------------------------------------
