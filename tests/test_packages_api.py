@@ -130,3 +130,63 @@ async def test_a_built_version_has_its_packages(admin, envs, repo):
     answer = r.json()
     assert answer["known"] is True, answer
     assert all(set(p) == {"name", "version", "manager"} for p in answer["packages"])
+
+
+def _recorded_packages_dockerfile(conda_version, pip_packages):
+    """A Dockerfile on the single-user image that records, as the package
+    managers themselves do, one conda package (a ``conda-meta`` record in the
+    image's Python prefix, what ``conda list`` reads) and ``pip_packages``
+    (``.dist-info`` folders in its site-packages, what ``pip list`` reads):
+    offline, nothing can be downloaded."""
+    lines = [
+        "USER root",
+        'RUN P="$(python3 -c "import sys; print(sys.prefix)")" && mkdir -p "$P/conda-meta" && '
+        f"printf '%s' '{{\"name\": \"libtest-conda\", \"version\": \"{conda_version}\"}}' "
+        f'> "$P/conda-meta/libtest-conda-{conda_version}-0.json"'
+    ]
+    for name, version in pip_packages:
+        lines.append(
+            'RUN D="$(python3 -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])")'
+            f'/{name.replace("-", "_")}-{version}.dist-info" && mkdir -p "$D" && '
+            f"printf 'Metadata-Version: 2.1\\nName: {name}\\nVersion: {version}\\n' > \"$D/METADATA\""
+        )
+    return dockerfile(*lines, "USER jovyan")
+
+
+async def test_conda_and_pip_packages_and_the_change_after_a_requirement_is_added(
+    admin, envs, repo, git_root
+):
+    """Real builds: what version 1 holds (conda and pip), then version 2 with a
+    requirement added and the conda package upgraded, and the diff between them."""
+    from tests.helpers.gitserver import add_commit
+
+    name, url = repo({"Dockerfile": _recorded_packages_dockerfile("1.0", [("tljh-test-one", "1.0")])})
+    env = await add(admin, envs, {"repo": url})
+    env = await admin.wait_env(env["uid"], {"built", "failed"})
+    assert env["status"] == "built", env
+    add_commit(
+        git_root, name,
+        {"Dockerfile": _recorded_packages_dockerfile("1.1", [("tljh-test-one", "1.0"), ("tljh-test-two", "2.0")])},
+    )
+    r = await admin.api("POST", f"api/environments/{env['uid']}/rebuild")
+    assert r.status_code == 202, r.text
+    env = await admin.wait_env(env["uid"], {"built", "failed"})
+    assert env["status"] == "built", env
+    base = f"api/environments/{env['uid']}/versions"
+    new, old = [v["id"] for v in (await admin.api("GET", base)).json()["versions"]]
+
+    packages = (await admin.api("GET", f"{base}/{old}/packages")).json()["packages"]
+    assert {"name": "libtest-conda", "version": "1.0", "manager": "conda"} in packages
+    assert {"name": "tljh-test-one", "version": "1.0", "manager": "pip"} in packages
+    assert not any(p["name"] == "tljh-test-two" for p in packages)
+    # the single-user image's own packages are there too (jupyterhub, by pip)
+    assert any(p["name"].lower() == "jupyterhub" and p["manager"] == "pip" for p in packages)
+
+    diff = (await admin.api("GET", f"{base}/{new}/diff", params={"from": old})).json()
+    assert diff["added"] == [{"name": "tljh-test-two", "version": "2.0", "manager": "pip"}], diff
+    assert diff["removed"] == [], diff
+    assert diff["changed"] == [
+        {"name": "libtest-conda", "manager": "conda", "from": "1.0", "to": "1.1"}
+    ], diff
+    summary = (await admin.get_env(env["uid"]))["summary"]
+    assert summary and "packages" in summary, summary
