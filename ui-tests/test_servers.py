@@ -36,6 +36,8 @@ async def test_new_server_open_stop_remove(alice_page, alice, demo_env):
     help_text = page.locator("#server-environment-help")
     await expect(help_text).to_contain_text(f"{demo_env['repo']} @ HEAD")
     await expect(help_text).to_contain_text("Memory: 512M · CPUs: 0.5")
+    # and what its current version holds
+    await expect(help_text).to_contain_text(re.compile(r"Python 3\.\d+ · \d+ packages"))
     await name_input.fill("ui-lab")
     await shot(page, "new-server-dialog")
 
@@ -148,6 +150,7 @@ async def test_spawn_form_matches_the_servers_page(alice_page, demo_env, html_en
     label = fieldset.locator("label", has_text=demo_env["name"])
     await expect(label).to_contain_text(f"{demo_env['repo']} @ HEAD")
     await expect(label).to_contain_text("Memory: 512M · CPUs: 0.5")
+    await expect(label.locator(".tljh-r2d-summary")).to_have_text(re.compile(r"^Python 3\.\d+ · \d+ packages$"))
     await expect(fieldset.locator("label", has_text="onerror")).to_contain_text(html_env["name"])
     assert await page.locator("#spawn_form img").count() == 0
     await demo.check()

@@ -343,7 +343,8 @@
     const source = env.ref ? `${env.repo} @ ${env.ref}` : env.repo;
     const memory = env.memory || "no limit";
     const cpus = env.cpu !== null && env.cpu !== undefined ? String(env.cpu) : "no limit";
-    envHelp.textContent = `${source} · Memory: ${memory} · CPUs: ${cpus}`;
+    const inside = env.summary ? ` · ${env.summary}` : "";
+    envHelp.textContent = `${source} · Memory: ${memory} · CPUs: ${cpus}${inside}`;
   }
 
   function suggestName() {

@@ -16,6 +16,7 @@ from ..contract import user_options
 from ..db import store
 from ..errors import ServiceError
 from ..hub_client import HubError
+from ..service import environment_list
 from ..service import servers as rules
 from ..service import starting
 from ..service.servers import _escape, _reason, check_server_name, slug_for
@@ -230,11 +231,14 @@ class ServersPageHandler(ServersMixin, BaseHandler):
         )
 
     async def render_page(self, error=None, launching=None, launching_server=None, launch_url=None):
-        environments = [
-            store.as_dict(e, admin=False)
+        usable = [
+            e
             for e in await store.list_environments(self.sessions)
             if e.image_id is not None and Access(e.owner, e.sharing).allows(self.viewer)
         ]
+        # What each one's current version holds, for the New Server dialog (one query).
+        inside = await environment_list.summaries(self.sessions, [e.uid for e in usable]) if usable else {}
+        environments = [store.as_dict(e, admin=False, summary=inside.get(e.uid)) for e in usable]
         try:
             servers = await self.user_servers()
         except (web.HTTPError, ServiceError) as e:

@@ -633,8 +633,9 @@ class EnvironmentMixin(Configurable):
         )
         names = [entry["image_name"] for entry in images]
         selected = self.environment_image if self.environment_image in names else names[0]
+        summaries = await self.environment_summaries([entry.get("uid") for entry in images])
         items = [
-            self._form_item(number, entry, entry["image_name"] == selected)
+            self._form_item(number, entry, entry["image_name"] == selected, summaries.get(entry.get("uid")))
             for number, entry in enumerate(images)
         ]
         return (
@@ -707,7 +708,26 @@ class EnvironmentMixin(Configurable):
         self.log.info("Removed the server %s of %s: it was never started", self.name, user.name)
         return True
 
-    def _form_item(self, number, entry, checked):
+    async def environment_summaries(self, uids):
+        """``{uid: "Python 3.12 · 143 packages"}``: what the current version of
+        each environment holds (recorded by the service's builds), read from
+        the service's database (``db_url``); ``{}`` without one or when it
+        cannot be read: the form then goes without, it does not fail."""
+        uids = [uid for uid in uids if uid]
+        db_url = getattr(self, "db_url", "")
+        if not (db_url and uids) or _missing_sqlite_file(db_url):
+            return {}
+        from ..db import store
+        from ..service.packages import summary
+
+        try:
+            facts = await store.current_version_facts(sessions_for(db_url), uids)
+        except Exception as e:  # a summary is never worth a failed spawn page
+            self.log.warning("Could not read what the environments hold: %s", e)
+            return {}
+        return {uid: text for uid, (inside, count) in facts.items() if (text := summary(inside, count))}
+
+    def _form_item(self, number, entry, checked, summary=None):
         esc = html.escape
         memory = entry.get("mem_limit") or _format_memory(self.mem_limit) or "no limit"
         cpu = entry.get("cpu_limit") or (f"{self.cpu_limit:g}" if self.cpu_limit else "")
@@ -722,8 +742,9 @@ class EnvironmentMixin(Configurable):
             f'<label class="form-check-label" for="{input_id}">'
             f"<strong>{esc(str(entry.get('display_name') or entry['image_name']))}</strong> "
             f'<small class="text-muted">{esc(source)}</small><br>'
-            f"<small>Memory: {esc(str(memory))} · CPUs: {esc(str(cpus))}</small>"
-            "</label></div>"
+            f"<small>Memory: {esc(str(memory))} · CPUs: {esc(str(cpus))}"
+            + (f' · <span class="tljh-r2d-summary">{esc(summary)}</span>' if summary else "")
+            + "</small></label></div>"
         )
 
     async def environment_options_from_form(self, formdata):
