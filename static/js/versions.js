@@ -142,8 +142,9 @@
     const current = version.current
       ? el("span", { class: "badge text-bg-success version-current" }, "current")
       : null;
-    const action =
-      target.manages && !version.current
+    const failed = version.check && version.check.status === "failed";
+    const rollback =
+      target.manages && !version.current && !failed
         ? el(
             "button",
             {
@@ -156,10 +157,30 @@
             el("span", { class: "ms-1" }, "Roll back")
           )
         : null;
+    // The same commit with the same builder: reproduces this version's build.
+    const rebuild =
+      target.manages && version.commit
+        ? el(
+            "button",
+            {
+              type: "button",
+              class: "btn btn-sm btn-outline-secondary ms-1",
+              dataset: { rebuildVersion: String(version.id) },
+              "aria-label": `Rebuild version ${version.number} (same commit, same builder)`,
+              title: "Build this version's commit again, with the builder that made it",
+            },
+            icon("fa-rotate"),
+            el("span", { class: "ms-1" }, "Rebuild")
+          )
+        : null;
+    const checkFailed = failed
+      ? el("span", { class: "badge text-bg-danger ms-1 version-check-failed", title: version.check.message || "" }, "check failed")
+      : null;
+    const action = rollback || rebuild ? el("span", { class: "text-nowrap" }, rollback, rebuild) : null;
     return el(
       "tr",
       { dataset: { id: String(version.id) }, class: version.current ? "table-active" : "" },
-      el("th", { scope: "row", class: "version-number" }, `v${version.number} `, current),
+      el("th", { scope: "row", class: "version-number" }, `v${version.number} `, current, checkFailed),
       el("td", { class: "version-commit" }, commit),
       el("td", { class: "version-built" }, R.timeElement(version.built_at)),
       el("td", { class: "text-end text-nowrap" }, R.formatSize(version.size) || "–"),
@@ -226,7 +247,31 @@
     });
   }
 
+  async function rebuildVersion(version, button) {
+    R.setBusy(button, true, "Rebuild");
+    showError("");
+    try {
+      const env = await R.api("POST", `api/environments/${encodeURIComponent(target.env.uid)}/rebuild`, {
+        version: version.id,
+        force: true,
+      });
+      target.env = env;
+      if (target.onChange) target.onChange(env);
+      R.announce(`Rebuilding ${env.name} at version ${version.number}'s commit`);
+      dialog.querySelector(".btn-close").click();
+    } catch (e) {
+      showError(`Could not rebuild version ${version.number}: ${e.message}`);
+      if (button.isConnected) R.setBusy(button, false);
+    }
+  }
+
   tbody.addEventListener("click", (event) => {
+    const again = event.target.closest("button[data-rebuild-version]");
+    if (again) {
+      const version = shown.find((v) => v.id === Number(again.dataset.rebuildVersion));
+      if (version) rebuildVersion(version, again);
+      return;
+    }
     const button = event.target.closest("button[data-version]");
     if (!button) return;
     const id = Number(button.dataset.version);

@@ -431,7 +431,18 @@ class CheckMixin:
         yield verdict
 
     async def _probe(self, container, timeout):
-        """The probe's answer (a dict), or None when the container ended first."""
+        """The probe's answer (a dict), or None when the container ended first
+        (an image without jupyterhub-singleuser exits at once, maybe between
+        the exec's creation and its start: its exit code and output say why)."""
+        try:
+            return await self._run_probe(container, timeout)
+        except ENGINE_ERRORS:
+            state = ((await container.show()).get("State")) or {}
+            if not state.get("Running"):
+                return None
+            raise
+
+    async def _run_probe(self, container, timeout):
         try:
             run = await container.exec(
                 ["sh", "-c", _PROBE_SCRIPT, "probe", _PROBE, SERVER_API, f"{timeout:g}"],
@@ -458,6 +469,10 @@ class CheckMixin:
             await asyncio.wait_for(read(), timeout + 15)
         except asyncio.TimeoutError:
             return {"error": "the probe did not end"}
+        except aiodocker.DockerError as e:
+            if e.status == 409:  # the server ended between the exec's creation and its start
+                return None
+            raise
         for line in reversed(_lines(chunks) or ["".join(chunks)]):
             if line.startswith("{"):
                 try:
