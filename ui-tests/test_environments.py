@@ -18,7 +18,9 @@ from ui_helpers import (
     add_environment,
     env_row,
     find_env,
+    focus_target,
     open_environments,
+    row_action,
     service_path,
     shot,
     wait_status,
@@ -252,8 +254,7 @@ async def test_copy_launch_link(admin_page, demo_env, hub):
     page = admin_page
     await open_environments(page)
     row = env_row(page, demo_env["name"])
-    button = row.get_by_role("button", name=f"Copy launch link {demo_env['name']}")
-    await button.click()
+    button = await row_action(row, f"Copy launch link {demo_env['name']}")
     await expect(button).to_contain_text("Copied")
     await expect(page.locator("#announcer")).to_have_text("Copied")
     link = await page.evaluate("navigator.clipboard.readText()")
@@ -377,8 +378,9 @@ async def test_remove_refused_while_in_use_then_done(admin_page, admin, html_env
     try:
         await open_environments(page)
         row = env_row(page, name)
-        remove = row.get_by_role("button", name=f"Remove {name}")
-        await remove.click()
+        # Remove is in the More menu: the focus comes back to its button.
+        await row_action(row, f"Remove {name}")
+        remove = await focus_target(row, f"Remove {name}")
         confirm = page.locator("#confirm-dialog")
         await expect(confirm).to_be_visible()
         await expect(confirm.locator(".confirm-body")).to_contain_text(name)
@@ -397,7 +399,7 @@ async def test_remove_refused_while_in_use_then_done(admin_page, admin, html_env
                 break
             await asyncio.sleep(1)
 
-    await remove.click()
+    await row_action(row, f"Remove {name}")
     await expect(confirm.locator(".confirm-error")).to_be_hidden()
     await confirm.get_by_role("button", name="Remove").click()
     await expect(confirm).to_be_hidden()

@@ -15,7 +15,7 @@ import re
 import pytest
 from playwright.async_api import expect
 
-from ui_helpers import SPAWN_TIMEOUT, env_row, find_env, open_environments, open_servers
+from ui_helpers import SPAWN_TIMEOUT, env_row, find_env, open_environments, open_servers, row_action
 
 pytestmark = pytest.mark.browser
 
@@ -98,7 +98,7 @@ async def test_the_webhook_control_says_whether_it_is_on(admin_page, admin, demo
     state = "on" if (await admin.get_env(demo_env["uid"]))["webhook"] else "off"
     button = row.locator('[data-action="webhook"]')
     await expect(button).to_have_text(f"Webhook {state}")
-    await button.click()
+    await row_action(row, f"Webhook {demo_env['name']}")
     dialog = page.locator("#webhook-dialog")
     await expect(dialog).to_be_visible()
     await expect(dialog.get_by_role("heading")).to_contain_text(f": {state}")

@@ -4,7 +4,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.helpers.utils import HubUser, admin_api
-from ui_helpers import env_row, goto, logged_in_context, open_environments, service_path, shot
+from ui_helpers import env_row, goto, logged_in_context, open_environments, row_action, service_path, shot
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +35,7 @@ async def test_builder_shares_an_environment(browser, hub, owner_env, alice_page
         row = env_row(page, NAME)
         await expect(row.locator(".env-owner")).to_contain_text(OWNER)
         await expect(row.locator(".env-sharing")).to_have_text("private")
-        await row.get_by_role("button", name=f"Share {NAME}").click()
+        await row_action(row, f"Share {NAME}")
         dialog = page.locator("#share-dialog")
         await expect(dialog).to_be_visible()
         await expect(page.locator("#share-everyone")).to_be_focused()

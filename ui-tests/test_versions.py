@@ -8,7 +8,7 @@ from playwright.async_api import expect
 from tests.helpers.fixtures import SINGLEUSER_IMAGE
 from tests.helpers.gitserver import add_commit, make_repo
 from tests.helpers.servers import wait_server
-from ui_helpers import env_row, open_environments, open_servers, server_row, shot
+from ui_helpers import env_row, open_environments, open_servers, row_action, server_row, shot
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
@@ -42,6 +42,7 @@ async def test_history_shows_versions_and_rolls_back(admin_page, admin, two_vers
         await open_servers(page)
         hint = server_row(page, "hist-srv").locator(".server-outdated")
         await expect(hint).to_contain_text("not on the current version")
+        await rebuild_a_version(page, admin, env)
     finally:
         await admin.api("DELETE", "api/servers/hist-srv", params={"remove": "true"})
         await wait_server(admin, "hist-srv", "absent")
@@ -50,7 +51,7 @@ async def test_history_shows_versions_and_rolls_back(admin_page, admin, two_vers
 async def history_and_rollback(page, admin, env):
     await open_environments(page)
     row = env_row(page, env["name"])
-    await row.get_by_role("button", name=f"History {env['name']}").click()
+    await row_action(row, f"History {env['name']}")
     dialog = page.locator("#history-dialog")
     await expect(dialog).to_be_visible()
     await expect(dialog.locator(".modal-title")).to_have_text(f"History of {env['name']}")
@@ -72,7 +73,7 @@ async def history_and_rollback(page, admin, env):
     await expect(rows.nth(1).locator(".version-servers")).to_have_text("0")
     await shot(page, "history-dialog")
     # only non-current versions can be rolled back to
-    await expect(rows.nth(0).get_by_role("button")).to_have_count(0)
+    await expect(rows.nth(0).get_by_role("button", name=re.compile("Roll back"))).to_have_count(0)
 
     await rows.nth(1).get_by_role("button", name="Roll back to version 1").click()
     confirm = dialog.locator(".history-confirm")
@@ -87,3 +88,22 @@ async def history_and_rollback(page, admin, env):
     assert (await admin.get_env(env["uid"]))["image_id"] == versions[1]["image_id"]
     await page.keyboard.press("Escape")
     await expect(dialog).to_be_hidden()
+
+
+async def rebuild_a_version(page, admin, env):
+    """Rebuilding version 2 (its commit, its builder) from the History dialog
+    makes version 3, current."""
+    await open_environments(page)
+    row = env_row(page, env["name"])
+    await row_action(row, f"History {env['name']}")
+    dialog = page.locator("#history-dialog")
+    rows = dialog.locator("tbody tr[data-id]")
+    await expect(rows).to_have_count(2)
+    await rows.nth(0).get_by_role("button", name=re.compile("^Rebuild version 2")).click()
+    await expect(dialog).to_be_hidden()
+    env3 = await admin.wait_env(env["uid"], {"built", "failed", "cancelled"})
+    assert env3["status"] == "built", env3
+    versions = (await admin.api("GET", f"api/environments/{env['uid']}/versions")).json()["versions"]
+    assert [v["number"] for v in versions] == [3, 2, 1] and versions[0]["current"], versions
+    assert versions[0]["commit"] == versions[1]["commit"] == env["commit"]
+    assert versions[0]["builder"] == versions[1]["builder"]

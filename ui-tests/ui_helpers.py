@@ -1,5 +1,6 @@
 """Helpers of the browser tests: locators, waits and screenshots."""
 
+import re
 from pathlib import Path
 
 from playwright.async_api import expect
@@ -116,3 +117,44 @@ async def logged_in_context(browser, hub, name):
     assert f"/services/{SERVICE}/servers" in page.url, page.url
     await page.close()
     return context
+
+
+def row_control(row, label):
+    """The control of an environment's row whose accessible name contains ``label``
+    (e.g. "History Python demo"): a button of the row, or an item of its More
+    menu (found while the menu is closed too)."""
+    return (
+        row.get_by_role("button", name=label)
+        .or_(row.get_by_role("menuitem", name=label, include_hidden=True))
+        .or_(row.get_by_role("menuitemcheckbox", name=label, include_hidden=True))
+    )
+
+
+def more_button(row):
+    """The row's "More actions for <name>" menu button."""
+    return row.get_by_role("button", name=re.compile(r"^More actions for "))
+
+
+async def row_action(row, label):
+    """Click the control ``label`` of an environment's row: its button when it
+    is one, else the item of the More menu (opened first when closed).
+    Returns the control's locator."""
+    control = row_control(row, label)
+    if not await control.is_visible():
+        await more_button(row).click()
+        await expect(control).to_be_visible()
+    await control.click()
+    return control
+
+
+async def focus_target(row, label):
+    """Where the focus goes back when the dialog opened by ``label`` closes: the
+    control itself when it is a button of the row, the More button when it is
+    an item of the menu (closed while the dialog is open)."""
+    if await row.get_by_role("button", name=label).count():
+        return row.get_by_role("button", name=label)
+    return more_button(row)
+
+
+#: axe-core, installed by ``./dev setup`` (npm ci in ui-tests/).
+AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"

@@ -36,48 +36,106 @@
   const tbody = table.querySelector("tbody");
 
   // -- the table -----------------------------------------------------------
+  //
+  // One row per environment, six columns that fit a 1024 px screen: name,
+  // source, status, resources, owner and sharing, actions. Each cell holds at
+  // most two lines that never wrap (what is too long ends in "…" and is whole
+  // in its title). Only Logs and Rebuild (Cancel while building) are buttons;
+  // the other actions are in the row's More menu. Below 768 px the rows are
+  // cards (tljh_repo2docker.css), each cell labelled by its data-label.
 
-  function statusCell(env) {
-    const cell = el("td", { class: "env-status" });
+  /** "45 s", "3 min 5 s", "2 h 10 min". */
+  function formatDuration(seconds) {
+    const total = Math.max(0, Math.round(seconds));
+    if (total < 60) return `${total} s`;
+    const minutes = Math.floor(total / 60);
+    if (minutes < 60) return total % 60 ? `${minutes} min ${total % 60} s` : `${minutes} min`;
+    return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+  }
+
+  function secondsBetween(from, to) {
+    const start = Date.parse(from);
+    const end = to === undefined ? Date.now() : Date.parse(to);
+    return Number.isNaN(start) || Number.isNaN(end) ? null : (end - start) / 1000;
+  }
+
+  function localTime(iso) {
+    const date = iso ? new Date(iso) : null;
+    return date && !Number.isNaN(date.getTime()) ? date.toLocaleString() : null;
+  }
+
+  /** A line of a cell: never wraps; what does not fit ends in "…" and is whole in the title. */
+  function line(attrs, ...children) {
+    return el("div", { ...attrs, class: `env-line ${attrs.class || ""}`.trim() }, ...children);
+  }
+
+  function cell(label, attrs, ...children) {
+    return el("td", { ...attrs, role: "cell", "data-label": label }, ...children);
+  }
+
+  function statusBadge(env) {
     const badge = (cls, ...content) => el("span", { class: `badge ${cls}` }, ...content);
     switch (env.status) {
       case "queued":
-        cell.append(
-          badge(
-            "text-bg-warning",
-            icon("fa-hourglass-half"),
-            " Queued",
-            env.position ? ` (position ${env.position})` : ""
-          )
+        return badge(
+          "text-bg-warning",
+          icon("fa-hourglass-half"),
+          " Queued",
+          env.position ? ` (position ${env.position})` : ""
         );
-        break;
       case "building":
-        cell.append(
-          badge(
-            "text-bg-warning",
-            el("span", { class: "spinner-border spinner-border-sm me-1", "aria-hidden": "true" }),
-            "Building"
-          )
+        return badge(
+          "text-bg-warning",
+          el("span", { class: "spinner-border spinner-border-sm me-1", "aria-hidden": "true" }),
+          "Building"
         );
-        break;
       case "built":
-        cell.append(badge("text-bg-success", icon("fa-check"), " Built"));
-        break;
+        return badge("text-bg-success", icon("fa-check"), " Built");
       case "failed":
-        cell.append(badge("text-bg-danger", icon("fa-xmark"), " Failed"));
-        break;
+        return badge("text-bg-danger", icon("fa-xmark"), " Failed");
       case "cancelled":
-        cell.append(badge("text-bg-secondary", icon("fa-ban"), " Cancelled"));
-        break;
+        return badge("text-bg-secondary", icon("fa-ban"), " Cancelled");
       default:
-        cell.append(badge("text-bg-secondary", env.status));
+        return badge("text-bg-secondary", env.status);
+    }
+  }
+
+  /** How long the build runs (ticking, see tickElapsed) or ran. */
+  function buildTime(env) {
+    if (env.status === "building" && env.started) {
+      const since = secondsBetween(env.started);
+      return el(
+        "span",
+        { class: "env-timing", dataset: { since: env.started }, title: `Started ${localTime(env.started)}` },
+        formatDuration(since || 0)
+      );
+    }
+    if (ACTIVE.has(env.status) || !env.started || !env.finished) return null;
+    const took = secondsBetween(env.started, env.finished);
+    if (took === null) return null;
+    const title = [`Finished ${localTime(env.finished)}`, env.created ? `added ${localTime(env.created)}` : null];
+    return el(
+      "span",
+      { class: "env-timing", title: title.filter(Boolean).join("; ") },
+      `${env.status === "built" ? "in" : "after"} ${formatDuration(took)}`
+    );
+  }
+
+  function statusCell(env) {
+    const td = cell(
+      "Status",
+      { class: "env-status-cell" },
+      line({}, el("span", { class: "env-status" }, statusBadge(env)), " ", buildTime(env))
+    );
+    if (env.summary) {
+      td.append(line({ class: "small text-body-secondary env-summary", title: env.summary }, env.summary));
     }
     if (env.error && !ACTIVE.has(env.status)) {
       // The whole reason, wrapped: failure.py makes it one plain sentence
       // for the common causes, and the log has the rest.
-      cell.append(el("div", { class: "env-error small text-danger mt-1" }, env.error));
+      td.append(el("div", { class: "env-error small text-danger mt-1" }, env.error));
       if (manages(env)) {
-        cell.append(
+        td.append(
           el(
             "button",
             {
@@ -92,7 +150,15 @@
         );
       }
     }
-    return cell;
+    return td;
+  }
+
+  /** The running builds' elapsed time, every second, without redrawing their rows. */
+  function tickElapsed() {
+    for (const span of tbody.querySelectorAll(".env-timing[data-since]")) {
+      const since = secondsBetween(span.dataset.since);
+      if (since !== null) span.textContent = formatDuration(since);
+    }
   }
 
   function resourcesCell(env) {
@@ -100,36 +166,90 @@
     if (env.memory) parts.push(env.memory);
     if (env.cpu !== null && env.cpu !== undefined) parts.push(R.formatCpu(env.cpu));
     const limits = parts.length ? parts.join(" · ") : "no limits";
-    if (env.machine_profile) {
-      return el(
-        "td",
-        { class: "env-resources" },
-        el("span", { class: "fw-semibold" }, env.machine_profile),
-        el("div", { class: "small text-body-secondary" }, limits)
-      );
+    const first = env.machine_profile
+      ? line(
+          { title: `${env.machine_profile}: ${limits}` },
+          el("span", { class: "fw-semibold" }, env.machine_profile),
+          ` · ${limits}`
+        )
+      : line({ title: limits }, limits);
+    const selectors = Object.entries(env.node_selector || {}).map(([key, value]) => `${key}=${value}`);
+    const size = R.formatSize(env.size);
+    const second = [];
+    if (selectors.length) {
+      second.push(el("code", { class: "env-node-selector", title: "Node selector" }, selectors.join(", ")));
     }
-    return el("td", { class: "env-resources" }, limits);
+    if (size) {
+      if (second.length) second.push(" · ");
+      second.push(el("span", { class: "env-size", title: "Image size" }, size));
+    }
+    return cell(
+      "Resources",
+      { class: "env-resources" },
+      first,
+      second.length
+        ? line({ class: "small text-body-secondary", title: [selectors.join(", "), size].filter(Boolean).join(" · ") }, second)
+        : null
+    );
   }
 
-  function nodeSelectorCell(env) {
-    const entries = Object.entries(env.node_selector || {});
-    if (!entries.length) return el("td", { class: "env-node-selector text-body-secondary" }, "–");
-    return el(
-      "td",
-      { class: "env-node-selector" },
-      entries.map(([key, value]) => el("code", { class: "d-block" }, `${key}=${value}`))
-    );
+  /**
+   * A repository URL made short for the table: no scheme, user or ".git";
+   * when still long, the host and the last two parts of the path. Parts are
+   * left out whole, never cut in the middle.
+   */
+  function shortRepo(repo) {
+    let text = String(repo)
+      .replace(/^[a-z][a-z0-9+.-]*:\/\//i, "")
+      .replace(/^[^@/]+@/, "")
+      .replace(/\/+$/, "")
+      .replace(/\.git$/, "");
+    const parts = text.split("/");
+    for (const keep of [2, 1]) {
+      if (text.length <= 40 || parts.length <= keep + 1) break;
+      text = `${parts[0]}/…/${parts.slice(-keep).join("/")}`;
+    }
+    return text;
   }
 
   function repoCell(env) {
     // Only web URLs become links: a repository is never a javascript: href.
     const web = /^https?:\/\//i.test(env.repo);
-    const text = env.repo;
-    return el(
-      "td",
+    const text = shortRepo(env.repo);
+    const attrs = { class: "env-line env-repo-link", title: env.repo };
+    const commit = env.commit ? env.commit.slice(0, 7) : null;
+    return cell(
+      "Source",
       { class: "env-repo" },
-      web ? el("a", { href: env.repo, rel: "noopener noreferrer", target: "_blank" }, text) : el("span", {}, text),
-      el("div", { class: "small text-body-secondary env-ref" }, el("span", { class: "visually-hidden" }, "ref "), "@ ", env.ref)
+      web
+        ? el("a", { ...attrs, href: env.repo, rel: "noopener noreferrer", target: "_blank" }, text)
+        : el("span", attrs, text),
+      line(
+        {
+          class: "small text-body-secondary env-ref",
+          title: `ref ${env.ref}${env.commit ? `, commit ${env.commit}` : ""}`,
+        },
+        el("span", { class: "visually-hidden" }, "ref "),
+        "@ ",
+        env.ref,
+        commit ? el("span", { class: "font-monospace ms-1" }, `(${commit})`) : null
+      )
+    );
+  }
+
+  function ownerCell(env) {
+    const sharing = describeSharing(env.sharing);
+    return cell(
+      "Owner",
+      { class: "env-owner-cell" },
+      line({ class: "env-owner", title: env.owner || "" }, env.owner || "–"),
+      line(
+        { class: "small text-body-secondary", title: `Shared with: ${sharing}` },
+        el("span", { class: "visually-hidden" }, "shared with "),
+        icon(sharing === "private" ? "fa-lock" : "fa-users"),
+        " ",
+        el("span", { class: "env-sharing" }, sharing)
+      )
     );
   }
 
@@ -137,117 +257,283 @@
     return env.status === "built" || (env.size !== null && env.size !== undefined);
   }
 
-  function actionsCell(env) {
-    const button = (action, label, cls, iconName, disabled) =>
+  /** Logs and Rebuild (Cancel while building): buttons whose label hides on narrower screens. */
+  function actionButton(env, action, label, cls, iconName) {
+    return el(
+      "button",
+      {
+        type: "button",
+        class: `btn btn-sm ${cls}`,
+        dataset: { action },
+        "aria-label": `${label} ${env.name}`,
+        title: label,
+      },
+      icon(iconName),
+      el("span", { class: "env-action-label ms-1" }, label)
+    );
+  }
+
+  /** An item of the More menu; ``attrs`` may change its role and name. */
+  function menuItem(env, action, label, iconName, attrs) {
+    return el(
+      "li",
+      { role: "none" },
       el(
         "button",
         {
           type: "button",
-          class: `btn btn-sm ${cls}`,
+          role: "menuitem",
+          tabindex: "-1",
+          class: "dropdown-item",
           dataset: { action },
-          disabled: disabled || false,
           "aria-label": `${label} ${env.name}`,
-          title: label,
+          ...attrs,
         },
         icon(iconName),
-        el("span", { class: "ms-1" }, label)
+        el("span", { class: "ms-2" }, label)
+      )
+    );
+  }
+
+  function menuItems(env) {
+    const items = [];
+    if (manages(env)) {
+      const sharing = describeSharing(env.sharing);
+      items.push(menuItem(env, "share", "Share", "fa-share-nodes", { title: `Shared with: ${sharing}` }));
+      // The toggle of "rebuild when the repository changes" (autorebuild.js).
+      const on = Boolean(env.auto_rebuild);
+      items.push(
+        menuItem(env, "auto-rebuild", `Auto-rebuild ${on ? "on" : "off"}`, "fa-code-branch", {
+          role: "menuitemcheckbox",
+          "aria-checked": on ? "true" : "false",
+          "aria-label": `${env.name}: rebuild when the repository changes`,
+          title: R.autoRebuild.describe(env),
+        })
       );
-    const active = ACTIVE.has(env.status);
-    const copyLink = hasImage(env)
-      ? button("copy-link", "Copy launch link", "btn-outline-secondary", "fa-link")
-      : null;
-    const history = hasImage(env)
-      ? button("history", "History", "btn-outline-secondary", "fa-clock-rotate-left")
-      : null;
-    // Who may use but not manage the environment only gets its launch link.
-    const buttons = manages(env)
-      ? [
-          button("logs", "Logs", "btn-outline-secondary", "fa-file-lines"),
-          button("share", "Share", "btn-outline-secondary", "fa-share-nodes"),
-          autoRebuildButton(env),
-          webhookButton(env),
-          active
-            ? button("cancel", "Cancel", "btn-outline-secondary", "fa-stop")
-            : button("rebuild", "Rebuild", "btn-outline-primary", "fa-rotate"),
-          copyLink,
-          history,
-          button("remove", "Remove", "btn-outline-danger", "fa-trash"),
-        ]
-      : [copyLink, history];
-    return el(
-      "td",
-      { class: "env-actions" },
-      el("div", { class: "d-flex flex-wrap gap-1 justify-content-end" }, ...buttons)
-    );
+      // The Webhook item says whether the webhook is on (autorebuild.js opens its dialog).
+      const state = env.webhook ? "on" : "off";
+      items.push(
+        menuItem(env, "webhook", `Webhook ${state}`, "fa-bolt", {
+          "aria-label": `Webhook ${env.name} (${state})`,
+          dataset: { action: "webhook", state },
+          title: env.webhook
+            ? "The webhook is on: a push to the repository rebuilds this environment"
+            : "The webhook is off",
+        })
+      );
+    }
+    if (hasImage(env)) {
+      items.push(menuItem(env, "copy-link", "Copy launch link", "fa-link"));
+      items.push(menuItem(env, "history", "History", "fa-clock-rotate-left"));
+    }
+    if (manages(env)) {
+      items.push(el("li", { role: "separator", class: "dropdown-divider" }));
+      items.push(menuItem(env, "remove", "Remove", "fa-trash", { class: "dropdown-item text-danger" }));
+    }
+    return items;
   }
 
-  /** The Webhook button says whether the webhook is on (autorebuild.js opens its dialog). */
-  function webhookButton(env) {
-    const state = env.webhook ? "on" : "off";
-    return el(
-      "button",
-      {
-        type: "button",
-        class: `btn btn-sm ${env.webhook ? "btn-secondary" : "btn-outline-secondary"}`,
-        dataset: { action: "webhook", state },
-        "aria-label": `Webhook ${env.name} (${state})`,
-        title: env.webhook
-          ? "The webhook is on: a push to the repository rebuilds this environment"
-          : "The webhook is off",
-      },
-      icon("fa-bolt"),
-      el("span", { class: "ms-1" }, `Webhook ${state}`)
-    );
-  }
+  let menuCount = 0;
 
-  /** The toggle of "rebuild when the repository changes" (autorebuild.js). */
-  function autoRebuildButton(env) {
-    const on = Boolean(env.auto_rebuild);
-    return el(
-      "button",
-      {
-        type: "button",
-        class: `btn btn-sm ${on ? "btn-secondary" : "btn-outline-secondary"}`,
-        dataset: { action: "auto-rebuild" },
-        "aria-pressed": on ? "true" : "false",
-        "aria-label": `${env.name}: rebuild when the repository changes`,
-        title: R.autoRebuild.describe(env),
-      },
-      icon("fa-code-branch"),
-      el("span", { class: "ms-1" }, "Auto-rebuild")
-    );
+  function actionsCell(env) {
+    const buttons = [];
+    if (manages(env)) {
+      buttons.push(actionButton(env, "logs", "Logs", "btn-outline-secondary", "fa-file-lines"));
+      buttons.push(
+        ACTIVE.has(env.status)
+          ? actionButton(env, "cancel", "Cancel", "btn-outline-secondary", "fa-stop")
+          : actionButton(env, "rebuild", "Rebuild", "btn-outline-primary", "fa-rotate")
+      );
+    }
+    const items = menuItems(env);
+    if (items.length) {
+      // Uids of adopted environments may hold any character: ids are counted.
+      menuCount += 1;
+      const menuId = `env-menu-${menuCount}`;
+      buttons.push(
+        el(
+          "div",
+          { class: "env-more-wrap" },
+          el(
+            "button",
+            {
+              type: "button",
+              class: "btn btn-sm btn-outline-secondary env-more",
+              dataset: { action: "more" },
+              "aria-haspopup": "menu",
+              "aria-expanded": "false",
+              "aria-controls": menuId,
+              "aria-label": `More actions for ${env.name}`,
+              title: "More actions",
+            },
+            icon("fa-ellipsis-vertical")
+          ),
+          el(
+            "ul",
+            { class: "env-menu", id: menuId, role: "menu", "aria-label": `Actions for ${env.name}` },
+            items
+          )
+        )
+      );
+    }
+    return cell("Actions", { class: "env-actions" }, el("div", { class: "env-action-bar" }, buttons));
   }
 
   function row(env) {
     return el(
       "tr",
-      { dataset: { uid: env.uid, status: env.status } },
-      el("th", { scope: "row", class: "env-name", title: env.image_name }, env.name),
+      { role: "row", dataset: { uid: env.uid, status: env.status } },
+      el(
+        "th",
+        { scope: "row", role: "rowheader", class: "env-name", title: `${env.name} (${env.image_name})`, "data-label": "Name" },
+        env.name
+      ),
       repoCell(env),
       statusCell(env),
       resourcesCell(env),
-      nodeSelectorCell(env),
-      el("td", { class: "env-owner" }, env.owner || "–"),
-      el("td", { class: "env-sharing small" }, describeSharing(env.sharing)),
-      el("td", { class: "env-created" }, R.timeElement(env.created)),
-      el("td", { class: "env-size text-end text-nowrap" }, R.formatSize(env.size) || "–"),
+      ownerCell(env),
       actionsCell(env)
     );
   }
 
   /** Update the table in place: unchanged rows stay, so focus and hover stay too. */
   function render() {
+    // A row redrawn while its More menu is open gets it open again, with the
+    // same item focused (e.g. after the Auto-rebuild toggle changed the row).
+    const open = menu.state();
     R.renderRows(tbody, shown(environments), {
       keyAttr: "uid",
       row,
       empty: () =>
         el(
           "tr",
-          { class: "empty" },
-          el("td", { colspan: "10", class: "text-center text-body-secondary py-4" }, "No environment yet: add one with “Add New”.")
+          { class: "empty", role: "row" },
+          el("td", { colspan: "6", role: "cell", class: "text-center text-body-secondary py-4" }, "No environment yet: add one with “Add New”.")
         ),
     });
+    menu.restore(open);
   }
+
+  // -- the More menu (the ARIA menu button pattern) --------------------------
+
+  const menu = (function () {
+    let current = null; // {button, list, lastAction}
+
+    const items = (list) => [...list.querySelectorAll('[role^="menuitem"]:not([disabled])')];
+
+    /** Below its button, right-aligned; above it when there is no room below. */
+    function place() {
+      if (!current) return;
+      const { button, list } = current;
+      const box = button.getBoundingClientRect();
+      const width = list.offsetWidth;
+      const height = list.offsetHeight;
+      const viewWidth = document.documentElement.clientWidth;
+      const left = Math.max(8, Math.min(box.right - width, viewWidth - width - 8));
+      let top = box.bottom + 2;
+      if (top + height > window.innerHeight - 8 && box.top - height - 2 >= 8) top = box.top - height - 2;
+      list.style.left = `${left}px`;
+      list.style.top = `${top}px`;
+    }
+
+    /** Open the menu of ``button``; ``focus``: "first", "last", an item's action, or null. */
+    function open(button, focus) {
+      close(false);
+      const list = button.parentElement.querySelector(".env-menu");
+      if (!list) return;
+      current = { button, list, lastAction: null };
+      list.classList.add("show");
+      button.setAttribute("aria-expanded", "true");
+      place();
+      const all = items(list);
+      let target = null;
+      if (focus === "first") target = all[0];
+      else if (focus === "last") target = all[all.length - 1];
+      else if (focus) target = all.find((item) => item.dataset.action === focus) || all[0];
+      if (target) target.focus({ preventScroll: true });
+    }
+
+    function close(returnFocus) {
+      if (!current) return;
+      const { button, list } = current;
+      current = null;
+      list.classList.remove("show");
+      button.setAttribute("aria-expanded", "false");
+      if (returnFocus && button.isConnected) button.focus();
+    }
+
+    function move(from, step) {
+      const all = items(current.list);
+      if (!all.length) return;
+      const index = all.indexOf(from);
+      const next = step === "first" ? 0 : step === "last" ? all.length - 1 : (index + step + all.length) % all.length;
+      all[next].focus();
+    }
+
+    function onButtonKey(event, button) {
+      if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+        event.preventDefault();
+        open(button, event.key === "ArrowDown" ? "first" : "last");
+      }
+    }
+
+    function onMenuKey(event) {
+      if (!current) return;
+      const item = event.target.closest('[role^="menuitem"]');
+      const keys = { ArrowDown: 1, ArrowUp: -1, Home: "first", End: "last" };
+      if (event.key in keys) {
+        event.preventDefault();
+        move(item, keys[event.key]);
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        close(true);
+      } else if (event.key === "Tab") {
+        // Tab leaves the menu: from its button, to the control after it.
+        close(true);
+      }
+    }
+
+    function state() {
+      if (!current) return null;
+      const tr = current.button.closest("tr");
+      const active = document.activeElement;
+      const inside = current.list.contains(active) ? active.dataset.action : null;
+      return { uid: tr && tr.dataset.uid, action: inside || current.lastAction, list: current.list };
+    }
+
+    function restore(was) {
+      if (!was || (current && current.list.isConnected)) return;
+      current = null;
+      const tr = tbody.querySelector(`tr[data-uid="${CSS.escape(was.uid || "")}"]`);
+      const button = tr && tr.querySelector(".env-more");
+      if (button) open(button, was.action || "first");
+    }
+
+    document.addEventListener("click", (event) => {
+      if (!current || !event.target.isConnected) return;
+      if (current.list.contains(event.target) || current.button.contains(event.target)) return;
+      close(false);
+    });
+    document.addEventListener("focusin", (event) => {
+      if (current && current.list.contains(event.target) && event.target.dataset.action) {
+        current.lastAction = event.target.dataset.action;
+      }
+    });
+    window.addEventListener("scroll", place, true);
+    window.addEventListener("resize", place);
+
+    return {
+      open,
+      close,
+      place,
+      state,
+      restore,
+      onButtonKey,
+      onMenuKey,
+      isOpen: (button) => Boolean(current && current.button === button),
+    };
+  })();
 
   function find(uid) {
     return environments.find((env) => env.uid === uid);
@@ -322,19 +608,43 @@
 
   // -- row actions ---------------------------------------------------------
 
-  /** The button of a row as it is now (rows are redrawn when they change). */
+  /**
+   * The control of an action in a row as it is now (rows are redrawn when
+   * they change): its button, or the More button when the action is an item
+   * of the closed menu (where the focus goes back after its dialog).
+   */
   function rowControl(uid, action) {
     return () => {
       const tr = tbody.querySelector(`tr[data-uid="${CSS.escape(uid)}"]`);
-      return tr && (tr.querySelector(`[data-action="${action}"]`) || tr.querySelector("button"));
+      if (!tr) return null;
+      const control = tr.querySelector(`[data-action="${action}"]`) || tr.querySelector("button");
+      const list = control && control.closest(".env-menu");
+      if (list && !list.classList.contains("show")) return tr.querySelector(".env-more");
+      return control;
     };
   }
+
+  // Actions that keep the menu open: the toggle shows its new state, the
+  // launch link "Copied".
+  const KEEP_MENU_OPEN = new Set(["auto-rebuild", "copy-link"]);
+
+  tbody.addEventListener("keydown", (event) => {
+    const more = event.target.closest(".env-more");
+    if (more) menu.onButtonKey(event, more);
+    else if (event.target.closest(".env-menu")) menu.onMenuKey(event);
+  });
 
   tbody.addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
     if (!button) return;
     const env = find(button.closest("tr").dataset.uid);
     if (!env) return;
+    if (button.dataset.action === "more") {
+      if (menu.isOpen(button)) menu.close(false);
+      else menu.open(button, "first");
+      return;
+    }
+    if (button.closest(".env-menu") && !KEEP_MENU_OPEN.has(button.dataset.action)) menu.close(true);
     const actions = {
       logs: () => openLogs(env, button),
       "view-log": () => openLogs(env, button),
@@ -352,7 +662,7 @@
           onChange: upsert,
         }),
     };
-    actions[button.dataset.action]();
+    if (actions[button.dataset.action]) actions[button.dataset.action]();
   });
 
   async function rebuild(env, button, body) {
@@ -538,7 +848,9 @@
       const input = form.elements[name];
       return input ? input.value.trim() : "";
     };
-    for (const name of ["repo", "ref", "name", "memory", "cpu", "machine_profile", "provider", "username"]) {
+    // builder_image: its first option (the default builder) is empty and not sent.
+    const fields = ["repo", "ref", "name", "memory", "cpu", "machine_profile", "provider", "builder_image", "username"];
+    for (const name of fields) {
       if (value(name)) body[name] = value(name);
     }
     if (form.elements.password && form.elements.password.value) body.password = form.elements.password.value;
@@ -857,5 +1169,6 @@
 
   render();
   poll.schedule();
+  window.setInterval(tickElapsed, 1000);
   window.TljhR2D.environmentsPage = { refresh: poll.now, launchLink, nameFromRepo };
 })();

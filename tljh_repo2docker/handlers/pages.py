@@ -8,6 +8,7 @@ from tornado import web
 from ..access import Access
 from ..db import store
 from ..hub_client import HubError
+from ..service.environment_list import summaries
 from .base import BaseHandler, builders_only
 
 
@@ -43,13 +44,20 @@ class EnvironmentsPageHandler(BaseHandler):
         except HubError as e:
             self.log.warning("Cannot list the hub's groups (give the service list:groups): %s", e.message)
             groups = []
+        # The one-line summary of each current version, as api/environments gives it.
+        lines = await summaries(self.sessions, [e.uid for e, _ in environments])
         app = self.tljh_app
         self.finish(
             self.render_template(
                 "environments.html",
                 page="environments",
                 environments=[
-                    {**store.as_dict(e, position=positions.get(e.uid), admin=manages), "manages": manages}
+                    {
+                        **store.as_dict(
+                            e, position=positions.get(e.uid), admin=manages, summary=lines.get(e.uid)
+                        ),
+                        "manages": manages,
+                    }
                     for e, manages in environments
                 ],
                 hub_groups=groups,
@@ -63,6 +71,8 @@ class EnvironmentsPageHandler(BaseHandler):
                 default_provider=app.default_provider,
                 supports_credentials=app.builder.supports_credentials,
                 supports_build_args=app.builder.supports_build_args,
+                # the default builder first; a choice is offered when there is one
+                builder_images=app.builder_choices,
             )
         )
 
