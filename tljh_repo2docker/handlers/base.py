@@ -25,7 +25,9 @@ def admin_only(method):
     async def wrapper(self, *args, **kwargs):
         if not self.is_admin:
             raise web.HTTPError(
-                403, "This needs the tljh-repo2docker admin permission (hub admin or the admin scope)"
+                403,
+                "Only administrators may open this page: ask a hub administrator for the "
+                "admin permission of tljh-repo2docker (its admin scope)",
             )
         return await method(self, *args, **kwargs)
 
@@ -41,8 +43,8 @@ def builders_only(method):
         if not (self.is_admin or self.is_builder):
             raise web.HTTPError(
                 403,
-                "This needs the tljh-repo2docker build or admin permission "
-                "(the build scope, the admin scope, or hub admin)",
+                "Only people allowed to build environments may do this: ask a hub "
+                "administrator for the permission to build (tljh-repo2docker's build scope)",
             )
         return await method(self, *args, **kwargs)
 

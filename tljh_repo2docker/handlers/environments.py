@@ -32,7 +32,8 @@ class EnvironmentAPIMixin:
         )
         if manage and not (self.is_admin or self.is_builder):
             raise web.HTTPError(
-                403, "Changing an environment needs the tljh-repo2docker build scope"
+                403, "Only people allowed to build environments may change one: ask a hub administrator "
+                "for the permission to build (tljh-repo2docker's build scope)"
             )
         return env
 
