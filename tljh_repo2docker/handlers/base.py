@@ -43,8 +43,9 @@ def builders_only(method):
         if not (self.is_admin or self.is_builder):
             raise web.HTTPError(
                 403,
-                "Only people allowed to build environments may do this: ask a hub "
-                "administrator for the permission to build (tljh-repo2docker's build scope)",
+                "Only administrators and people allowed to build environments may do this: "
+                "ask a hub administrator for the build or admin permission of tljh-repo2docker "
+                "(its build or admin scope)",
             )
         return await method(self, *args, **kwargs)
 
