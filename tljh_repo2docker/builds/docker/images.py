@@ -20,6 +20,7 @@ Removing a version removes its local reference only: its tag stays in the
 registry.
 """
 
+import asyncio
 import io
 import json
 import shutil
@@ -44,6 +45,10 @@ from .engine import (
 )
 from .check import CHECK_LABEL
 from .push import PushFailed, PushProgress
+
+#: Seconds a disk-use question waits for the engine's other one to end.
+_DF_WAIT = 30
+
 
 class ImagesMixin:
     """Images (part of ``DockerBuilder``): uses its ``docker`` client, ``log``,
@@ -334,13 +339,30 @@ class ImagesMixin:
 
     # -- disk ----------------------------------------------------------------
 
+    async def _system_df(self):
+        """GET /system/df. The engine computes one at a time and refuses a
+        second one meanwhile ("a disk usage operation is already running"):
+        this service's own are queued behind a lock, and one refused because
+        another client of the engine asked at the same moment is asked again,
+        for up to ``_DF_WAIT`` seconds."""
+        lock = self.__dict__.setdefault("_df_lock", asyncio.Lock())
+        deadline = time.monotonic() + _DF_WAIT
+        async with lock:
+            while True:
+                try:
+                    return await self.docker._query_json("system/df", method="GET")
+                except aiodocker.DockerError as e:
+                    if "already running" in str(e.message) and time.monotonic() < deadline:
+                        await asyncio.sleep(0.5)
+                        continue
+                    raise BuildError(f"Cannot ask the Docker engine for its disk use: {describe(e)}") from e
+                except ENGINE_ERRORS as e:
+                    raise BuildError(f"Cannot ask the Docker engine for its disk use: {describe(e)}") from e
+
     async def disk_usage(self):
         # GET /system/df: every image with its own size and the part of it
         # shared with other images, and the build cache (BuildKit's records).
-        try:
-            df = await self.docker._query_json("system/df", method="GET")
-        except ENGINE_ERRORS as e:
-            raise BuildError(f"Cannot ask the Docker engine for its disk use: {describe(e)}") from e
+        df = await self._system_df()
         images = {}
         for image in df.get("Images") or []:
             images[image["Id"]] = {
