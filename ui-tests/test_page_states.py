@@ -135,3 +135,21 @@ async def test_new_server_opens_the_server_when_it_is_ready(alice_page, alice, d
         if not any(s["name"] == "ui-opened" for s in r.json()["servers"]):
             break
         await asyncio.sleep(1)
+
+
+async def test_start_from_the_environments_menu_ends_in_the_server(admin_page, admin, demo_env):
+    """An admin tries a built environment in one click: More → Start a server,
+    and the tab ends in the server once it is ready."""
+    page = admin_page
+    await open_environments(page)
+    row = env_row(page, demo_env["name"])
+    await row_action(row, f"Start a server {demo_env['name']}")
+    slug = "python-demo"  # the launch link's server name: the environment's slug
+    await page.wait_for_url(re.compile(rf"/user/admin/{slug}/"), timeout=SPAWN_TIMEOUT)
+    r = await admin.api("DELETE", f"api/servers/{slug}?remove=true")
+    assert r.status_code in (202, 204), r.text
+    for _ in range(60):
+        r = await admin.api("GET", "api/servers")
+        if not any(s["name"] == slug for s in r.json()["servers"]):
+            break
+        await asyncio.sleep(1)

@@ -323,6 +323,8 @@
       );
     }
     if (hasImage(env)) {
+      // Try it in one click: the launch link starts a server and opens it when ready.
+      items.unshift(menuItem(env, "start", "Start a server", "fa-play", { title: "Start a server from it and open it when it is ready" }));
       items.push(menuItem(env, "copy-link", "Copy launch link", "fa-link"));
       items.push(menuItem(env, "history", "History", "fa-clock-rotate-left"));
     }
@@ -655,6 +657,7 @@
       webhook: () => R.autoRebuild.openWebhook(env, rowControl(env.uid, "webhook"), upsert),
       remove: () => remove(env, button),
       "copy-link": () => copyLaunchLink(env, button),
+      start: () => window.location.assign(launchLink(env)),
       history: () =>
         window.TljhR2DVersions.open(env, {
           manages: manages(env),
