@@ -14,6 +14,7 @@ from playwright.async_api import expect
 from tests.helpers.fixtures import SINGLEUSER_IMAGE
 from tests.helpers.gitserver import add_commit, make_repo
 from tests.helpers.utils import admin_api
+from tljh_repo2docker.builds.docker.check import SERVER_PREFIX as CHECK_PREFIX
 from ui_helpers import SPAWN_TIMEOUT, goto, logged_in_context, server_row, service_path, shot
 
 pytestmark = pytest.mark.browser
@@ -151,8 +152,12 @@ async def test_launch_link_of_a_broken_environment_says_why(admin, kim_page, git
         git_root,
         "hu-broken",
         {
+            # Broken only where the build's check cannot see it (a server of
+            # a user, not the check's): the check passes, the start fails.
             "Dockerfile": f"FROM {SINGLEUSER_IMAGE}\n"
-            "ENTRYPOINT [\"sh\", \"-c\", \"echo 'hu-broken: nothing to run' >&2; exit 3\"]\n"
+            "ENTRYPOINT [\"sh\", \"-c\", "
+            f"\"case \\\"$JUPYTERHUB_SERVICE_PREFIX\\\" in {CHECK_PREFIX}*) exec \\\"$@\\\";; esac; "
+            "echo 'hu-broken: nothing to run' >&2; exit 3\", \"entry\"]\n"
         },
     )
     env = await admin.create_env({"repo": git_server.url("hu-broken"), "name": "hu-broken"})

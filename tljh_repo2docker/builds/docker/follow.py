@@ -287,14 +287,18 @@ class FollowMixin:
         if new_id is None:
             # Named before the service restarted (so checked then, if at
             # all), or never made: _publish tells which.
-            async for event in self._publish(staging, image_name, commit, uid, mark, number):
-                if event.phase == BUILT:
-                    inside, packages = await self._describe(
-                        uid, image_name, build_pack, builder_image_id, spec
-                    )
-                    about.update(inside=inside, packages=packages)
-                    event = dataclasses.replace(event, **about)
-                yield event
+            # aclosing: a consumer that stops following closes the push at
+            # once (it puts the name back; see _publish), not when collected.
+            publish = self._publish(staging, image_name, commit, uid, mark, number)
+            async with contextlib.aclosing(publish) as events:
+                async for event in events:
+                    if event.phase == BUILT:
+                        inside, packages = await self._describe(
+                            uid, image_name, build_pack, builder_image_id, spec
+                        )
+                        about.update(inside=inside, packages=packages)
+                        event = dataclasses.replace(event, **about)
+                    yield event
             return
         try:
             # What a check cut short by a restart left: its server is taken over.
@@ -344,10 +348,12 @@ class FollowMixin:
                 **about,
             )
             return
-        async for event in self._publish(staging, image_name, commit, uid, mark, number):
-            if event.final:
-                event = dataclasses.replace(event, **about)
-            yield event
+        publish = self._publish(staging, image_name, commit, uid, mark, number)
+        async with contextlib.aclosing(publish) as events:  # (see above)
+            async for event in events:
+                if event.final:
+                    event = dataclasses.replace(event, **about)
+                yield event
 
     async def _keep_failed(self, uid, staging, image_name, number):
         """Give an image that failed its check its version's own reference
