@@ -76,7 +76,7 @@ def made(builder):
     yield things
     for uid in things["uids"]:
         docker("rm", "-f", f"{builder.container_prefix}{uid}", check=False)
-        ids = docker("ps", "-aq", "--filter", f"label={CHECK_LABEL}={uid}").stdout.split()
+        ids = check_containers(uid)
         if ids:
             docker("rm", "-f", *ids, check=False)
     for image in things["images"]:

@@ -356,25 +356,32 @@ async def test_forged_user_options_cannot_pick_image_limits_or_nodes(
 # -- (4) no node for the environment: a clear failure, not a timeout -------------------------
 
 
-async def test_no_node_matching_the_selector_fails_saying_so(callers, environments, kube):
-    alice, env = callers["alice"], environments["gpu"]
+async def failed_start(user, kube, name, environment, what):
+    """Start ``user``'s server ``name`` from ``environment``, which must fail:
+    wait until it is stopped, note how long ``what`` took to be reported, check
+    that the start did not merely time out and that no pod is left; remove the
+    server. Returns the server's error."""
     started = time.monotonic()
-    r = await alice.api("POST", "api/servers", json={"name": "gpu", "environment": env["name"]})
+    r = await user.api("POST", "api/servers", json={"name": name, "environment": environment})
     assert r.status_code in (202, 400, 500), r.text
     try:
-        server = await wait_server(alice, "gpu", "stopped", timeout=WAIT)
+        server = await wait_server(user, name, "stopped", timeout=WAIT)
         took = time.monotonic() - started
-        figure(
-            f"kube: unschedulable pod reported after {took:.1f} s "
-            f"(unschedulable_timeout {UNSCHEDULABLE_TIMEOUT} s)"
-        )
-        error = server["error"] or ""
-        assert "gpu=yes (its node selector)" in error, server
-        assert "0/1 nodes are available" in error, server  # the scheduler's own words
+        figure(f"kube: {what} reported after {took:.1f} s")
         assert took < START_TIMEOUT - 30, f"took {took:.0f}s: the start timed out"
-        await kube.wait_no_pod("alice", "gpu")
+        await kube.wait_no_pod(user.name, name)
     finally:
-        await alice.api("DELETE", "api/servers/gpu", params={"remove": "true"})
+        await user.api("DELETE", f"api/servers/{name}", params={"remove": "true"})
+    return server["error"] or ""
+
+
+async def test_no_node_matching_the_selector_fails_saying_so(callers, environments, kube):
+    error = await failed_start(
+        callers["alice"], kube, "gpu", environments["gpu"]["name"],
+        f"unschedulable pod (unschedulable_timeout {UNSCHEDULABLE_TIMEOUT} s)",
+    )
+    assert "gpu=yes (its node selector)" in error, error
+    assert "0/1 nodes are available" in error, error  # the scheduler's own words
 
 
 # -- (4b) an image the node cannot pull: a clear failure, not a timeout ----------------------
@@ -393,23 +400,13 @@ async def test_an_image_gone_from_the_registry_fails_the_start_saying_so(
     publish([env["image_name"], version])
     # Never pulled by the node, and now gone from the registry: no node can have it.
     registry_delete(version)
-    started = time.monotonic()
-    r = await alice.api("POST", "api/servers", json={"name": "gone", "environment": name})
-    assert r.status_code in (202, 400, 500), r.text
     try:
-        server = await wait_server(alice, "gone", "stopped", timeout=WAIT)
-        took = time.monotonic() - started
-        figure(
-            f"kube: unpullable image reported after {took:.1f} s "
-            f"(image_pull_timeout {IMAGE_PULL_TIMEOUT} s)"
+        error = await failed_start(
+            alice, kube, "gone", name, f"unpullable image (image_pull_timeout {IMAGE_PULL_TIMEOUT} s)"
         )
-        error = server["error"] or ""
-        assert f"could not pull the image {version}" in error, server
-        assert "rebuild the environment" in error, server
-        assert took < START_TIMEOUT - 30, f"took {took:.0f}s: the start timed out"
-        await kube.wait_no_pod("alice", "gone")
+        assert f"could not pull the image {version}" in error, error
+        assert "rebuild the environment" in error, error
     finally:
-        await alice.api("DELETE", "api/servers/gone", params={"remove": "true"})
         await admin.api("DELETE", f"api/environments/{env['uid']}")
 
 

@@ -285,8 +285,7 @@ class KubeEnvironment(EnvironmentMixin):
         since = None
         while True:
             await asyncio.sleep(interval)
-            reflector = self.pod_reflector
-            pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
+            pod = self._reflected_pod()
             if pod and (pod.get("spec") or {}).get("nodeName"):
                 return
             reason = unschedulable_reason(pod)
@@ -310,8 +309,7 @@ class KubeEnvironment(EnvironmentMixin):
         since = None
         while True:
             await asyncio.sleep(interval)
-            reflector = self.pod_reflector
-            pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
+            pod = self._reflected_pod()
             failure = image_pull_failure(pod)
             if failure is None:
                 since = None
@@ -323,6 +321,12 @@ class KubeEnvironment(EnvironmentMixin):
                 text = image_pull_message(image, reason, message, waited)
                 self.log.warning("Server %s of %s: %s", self.name, self.user.name, text)
                 raise SpawnFailed(text)
+
+    def _reflected_pod(self):
+        """This server's pod as KubeSpawner's pod reflector last saw it (a
+        dict), or None."""
+        reflector = self.pod_reflector
+        return reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
 
     def _node_on_its_way(self):
         # The cluster autoscaler says it adds a node for this pod.

@@ -717,15 +717,13 @@ class EnvironmentMixin(Configurable):
         db_url = getattr(self, "db_url", "")
         if not (db_url and uids) or _missing_sqlite_file(db_url):
             return {}
-        from ..db import store
-        from ..service.packages import summary
+        from ..service.environment_list import summaries
 
         try:
-            facts = await store.current_version_facts(sessions_for(db_url), uids)
+            return await summaries(sessions_for(db_url), uids)
         except Exception as e:  # a summary is never worth a failed spawn page
             self.log.warning("Could not read what the environments hold: %s", e)
             return {}
-        return {uid: text for uid, (inside, count) in facts.items() if (text := summary(inside, count))}
 
     def _form_item(self, number, entry, checked, summary=None):
         esc = html.escape

@@ -19,6 +19,7 @@ or by :meth:`DockerBuilder.cancel`. Its parts, each in a module of its own:
   becomes current (``check_images``), and what it holds.
 """
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -391,6 +392,8 @@ class DockerBuilder(
         self._known_builds = None
         # Where the engine keeps its data (``info``'s DockerRootDir), once known.
         self._root_dir = None
+        # One /system/df at a time: the engine refuses a second meanwhile (images.py).
+        self._df_lock = asyncio.Lock()
 
     # -- the engine ----------------------------------------------------------
 

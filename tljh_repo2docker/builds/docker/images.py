@@ -345,9 +345,8 @@ class ImagesMixin:
         this service's own are queued behind a lock, and one refused because
         another client of the engine asked at the same moment is asked again,
         for up to ``_DF_WAIT`` seconds."""
-        lock = self.__dict__.setdefault("_df_lock", asyncio.Lock())
         deadline = time.monotonic() + _DF_WAIT
-        async with lock:
+        async with self._df_lock:
             while True:
                 try:
                     return await self.docker._query_json("system/df", method="GET")
