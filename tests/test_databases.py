@@ -33,7 +33,7 @@ from tljh_repo2docker.db.session import (
 )
 
 
-REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])

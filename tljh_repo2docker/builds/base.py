@@ -79,6 +79,13 @@ class BuildRequest:
     cpu: float | None = None
     #: The builder (repo2docker image) to build with; None: the backend's default.
     builder_image: str | None = None
+    #: Where it comes from: ``"git"`` (``repo`` at ``ref``), ``"files"``
+    #: (``files``, handed to the builder with no network fetch) or
+    #: ``"image"`` (``repo`` is an existing image's reference, checked and
+    #: tagged instead of built).
+    source: str = "git"
+    #: For ``"files"``: ``{relative path: text}``.
+    files: dict[str, str] | None = field(default=None, repr=False)
     #: Credentials for a private repository. Used for the clone and then
     #: forgotten: never logged, stored, labelled or put on a command line.
     username: str | None = field(default=None, repr=False)

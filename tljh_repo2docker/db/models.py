@@ -121,6 +121,12 @@ class Environment(Base):
     check_command: Mapped[str | None] = mapped_column(Text, nullable=True)
     builder_image: Mapped[str | None] = mapped_column(String(512), nullable=True)
     rebuild_on: Mapped[str] = mapped_column(String(16), default="any", server_default="any")
+    # Where it comes from: "git" (repo at ref), "files" (the files below,
+    # kept here and handed to the builder with no network fetch) or "image"
+    # (an existing image, its reference in ``repo``).
+    source: Mapped[str] = mapped_column(String(16), default="git", server_default="git")
+    # For "files": {relative path: text}, what the next build builds.
+    files: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class LogLine(Base):
@@ -175,3 +181,6 @@ class Version(Base):
     # The builder (repo2docker image) that made it, by name and id.
     builder_image: Mapped[str | None] = mapped_column(String(512), nullable=True)
     builder_image_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # For an environment from files: the files this version was built from
+    # (what a rollback shows and a rebuild of this version builds again).
+    files: Mapped[dict | None] = mapped_column(JSON, nullable=True)

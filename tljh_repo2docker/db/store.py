@@ -139,7 +139,10 @@ def as_dict(env: Environment, *, position=None, admin=True, summary=None):
         "rebuild_on": env.rebuild_on or "any",
         "builder_image": env.builder_image,
         "summary": summary,
+        "source": env.source or "git",
     }
+    if env.source == "image":
+        model["image"] = env.repo
     if admin:
         model.update(
             {

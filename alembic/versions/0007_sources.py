@@ -1,0 +1,34 @@
+"""Environments from anything: where an environment comes from (a git
+repository, files kept by the service, an existing image) and, for files,
+the files of the environment and of each version
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-06
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table("environments") as batch:
+        batch.add_column(
+            sa.Column("source", sa.String(16), nullable=False, server_default="git")
+        )
+        batch.add_column(sa.Column("files", sa.JSON(), nullable=True))
+    with op.batch_alter_table("versions") as batch:
+        batch.add_column(sa.Column("files", sa.JSON(), nullable=True))
+
+
+def downgrade():
+    with op.batch_alter_table("versions") as batch:
+        batch.drop_column("files")
+    with op.batch_alter_table("environments") as batch:
+        batch.drop_column("files")
+        batch.drop_column("source")
