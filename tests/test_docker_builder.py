@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import time
 import uuid
 from urllib.parse import quote
 
@@ -184,17 +185,21 @@ async def test_unknown_ref_fails(builder, made, git_root, git_server):
 async def test_cancel_mid_build_removes_the_container_and_leaves_no_image(
     builder, made, git_root, git_server
 ):
-    # Short enough to check below that the engine did not finish it anyway.
-    name = new_repo(git_root, {"Dockerfile": dockerfile("RUN sleep 4 && echo slept")})
+    # Long enough that a loaded machine cancels before it ends (4 s was not,
+    # once, in CI), short enough to check below that the engine did not
+    # finish it anyway.
+    name = new_repo(git_root, {"Dockerfile": dockerfile("RUN sleep 12 && echo slept")})
     request = new_request(made, git_server.url(name))
     seen = []
     sleeping = asyncio.Event()
+    slept_from = []
 
     async def consume():
         async for event in builder.build(request):
             seen.append(event)
-            if "RUN sleep 4" in event.message:
+            if "RUN sleep 12" in event.message and not sleeping.is_set():
                 sleeping.set()
+                slept_from.append(time.monotonic())
 
     task = asyncio.create_task(consume())
     await until(sleeping, task)
@@ -204,8 +209,8 @@ async def test_cancel_mid_build_removes_the_container_and_leaves_no_image(
     # The image build itself was stopped, not only repo2docker.
     assert any("context canceled" in line for line in logs_of(seen)), explain(seen)
     assert await build_containers(builder, request.uid) == []
-    # Past the end of the `sleep 4`: a build that went on would have tagged it.
-    await asyncio.sleep(5)
+    # Past the end of the `sleep 12`: a build that went on would have tagged it.
+    await asyncio.sleep(max(0.0, slept_from[0] + 13 - time.monotonic()))
     assert not await builder.image_exists(request.image_name)
     # Cancelling again (or a build that is gone) is no error.
     await builder.cancel(request.uid)
