@@ -1,6 +1,7 @@
 """Environments from anything: where an environment comes from (a git
 repository, files kept by the service, an existing image) and, for files,
-the files of the environment and of each version
+the files of the environment and of each version; commits wide enough for
+an image id (sha256:<64 hex>)
 
 Revision ID: 0007
 Revises: 0006
@@ -22,13 +23,28 @@ def upgrade():
             sa.Column("source", sa.String(16), nullable=False, server_default="git")
         )
         batch.add_column(sa.Column("files", sa.JSON(), nullable=True))
+        for column in ("commit", "remote_commit"):
+            batch.alter_column(
+                column, type_=sa.String(128), existing_type=sa.String(64), existing_nullable=True
+            )
     with op.batch_alter_table("versions") as batch:
         batch.add_column(sa.Column("files", sa.JSON(), nullable=True))
+        batch.alter_column(
+            "commit", type_=sa.String(128), existing_type=sa.String(64), existing_nullable=True
+        )
 
 
 def downgrade():
+    # Image ids (71 characters) do not fit back: 0006 had no such commits.
     with op.batch_alter_table("versions") as batch:
+        batch.alter_column(
+            "commit", type_=sa.String(64), existing_type=sa.String(128), existing_nullable=True
+        )
         batch.drop_column("files")
     with op.batch_alter_table("environments") as batch:
+        for column in ("commit", "remote_commit"):
+            batch.alter_column(
+                column, type_=sa.String(64), existing_type=sa.String(128), existing_nullable=True
+            )
         batch.drop_column("files")
         batch.drop_column("source")
