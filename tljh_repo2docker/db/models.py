@@ -49,6 +49,13 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(timezone.utc)
 
 
+#: A git commit, or an image's id (``sha256:<64 hex>``) for an environment
+#: from an image. SQLite does not enforce lengths, and widening a column there
+#: recreates its table (and would drop the versions with the environments):
+#: the 0007 migration widens it on the other databases only.
+COMMIT = String(128).with_variant(String(64), "sqlite")
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -81,8 +88,7 @@ class Environment(Base):
     sharing: Mapped[dict | None] = mapped_column(
         JSON, nullable=True, default=lambda: {"everyone": True, "users": [], "groups": []}
     )
-    # A git commit, or an image id (sha256:...) for an environment from an image.
-    commit: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    commit: Mapped[str | None] = mapped_column(COMMIT, nullable=True)
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -110,7 +116,7 @@ class Environment(Base):
     auto_rebuild: Mapped[bool] = mapped_column(Boolean, default=False)
     # The commit the ref was last seen at by `git ls-remote`, when and why
     # not (the error of the last check, None when it worked).
-    remote_commit: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    remote_commit: Mapped[str | None] = mapped_column(COMMIT, nullable=True)
     remote_checked: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     remote_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The push webhook's secret, hashed (sha256 hex); None: no webhook.
@@ -163,8 +169,7 @@ class Version(Base):
     # on (Docker: a per-version tag; BinderHub: the name it returned).
     image_name: Mapped[str] = mapped_column(String(512))
     image_id: Mapped[str] = mapped_column(String(128))
-    # A git commit, or an image id (sha256:...) for an environment from an image.
-    commit: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    commit: Mapped[str | None] = mapped_column(COMMIT, nullable=True)
     built_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # Seconds from the start of the build to its result.
