@@ -79,7 +79,9 @@ async def test_unknown_uid_is_404(admin):
 
 async def test_oversized_body_is_413(admin):
     before = await _count(admin)
-    body = b'{"repo": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+    # Over what POST api/environments takes (enough for an archive of
+    # max_archive_size in base64: bodylimit.body_limit), not only max_body_size.
+    body = b'{"repo": "' + b"a" * (8 * 1024 * 1024) + b'"}'
     r = await admin.api("POST", "api/environments", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 413, r.status_code
     assert await _count(admin) == before

@@ -140,7 +140,7 @@ def test_every_error_answer_has_the_error_shape(spec):
                 assert "#/components/schemas/Error" in refs, (path, method, code)
 
 
-def _environment():
+def _environment(source="git"):
     now = datetime.now(timezone.utc)
     fields = {
         column: None
@@ -148,17 +148,20 @@ def _environment():
             "uid name image_name repo ref provider status memory cpu machine_profile "
             "node_selector build_args owner commit size error started finished build_number sharing "
             "auto_rebuild remote_commit remote_checked remote_error webhook_secret_hash "
-            "check_command builder_image rebuild_on"
+            "check_command builder_image rebuild_on files"
         ).split()
     }
-    fields.update(created=now, node_selector={}, build_args={})
+    fields.update(created=now, node_selector={}, build_args={}, source=source)
     fields["image_id"] = None  # the current version's image
     return SimpleNamespace(**fields)
 
 
 def test_environment_model_matches_the_store(spec):
     schema = spec["components"]["schemas"]["Environment"]
-    admin_fields = set(store.as_dict(_environment(), admin=True))
+    # Fields of one source only: ``image`` (as_dict), ``files`` (the answer
+    # for one environment from files, handlers/environments.py).
+    admin_fields = set(store.as_dict(_environment(), admin=True)) | {"files"}
+    admin_fields |= set(store.as_dict(_environment("image"), admin=True))
     user_fields = set(store.as_dict(_environment(), admin=False))
     assert set(schema["properties"]) == admin_fields
     assert set(schema["required"]) == user_fields

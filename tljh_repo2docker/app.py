@@ -33,7 +33,7 @@ from traitlets.config import Application, Config
 
 from . import __version__, metrics
 from .contract import DEFAULT_IMAGE_PREFIX, SETTINGS_ENV_VAR
-from .handlers.bodylimit import BodyLimit
+from .handlers.bodylimit import BodyLimit, body_limit
 from .builds.base import Builder, BuildError
 from .builds.docker import DockerBuilder
 from .builds.manager import BuildManager
@@ -391,6 +391,36 @@ class TljhRepo2Docker(Application):
                 images.append(image)
         return images
 
+    allowed_image_registries = List(
+        Unicode(),
+        help="""
+        Registries that environments registered from an existing image
+        (``"image": "<reference>"``) may name, by host: ``docker.io``,
+        ``ghcr.io``, ``127.0.0.1:5000``; ``*`` allows any. A reference
+        without a registry host (``myimage:tag``) names one of the Docker
+        engine's own images and is always allowed (it is never pulled); one
+        with a registry host is pulled at each build and re-pull. A reference
+        to a registry not allowed is refused (400 naming ``image``).
+        Default: empty, which allows the engine's own images and the registry
+        that ``image_prefix`` names, if it names one (``127.0.0.1:5000/envs/``:
+        ``127.0.0.1:5000``).
+        """,
+    ).tag(config=True)
+
+    @validate("allowed_image_registries")
+    def _validate_allowed_image_registries(self, proposal):
+        hosts = []
+        for host in proposal.value:
+            host = host.strip().lower().rstrip("/")
+            if not host or re.search(r"[\s/@\x00-\x1f\x7f]", host):
+                raise TraitError(
+                    f"allowed_image_registries: {host[:80]!r} is not a registry host "
+                    "(like docker.io, ghcr.io or 127.0.0.1:5000; * for any)"
+                )
+            if host not in hosts:
+                hosts.append(host)
+        return hosts
+
     cookie_secret_file = Unicode(
         "tljh_repo2docker_cookie_secret",
         help="""
@@ -476,6 +506,45 @@ class TljhRepo2Docker(Application):
         1024 * 1024,
         help="Largest request body accepted, in bytes; larger ones get 413.",
     ).tag(config=True)
+
+    max_files_count = Integer(
+        200,
+        min=1,
+        help="""
+        Most files an environment built from files (``files`` or an uploaded
+        ``archive``) may have; more: 400 naming the field. Default: 200.
+        """,
+    ).tag(config=True)
+
+    max_files_size = Any(
+        1024**2,
+        help="""
+        Largest total size (UTF-8 bytes) of the files of an environment built
+        from files, unpacked: an archive that unpacks to more is refused as
+        soon as the unpacked total passes it (400 naming the field). Bytes,
+        or a size like ``1M``. Default: 1M.
+        """,
+    ).tag(config=True)
+
+    max_archive_size = Any(
+        5 * 1024**2,
+        help="""
+        Largest uploaded archive (``archive``: a ``.zip`` or ``.tar.gz``, as
+        packed, before base64), bytes or a size like ``5M``; larger: 400
+        naming ``archive``. POST and PATCH of ``api/environments`` accept a
+        request body big enough for one (over ``max_body_size``). Default: 5M.
+        """,
+    ).tag(config=True)
+
+    @validate("max_files_size", "max_archive_size")
+    def _validate_files_sizes(self, proposal):
+        try:
+            value = parse_size(proposal.value, field=proposal.trait.name)
+        except ValueError as e:
+            raise TraitError(str(e)) from None
+        if value < 1:
+            raise TraitError(f"{proposal.trait.name} must be at least 1 byte")
+        return value
 
     authenticate_prometheus = Bool(
         True,
@@ -935,7 +1004,9 @@ class TljhRepo2Docker(Application):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         self.http_server = HTTPServer(
-            BodyLimit(self.webapp, self.max_body_size, self.log),
+            BodyLimit(
+                self.webapp, lambda method, path: body_limit(self, method, path), self.log
+            ),
             xheaders=True,
             # Bodies over max_body_size are read and dropped, then answered
             # with 413 (see bodylimit.py); past this, the connection is closed.

@@ -124,6 +124,31 @@ def user_options(env):
     }
 
 
+#: The key of ``user_options`` that carries content pulled at launch:
+#: ``{"repo": git URL, "ref": branch, tag or commit ("" for the default
+#: branch), "dir": the folder of the home it goes in (a safe name made from
+#: the repository's name), "urlpath": where the server opens, relative to it
+#: (default ``lab/tree/<dir>``)}``. Written by the service (POST api/servers,
+#: the Servers page's direct link), checked again and pulled by the spawners
+#: before the server starts (service/content.py).
+CONTENT_OPTION = "content"
+
+#: The repo2docker image the service builds with by default
+#: (``DockerBuilder.repo2docker_image``); the spawners pull content with it.
+DEFAULT_REPO2DOCKER_IMAGE = "quay.io/jupyterhub/repo2docker:2025.12.0"
+
+
+def with_content(options, content):
+    """``options`` (user_options) with ``content`` (see CONTENT_OPTION), or
+    without any when ``content`` is None."""
+    options = dict(options or {})
+    if content:
+        options[CONTENT_OPTION] = dict(content)
+    else:
+        options.pop(CONTENT_OPTION, None)
+    return options
+
+
 def pinned_image(env, version=None):
     """The image reference that starts ``env``'s current version and that no
     rebuild moves: the version's own reference (Docker's ``repo:tag--vN``,

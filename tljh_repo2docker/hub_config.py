@@ -167,7 +167,8 @@ def configure(
 
     shared = {}
     for name in SPAWNER_SETTINGS:
-        value = next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
+        option = _SERVICE_OPTIONS.get(name, name)
+        value = next((a.split("=", 1)[1] for a in args if a.startswith(f"--{option}=")), None)
         if value is not None:
             shared[name] = value
     configure_spawners(c, **shared)
@@ -198,12 +199,15 @@ def configure_templates(c, service_name=SERVICE_NAME):
 SPAWNER_SECTION = "EnvironmentMixin"
 
 #: The service's settings that its spawners must share.
-SPAWNER_SETTINGS = ("db_url", "image_prefix")
+SPAWNER_SETTINGS = ("db_url", "image_prefix", "content_puller_image")
+#: The service's option each spawner setting comes from, when not its own name.
+_SERVICE_OPTIONS = {"content_puller_image": "repo2docker_image"}
 
 
 def configure_spawners(c, **settings):
     """Give every spawner class the service's ``settings`` (``db_url``,
-    ``image_prefix``) through ``c.EnvironmentMixin``.
+    ``image_prefix``, ``content_puller_image``: the service's
+    ``repo2docker_image``) through ``c.EnvironmentMixin``.
 
     A value ``c.EnvironmentMixin`` already holds is kept; one set for a
     spawner class itself (``c.Repo2DockerSpawner.db_url``) still wins for

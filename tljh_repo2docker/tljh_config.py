@@ -177,9 +177,14 @@ def configure(c, tljh_config=None):
     # Every spawner reads who may use which environment in the service's
     # database (the service runs in the hub's directory, so the default is
     # the same) and starts only images of its prefix.
-    hub_config.configure_spawners(
-        c, **{k: service_settings[k] for k in hub_config.SPAWNER_SETTINGS if k in service_settings}
+    shared = {k: service_settings[k] for k in hub_config.SPAWNER_SETTINGS if k in service_settings}
+    # content at launch is pulled with the service's repo2docker image
+    builder_image = (settings.get("DockerBuilder") or {}).get("repo2docker_image") or (
+        service_settings.get("repo2docker_image")
     )
+    if builder_image:
+        shared.setdefault("content_puller_image", builder_image)
+    hub_config.configure_spawners(c, **shared)
     if settings:
         for service in c.JupyterHub.services:
             if service.get("name") == SECTION:

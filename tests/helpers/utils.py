@@ -149,7 +149,9 @@ c.DockerSpawner.name_template = "tljh-r2d-test-{{username}}-{{servername}}"
 # The service's prefix and its database (read only: who may use which
 # environment), for every spawner class, as hub_config.configure() gives them.
 from tljh_repo2docker import hub_config
-hub_config.configure_spawners(c, image_prefix="{info.image_prefix}", db_url={db_url!r})
+hub_config.configure_spawners(
+    c, image_prefix="{info.image_prefix}", db_url={db_url!r}, content_puller_image="{builder_image}"
+)
 # Each test hub its own home volumes on the shared engine (users of every hub
 # are called alice and bob); removed with the hub (tests/helpers/fixtures.py).
 c.Repo2DockerSpawner.home_volume_name_template = "tljh-r2d-test-home-{{prefix}}-{{username}}"

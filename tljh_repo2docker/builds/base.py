@@ -8,6 +8,7 @@ in :mod:`tljh_repo2docker.builds.manager` and the modules it uses
 and is the same for every backend.
 """
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -103,6 +104,18 @@ class BuildRequest:
             self.timeline.mark(point)
 
 
+def files_hash(files):
+    """The "commit" of a build from files: a short content hash of ``files``
+    (``{path: text}``), the same for the same files in any order."""
+    digest = hashlib.sha256()
+    for path in sorted(files or {}):
+        name = path.encode("utf-8")
+        text = files[path].encode("utf-8")
+        digest.update(len(name).to_bytes(8, "big") + name)
+        digest.update(len(text).to_bytes(8, "big") + text)
+    return digest.hexdigest()[:40]
+
+
 class Timeline:
     """Moments of one build, for a debug line that says where its time goes.
 
@@ -140,6 +153,8 @@ class Builder(LoggingConfigurable):
     #: Whether the backend accepts credentials and build args.
     supports_credentials = True
     supports_build_args = True
+    #: Where environments may come from with this backend (see BuildRequest.source).
+    sources = ("git", "files", "image")
     #: Whether a build that was running when the service stopped, and that
     #: :meth:`attach` cannot follow, is queued again on start-up (instead of
     #: being marked failed). Right for a backend where asking again for the

@@ -259,6 +259,8 @@ class BinderHubBuilder(Builder):
 
     supports_credentials = False
     supports_build_args = False
+    # BinderHub builds repositories only.
+    sources = ("git",)
     # Asking again for the same build attaches to it while BinderHub still
     # runs it, or finds the pushed image: see attach().
     resubmit_on_recover = True

@@ -13,7 +13,7 @@ a first build is failed).
 """
 
 from ..db import store
-from .base import BUILT, FAILED
+from .base import BUILT, FAILED, files_hash
 
 
 class FinishingMixin:
@@ -40,7 +40,7 @@ class FinishingMixin:
                 image_name=event.image_name or env.image_name,
                 image_id=event.image_id,
                 size=event.size,
-                commit=event.commit or env.commit,
+                commit=built_commit(env, event) or env.commit,
                 error=None,
             )
             # Every build is a version; the previous image stays, as one
@@ -55,7 +55,8 @@ class FinishingMixin:
                 # Recorded (what it holds, why it failed), never current:
                 # the environment keeps its image, as after any failure.
                 version = self._new_version(
-                    env, event, {**fields, "image_name": env.image_name, "commit": event.commit}
+                    env, event,
+                    {**fields, "image_name": env.image_name, "commit": built_commit(env, event)},
                 )
         # The result, the final event and the lines not yet stored are
         # written in one transaction: a kill can never leave a result
@@ -124,6 +125,9 @@ class FinishingMixin:
             "packages": event.packages,
             "builder_image": event.builder_image,
             "builder_image_id": event.builder_image_id,
+            # An environment from files: the files it was built from (while
+            # it builds, the environment's files cannot change).
+            "files": dict(env.files or {}) if env.source == "files" else None,
         }
 
     async def _keep_version(self, uid, image_name, version):
@@ -133,6 +137,14 @@ class FinishingMixin:
             # The version stays usable for a rollback by its image id while
             # the environment's name keeps the image; the next start tries again.
             self.log.warning("Could not tag build %d of %s: %s", version["number"], uid, e)
+
+
+def built_commit(env, event):
+    """The commit a build of ``env`` made: for an environment from files, the
+    content hash of its files (the same files, the same commit)."""
+    if env.source == "files":
+        return files_hash(env.files)
+    return event.commit
 
 
 def failed_check(event):

@@ -619,6 +619,8 @@ async def make_version_current(sessions, uid, version: Version, image_name) -> b
                 size=version.size,
                 status=BUILT,
                 error=None,
+                # An environment from files: its files are the version's again.
+                **({"files": version.files} if version.files is not None else {}),
             )
         )
         await session.commit()

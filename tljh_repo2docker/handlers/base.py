@@ -12,6 +12,7 @@ from .. import TLJH_R2D_ADMIN_SCOPE, TLJH_R2D_BUILD_SCOPE
 from ..access import Viewer
 from ..db.errors import database_unavailable
 from ..errors import FieldError, ServiceError  # noqa: F401 (FieldError: the handlers import it here)
+from .bodylimit import body_limit
 
 
 def admin_only(method):
@@ -204,7 +205,7 @@ class APIHandler(BaseHandler):
         self.set_header("Cache-Control", "no-store")
 
     async def prepare(self):
-        limit = self.tljh_app.max_body_size
+        limit = body_limit(self.tljh_app, self.request.method, self.request.path)
         if len(self.request.body or b"") > limit:
             raise web.HTTPError(413, f"The request body is larger than {limit} bytes")
         await super().prepare()

@@ -10,12 +10,36 @@ much is read and thrown away.
 """
 
 import json
+import re
 
 from tornado import httputil
 
+#: Requests that may carry an environment's files or an archive of them.
+_FILES_PATH = re.compile(r"/api/environments(/[^/]+)?/?$")
+_FILES_METHODS = ("POST", "PATCH")
+#: Room for the other fields of such a request.
+_SLACK = 64 * 1024
+
+
+def body_limit(app, method, path):
+    """The largest body accepted for ``method`` ``path`` (without its query):
+    ``max_body_size``, or for POST and PATCH of ``api/environments`` (which
+    take ``files`` and ``archive``) enough for an archive of
+    ``max_archive_size`` in base64, or files of ``max_files_size`` as JSON
+    (where a byte may take up to six characters)."""
+    limit = app.max_body_size
+    if method in _FILES_METHODS and _FILES_PATH.search(path.split("?", 1)[0]):
+        archive = 4 * -(-int(app.max_archive_size) // 3)
+        files = 6 * int(app.max_files_size)
+        limit = max(limit, archive + _SLACK, files + _SLACK)
+    return limit
+
 
 class BodyLimit(httputil.HTTPServerConnectionDelegate):
-    """Wraps the Tornado application: requests with bodies over ``limit`` bytes get 413."""
+    """Wraps the Tornado application: requests with bodies over ``limit`` bytes get 413.
+
+    ``limit``: bytes, or ``limit(method, path)`` giving them per request.
+    """
 
     def __init__(self, app, limit, log):
         self.app = app
@@ -25,6 +49,7 @@ class BodyLimit(httputil.HTTPServerConnectionDelegate):
     def start_request(self, server_conn, request_conn):
         delegate = self.app.start_request(server_conn, request_conn)
         return _LimitedRequest(delegate, request_conn, self.limit, self.log)
+
 
     def on_close(self, server_conn):
         self.app.on_close(server_conn)
@@ -42,6 +67,8 @@ class _LimitedRequest(httputil.HTTPMessageDelegate):
 
     def headers_received(self, start_line, headers):
         self.start_line = start_line
+        if callable(self.limit):
+            self.limit = self.limit(start_line.method, start_line.path)
         try:
             declared = int(headers.get("Content-Length", "0"))
         except ValueError:

@@ -48,6 +48,14 @@ class EnvironmentAPIMixin:
         lines = await summaries(self.sessions, [env.uid]) if env.image_id else {}
         return self.model(env, lines.get(env.uid))
 
+    async def one_model(self, env):
+        """The model of one environment: :meth:`full_model` with, for an
+        environment from files, its ``files`` (never in the list)."""
+        model = await self.full_model(env)
+        if env.source == "files":
+            model["files"] = dict(env.files or {})
+        return model
+
     def visible(self, env):
         """Whether ``env`` exists for this user (see access.Access.shows)."""
         return Access(env.owner, env.sharing).shows(self.viewer, env.image_id is not None)
@@ -119,7 +127,10 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
             fields, owner=self.current_user["name"],
             check_quota=not self.is_admin, credentials=credentials,
         )
-        self.write_json(self.model(env), status=202)
+        model = self.model(env)
+        if env.source == "files":
+            model["files"] = dict(env.files or {})
+        self.write_json(model, status=202)
 
 
     @web.authenticated
@@ -175,16 +186,18 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
     @web.authenticated
     async def get(self, uid):
         env = await self.get_env(uid)
-        self.write_json(await self.full_model(env))
+        self.write_json(await self.one_model(env))
 
     @web.authenticated
     async def patch(self, uid):
         """Change who the environment is shared with (``{"sharing": {...}}``),
         whether it is rebuilt when its ref moves (``{"auto_rebuild": bool}``)
         and on which pushes (``rebuild_on``), its ``check_command`` and its
-        ``builder_image`` (both used from the next build on)."""
+        ``builder_image`` (both used from the next build on), and the
+        ``files`` (or an ``archive`` of them) of an environment from files,
+        which are built at once."""
         body = self.get_json_body()
-        changeable = {"sharing", "auto_rebuild", *envs.TRUST_FIELDS}
+        changeable = {"sharing", "auto_rebuild", "files", "archive", *envs.TRUST_FIELDS}
         unknown = sorted(set(body) - changeable)
         if unknown:
             raise FieldError(
@@ -194,6 +207,7 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
         if not body:
             raise FieldError("sharing", "give sharing or auto_rebuild")
         env = await self.get_env(uid, manage=True)
+        new_files = self.new_files(env, body)
         changes = envs.parse_trust_fields(
             body, self.tljh_app, self.tljh_app.builder, defaults=False
         )
@@ -210,7 +224,18 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
                 raise FieldError(e.field, e.reason) from None
         if changes.get("auto_rebuild") is False:
             changes["remote_error"] = None
-        await store.update_environment(self.sessions, env.uid, **changes)
+        if changes.get("auto_rebuild") and env.source == "files":
+            raise FieldError(
+                "auto_rebuild",
+                "an environment from files has no repository to watch: change its files instead",
+            )
+        message = None
+        if new_files is not None:
+            # Queued through the one admission path, the other changes
+            # stored with the queued state (nothing stored when it refuses).
+            message = await self.queue_files(env, new_files, changes)
+        elif changes:
+            await store.update_environment(self.sessions, env.uid, **changes)
         sharing = changes.get("sharing")
         if sharing is not None:
             self.log.info(
@@ -229,7 +254,52 @@ class EnvironmentAPIHandler(EnvironmentAPIMixin, APIHandler):
                 "%s changed %s of environment %s",
                 self.current_user["name"], ", ".join(trust), env.uid,
             )
-        self.write_json(await self.full_model(await self.get_env(uid)))
+        model = await self.one_model(await self.get_env(uid))
+        if message is not None:
+            model["message"] = message
+        self.write_json(model, status=202 if new_files is not None and message is None else 200)
+
+    def new_files(self, env, body):
+        """The checked files of a PATCH body's ``files`` or ``archive`` (None
+        when it has neither); 400 naming the field for another source."""
+        given = [field for field in ("files", "archive") if field in body]
+        if not given:
+            return None
+        if len(given) > 1:
+            raise FieldError("archive", "give only one of: files or archive (files is given)")
+        field = given[0]
+        if env.source != "files":
+            raise FieldError(
+                field,
+                f"this environment is built from {'an image' if env.source == 'image' else 'a repository'}: "
+                "only an environment from files can be given new files",
+            )
+        return envs.parse_files_source(body, self.tljh_app, field)
+
+    async def queue_files(self, env, files, changes):
+        """Store ``files`` (and the other ``changes``) as ``env``'s and queue
+        its next build (the lifecycle's one admission path); the message when
+        the same files are built already (then they are only stored)."""
+        reason = self.tljh_app.not_ready(True)
+        if reason:
+            self.set_header("Retry-After", "5")
+            raise web.HTTPError(503, reason)
+        if self.builds.is_active(env.uid):
+            raise web.HTTPError(409, "The environment is already queued or building")
+        try:
+            await self.tljh_app.lifecycle.queue_rebuild(
+                env, requested_by=self.current_user["name"], check_quota=not self.is_admin,
+                force=False, files=files, fields=changes or None,
+            )
+        except rebuilds.AlreadyBuilt as e:
+            await store.update_environment(self.sessions, env.uid, files=files, **changes)
+            self.log.info("New files of %s not built: %s", env.uid, e.message)
+            return e.message
+        self.log.info(
+            "%s gave environment %s new files (%d): build queued",
+            self.current_user["name"], env.uid, len(files),
+        )
+        return None
 
     @web.authenticated
     async def delete(self, uid):
@@ -279,7 +349,7 @@ class RebuildAPIHandler(EnvironmentAPIMixin, APIHandler):
             )
         except rebuilds.AlreadyBuilt as e:
             self.log.info("Rebuild of %s not needed: %s", env.uid, e.message)
-            model = await self.full_model(await self.get_env(uid))
+            model = await self.one_model(await self.get_env(uid))
             model["message"] = e.message
             self.write_json(model, status=200)
             return

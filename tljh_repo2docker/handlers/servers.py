@@ -12,12 +12,13 @@ from urllib.parse import quote
 from tornado import web
 
 from ..access import Access
-from ..contract import user_options
+from ..contract import user_options, with_content
 from ..db import store
 from ..errors import ServiceError
 from ..hub_client import HubError
 from ..service import environment_list
 from ..service import servers as rules
+from ..service.content import check_urlpath, parse_content
 from ..service import starting
 from ..service.servers import _escape, _reason, check_server_name, slug_for
 from .base import APIHandler, BaseHandler, FieldError
@@ -84,10 +85,13 @@ class ServersMixin:
         """The user's server called ``name`` (by display or hub name), or None."""
         return rules.find_server(await self.user_servers(), name)
 
-    async def start(self, name, env=None, previous_options=None, server_name=None):
+    async def start(self, name, env=None, previous_options=None, server_name=None, content=None):
         """Start a server from ``env``, or restart a stopped one (the hub's
-        ``server_name``) with its own options; returns the hub's name for it."""
+        ``server_name``) with its own options; returns the hub's name for it.
+        ``content`` (service/content.py): a repository pulled into the home first."""
         options = user_options(env) if env is not None else dict(previous_options or {})
+        if content is not None:
+            options = with_content(options, content)
         server_name = server_name or await self.hub_server_name(name)
         rules.forget(self.current_user["name"], server_name)
         self.homes.watch_deaths()
@@ -144,6 +148,8 @@ class ServersAPIHandler(ServersMixin, APIHandler):
         if rules.is_3x_body(body):
             body = self.body_of_3x(body)
         name = check_server_name(body.get("name"))
+        content = parse_content(body)
+        urlpath = content["urlpath"] if content else self.checked_urlpath(body)
         env = await self.find_built(body.get("environment"))
         existing = await self.find_server(name)
         rules.check_replaceable(existing, name)
@@ -157,16 +163,21 @@ class ServersAPIHandler(ServersMixin, APIHandler):
             except HubError as e:
                 raise web.HTTPError(502, f"JupyterHub could not replace {name!r}: {e.message}")
             name = existing["name"]
-        server_name = await self.start(name, env)
-        self.write_json(
-            {
-                "name": name,
-                "server_name": server_name,
-                "environment": env.name,
-                "url": self.server_url(server_name),
-            },
-            status=202,
-        )
+        server_name = await self.start(name, env, content=content)
+        answer = {
+            "name": name,
+            "server_name": server_name,
+            "environment": env.name,
+            "url": self.server_url(server_name, urlpath),
+        }
+        if content:
+            answer["content"] = content
+        self.write_json(answer, status=202)
+
+    def checked_urlpath(self, body):
+        """``urlpath`` without content: where the server opens."""
+        value = body.get("urlpath")  # a string, if any: parse_content() checked it
+        return check_urlpath(value.strip()) if isinstance(value, str) and value.strip() else ""
 
     def body_of_3x(self, body):
         """tljh-repo2docker 3.x's ``{"imageName", "serverName", "userName"}``, as ours."""
@@ -207,6 +218,13 @@ class ServersPageHandler(ServersMixin, BaseHandler):
         urlpath = self.get_argument("urlpath", "")
         try:
             check_server_name(name)
+            content = parse_content(
+                {f: self.get_argument(f, None) for f in ("content", "content_ref", "urlpath")}
+            )
+            if content:
+                urlpath = content["urlpath"]
+            elif urlpath:
+                urlpath = check_urlpath(urlpath.strip())
             server = await self.find_server(name)
             if server and server["status"] == "running":
                 return self.redirect(self.server_url(server["server_name"], urlpath))
@@ -214,12 +232,13 @@ class ServersPageHandler(ServersMixin, BaseHandler):
                 if not environment:
                     raise FieldError("environment", "is required to create a new server")
                 env = await self.find_built(environment)
-                server_name = await self.start(name, env)
+                server_name = await self.start(name, env, content=content)
             else:
                 name, server_name = server["name"], server["server_name"]
                 if server["status"] == "stopped":
                     await self.start(
-                        name, previous_options=self._options.get(name), server_name=server_name
+                        name, previous_options=self._options.get(name), server_name=server_name,
+                        content=content,
                     )
         except (web.HTTPError, ServiceError) as e:
             self.set_status(e.status_code)

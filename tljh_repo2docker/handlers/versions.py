@@ -14,7 +14,7 @@ import re
 from tornado import web
 
 from ..db import store
-from ..service import packages
+from ..service import files_source, packages
 from ..service import version_history as versions
 from ..access import Access
 from .base import APIHandler, FieldError
@@ -68,7 +68,25 @@ class VersionDiffAPIHandler(VersionAPIMixin, APIHandler):
         if other is None or not other.strip():
             raise FieldError("from", "is required: the id of the version to compare with")
         old = await self.get_version(env, other.strip(), "from")
-        self.write_json(packages.diff_answer(old, version))
+        answer = packages.diff_answer(old, version)
+        if env.source == "files":
+            answer["files"] = files_source.diff_files(old.files, version.files)
+        self.write_json(answer)
+
+
+class VersionFilesAPIHandler(VersionAPIMixin, APIHandler):
+    """The files a version of an environment from files was built from."""
+
+    @web.authenticated
+    async def get(self, uid, version_id):
+        env = await self.get_env(uid)
+        version = await self.get_version(env, version_id, "version")
+        if env.source != "files":
+            raise FieldError(
+                "version", "this environment is not built from files: its versions have none",
+                status=404,
+            )
+        self.write_json({"files": dict(version.files or {})})
 
 
 class RollbackAPIHandler(EnvironmentAPIMixin, APIHandler):
@@ -108,5 +126,6 @@ default_handlers = [
     (r"api/environments/([^/]+)/versions", VersionsAPIHandler),
     (r"api/environments/([^/]+)/versions/([^/]+)/packages", VersionPackagesAPIHandler),
     (r"api/environments/([^/]+)/versions/([^/]+)/diff", VersionDiffAPIHandler),
+    (r"api/environments/([^/]+)/versions/([^/]+)/files", VersionFilesAPIHandler),
     (r"api/environments/([^/]+)/rollback", RollbackAPIHandler),
 ]

@@ -243,32 +243,60 @@ def parse_trust_fields(body, app, builder, *, defaults):
     }
 
 
-def parse_request(body, app, builder):
-    """Check a POST api/environments body. Returns (fields, credentials)."""
-    known = {
-        "repo", "ref", "name", "memory", "cpu", "machine_profile", "node_selector",
-        "buildargs", "build_args", "username", "password", "provider", "auto_rebuild",
-        "sharing",  # checked by access.parse_sharing
-        *TRUST_FIELDS,
-    }
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise FieldError(unknown[0], "is not a known field")
-    provider = _text(body, "provider", default=app.default_provider, limit=32)
-    if provider not in app.provider_choices:
-        raise FieldError(
-            "provider", f"{provider!r} is not one of: {', '.join(app.provider_choices)}"
-        )
-    repo = _text(body, "repo", required=True)
-    if provider == "git" or "://" in repo:
-        repo = check_repo(repo, allow_local=app.allow_local_repos)
-    elif _CONTROL.search(repo) or " " in repo or repo.startswith("-"):
-        # BinderHub's other providers take short specs (gh: owner/repo, zenodo: a DOI)
-        raise FieldError("repo", "must not contain spaces or control characters")
-    ref = check_ref(_text(body, "ref", default="HEAD", limit=255))
-    name = _text(body, "name", limit=MAX_NAME * 4) or name_from_repo(repo)
-    check_name(name)
+#: The fields that say where an environment comes from: exactly one is given.
+SOURCE_FIELDS = ("repo", "files", "archive", "image")
+#: The source each of them makes.
+SOURCE_OF = {"repo": "git", "files": "files", "archive": "files", "image": "image"}
 
+
+def source_field(body):
+    """Which of ``repo``, ``files``, ``archive`` and ``image`` a body gives
+    (exactly one, else FieldError: none names ``repo``, two the second)."""
+    given = [
+        field for field in SOURCE_FIELDS
+        if body.get(field) is not None and body.get(field) != ""
+    ]
+    if not given:
+        raise FieldError("repo", "is required: give one of: repo, files, archive or image")
+    if len(given) > 1:
+        raise FieldError(
+            given[1], f"give only one of: repo, files, archive or image ({given[0]} is given)"
+        )
+    return given[0]
+
+
+def parse_files_source(body, app, field):
+    """The files of a body's ``files`` or ``archive`` (service/files_source.py)."""
+    from . import files_source
+
+    limits = {"max_count": app.max_files_count, "max_size": app.max_files_size}
+    if field == "archive":
+        return files_source.unpack_archive(
+            body["archive"], max_archive_size=app.max_archive_size, **limits
+        )
+    return files_source.check_files(body["files"], **limits)
+
+
+def _refuse_with(body, source, fields):
+    """FieldError naming the first of ``fields`` given in ``body``, which
+    make no sense for ``source``."""
+    for field in fields:
+        value = body.get(field)
+        if value is not None and value != "" and value != {}:
+            raise FieldError(field, f"cannot be given for an environment from {source}")
+
+
+def _name_from_files(files):
+    """A name for an environment from files when none is given: its one
+    file's name, else "files"."""
+    if len(files) == 1:
+        return slug(next(iter(files)).rsplit("/", 1)[-1]) or "files"
+    return "files"
+
+
+def _common_fields(body, app, builder, name, *, private):
+    """The fields of a POST body that every source has: limits, build
+    arguments, auto_rebuild and the trust fields."""
     profile_label = _text(body, "machine_profile", limit=255)
     memory = parse_memory(body.get("memory"))
     cpu = parse_cpu(body.get("cpu"))
@@ -290,27 +318,102 @@ def parse_request(body, app, builder):
         cpu = app.default_cpu_limit or None
 
     build_args = parse_build_args(body.get("buildargs", body.get("build_args")))
-    username, password = parse_credentials(body)
-    if (username or password) and not builder.supports_credentials:
-        raise FieldError(
-            "username", "credentials are not supported with BinderHub builds"
-        )
     if build_args and not builder.supports_build_args:
         raise FieldError("buildargs", "build arguments are not supported with BinderHub builds")
-
-    fields = {
+    auto_rebuild = parse_auto_rebuild(body, private=private)
+    if auto_rebuild and "files" in body or auto_rebuild and "archive" in body:
+        raise FieldError(
+            "auto_rebuild",
+            "an environment from files has no repository to watch: change its files instead",
+        )
+    return {
         "name": name,
-        "repo": repo,
-        "ref": ref,
-        "provider": provider,
         "memory": memory,
         "cpu": cpu,
         "machine_profile": profile_label,
         "node_selector": node_selector,
         "build_args": build_args,
-        "private": bool(username or password),
-        "auto_rebuild": parse_auto_rebuild(body, private=bool(username or password)),
-        "image_name": f"{app.image_prefix}{slug(name)}:{image_tag(ref)}",
+        "private": private,
+        "auto_rebuild": auto_rebuild,
         **parse_trust_fields(body, app, builder, defaults=True),
+    }
+
+
+def parse_request(body, app, builder):
+    """Check a POST api/environments body. Returns (fields, credentials).
+
+    The environment comes from exactly one of ``repo`` (git, at ``ref``),
+    ``files`` (``{path: text}``), ``archive`` (base64 of a .zip or .tar.gz,
+    unpacked into files) or ``image`` (an existing image's reference,
+    service/image_source.py).
+    """
+    known = {
+        "repo", "ref", "name", "memory", "cpu", "machine_profile", "node_selector",
+        "buildargs", "build_args", "username", "password", "provider", "auto_rebuild",
+        "sharing",  # checked by access.parse_sharing
+        "files", "archive", "image",
+        *TRUST_FIELDS,
+    }
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise FieldError(unknown[0], "is not a known field")
+    field = source_field(body)
+    source = SOURCE_OF[field]
+    if source not in getattr(builder, "sources", ("git",)):
+        raise FieldError(
+            field,
+            f"{getattr(builder, 'display_name', 'this build backend')} cannot build "
+            f"environments from {'an image' if source == 'image' else source}: give a repo",
+        )
+    if source != "git":
+        if source == "files":
+            _refuse_with(body, "files", ["ref", "username", "password"])
+            files = parse_files_source(body, app, field)
+            specific = {"source": "files", "repo": "", "ref": "", "files": files}
+            default_name = _name_from_files(files)
+        else:
+            # Imported here: service/image_source.py refuses what cannot
+            # apply to an image (ref, credentials, build arguments).
+            from . import image_source
+
+            specific = dict(image_source.parse(body, app, builder))
+            default_name = image_source.default_name(specific["repo"]) or "image"
+        name = _text(body, "name", limit=MAX_NAME * 4) or default_name
+        check_name(name)
+        fields = {
+            **_common_fields(body, app, builder, name, private=False),
+            "provider": "git",
+            **specific,
+            "image_name": f"{app.image_prefix}{slug(name)}:latest",
+        }
+        return fields, (None, None)
+    provider = _text(body, "provider", default=app.default_provider, limit=32)
+    if provider not in app.provider_choices:
+        raise FieldError(
+            "provider", f"{provider!r} is not one of: {', '.join(app.provider_choices)}"
+        )
+    repo = _text(body, "repo", required=True)
+    if provider == "git" or "://" in repo:
+        repo = check_repo(repo, allow_local=app.allow_local_repos)
+    elif _CONTROL.search(repo) or " " in repo or repo.startswith("-"):
+        # BinderHub's other providers take short specs (gh: owner/repo, zenodo: a DOI)
+        raise FieldError("repo", "must not contain spaces or control characters")
+    ref = check_ref(_text(body, "ref", default="HEAD", limit=255))
+    name = _text(body, "name", limit=MAX_NAME * 4) or name_from_repo(repo)
+    check_name(name)
+
+    username, password = parse_credentials(body)
+    if (username or password) and not builder.supports_credentials:
+        raise FieldError(
+            "username", "credentials are not supported with BinderHub builds"
+        )
+    private = bool(username or password)
+    fields = {
+        **_common_fields(body, app, builder, name, private=private),
+        "repo": repo,
+        "ref": ref,
+        "provider": provider,
+        "private": private,
+        "image_name": f"{app.image_prefix}{slug(name)}:{image_tag(ref)}",
     }
     return fields, (username, password)

@@ -24,7 +24,8 @@ from ..builds.base import BuildError, BuildRequest
 from ..db import store
 from ..errors import Conflict, DiskFull, FieldError, NotFound, ServiceError
 from ..hub_client import HubError
-from . import rebuild_rules
+from . import image_source, rebuild_rules
+from .files_source import files_hash
 from .remote_git import RemoteGitError, is_full_sha
 
 #: Why a build runs (stored with the version it makes).
@@ -52,10 +53,11 @@ class AlreadyBuilt(Exception):
     """The current version is at the commit asked for, built with the same
     builder: nothing to build (answered 200 with the message)."""
 
-    def __init__(self, commit):
+    def __init__(self, commit, files=False, message=None):
         self.commit = commit
-        self.message = (
-            f"Already built at commit {commit[:12]} with the same builder: nothing to "
+        what = f"from the same files ({commit[:12]})" if files else f"at commit {commit[:12]}"
+        self.message = message or (
+            f"Already built {what} with the same builder: nothing to "
             'rebuild (give "force": true to rebuild anyway)'
         )
         super().__init__(self.message)
@@ -87,6 +89,8 @@ def build_request(env, credentials=(None, None), image_prefix=""):
         memory=env.memory,
         cpu=env.cpu,
         builder_image=env.builder_image,
+        source=env.source or "git",
+        files=dict(env.files) if env.source == "files" and env.files else None,
         username=username,
         password=password,
     )
@@ -203,7 +207,15 @@ class Lifecycle:
 
     async def _commit_to_build(self, env):
         """The full commit ``env``'s ref is at now, or None when it cannot be
-        known without credentials or git (then the build goes ahead)."""
+        known without credentials or git (then the build goes ahead). For an
+        image environment: the id of the image its reference points at now
+        (pulled again; service/image_source.py)."""
+        if env.source == "image":
+            return await image_source.content_id(
+                self.build_manager.builder, env.repo, self.log, env.image_name
+            )
+        if env.source == "files":
+            return files_hash(env.files)
         if is_full_sha(env.ref):
             return env.ref.lower()
         if self.git is None or env.private or (env.provider != "git" and "://" not in env.repo):
@@ -255,7 +267,7 @@ class Lifecycle:
 
     async def queue_rebuild(
         self, env, *, requested_by=None, reason=REQUEST, credentials=(None, None),
-        check_quota=None, fields=None, force=True, version=None,
+        check_quota=None, fields=None, force=True, version=None, files=None,
     ):
         """Queue ``env`` (a stored Environment) to be built again; the queued Environment.
 
@@ -267,7 +279,10 @@ class Lifecycle:
         current version is at the commit the ref is at (or ``version``'s),
         built with the same builder. ``version`` (a stored Version of
         ``env``): build its commit with its builder (this build only: after
-        a restart a queued build builds the ref again). Raises
+        a restart a queued build builds the ref again; an environment from
+        files builds that version's files, which become its files). ``files``
+        (an environment from files, checked): its new files, stored with the
+        queued state, which the build builds. Raises
         AlreadyBuilding, NeedsCredentials, AlreadyBuilt, 507 when the disk
         is under ``min_free_disk``, or the quotas' FieldError; nothing is
         stored then.
@@ -279,7 +294,23 @@ class Lifecycle:
         if env.private and not password:
             raise NeedsCredentials()
         overrides = None
-        if version is not None:
+        from_files = env.source == "files"
+        if from_files and version is not None:
+            if not version.files:
+                raise FieldError("version", f"the files of version {version.number} are not known")
+            files = dict(version.files)
+        if from_files and files is not None:
+            fields = {**(fields or {}), "files": files}
+        if from_files:
+            wanted = version.builder_image if version is not None else env.builder_image
+            if version is None and fields and "builder_image" in fields:
+                wanted = fields["builder_image"]  # changed with the files
+            if wanted == self.default_builder and version is not None:
+                wanted = None
+            if version is not None:
+                overrides = {"builder_image": wanted}
+            commit = files_hash(files if files is not None else env.files)
+        elif version is not None:
             if not version.commit:
                 raise FieldError("version", f"the commit of version {version.number} is not known")
             overrides = {"ref": version.commit, "builder_image": version.builder_image}
@@ -292,7 +323,10 @@ class Lifecycle:
             if commit is None:
                 commit = await self._commit_to_build(env)
             if await self.built_at(env, commit, wanted):
-                raise AlreadyBuilt(commit)
+                raise AlreadyBuilt(commit, files=from_files, message=(
+                    image_source.unchanged_message(env.repo, commit)
+                    if env.source == "image" else None
+                ))
         if check_quota is None:
             check_quota = not await self._owner_is_admin(env.owner)
 

@@ -19,6 +19,11 @@ Lifecycle.push_skip_reason) is skipped, logged, and recorded in
 ``remote_error`` as ``skipped: <why>``; it is not asked again until the ref
 moves on.
 
+An environment registered from an image (``source`` "image") has its
+reference pulled again instead (through the builder's ``image_content_id``):
+when it points at another image than the current version's, a rebuild
+(a re-pull) is queued the same way; ``remote_commit`` holds the image id seen.
+
 What is not polled: a ref that is a full commit id (it never moves);
 private repositories (their credentials are never stored: the poller has
 none, and refuses to guess); repositories that are not git URLs (BinderHub's
@@ -34,6 +39,7 @@ import tempfile
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
+from . import image_source
 from . import lifecycle as rebuilds
 from ..db import store
 from ..errors import ServiceError
@@ -45,6 +51,7 @@ PRIVATE = (
     "rebuild it by hand with the credentials"
 )
 NOT_A_URL = "not checked: only repositories given as git URLs can be checked"
+NO_IMAGES = "not checked: this build backend cannot look at images"
 #: How ``remote_error`` starts when a push was skipped (not an error: a note).
 SKIPPED = "skipped: "
 _ABBREVIATED = re.compile(r"^[0-9a-fA-F]{7,39}$")
@@ -142,6 +149,9 @@ class RefWatcher(LoggingConfigurable):
 
     async def check(self, env):
         """Check one environment; queue its rebuild when its ref moved."""
+        if env.source == "image":
+            await self.check_image(env)
+            return
         if is_full_sha(env.ref):
             return  # a commit id never moves
         sessions = self.sessions
@@ -186,6 +196,57 @@ class RefWatcher(LoggingConfigurable):
         except ServiceError as e:
             # a quota (try again at the next check) or the environment is gone
             seen["remote_error"] = f"the rebuild for {remote[:12]} was refused: {e.log_message}"
+            self.log.info("Auto-rebuild of %s refused: %s", env.uid, e.log_message)
+            await store.update_environment(sessions, env.uid, **seen)
+
+    async def check_image(self, env):
+        """Check an environment registered from an image: pull its reference
+        again (through the builder) and queue a rebuild when it points at
+        another image than the current version's."""
+        sessions = self.sessions
+        builder = self.lifecycle.build_manager.builder
+        if getattr(builder, "image_content_id", None) is None:
+            if env.remote_error != NO_IMAGES:
+                await store.update_environment(
+                    sessions, env.uid, remote_error=NO_IMAGES, remote_checked=store.now()
+                )
+            return
+        try:
+            remote = await asyncio.wait_for(
+                builder.image_content_id(env.repo, image_name=env.image_name),
+                image_source.LOOK_TIMEOUT,
+            )
+        except asyncio.TimeoutError:
+            message = f"pulling {env.repo} took longer than {image_source.LOOK_TIMEOUT} s"
+            self.log.info("Checking the image of %s: %s", env.uid, message)
+            await store.update_environment(
+                sessions, env.uid, remote_error=message, remote_checked=store.now()
+            )
+            return
+        except Exception as e:  # noqa: BLE001 - recorded for the owner, tried again next round
+            message = str(e) or e.__class__.__name__
+            self.log.info("Checking the image of %s: %s", env.uid, message)
+            await store.update_environment(
+                sessions, env.uid, remote_error=message, remote_checked=store.now()
+            )
+            return
+        if remote is None:
+            await store.update_environment(
+                sessions, env.uid, remote_checked=store.now(),
+                remote_error=f"the image {env.repo} is not on the Docker engine",
+            )
+            return
+        seen = {"remote_commit": remote, "remote_checked": store.now(), "remote_error": None}
+        if not should_rebuild(env, remote):
+            await store.update_environment(sessions, env.uid, **seen)
+            return
+        self.log.info("The image %s of %s is now %s: pulling it again", env.repo, env.uid, remote[:19])
+        try:
+            await self.lifecycle.queue_rebuild(env, reason=rebuilds.POLL, fields=seen)
+        except rebuilds.AlreadyBuilding:
+            pass
+        except ServiceError as e:
+            seen["remote_error"] = f"the re-pull for {remote[:19]} was refused: {e.log_message}"
             self.log.info("Auto-rebuild of %s refused: %s", env.uid, e.log_message)
             await store.update_environment(sessions, env.uid, **seen)
 

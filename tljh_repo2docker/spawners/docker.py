@@ -9,6 +9,7 @@ that had none mounted), then DockerSpawner's own ``start``.
 """
 
 import asyncio
+import functools
 import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ import docker.errors
 from dockerspawner import DockerSpawner, SystemUserSpawner
 from traitlets import Bool, Unicode, default
 
+from . import content as content_puller
 from . import homes
 from ..contract import home_belongs_to_hub
 from .mixin import (
@@ -199,6 +201,7 @@ class SpawnerMixin(EnvironmentMixin):
 
     async def start(self):
         env = await self.choose_environment()
+        self.choose_content()
         self.apply_limits(env)
         try:
             self._home = await self.prepare_home(env)
@@ -210,6 +213,7 @@ class SpawnerMixin(EnvironmentMixin):
             raise self._failure(env, e) from e
         finally:
             self.restore_limits()
+            self.restore_default_url()
             self._new_home = None
         self.image_id = env.image_id
         return result
@@ -329,6 +333,8 @@ class SpawnerMixin(EnvironmentMixin):
             reasons.append("it has no home mounted" if mounted is None else "its home is another one")
         if self.remove:
             reasons.append("remove = True")
+        if self.content is not None and self._opens_elsewhere(container):
+            reasons.append("it opens at another URL than the content's")
         if not reasons:
             return
         self.log.info(
@@ -340,6 +346,13 @@ class SpawnerMixin(EnvironmentMixin):
             await self.stop_object()
         await self.remove_object()
         self.object_id = ""
+
+    def _opens_elsewhere(self, container):
+        """``container`` was made with another default URL than this start's."""
+        wanted = f"JUPYTERHUB_DEFAULT_URL={self.format_string(self.default_url)}"
+        made = [e for e in (container.get("Config") or {}).get("Env") or []
+                if e.startswith("JUPYTERHUB_DEFAULT_URL=")]
+        return made != [wanted]
 
     async def rescue_home(self, container, home):
         """Copy the home directory of ``container`` (which has none mounted) into ``home``.
@@ -388,7 +401,37 @@ class SpawnerMixin(EnvironmentMixin):
             self.home_image_id = env.image_id
         if home is not None and not home.host:
             await self.fix_home_owner(home)
+        if self.content is not None:
+            await self.pull_content(home)
         await super().start_object()
+
+    async def pull_content(self, home):
+        """Clone or update the start's content in ``home`` (spawners/content.py),
+        in a helper container on the server's network; a pull that fails is
+        logged in one line and the server starts anyway."""
+        if home is None:
+            self.content_not_pulled("the server has no home to pull it into (home_scope)")
+            return
+        self.log.info(
+            "Pulling %s into ~/%s of %s", self.content["repo"], self.content["dir"], self._log_name
+        )
+        try:
+            problem = await self.in_homes_thread(
+                functools.partial(
+                    homes.pull_content,
+                    user=self.image_user_id,
+                    network=self.network_name,
+                    environment=content_puller.environment(self.content, home.path),
+                    command=content_puller.command(),
+                    timeout=self.content_pull_timeout,
+                ),
+                self.content_puller_image,
+                home,
+            )
+        except Exception as e:  # a pull never stops a start
+            problem = f"{e.__class__.__name__}: {e}"
+        if problem:
+            self.content_not_pulled(problem)
 
     async def add_image_files(self, home):
         """Copy what the image has in its home directory and ``home`` lacks (nothing is overwritten)."""

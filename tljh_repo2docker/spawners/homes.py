@@ -171,3 +171,39 @@ def chown_home(client, image, home, uid, timeout=600):
             raise RuntimeError(f"chown of the home {home.source} exited with {status}: {logs}")
     finally:
         client.remove_container(helper, v=True, force=True)
+
+
+def pull_content(client, image, home, *, user, network, environment, command, timeout=300):
+    """Run the content puller (spawners/content.py) in a helper: ``image``
+    as ``user``, ``home`` mounted, on ``network``. Returns "" when it pulled,
+    else why not, in one line. A missing image is pulled first."""
+    import requests.exceptions
+
+    try:
+        client.inspect_image(image)
+    except docker.errors.NotFound:
+        try:
+            client.pull(image)
+        except docker.errors.APIError as e:
+            return f"the image {image} could not be pulled: {e.explanation or e}"
+    helper = client.create_container(
+        image,
+        entrypoint=command,
+        user=str(user),
+        environment=environment,
+        working_dir=home.path,
+        host_config=client.create_host_config(binds=_binds(home), network_mode=network or None),
+        labels={HELPER_LABEL: "1"},
+    )["Id"]
+    try:
+        client.start(helper)
+        try:
+            status = client.wait(helper, timeout=timeout)["StatusCode"]
+        except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
+            return f"it took longer than {timeout} seconds"
+        if status != 0:
+            logs = client.logs(helper, tail=5).decode("utf-8", "replace").strip().splitlines()
+            return ": ".join(logs[-2:]) if logs else f"the puller exited with {status}"
+        return ""
+    finally:
+        client.remove_container(helper, v=True, force=True)

@@ -19,6 +19,7 @@ import time
 
 from traitlets import Float, Unicode, default
 
+from . import content as content_puller
 from .mixin import (
     HOME_LABEL,
     BuiltEnvironment,
@@ -40,6 +41,8 @@ _PVC_TEMPLATES = {
 }
 #: The name of the home volume in the pod.
 HOME_VOLUME = "tljh-r2d-home"
+#: The name of the init container that pulls content at launch.
+CONTENT_CONTAINER = "tljh-r2d-content"
 
 
 async def stored_user_options(db_url, user_options):
@@ -87,6 +90,18 @@ async def _stored_options_and_image(db_url, user_options):
         "metadata": {**(user_options.get("metadata") or {}), **stored["metadata"]},
     }
     return options, env.image_id or ""
+
+
+def _braces_kept(value):
+    """``value`` with every ``{`` and ``}`` of its strings doubled: KubeSpawner
+    formats the strings of ``init_containers`` with its template fields."""
+    if isinstance(value, str):
+        return value.replace("{", "{{").replace("}", "}}")
+    if isinstance(value, dict):
+        return {k: _braces_kept(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_braces_kept(v) for v in value]
+    return value
 
 
 def unschedulable_reason(pod):
@@ -363,14 +378,40 @@ class KubeEnvironment(EnvironmentMixin):
             volume, mount = self._home_volume()
             volumes.append(volume)
             mounts.append(mount)
-        saved = (self.node_selector, self.volumes, self.volume_mounts)
+        saved = (self.node_selector, self.volumes, self.volume_mounts, self.init_containers)
         self.node_selector = {**self.node_selector, **env.node_selector}
         self.volumes, self.volume_mounts = volumes, mounts
+        content = self.choose_content()
+        if content is not None:
+            home_mounts = [m for m in mounts if m.get("mountPath") == self.home_path]
+            if home_mounts:
+                self.init_containers = [*self.init_containers, self.content_init_container(home_mounts[0])]
+            else:
+                self.content_not_pulled("the server has no home to pull it into (home_scope)")
         try:
             return await super().get_pod_manifest()
         finally:
-            self.node_selector, self.volumes, self.volume_mounts = saved
+            self.node_selector, self.volumes, self.volume_mounts, self.init_containers = saved
             self.restore_limits()
+            self.restore_default_url()
+
+    def content_init_container(self, home_mount):
+        """The init container that pulls the start's content into the home
+        (spawners/content.py): it always succeeds, so that a failed pull
+        never holds the pod back; its log says what happened."""
+        environment = content_puller.environment(self.content, self.home_path)
+        return _braces_kept({
+            "name": CONTENT_CONTAINER,
+            "image": self.content_puller_image,
+            "command": content_puller.command(never_fail=True),
+            "env": [{"name": k, "value": v} for k, v in environment.items()],
+            "workingDir": self.home_path,
+            "volumeMounts": [dict(home_mount)],
+            "securityContext": {
+                "runAsUser": self.image_user_id,
+                "allowPrivilegeEscalation": False,
+            },
+        })
 
     def get_pvc_manifest(self):
         """The claim of the user's home, with the labels every home carries."""

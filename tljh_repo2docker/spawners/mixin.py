@@ -425,6 +425,65 @@ class EnvironmentMixin(Configurable):
     def _default_home_scope(self):
         return "user"
 
+    content_puller_image = Unicode(
+        contract.DEFAULT_REPO2DOCKER_IMAGE,
+        help="""
+        The image that pulls content at launch (``user_options["content"]``:
+        a git repository cloned, or updated as nbgitpuller does, into the
+        user's home before the server starts): it runs ``sh`` and ``git`` as
+        ``image_user_id`` with the home mounted, on the server's network.
+        Default: the service's default ``DockerBuilder.repo2docker_image``
+        (``hub_config.configure`` sets the service's ``--repo2docker_image``).
+        """,
+    ).tag(config=True)
+
+    content_pull_timeout = Integer(
+        300,
+        help="""
+        Seconds the pull of content at launch may take; then the server
+        starts without it (a pull that fails never stops a start).
+        Default: 300.
+        """,
+    ).tag(config=True)
+
+    #: The content of this start (user_options["content"], checked), or None.
+    content = None
+    #: ``default_url`` as configured, while a start's content sets its own.
+    _configured_default_url = None
+
+    def choose_content(self):
+        """The content this start pulls (``user_options["content"]``, checked
+        as the service checks it: anyone may send the hub user_options), or
+        None. Sets ``default_url`` to where it opens until
+        :meth:`restore_default_url`."""
+        from ..errors import FieldError
+        from ..service.content import checked_content
+
+        try:
+            self.content = checked_content(self.user_options or {})
+        except FieldError as e:
+            raise EnvironmentRefused(f"The content to pull at launch is refused: {e}") from None
+        if self.content is not None:
+            if self._configured_default_url is None:
+                self._configured_default_url = self.default_url
+            # JupyterHub formats default_url ({username}...): braces stay braces
+            urlpath = self.content["urlpath"].replace("{", "{{").replace("}", "}}")
+            self.default_url = "/" + urlpath
+        return self.content
+
+    def restore_default_url(self):
+        if self._configured_default_url is not None:
+            self.default_url = self._configured_default_url
+            self._configured_default_url = None
+
+    def content_not_pulled(self, reason):
+        """Say, in one line, why the content was not pulled (the server starts anyway)."""
+        content = self.content or {}
+        self.log.warning(
+            "Content %s was not pulled into ~/%s of %s: %s",
+            content.get("repo"), content.get("dir"), self._log_name, reason,
+        )
+
     environment_image = Unicode(
         "",
         help="""

@@ -18,6 +18,8 @@ The modules, each one part of :class:`DockerBuilder`:
 ``images``          naming the result, versions (``repo:tag--vN``), deleting,
                     disk use, adoption
 ``credentials``     private repositories' credentials: split, scrub, upload
+``imported``        environments from an existing image: taken, labelled,
+                    checked and published instead of built
 ``push``            pushing built images to their registry (``push``)
 ``registry``        deleting pushed images from their registry (Registry API v2)
 ``engine``          label names, the engine's errors, small helpers

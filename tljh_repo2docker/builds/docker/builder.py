@@ -16,7 +16,9 @@ or by :meth:`DockerBuilder.cancel`. Its parts, each in a module of its own:
 - :mod:`.push`: pushing built images to the registry their name designates
   (``push``), with credentials that never reach a log line;
 - :mod:`.check` and :mod:`.inside`: the check of a built image before it
-  becomes current (``check_images``), and what it holds.
+  becomes current (``check_images``), and what it holds;
+- :mod:`.imported`: environments from an existing image (``source``
+  ``"image"``), taken instead of built, then checked and published alike.
 """
 
 import asyncio
@@ -31,7 +33,7 @@ from traitlets import Bool, Float, Integer, List, Unicode, default, validate
 
 from ..base import FAILED, Builder, BuildError, BuildEvent
 from . import credentials
-from .check import CheckMixin, CheckSpec, parse_version
+from .check import CHECK_LABEL, CheckMixin, CheckSpec, parse_version
 from .container import (
     CHECK_COMMAND_LABEL,
     CPU_LABEL,
@@ -52,6 +54,7 @@ from .engine import (
 )
 from .follow import FollowMixin
 from .images import ImagesMixin
+from .imported import ImportMixin
 from .inside import InsideMixin
 from .logreader import LogReader
 from .registry import RegistryMixin
@@ -64,6 +67,7 @@ class DockerBuilder(
     CheckMixin,
     InsideMixin,
     ImagesMixin,
+    ImportMixin,
     PushMixin,
     RegistryMixin,
     Builder,
@@ -423,6 +427,12 @@ class DockerBuilder(
     async def build(self, request):
         uid = request.uid
         self._cancelled.pop(uid, None)
+        if request.source == "image":
+            # An existing image: taken, labelled, checked, published (imported.py).
+            async with contextlib.aclosing(self._import(request)) as events:
+                async for event in events:
+                    yield event
+            return
         # Credentials written into the URL take the same safe path as the
         # request's: the URL that repo2docker sees (and labels) has none.
         repo, username, password = credentials.split(request.repo)
@@ -507,6 +517,10 @@ class DockerBuilder(
             yield BuildEvent(FAILED, f"Cannot reach the Docker engine: {describe(e)}")
             return
         if container is None:
+            # An import (imported.py) has no build container: one cut short
+            # by a stop left only its check's containers and its image.
+            await self._remove_checks(uid)
+            await self._remove_import_leftovers(uid)
             yield BuildEvent(FAILED, "The build container is gone")
             return
         if info["State"].get("Status") == "created":
@@ -539,6 +553,10 @@ class DockerBuilder(
     async def running(self):
         containers = await self.docker.containers.list(all=True, filters={"label": [BUILD_LABEL]})
         uids = {(c["Labels"] or {}).get(BUILD_LABEL) for c in containers} - {None, ""}
+        # Imports (imported.py) have no build container: one that a stop cut
+        # short during its check is found by the check's containers.
+        checks = await self.docker.containers.list(all=True, filters={"label": [CHECK_LABEL]})
+        uids |= {(c["Labels"] or {}).get(CHECK_LABEL) for c in checks} - {None, ""}
         self._known_builds = set(uids)
         return uids
 
@@ -564,6 +582,7 @@ class DockerBuilder(
     async def discard(self, uid):
         container = await self._find(uid)
         if container is None:
+            await self._remove_checks(uid)  # an import's (imported.py)
             return
         try:
             info = await container.show()

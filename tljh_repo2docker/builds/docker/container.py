@@ -15,6 +15,8 @@ credential.
 """
 
 import asyncio
+import io
+import tarfile
 import uuid
 
 import aiodocker
@@ -34,6 +36,12 @@ from .engine import (
     describe,
 )
 
+#: Where the files of an environment from files are put in its build
+#: container (uploaded before it starts): repo2docker builds this local
+#: directory, with no network fetch.
+FILES_PARENT = "/tmp"
+FILES_DIR = "tljh-r2d-source"
+FILES_PATH = f"{FILES_PARENT}/{FILES_DIR}"
 #: Where a build's working files go when ``build_tmpfs_size`` is set (its TMPDIR).
 BUILD_TMPFS_PATH = "/tljh-r2d-build"
 HOOKS_DIR = "tljh-r2d-hooks"
@@ -71,11 +79,12 @@ class ContainerMixin:
         return f"{self.container_prefix.lower()}{uid}:{uuid.uuid4().hex[:12]}"
 
     def _command(self, request, staging_name=None):
+        files = request.source == "files"
         cmd = [
             "jupyter-repo2docker",
             "--no-run",
-            "--ref",
-            request.ref,
+            # A local directory has no ref: repo2docker refuses one.
+            *([] if files else ["--ref", request.ref]),
             "--user-id",
             str(self.user_id),
             "--user-name",
@@ -91,7 +100,7 @@ class ContainerMixin:
             cmd += ["--build-arg", f"{key}={value}"]
         cmd += list(self.extra_repo2docker_args)
         # "--": a repository that starts with "-" must not be read as an option.
-        cmd += ["--", request.repo]
+        cmd += ["--", FILES_PATH if files else request.repo]
         return cmd
 
     def _environment(self, request):
@@ -189,6 +198,8 @@ class ContainerMixin:
         request.mark("container created")
         if credential_store is not None:
             await container.put_archive(CREDENTIALS_DIR, credentials.tar(credential_store))
+        if request.source == "files":
+            await container.put_archive(FILES_PARENT, files_tar(request.files or {}, FILES_DIR))
         await container.start()
         request.mark("container started")
         return container
@@ -276,6 +287,31 @@ class ContainerMixin:
             await asyncio.wait_for(container.wait(), self.cancel_grace_period)
         except (asyncio.TimeoutError, aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
             self.log.debug("Build %s: no clean stop (%s); killing it", uid, e)
+
+
+def files_tar(files, folder):
+    """An uncompressed tar (bytes) of ``files`` (``{relative path: text}``,
+    checked by service/files_source.py) under ``folder``, made in memory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        folders = {folder}
+        for path in files:
+            parts = path.split("/")
+            for depth in range(1, len(parts)):
+                folders.add(f"{folder}/{'/'.join(parts[:depth])}")
+        for name in sorted(folders):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            archive.addfile(info)
+        for path, text in sorted(files.items()):
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo(f"{folder}/{path}")
+            info.size = len(data)
+            # Executable, like a checked-out postBuild or start must be.
+            info.mode = 0o755
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def _with_hook(cmd):

@@ -1,0 +1,121 @@
+"""Pulling content into a home before a server starts: the shell script that
+a short-lived container (Docker) or an init container (Kubernetes) runs, as
+the image's user, with the home mounted.
+
+The repository is cloned into ``<home>/<dir>`` or, when it is there already,
+updated the way nbgitpuller does it, so that the user loses nothing:
+
+- files the user deleted come back (from the commit they have);
+- a file of theirs that upstream now adds is renamed out of the way
+  (``name_<time>.ext``);
+- their changes are committed locally (never pushed: nothing leaves the
+  home) and upstream is merged with ``-Xours``: where both changed the same
+  lines, the user's version stays; a file the user changed and upstream
+  deleted stays too;
+- new upstream files arrive.
+
+The repository, ref and folder come in the environment (``CONTENT_REPO``,
+``CONTENT_REF``, ``CONTENT_DIR``, already checked by service/content.py),
+never in the script's text.
+"""
+
+#: The script (POSIX sh, git). Exit status 0: pulled; else the last line of
+#: its output says why.
+SCRIPT = r"""
+set -u
+export HOME=/tmp GIT_TERMINAL_PROMPT=0 GIT_ASKPASS=/bin/false
+git() {
+  command git -c user.name=tljh-repo2docker -c user.email=content@tljh-repo2docker.invalid \
+    -c safe.directory='*' -c advice.detachedHead=false "$@"
+}
+fail() { echo "$*" >&2; exit 1; }
+dest="$CONTENT_HOME/$CONTENT_DIR"
+
+if [ ! -d "$dest/.git" ]; then
+  if [ -e "$dest" ] && [ -n "$(ls -A "$dest" 2>/dev/null)" ]; then
+    fail "~/$CONTENT_DIR exists and is not a git repository: left as it is"
+  fi
+  git clone --quiet -- "$CONTENT_REPO" "$dest" || fail "git clone failed"
+  cd "$dest" || fail "cannot enter ~/$CONTENT_DIR"
+  if [ -n "$CONTENT_REF" ]; then
+    if git rev-parse -q --verify "refs/remotes/origin/$CONTENT_REF" >/dev/null; then
+      git checkout --quiet -B "$CONTENT_REF" "origin/$CONTENT_REF" || fail "cannot check out $CONTENT_REF"
+    else
+      git checkout --quiet --detach "$CONTENT_REF" || fail "no ref $CONTENT_REF in the repository"
+    fi
+  fi
+  echo "cloned into ~/$CONTENT_DIR"
+  exit 0
+fi
+
+cd "$dest" || fail "cannot enter ~/$CONTENT_DIR"
+git fetch --quiet --tags origin || fail "git fetch failed"
+if [ -z "$CONTENT_REF" ]; then
+  git remote set-head origin --auto >/dev/null 2>&1
+  target=$(git rev-parse -q --verify "refs/remotes/origin/HEAD^{commit}")
+elif git rev-parse -q --verify "refs/remotes/origin/$CONTENT_REF" >/dev/null; then
+  target=$(git rev-parse -q --verify "refs/remotes/origin/$CONTENT_REF^{commit}")
+else
+  target=$(git rev-parse -q --verify "$CONTENT_REF^{commit}")
+fi
+[ -n "$target" ] || fail "no ref ${CONTENT_REF:-HEAD} in the repository"
+if ! git rev-parse -q --verify HEAD >/dev/null; then
+  git checkout --quiet --detach "$target" || fail "cannot check out $target"
+  exit 0
+fi
+
+# files the user deleted come back
+git ls-files --deleted | while IFS= read -r file; do
+  git checkout --quiet -- "$file"
+done
+
+# files of the user's that upstream now adds are moved out of the way
+stamp=$(date +%Y%m%d%H%M%S)
+git diff --name-only --diff-filter=A HEAD "$target" | while IFS= read -r file; do
+  if [ -e "$file" ] && ! git ls-files --error-unmatch -- "$file" >/dev/null 2>&1; then
+    base=${file##*/}
+    case "$base" in
+      ?*.*) moved="${file%.*}_$stamp.${base##*.}" ;;
+      *) moved="${file}_$stamp" ;;
+    esac
+    mv -- "$file" "$moved" && echo "moved ~/$CONTENT_DIR/$file to $moved: upstream adds it"
+  fi
+done
+
+# the user's changes, committed here only (nothing is ever pushed)
+if ! git diff --quiet HEAD --; then
+  git commit --quiet -a -m "Changes made in the server" || fail "cannot keep the changes made in the server"
+fi
+if ! git merge --quiet -Xours --no-edit "$target" >/dev/null 2>&1; then
+  # modify/delete: keep the user's file
+  if ! git commit --quiet -a --no-edit >/dev/null 2>&1; then
+    git merge --abort >/dev/null 2>&1
+    fail "the changes in the repository could not be merged with the changes made in the server"
+  fi
+fi
+echo "updated ~/$CONTENT_DIR"
+"""
+
+
+def environment(content, home_path):
+    """The script's environment for ``content`` (user_options["content"])."""
+    return {
+        "CONTENT_REPO": content["repo"],
+        "CONTENT_REF": content.get("ref") or "",
+        "CONTENT_DIR": content["dir"],
+        "CONTENT_HOME": home_path,
+    }
+
+
+def command(never_fail=False):
+    """The command that runs the script; with ``never_fail`` (an init
+    container, which would hold the pod back) it always exits 0, having
+    said why it did not pull."""
+    if never_fail:
+        wrapped = (
+            f"( {SCRIPT}\n) 2>&1 | tail -n 20; "
+            # the pipeline's status is tail's: the outcome is the last line
+            "exit 0"
+        )
+        return ["sh", "-c", wrapped]
+    return ["sh", "-c", SCRIPT]
