@@ -124,10 +124,20 @@ def test_tar_gz_and_zip_unpack():
          file_member("proj/binder/postBuild", "echo ✓\n".encode())]
     )
     files = unpack(tgz)
-    assert files == {"proj/binder/postBuild": "echo ✓\n", "proj/requirements.txt": "numpy\n"}
+    # one top folder (a repository's download) is the tree itself
+    assert files == {"binder/postBuild": "echo ✓\n", "requirements.txt": "numpy\n"}
     zipped = zip_of([("environment.yml", b"dependencies: []\n"), ("sub/", b""),
                      ("sub/x.txt", b"x")])
     assert unpack(zipped) == {"environment.yml": "dependencies: []\n", "sub/x.txt": "x"}
+
+
+def test_only_a_single_top_folder_is_taken_off():
+    two_tops = zip_of([("a/requirements.txt", b"x\n"), ("b/postBuild", b"y\n")])
+    assert unpack(two_tops) == {"a/requirements.txt": "x\n", "b/postBuild": "y\n"}
+    top_file = zip_of([("proj/requirements.txt", b"x\n"), ("README.md", b"r\n")])
+    assert unpack(top_file) == {"proj/requirements.txt": "x\n", "README.md": "r\n"}
+    dotted = zip_of([(".binder/requirements.txt", b"x\n")])
+    assert unpack(dotted) == {"requirements.txt": "x\n"}
 
 
 def test_data_url_and_whitespace_accepted():

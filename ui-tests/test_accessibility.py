@@ -58,8 +58,15 @@ async def test_environments_page(admin_page):
     page = admin_page
     await both_themes(page, lambda: open_environments(page), "Environments")
     await page.click("#add-environment")
-    await expect(page.locator("#add-dialog")).to_be_visible()
+    dialog = page.locator("#add-dialog")
+    await expect(dialog).to_be_visible()
     await scan(page, "Environments, Add dialog")
+    # Each source tab of the dialog (issue 23), the files one with a starting point.
+    for tab in ("Files", "Archive", "Image"):
+        await dialog.get_by_role("tab", name=tab).click()
+        if tab == "Files":
+            await dialog.get_by_role("button", name="pip: requirements.txt").click()
+        await scan(page, f"Environments, Add dialog, {tab} tab")
 
 
 async def test_admin_pages(admin_page):

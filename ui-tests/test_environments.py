@@ -254,12 +254,18 @@ async def test_copy_launch_link(admin_page, demo_env, hub):
     page = admin_page
     await open_environments(page)
     row = env_row(page, demo_env["name"])
-    button = await row_action(row, f"Copy launch link {demo_env['name']}")
+    await row_action(row, f"Copy launch link {demo_env['name']}")
+    dialog = page.locator("#launch-dialog")
+    await expect(dialog).to_be_visible()
+    button = page.locator("#launch-copy-link")
+    await button.click()
     await expect(button).to_contain_text("Copied")
     await expect(page.locator("#announcer")).to_have_text("Copied")
     link = await page.evaluate("navigator.clipboard.readText()")
     assert link == f"{hub.url}{service_path('servers')}?name=python-demo&environment=Python+demo"
-    await expect(button).to_have_text("Copy launch link", timeout=5000)
+    await expect(button).to_have_text("Copy link", timeout=5000)
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
 
 
 async def test_name_conflict_is_shown_next_to_the_name(admin_page, demo_env, demo_repo):
@@ -367,7 +373,7 @@ async def test_html_in_a_name_is_text(admin_page, admin, ui_envs, demo_repo):
     await expect(page.locator("#logs-dialog-title")).to_have_text(f"Build log: {name}")
     await page.keyboard.press("Escape")
     await wait_status(row, "built")
-    assert await page.locator("img:not(.jpy-logo)").count() == 0
+    assert await page.locator("img:not(.jpy-logo):not(.launch-badge-img)").count() == 0
 
 
 async def test_remove_refused_while_in_use_then_done(admin_page, admin, html_env):

@@ -19,6 +19,12 @@ UI_ENVS = {
     "broken": "Broken build",
     "html": "<img src=x onerror=alert(1)>",
     "private": "Private repo",
+    "files": "Files demo",
+    "image": "Image demo",
+    "files_refused": "Files refused",
+    "files_history": "Files history",
+    "archive": "Archive demo",
+    "phase": "Phase demo",
 }
 
 BUILD_TIMEOUT = 300_000  # ms

@@ -104,11 +104,14 @@
   function buildTime(env) {
     if (env.status === "building" && env.started) {
       const since = secondsBetween(env.started);
-      return el(
+      const timing = el(
         "span",
         { class: "env-timing", dataset: { since: env.started }, title: `Started ${localTime(env.started)}` },
         formatDuration(since || 0)
       );
+      // The build's phase (building, checking, pushing...), from its last status event.
+      if (!env.phase) return timing;
+      return el("span", {}, timing, " · ", el("span", { class: "env-phase" }, env.phase));
     }
     if (ACTIVE.has(env.status) || !env.started || !env.finished) return null;
     const took = secondsBetween(env.started, env.finished);
@@ -212,7 +215,37 @@
     return text;
   }
 
+  // The names of an environment's files, from the answers that carry them
+  // (adding or changing it, one environment): the list carries no files.
+  const fileNames = new Map();
+
+  /** The source cell of an environment from files: their names when known. */
+  function filesText(env) {
+    if (env.files) fileNames.set(env.uid, Object.keys(env.files).sort());
+    const names = fileNames.get(env.uid) || [];
+    return names.length ? `Files: ${names.join(", ")}` : "Files";
+  }
+
   function repoCell(env) {
+    const source = env.source || "git";
+    if (source === "files") {
+      return cell(
+        "Source",
+        { class: "env-repo", dataset: { source } },
+        line({ class: "env-source-files", title: filesText(env) }, icon("fa-file-lines"), " ", filesText(env)),
+        line({ class: "small text-body-secondary" }, "written in the page")
+      );
+    }
+    if (source === "image") {
+      const reference = env.image || env.repo;
+      const id = env.commit ? env.commit.replace(/^sha256:/, "").slice(0, 12) : null;
+      return cell(
+        "Source",
+        { class: "env-repo", dataset: { source } },
+        line({ class: "env-source-image", title: `Image: ${reference}` }, icon("fa-box"), " ", `Image: ${reference}`),
+        id ? line({ class: "small text-body-secondary font-monospace", title: env.commit }, id) : null
+      );
+    }
     // Only web URLs become links: a repository is never a javascript: href.
     const web = /^https?:\/\//i.test(env.repo);
     const text = shortRepo(env.repo);
@@ -220,7 +253,7 @@
     const commit = env.commit ? env.commit.slice(0, 7) : null;
     return cell(
       "Source",
-      { class: "env-repo" },
+      { class: "env-repo", dataset: { source } },
       web
         ? el("a", { ...attrs, href: env.repo, rel: "noopener noreferrer", target: "_blank" }, text)
         : el("span", attrs, text),
@@ -344,7 +377,9 @@
       buttons.push(
         ACTIVE.has(env.status)
           ? actionButton(env, "cancel", "Cancel", "btn-outline-secondary", "fa-stop")
-          : actionButton(env, "rebuild", "Rebuild", "btn-outline-primary", "fa-rotate")
+          : env.source === "image"
+            ? actionButton(env, "rebuild", "Pull again", "btn-outline-primary", "fa-cloud-arrow-down")
+            : actionButton(env, "rebuild", "Rebuild", "btn-outline-primary", "fa-rotate")
       );
     }
     const items = menuItems(env);
@@ -626,9 +661,8 @@
     };
   }
 
-  // Actions that keep the menu open: the toggle shows its new state, the
-  // launch link "Copied".
-  const KEEP_MENU_OPEN = new Set(["auto-rebuild", "copy-link"]);
+  // Actions that keep the menu open: the toggle shows its new state.
+  const KEEP_MENU_OPEN = new Set(["auto-rebuild"]);
 
   tbody.addEventListener("keydown", (event) => {
     const more = event.target.closest(".env-more");
@@ -656,7 +690,7 @@
       "auto-rebuild": () => R.autoRebuild.toggle(env, button, upsert, showPageError),
       webhook: () => R.autoRebuild.openWebhook(env, rowControl(env.uid, "webhook"), upsert),
       remove: () => remove(env, button),
-      "copy-link": () => copyLaunchLink(env, button),
+      "copy-link": () => openLaunchDialog(env, button),
       start: () => window.location.assign(launchLink(env)),
       history: () =>
         window.TljhR2DVersions.open(env, {
@@ -676,7 +710,7 @@
       if (answer.message) {
         // Nothing changed since the current version: say so, and offer to build anyway.
         showPageNotice(`${env.name}: ${answer.message}`, {
-          label: "Rebuild anyway",
+          label: env.source === "image" ? "Make a version anyway" : "Rebuild anyway",
           run: () => rebuild(find(env.uid) || env, rowControl(env.uid, "rebuild")() || button, { ...(body || {}), force: true }),
         });
         R.announce(`${env.name}: ${answer.message}`);
@@ -728,17 +762,81 @@
     });
   }
 
-  function launchLink(env) {
+  /**
+   * The launch link of ``env``: a server named after it, opened when ready;
+   * ``content`` ({content, content_ref, urlpath}, each optional) adds a
+   * repository cloned into the home at the start.
+   */
+  function launchLink(env, content) {
     const params = new URLSearchParams({ name: R.serverSlug(env.name), environment: env.name });
+    for (const key of ["content", "content_ref", "urlpath"]) {
+      const value = content && content[key] ? String(content[key]).trim() : "";
+      if (value) params.set(key, value);
+    }
     return `${window.location.origin}${R.baseUrl}servers?${params}`;
   }
 
-  async function copyLaunchLink(env, button) {
-    const link = launchLink(env);
-    button.dataset.link = link;
-    const ok = await R.copyText(link);
-    R.flashButton(button, ok ? "Copied" : "Copy failed", ok);
-    if (!ok) window.prompt("Copy the launch link:", link);
+  // -- the launch link dialog: optional content, the link and a README badge --
+
+  const launchDialog = document.getElementById("launch-dialog");
+  const launchForm = document.getElementById("launch-form");
+  let launchTarget = null;
+
+  /** Why a content URL cannot go into a link (as the service checks it), or null. */
+  function contentProblem(url) {
+    if (!url) return null;
+    if (!/^(https?|git):\/\//i.test(url)) return "content: must be an https:// (or http://, git://) URL of a git repository";
+    if (/^[a-z+]+:\/\/[^/]*@/i.test(url)) return "content: must not hold a user name or password (links are shared)";
+    return null;
+  }
+
+  function updateLaunchLink() {
+    const content = {
+      content: launchForm.elements.content.value,
+      content_ref: launchForm.elements.content_ref.value,
+      urlpath: launchForm.elements.urlpath.value.trim().replace(/^\/+/, ""),
+    };
+    R.clearErrors(launchForm);
+    const problem = contentProblem(content.content.trim());
+    if (problem) R.showError(launchForm, new R.ApiError(400, problem, "content"));
+    if (!content.content.trim()) content.content_ref = "";
+    const link = launchLink(launchTarget, problem ? {} : content);
+    document.getElementById("launch-link").value = link;
+    const badge = new URL(launchDialog.dataset.badge, window.location.origin).href;
+    const alt = `Launch ${launchTarget.name}`.replace(/[[\]]/g, "");
+    document.getElementById("launch-badge").value = `[![${alt}](${badge})](${link})`;
+    document.getElementById("launch-badge-preview").href = link;
+    return !problem;
+  }
+
+  function openLaunchDialog(env, button) {
+    launchTarget = env;
+    launchForm.reset();
+    R.clearErrors(launchForm);
+    launchDialog.querySelector(".modal-title").textContent = `Launch link: ${env.name}`;
+    updateLaunchLink();
+    R.openModal(launchDialog, rowControl(env.uid, button.dataset.action), "#launch-content");
+  }
+
+  launchForm.addEventListener("input", updateLaunchLink);
+  launchForm.addEventListener("submit", (event) => event.preventDefault());
+
+  for (const [buttonId, fieldId] of [["launch-copy-link", "launch-link"], ["launch-copy-badge", "launch-badge"]]) {
+    const button = document.getElementById(buttonId);
+    button.addEventListener("click", async () => {
+      if (!updateLaunchLink()) {
+        launchForm.elements.content.focus();
+        return;
+      }
+      const text = document.getElementById(fieldId).value;
+      const ok = await R.copyText(text);
+      R.flashButton(button, ok ? "Copied" : "Copy failed", ok);
+      if (!ok) {
+        const field = document.getElementById(fieldId);
+        field.focus();
+        field.select();
+      }
+    });
   }
 
   // -- sharing -------------------------------------------------------------
@@ -819,12 +917,21 @@
   });
 
   // -- Add New -------------------------------------------------------------
+  //
+  // One tab per source: a git repository, files written here (with ready-made
+  // starting points), an archive of files (read in the browser and sent as
+  // base64), or an existing image. Only the fields of the chosen source are
+  // sent; the API refuses anything else naming the field.
 
   const addDialog = document.getElementById("add-dialog");
   const form = document.getElementById("add-form");
   const repoInput = form.elements.repo;
   const nameInput = form.elements.name;
+  const imageInput = form.elements.image;
+  const archiveInput = form.elements.archive;
+  const fileList = document.getElementById("add-file-list");
   let nameEdited = false;
+  let source = "git";
 
   /** The last part of a repository URL or path, without ".git". */
   function nameFromRepo(repo) {
@@ -836,43 +943,251 @@
     return path.split("/").pop().replace(/\.git$/, "");
   }
 
-  repoInput.addEventListener("input", () => {
-    if (!nameEdited) nameInput.value = nameFromRepo(repoInput.value);
+  /** "quay.io/jupyter/scipy-notebook:2024-05-27" -> "scipy-notebook". */
+  function nameFromImage(reference) {
+    const last = reference.trim().split("@")[0].split("/").pop() || "";
+    return last.replace(/:[^:]*$/, "");
+  }
+
+  function suggestName(text) {
+    if (!nameEdited) nameInput.value = text;
+  }
+
+  repoInput.addEventListener("input", () => suggestName(nameFromRepo(repoInput.value)));
+  imageInput.addEventListener("input", () => suggestName(nameFromImage(imageInput.value)));
+  archiveInput.addEventListener("change", () => {
+    const file = archiveInput.files[0];
+    if (file) suggestName(file.name.replace(/\.(zip|tgz|tar\.gz)$/i, ""));
+    const problem = file && archiveProblem(file);
+    R.clearErrors(form);
+    if (problem) R.showError(form, new R.ApiError(400, problem, "archive"));
   });
   nameInput.addEventListener("input", () => {
     nameEdited = nameInput.value !== "";
   });
 
-  addDialog.addEventListener("shown.bs.modal", () => repoInput.focus());
+  // The tabs (the ARIA tabs pattern, automatic activation).
+  const tabs = [...form.querySelectorAll('[role="tab"]')];
+  const FIRST_INPUT = { git: "#add-repo", files: ".file-path", archive: "#add-archive", image: "#add-image" };
 
-  function formBody() {
+  function selectSource(name, focusTab) {
+    source = name;
+    for (const tab of tabs) {
+      const on = tab.dataset.source === name;
+      tab.classList.toggle("active", on);
+      tab.setAttribute("aria-selected", on ? "true" : "false");
+      tab.tabIndex = on ? 0 : -1;
+      if (on && focusTab) tab.focus();
+    }
+    for (const panel of form.querySelectorAll('[role="tabpanel"]')) panel.hidden = panel.dataset.source !== name;
+    for (const part of form.querySelectorAll("[data-sources]")) {
+      part.hidden = !part.dataset.sources.split(" ").includes(name);
+    }
+    if (name === "files" && !fileList.children.length) addFile("", "");
+    document.getElementById("add-name-help").textContent =
+      name === "git"
+        ? "Shown to users; up to 100 characters. Suggested from the repository URL."
+        : name === "image"
+          ? "Shown to users; up to 100 characters. Suggested from the image reference."
+          : name === "archive"
+            ? "Shown to users; up to 100 characters. Suggested from the archive's name."
+            : "Shown to users; up to 100 characters.";
+  }
+
+  for (const tab of tabs) {
+    tab.addEventListener("click", () => selectSource(tab.dataset.source, true));
+    tab.addEventListener("keydown", (event) => {
+      const index = tabs.indexOf(tab);
+      const moves = {
+        ArrowRight: index + 1,
+        ArrowLeft: index - 1,
+        ArrowDown: index + 1,
+        ArrowUp: index - 1,
+        Home: 0,
+        End: tabs.length - 1,
+      };
+      if (!(event.key in moves)) return;
+      event.preventDefault();
+      const next = tabs[(moves[event.key] + tabs.length) % tabs.length];
+      selectSource(next.dataset.source, true);
+    });
+  }
+
+  // Files written in the page: a path and a text each.
+  let fileCount = 0;
+
+  function addFile(path, text) {
+    fileCount += 1;
+    const id = `add-file-${fileCount}`;
+    const item = el(
+      "div",
+      { class: "file-item border rounded p-2 mb-2" },
+      el(
+        "div",
+        { class: "d-flex gap-2 align-items-end mb-1" },
+        el(
+          "div",
+          { class: "flex-grow-1" },
+          el("label", { class: "form-label small mb-0", for: `${id}-path` }, `Path of file ${fileCount}`),
+          el("input", {
+            class: "form-control form-control-sm font-monospace file-path",
+            id: `${id}-path`,
+            type: "text",
+            autocomplete: "off",
+            spellcheck: "false",
+            placeholder: "requirements.txt",
+          })
+        ),
+        el(
+          "button",
+          { type: "button", class: "btn btn-sm btn-outline-danger file-remove", "aria-label": `Remove file ${fileCount}` },
+          icon("fa-trash"),
+          el("span", { class: "ms-1 env-action-label" }, "Remove")
+        )
+      ),
+      el("label", { class: "visually-hidden", for: `${id}-text` }, `Content of file ${fileCount}`),
+      el("textarea", { class: "form-control form-control-sm font-monospace file-text", id: `${id}-text`, rows: "5", spellcheck: "false" })
+    );
+    item.querySelector(".file-path").value = path;
+    item.querySelector(".file-text").value = text;
+    fileList.append(item);
+    return item;
+  }
+
+  fileList.addEventListener("click", (event) => {
+    const button = event.target.closest(".file-remove");
+    if (!button) return;
+    const item = button.closest(".file-item");
+    const next = item.nextElementSibling || item.previousElementSibling;
+    item.remove();
+    const target = next ? next.querySelector(".file-path") : document.getElementById("add-file");
+    target.focus();
+    R.announce("File removed");
+  });
+
+  document.getElementById("add-file").addEventListener("click", () => {
+    addFile("", "").querySelector(".file-path").focus();
+  });
+
+  const STARTERS = {
+    pip: { "requirements.txt": "numpy\npandas\nmatplotlib\n" },
+    conda: {
+      "environment.yml":
+        "name: example\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.11\n  - numpy\n  - pandas\n  - matplotlib\n",
+    },
+    r: {
+      "runtime.txt": "r-4.3-2024-01-10\n",
+      "install.R": 'install.packages(c("tidyverse", "rmarkdown"))\n',
+    },
+    dockerfile: {
+      Dockerfile:
+        "FROM quay.io/jupyter/minimal-notebook:latest\n\n# Add what the environment needs, e.g.:\n# RUN pip install --no-cache-dir numpy\n",
+    },
+  };
+
+  for (const button of form.querySelectorAll("[data-starter]")) {
+    button.addEventListener("click", () => {
+      fileList.replaceChildren();
+      const files = STARTERS[button.dataset.starter];
+      for (const [path, text] of Object.entries(files)) addFile(path, text);
+      fileList.querySelector(".file-text").focus();
+      R.announce(`Started from ${button.textContent.trim()}`);
+    });
+  }
+
+  /** {path: text} of the files tab, or throws an ApiError naming "files". */
+  function filesBody() {
+    const files = {};
+    for (const item of fileList.querySelectorAll(".file-item")) {
+      const path = item.querySelector(".file-path").value.trim();
+      const text = item.querySelector(".file-text").value;
+      if (!path && !text) continue;
+      if (!path) throw new R.ApiError(400, "files: every file needs a path", "files");
+      if (path in files) throw new R.ApiError(400, `files: ${path} is there twice`, "files");
+      files[path] = text;
+    }
+    if (!Object.keys(files).length) throw new R.ApiError(400, "files: give at least one file", "files");
+    return files;
+  }
+
+  /** Why ``file`` cannot be sent (its size), or null. */
+  function archiveProblem(file) {
+    const max = Number(archiveInput.dataset.maxBytes);
+    if (max && file.size > max) {
+      return `archive: is ${R.formatSize(file.size)}, more than the ${R.formatSize(max)} allowed`;
+    }
+    return null;
+  }
+
+  /** The chosen archive as base64, or throws an ApiError naming "archive". */
+  function archiveBody() {
+    const file = archiveInput.files[0];
+    if (!file) return Promise.reject(new R.ApiError(400, "archive: choose a .zip or .tar.gz file", "archive"));
+    const problem = archiveProblem(file);
+    if (problem) return Promise.reject(new R.ApiError(400, problem, "archive"));
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(String(reader.result).replace(/^data:[^,]*,/, ""));
+      reader.onerror = () => reject(new R.ApiError(400, `archive: could not be read (${reader.error && reader.error.name})`, "archive"));
+      reader.readAsDataURL(file);
+    });
+  }
+
+  addDialog.addEventListener("shown.bs.modal", () => {
+    const target = form.querySelector(FIRST_INPUT[source]);
+    if (target) target.focus();
+  });
+
+  async function formBody() {
     const body = {};
     const value = (name) => {
       const input = form.elements[name];
-      return input ? input.value.trim() : "";
+      return input && !input.closest("[hidden]") ? input.value.trim() : "";
+    };
+    const common = ["name", "memory", "cpu", "machine_profile"];
+    const bySource = {
+      git: ["repo", "ref", "provider", "builder_image", "username"],
+      files: ["builder_image"],
+      archive: ["builder_image"],
+      image: ["image"],
     };
     // builder_image: its first option (the default builder) is empty and not sent.
-    const fields = ["repo", "ref", "name", "memory", "cpu", "machine_profile", "provider", "builder_image", "username"];
-    for (const name of fields) {
+    for (const name of [...bySource[source], ...common]) {
       if (value(name)) body[name] = value(name);
     }
-    if (form.elements.password && form.elements.password.value) body.password = form.elements.password.value;
-    if (value("buildargs")) body.buildargs = form.elements.buildargs.value;
-    if (form.elements.auto_rebuild && form.elements.auto_rebuild.checked) body.auto_rebuild = true;
+    if (source === "git" && form.elements.password && form.elements.password.value) {
+      body.password = form.elements.password.value;
+    }
+    if (source !== "image" && value("buildargs")) body.buildargs = form.elements.buildargs.value;
+    const autoRebuild = form.elements.auto_rebuild;
+    if (autoRebuild && autoRebuild.checked && (source === "git" || source === "image")) body.auto_rebuild = true;
     const selectors = {};
     for (const select of form.querySelectorAll("select.node-selector")) {
       if (select.value) selectors[select.dataset.key] = select.value;
     }
     if (Object.keys(selectors).length) body.node_selector = selectors;
+    if (source === "files") body.files = filesBody();
+    if (source === "archive") body.archive = await archiveBody();
     return body;
+  }
+
+  /** The input an error names, in the tab that holds it: that tab is shown first. */
+  function showAddError(error) {
+    if (error.field && /^files[.[]/.test(error.field)) error.field = "files";
+    const named = error.field || (/^([a-z_]+): /.exec(error.message) || [])[1];
+    const input = named && form.querySelector(`[data-field="${named}"], [name="${named}"]`);
+    const panel = input && input.closest('[role="tabpanel"]');
+    if (panel && panel.hidden) selectSource(panel.dataset.source, false);
+    return R.showError(form, error);
   }
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const submit = document.getElementById("add-submit");
     R.clearErrors(form);
-    if (!repoInput.value.trim()) {
-      R.showError(form, new R.ApiError(400, "repo: is required", "repo")).focus();
+    const required = { git: [repoInput, "repo"], image: [imageInput, "image"] }[source];
+    if (required && !required[0].value.trim()) {
+      showAddError(new R.ApiError(400, `${required[1]}: is required`, required[1])).focus();
       return;
     }
     const tooLong = R.checkLengths(form);
@@ -882,14 +1197,16 @@
     }
     R.setBusy(submit, true, "Adding");
     try {
-      const env = await R.api("POST", "api/environments", formBody());
+      const env = await R.api("POST", "api/environments", await formBody());
       bootstrap.Modal.getInstance(addDialog).hide();
       form.reset();
+      fileList.replaceChildren();
+      selectSource("git", false);
       nameEdited = false;
       upsert(env);
       R.announce(`${env.name} added: ${env.status}`);
     } catch (e) {
-      R.showError(form, e).focus();
+      showAddError(e).focus();
     } finally {
       R.setBusy(submit, false);
     }
@@ -1170,6 +1487,7 @@
 
   // -- start ---------------------------------------------------------------
 
+  selectSource("git", false);
   render();
   poll.schedule();
   window.setInterval(tickElapsed, 1000);

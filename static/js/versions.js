@@ -98,9 +98,9 @@
       const data = await R.api("GET", `${versionsPath(version.id)}/diff?from=${encodeURIComponent(previous.id)}`);
       const parts = [];
       if (data.known === false && data.message) parts.push(el("p", { class: "text-body-secondary mb-1" }, data.message));
-      if (data.added.length) parts.push(el("div", {}, el("strong", {}, `Added (${data.added.length})`), list(data.added, packageName)));
-      if (data.removed.length) parts.push(el("div", {}, el("strong", {}, `Removed (${data.removed.length})`), list(data.removed, packageName)));
-      if (data.changed.length) {
+      if ((data.added || []).length) parts.push(el("div", {}, el("strong", {}, `Added (${data.added.length})`), list(data.added, packageName)));
+      if ((data.removed || []).length) parts.push(el("div", {}, el("strong", {}, `Removed (${data.removed.length})`), list(data.removed, packageName)));
+      if ((data.changed || []).length) {
         parts.push(
           el(
             "div",
@@ -110,9 +110,43 @@
           )
         );
       }
-      if (!parts.length) parts.push(el("span", { class: "text-body-secondary" }, "No package changed."));
-      return parts;
+      const files = data.files ? filesChanges(data.files) : [];
+      if (!parts.length && !files.length) {
+        parts.push(el("span", { class: "text-body-secondary" }, data.files ? "No package or file changed." : "No package changed."));
+      }
+      return [...files, ...parts];
     });
+  }
+
+  /* What changed in the files of a files environment: paths added and removed, and each changed file's diff. */
+  function filesChanges(files) {
+    const parts = [];
+    const added = files.added || [];
+    const removed = files.removed || [];
+    const changed = files.changed || [];
+    if (added.length) parts.push(el("div", { class: "files-added" }, el("strong", {}, `Files added (${added.length})`), list(added, (p) => p)));
+    if (removed.length) parts.push(el("div", { class: "files-removed" }, el("strong", {}, `Files removed (${removed.length})`), list(removed, (p) => p)));
+    if (changed.length) {
+      parts.push(
+        el(
+          "div",
+          { class: "files-changed" },
+          el("strong", {}, `Files changed (${changed.length})`),
+          changed.map((c) =>
+            el(
+              "details",
+              { class: "small" },
+              el("summary", {}, c.path),
+              el("pre", { class: "file-diff small mb-1" }, String(c.diff || "").split("\n").map((l) =>
+                el("span", { class: l.startsWith("+") && !l.startsWith("+++") ? "diff-add" : l.startsWith("-") && !l.startsWith("---") ? "diff-del" : "" }, `${l}\n`)
+              ))
+            )
+          )
+        )
+      );
+    }
+    if (!parts.length) parts.push(el("span", { class: "text-body-secondary" }, "No file changed."));
+    return parts;
   }
 
   /* The row under a version: what is inside, and the change since the one before. */
@@ -158,8 +192,9 @@
           )
         : null;
     // The same commit with the same builder: reproduces this version's build.
+    // (An image environment's version is pulled, not built: rolling back is the way back.)
     const rebuild =
-      target.manages && version.commit
+      target.manages && version.commit && target.env.source !== "image"
         ? el(
             "button",
             {

@@ -89,12 +89,12 @@ class EnvironmentsAPIHandler(EnvironmentAPIMixin, APIHandler):
         body = None
         if _accepts_gzip(self.request.headers.get("Accept-Encoding", "")):
             # None until compressed (see environment_list): then plain.
-            body = await listing.gzip_body(positions, self.viewer)
+            body = await listing.gzip_body(positions, self.viewer, builds=self.builds)
         gzipped = body is not None
         if gzipped:
             self.set_header("Content-Encoding", "gzip")
         else:
-            body = await listing.body(positions, self.viewer)
+            body = await listing.body(positions, self.viewer, builds=self.builds)
         self.set_header("Vary", "Accept-Encoding")
         self.set_header("Etag", listing.etag(self.viewer, gzipped))
         if version == listing.version:

@@ -8,7 +8,7 @@ from tornado import web
 from ..access import Access
 from ..db import store
 from ..hub_client import HubError
-from ..service.environment_list import summaries
+from ..service.environment_list import build_phases, summaries
 from .base import BaseHandler, builders_only
 
 
@@ -46,7 +46,15 @@ class EnvironmentsPageHandler(BaseHandler):
             groups = []
         # The one-line summary of each current version, as api/environments gives it.
         lines = await summaries(self.sessions, [e.uid for e, _ in environments])
+        # The phase of the running builds (building, checking, pushing...), as the list gives it.
+        phases = build_phases(
+            self.builds, [e.uid for e, manages in environments if manages and e.status == store.BUILDING]
+        )
         app = self.tljh_app
+        limits = {
+            name: getattr(app, name, None)
+            for name in ("max_files_count", "max_files_size", "max_archive_size")
+        }
         self.finish(
             self.render_template(
                 "environments.html",
@@ -57,6 +65,7 @@ class EnvironmentsPageHandler(BaseHandler):
                             e, position=positions.get(e.uid), admin=manages, summary=lines.get(e.uid)
                         ),
                         "manages": manages,
+                        **({"phase": phases[e.uid]} if e.uid in phases else {}),
                     }
                     for e, manages in environments
                 ],
@@ -73,8 +82,42 @@ class EnvironmentsPageHandler(BaseHandler):
                 supports_build_args=app.builder.supports_build_args,
                 # the default builder first; a choice is offered when there is one
                 builder_images=app.builder_choices,
+                max_files_count=limits["max_files_count"],
+                max_files_size=_size_text(limits["max_files_size"]),
+                max_archive_size=_size_text(limits["max_archive_size"]),
+                max_archive_bytes=_size_bytes(limits["max_archive_size"]),
             )
         )
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size_bytes(value):
+    """Bytes of a size setting (an int, or text like "5M"), or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "")
+    try:
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        return None
+
+
+def _size_text(value):
+    """A size setting for people: "5 MB" (from 5M or 5242880), or None."""
+    size = _size_bytes(value)
+    if not size:
+        return None
+    for unit in ("GB", "MB", "KB"):
+        scale = {"GB": 1024**3, "MB": 1024**2, "KB": 1024}[unit]
+        if size >= scale:
+            amount = size / scale
+            return f"{amount:.0f} {unit}" if amount == int(amount) else f"{amount:.1f} {unit}"
+    return f"{size} bytes"
 
 
 class LogoHandler(web.RequestHandler):

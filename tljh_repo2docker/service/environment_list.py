@@ -27,6 +27,13 @@ answer (kept with the plain one, per user), in a thread (zlib lets other
 threads run), and until it is ready a client that accepts gzip gets the plain
 answer: the first list after a write never waits for the compression.
 
+Build phases: while a build runs, an admin's (or owner's) entry carries
+``phase`` ("building", "pulling", "checking", "pushing", ...), the phase of
+its last status event (:func:`build_phases`, read from the build logs in
+memory, no query). Like ``position`` it moves without a write: it is part of
+the key of the kept answers, and only the running builds' entries are encoded
+again when it moves.
+
 Each answer has an ``Etag`` made from its key (this process, who it is for,
 the store's version, the queue positions): Tornado would otherwise hash all
 6 MiB of it at every request, and a client that has it gets a 304.
@@ -36,10 +43,12 @@ import asyncio
 import collections
 import hashlib
 import json
+import re
 import uuid
 import zlib
 
 from ..access import Access, Viewer
+from ..builds.base import STATUS
 from ..db import store
 from .packages import summary
 
@@ -47,7 +56,7 @@ from .packages import summary
 class _Entry:
     """One environment: its row and its encoded pieces."""
 
-    __slots__ = ("env", "key", "built", "admin", "user", "position", "access", "summary")
+    __slots__ = ("env", "key", "built", "admin", "user", "position", "phase", "access", "summary")
 
     def __init__(self, env, position, summary=None):
         self.env = env
@@ -57,15 +66,21 @@ class _Entry:
         self.summary = summary
         self.user = json.dumps(store.as_dict(env, admin=False, summary=summary)).encode()
         self.position = position
+        self.phase = None
         self.admin = self._encode_admin()
 
     def _encode_admin(self):
         model = store.as_dict(self.env, position=self.position, admin=True, summary=self.summary)
+        if self.phase is not None:
+            model["phase"] = self.phase
         return json.dumps(model).encode()
 
-    def admin_piece(self, position):
-        if position != self.position:  # moved in the queue, without a write
+    def admin_piece(self, position, phase=None):
+        if phase is not None and self.env.status != store.BUILDING:
+            phase = None  # a phase left from before the row's last write
+        if position != self.position or phase != self.phase:  # moved without a write
             self.position = position
+            self.phase = phase
             self.admin = self._encode_admin()
         return self.admin
 
@@ -83,6 +98,7 @@ class EnvironmentList:
         self.version = None
         self.entries = {}  # uid -> _Entry
         self.order = []  # uids, oldest first
+        self.building = set()  # uids of the environments whose status is building
         self.bodies = collections.OrderedDict()  # viewer (None: admins) -> (key, bytes)
         self.gzipped = {}  # viewer (None: admins) -> (key, gzip bytes), only for kept bodies
         self.kept_bytes = 0
@@ -90,30 +106,39 @@ class EnvironmentList:
         # Versions count from 0 in every process: Etags name the process too.
         self._instance = uuid.uuid4().hex[:12]
 
-    async def body(self, positions, viewer=None, *, admin=None):
+    async def body(self, positions, viewer=None, *, admin=None, phases=None, builds=None):
         """The encoded ``{"environments": [...]}`` for ``viewer`` (an access.Viewer;
-        ``admin=True``/``False``: an admin, or a user who owns nothing and is in no group)."""
+        ``admin=True``/``False``: an admin, or a user who owns nothing and is in no group).
+        ``phases``: ``{uid: phase}`` of the running builds; or ``builds`` (the
+        BuildManager), to read them from its logs (:func:`build_phases`)."""
         viewer = _viewer(viewer, admin)
         await self._refresh()
+        if phases is None:
+            phases = build_phases(builds, self.building) if builds is not None else {}
         admin = viewer.admin
         cache_key = _cache_key(viewer)
         owns = (not admin) and any(
             self.entries[uid].access.owner == viewer.name for uid in positions if uid in self.entries
         )
-        key = (self.version, tuple(positions.items()) if admin or owns else ())
+        key = (
+            self.version,
+            (tuple(positions.items()), tuple(sorted(phases.items()))) if admin or owns else (),
+        )
         cached = self.bodies.get(cache_key)
         if cached is not None and cached[0] == key:
             self.bodies.move_to_end(cache_key)
             return cached[1]
         if admin:
-            pieces = [self.entries[uid].admin_piece(positions.get(uid)) for uid in self.order]
+            pieces = [
+                self.entries[uid].admin_piece(positions.get(uid), phases.get(uid)) for uid in self.order
+            ]
         else:
             pieces = []
             name = viewer.name
             for uid in self.order:
                 entry = self.entries[uid]
                 if entry.access.owner == name:
-                    pieces.append(entry.admin_piece(positions.get(uid)))
+                    pieces.append(entry.admin_piece(positions.get(uid), phases.get(uid)))
                 elif entry.built and entry.access.allows(viewer):
                     pieces.append(entry.user)
         body = _joined(pieces)
@@ -130,10 +155,10 @@ class EnvironmentList:
         digest = hashlib.sha1(repr((self._instance, cache_key, key)).encode()).hexdigest()[:20]
         return f'"{digest}{"-gz" if gzipped else ""}"'
 
-    async def gzip_body(self, positions, viewer=None, *, admin=None):
+    async def gzip_body(self, positions, viewer=None, *, admin=None, phases=None, builds=None):
         """The same answer gzip-compressed, or None while it is being compressed."""
         viewer = _viewer(viewer, admin)
-        body = await self.body(positions, viewer)
+        body = await self.body(positions, viewer, phases=phases, builds=builds)
         cache_key = _cache_key(viewer)
         key = self.bodies[cache_key][0]
         cached = self.gzipped.get(cache_key)
@@ -184,6 +209,7 @@ class EnvironmentList:
             lines = await summaries(self.sessions)
             self.entries = {env.uid: _Entry(env, None, lines.get(env.uid)) for env in envs}
             self.order = [env.uid for env in envs]
+            self.building = {env.uid for env in envs if env.status == store.BUILDING}
         else:
             found = {env.uid: env for env in await store.environments_by_uid(self.sessions, changed)}
             lines = await summaries(self.sessions, found) if found else {}
@@ -195,6 +221,12 @@ class EnvironmentList:
                     moved = moved or old is None or old.key != entry.key
                 elif self.entries.pop(uid, None) is not None:
                     removed = True
+            for uid in changed:
+                entry = self.entries.get(uid)
+                if entry is not None and entry.env.status == store.BUILDING:
+                    self.building.add(uid)
+                else:
+                    self.building.discard(uid)
             # The order (creation time) changes only with what is added or
             # removed; an update in place (a build step, sharing), the most
             # common write, keeps it.
@@ -203,6 +235,58 @@ class EnvironmentList:
             elif removed:
                 self.order = [uid for uid in self.order if uid in self.entries]
         self.version = current
+
+
+#: The phase a build's status event says it is in (builds' STATUS messages:
+#: "building", "pulling <image>", "checking the image: ...", "check: ...",
+#: "pushing to <registry>", "BinderHub: <phase>"); other status events (a
+#: restart, the engine away) leave the phase as it was.
+_PHASES = (
+    (re.compile(r"^building\b"), "building"),
+    (re.compile(r"^pulling\b"), "pulling"),
+    (re.compile(r"^(checking\b|check:)"), "checking"),
+    (re.compile(r"^pushing\b"), "pushing"),
+)
+_BINDERHUB_PHASE = re.compile(r"^BinderHub: ([a-z][a-z ]*)$")
+
+
+def phase_of(message):
+    """The phase a status event's ``message`` names, or None."""
+    text = str(message or "")
+    for pattern, phase in _PHASES:
+        if pattern.match(text):
+            return phase
+    match = _BINDERHUB_PHASE.match(text)
+    return match.group(1) if match else None
+
+
+def build_phases(builds, uids):
+    """``{uid: phase}`` of the builds of ``uids`` that run in this process:
+    the phase of the last status event of their log in memory (builds: the
+    BuildManager). No query; what has no known phase is left out."""
+    logs = getattr(builds, "build_logs", None)
+    phases = {}
+    if logs is None:
+        return phases
+    for uid in uids:
+        log = logs.get(uid)
+        if log is None or log.done:
+            continue
+        for events in (log.tail_events, log.head_events):
+            phase = _last_phase(events)
+            if phase is not None:
+                phases[uid] = phase
+                break
+    return phases
+
+
+def _last_phase(events):
+    for _, event_phase, message in reversed(events):
+        if event_phase == STATUS:
+            phase = phase_of(message)
+            if phase is not None:
+                return phase
+    return None
 
 
 async def summaries(sessions, uids=None):

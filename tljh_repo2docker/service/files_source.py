@@ -240,7 +240,18 @@ def unpack_archive(text, *, max_count, max_size, max_archive_size):
         raise FieldError("archive", "is neither a .zip nor a .tar.gz file")
     if not unpacked.files:
         raise FieldError("archive", "holds no files")
-    return check_files(unpacked.files, max_count=max_count, max_size=max_size, field="archive")
+    files = check_files(unpacked.files, max_count=max_count, max_size=max_size, field="archive")
+    return _without_one_top_folder(files)
+
+
+def _without_one_top_folder(files):
+    """An archive whose files all sit in one top folder (as a repository's
+    download does: ``project-main/requirements.txt``) is that folder's files:
+    repo2docker reads its configuration at the top of the tree."""
+    tops = {path.split("/", 1)[0] for path in files}
+    if len(tops) != 1 or any("/" not in path for path in files):
+        return files
+    return {path.split("/", 1)[1]: text for path, text in files.items()}
 
 
 def _unzip(raw, unpacked):
