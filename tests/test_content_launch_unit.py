@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from traitlets.config import Config
 
+from tests.helpers.fakes import NOWHERE_KUBECONFIG
 from tljh_repo2docker import contract, hub_config
 from tljh_repo2docker.errors import FieldError
 from tljh_repo2docker.service.content import checked_content, content_dir, parse_content
@@ -232,20 +233,7 @@ def test_docker_spawner_opens_at_the_contents_urlpath():
 
 # -- the Kubernetes spawner: an init container in the pod ----------------------------------
 
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: nowhere
-  cluster: {server: "https://127.0.0.1:9"}
-users:
-- name: nobody
-  user: {token: unused}
-contexts:
-- name: nowhere
-  context: {cluster: nowhere, user: nobody, namespace: default}
-current-context: nowhere
-"""
+KUBECONFIG = NOWHERE_KUBECONFIG
 
 
 @pytest.fixture
@@ -264,8 +252,10 @@ def kube_spawner(tmp_path, monkeypatch):
     load_config.cache_clear()
 
     def make(content, config=None):
+        config = config or Config()
+        config.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
         spawner = Repo2DockerKubeSpawner(
-            config=config or Config(),
+            config=config,
             _mock=True,
             user=SimpleNamespace(name="ann", id=7, url="/user/ann/", groups=[]),
             orm_spawner=SimpleNamespace(name="", server=None, user_options=None),

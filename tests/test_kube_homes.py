@@ -67,6 +67,8 @@ async def spawner_claim(kubeconfig, namespace, image_prefix, user, home_scope="u
     c.KubeSpawner.storage_capacity = STORAGE
     c.Repo2DockerKubeSpawner.image_prefix = image_prefix
     c.Repo2DockerKubeSpawner.home_scope = home_scope
+    # no service database here: the claims come from what user_options name
+    c.Repo2DockerKubeSpawner.trust_user_options = True
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
         patch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

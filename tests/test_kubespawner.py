@@ -14,23 +14,11 @@ from tornado.web import HTTPError  # noqa: E402
 from traitlets.config import Config  # noqa: E402
 
 from tljh_repo2docker.spawner import EnvironmentRefused  # noqa: E402
+from tests.helpers.fakes import NOWHERE_KUBECONFIG  # noqa: E402
 
 GIB = 1024**3
 
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: nowhere
-  cluster: {server: "https://127.0.0.1:9"}
-users:
-- name: nobody
-  user: {token: unused}
-contexts:
-- name: nowhere
-  context: {cluster: nowhere, user: nobody, namespace: default}
-current-context: nowhere
-"""
+KUBECONFIG = NOWHERE_KUBECONFIG
 
 
 @pytest.fixture
@@ -46,6 +34,8 @@ def make_spawner(tmp_path, monkeypatch):
 
     def make(user_options, **config):
         c = Config()
+        # without db_url, the mock-mode tests read what user_options give
+        c.Repo2DockerKubeSpawner.trust_user_options = config.pop("trust_user_options", True)
         for name, value in config.items():
             setattr(c.KubeSpawner, name, value)
         spawner = Repo2DockerKubeSpawner(config=c, _mock=True)
@@ -131,6 +121,7 @@ async def test_config_section_is_the_class_name(make_spawner):
     from tljh_repo2docker import Repo2DockerKubeSpawner
 
     c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     c.Repo2DockerKubeSpawner.mem_limit = "3G"
     spawner = Repo2DockerKubeSpawner(config=c, _mock=True)
     assert spawner.mem_limit == 3 * GIB
@@ -140,6 +131,7 @@ async def test_image_prefix_limits_what_users_can_start(make_spawner):
     from tljh_repo2docker import Repo2DockerKubeSpawner
 
     c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     c.Repo2DockerKubeSpawner.image_prefix = "registry.example.org/binder-"
     spawner = Repo2DockerKubeSpawner(config=c, _mock=True)
     spawner.user_options = {"image": "docker.io/evil/miner:latest"}
@@ -238,8 +230,11 @@ def make_user_spawner(config=None, name="", user="ann", user_options=None):
 
     from tljh_repo2docker import Repo2DockerKubeSpawner
 
+    config = config or Config()
+    if "trust_user_options" not in config.Repo2DockerKubeSpawner:
+        config.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     spawner = Repo2DockerKubeSpawner(
-        config=config or Config(),
+        config=config,
         _mock=True,
         user=SimpleNamespace(name=user, id=7, url=f"/user/{user}/", groups=[]),
         orm_spawner=SimpleNamespace(name=name, server=None, user_options=None),
@@ -288,6 +283,7 @@ async def test_claim_carries_the_home_labels(make_spawner):
 
 async def test_home_per_environment_and_none(make_spawner):
     c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     c.Repo2DockerKubeSpawner.home_scope = "environment"
     spawner = make_user_spawner(c)
     await manifest_of(spawner)
@@ -298,6 +294,7 @@ async def test_home_per_environment_and_none(make_spawner):
     assert spawner.pvc_name == "tljh-r2d-home-ann--env-env2"
 
     c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     c.Repo2DockerKubeSpawner.home_scope = "none"
     spawner = make_user_spawner(c)
     pod = await manifest_of(spawner)
@@ -307,6 +304,7 @@ async def test_home_per_environment_and_none(make_spawner):
 
 async def test_a_configured_home_mount_is_respected(make_spawner):
     c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     c.KubeSpawner.volumes = [{"name": "nfs-home", "nfs": {"server": "nfs", "path": "/homes"}}]
     c.KubeSpawner.volume_mounts = [{"name": "nfs-home", "mountPath": "/home/jovyan"}]
     pod = await manifest_of(make_user_spawner(c))
@@ -317,6 +315,7 @@ async def test_a_configured_home_mount_is_respected(make_spawner):
 
 async def test_with_db_url_the_form_lists_built_environments(make_spawner, service_db):
     c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     c.Repo2DockerKubeSpawner.db_url = service_db
     spawner = make_user_spawner(c, user_options={})
     form = await spawner.get_options_form()
@@ -347,6 +346,7 @@ async def test_configure_gives_the_kube_spawner_the_services_database(make_spawn
     from tljh_repo2docker import hub_config
 
     c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     c.KubeSpawner.node_selector = {"pool": "users"}
     hub_config.configure(c, args=[f"--db_url={service_db}", "--image_prefix=registry.example.org/binder-"])
     forged = {
@@ -372,6 +372,7 @@ async def test_configure_keeps_a_value_set_for_one_spawner_class(make_spawner, s
     from tljh_repo2docker import hub_config
 
     c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     c.Repo2DockerKubeSpawner.db_url = "sqlite:////elsewhere.sqlite"
     hub_config.configure(c, args=[f"--db_url={service_db}"])
     assert make_user_spawner(c).db_url == "sqlite:////elsewhere.sqlite"
@@ -392,6 +393,7 @@ async def test_pods_start_the_current_versions_own_reference(make_spawner, servi
         )
     await store.update_environment(sessions, "built1", image_id="sha256:v2")
     c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
     c.Repo2DockerKubeSpawner.db_url = service_db
     spawner = make_user_spawner(c, user_options={"environment": "built1", "image": "whatever"})
     await spawner.load_user_options()
@@ -442,3 +444,15 @@ def test_a_pod_that_cannot_pull_its_image_is_told_from_one_starting(reason, fina
     assert image_pull_failure(init)[1] == reason
     assert image_pull_failure(None) is None
     assert image_pull_failure({"status": {}}) is None
+
+
+async def test_without_db_url_nothing_starts_and_the_user_is_told_why(make_spawner):
+    spawner = make_spawner(
+        {"image": "tljh-r2d/lab:main", "environment": "lab"}, trust_user_options=False
+    )
+    assert spawner.db_url == ""
+    with pytest.raises(HTTPError) as refused:
+        await manifest_of(spawner)
+    assert refused.value.status_code == 503
+    assert "has no db_url" in refused.value.jupyterhub_message
+    assert "\n" not in refused.value.jupyterhub_message

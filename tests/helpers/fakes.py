@@ -6,6 +6,8 @@
   ``env_labels(**extra)`` gives the labels of an environment's image.
 - ``FlakySessions``: a sessionmaker whose database can be switched off
   (connections refused).
+- ``NOWHERE_KUBECONFIG``: a kubeconfig whose cluster is nowhere (the discard
+  port on loopback), for KubeSpawner in mock mode.
 """
 
 import itertools
@@ -182,3 +184,19 @@ class FlakySessions:
                 "SELECT 1", None, ConnectionRefusedError(111, "Connection refused")
             )
         return self.real()
+
+
+NOWHERE_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: nowhere
+  cluster: {server: "https://127.0.0.1:9"}
+users:
+- name: nobody
+  user: {token: unused}
+contexts:
+- name: nowhere
+  context: {cluster: nowhere, user: nobody, namespace: default}
+current-context: nowhere
+"""

@@ -12,7 +12,7 @@ import re
 from urllib.parse import unquote, urlsplit
 
 from ..errors import FieldError
-from .fields import check_ref, check_repo, name_from_repo
+from .fields import check_ref, check_repo, name_from_repo, text_field
 
 #: The longest content URL, ref and urlpath (characters).
 MAX_URL = 2048
@@ -23,18 +23,6 @@ MAX_DIR = 100
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNSAFE_DIR = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _string(body, field, limit):
-    value = body.get(field)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return ""
-    if not isinstance(value, str):
-        raise FieldError(field, "must be a string")
-    value = value.strip()
-    if len(value) > limit:
-        raise FieldError(field, f"is longer than {limit} characters")
-    return value
 
 
 def content_dir(repo):
@@ -64,9 +52,9 @@ def parse_content(body):
     """``user_options["content"]`` from the fields ``content``, ``content_ref``
     and ``urlpath`` of ``body`` (a dict of strings), or None without
     ``content``. Raises FieldError naming the field."""
-    repo = _string(body, "content", MAX_URL)
-    ref = _string(body, "content_ref", MAX_REF)
-    urlpath = _string(body, "urlpath", MAX_URLPATH)
+    repo = text_field(body, "content", default="", limit=MAX_URL)
+    ref = text_field(body, "content_ref", default="", limit=MAX_REF)
+    urlpath = text_field(body, "urlpath", default="", limit=MAX_URLPATH)
     if urlpath:
         urlpath = check_urlpath(urlpath)
     if not repo:

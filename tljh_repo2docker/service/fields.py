@@ -28,7 +28,10 @@ BINDERHUB_BUILDER = (
 BINDERHUB_CHECK = "the BinderHub backend does not run check commands on its images"
 
 
-def _text(body, field, required=False, default=None, limit=2048):
+def text_field(body, field, required=False, default=None, limit=2048):
+    """``body[field]``, a string stripped of surrounding space, or
+    ``default`` when absent or blank; FieldError naming ``field`` for
+    another type, one longer than ``limit``, or a missing required one."""
     value = body.get(field, default)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
@@ -139,7 +142,7 @@ def parse_build_args(value):
 
 def parse_credentials(body):
     """``(username, password)`` of a private repository from a request body, or Nones."""
-    username = _text(body, "username", limit=255)
+    username = text_field(body, "username", limit=255)
     password = body.get("password") or None
     if password is not None and not isinstance(password, str):
         raise FieldError("password", "must be a string")
@@ -297,7 +300,7 @@ def _name_from_files(files):
 def _common_fields(body, app, builder, name, *, private):
     """The fields of a POST body that every source has: limits, build
     arguments, auto_rebuild and the trust fields."""
-    profile_label = _text(body, "machine_profile", limit=255)
+    profile_label = text_field(body, "machine_profile", limit=255)
     memory = parse_memory(body.get("memory"))
     cpu = parse_cpu(body.get("cpu"))
     if profile_label:
@@ -378,7 +381,7 @@ def parse_request(body, app, builder):
 
             specific = dict(image_source.parse(body, app, builder))
             default_name = image_source.default_name(specific["repo"]) or "image"
-        name = _text(body, "name", limit=MAX_NAME * 4) or default_name
+        name = text_field(body, "name", limit=MAX_NAME * 4) or default_name
         check_name(name)
         fields = {
             **_common_fields(body, app, builder, name, private=False),
@@ -387,19 +390,19 @@ def parse_request(body, app, builder):
             "image_name": f"{app.image_prefix}{slug(name)}:latest",
         }
         return fields, (None, None)
-    provider = _text(body, "provider", default=app.default_provider, limit=32)
+    provider = text_field(body, "provider", default=app.default_provider, limit=32)
     if provider not in app.provider_choices:
         raise FieldError(
             "provider", f"{provider!r} is not one of: {', '.join(app.provider_choices)}"
         )
-    repo = _text(body, "repo", required=True)
+    repo = text_field(body, "repo", required=True)
     if provider == "git" or "://" in repo:
         repo = check_repo(repo, allow_local=app.allow_local_repos)
     elif _CONTROL.search(repo) or " " in repo or repo.startswith("-"):
         # BinderHub's other providers take short specs (gh: owner/repo, zenodo: a DOI)
         raise FieldError("repo", "must not contain spaces or control characters")
-    ref = check_ref(_text(body, "ref", default="HEAD", limit=255))
-    name = _text(body, "name", limit=MAX_NAME * 4) or name_from_repo(repo)
+    ref = check_ref(text_field(body, "ref", default="HEAD", limit=255))
+    name = text_field(body, "name", limit=MAX_NAME * 4) or name_from_repo(repo)
     check_name(name)
 
     username, password = parse_credentials(body)

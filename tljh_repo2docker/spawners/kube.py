@@ -17,7 +17,8 @@ import asyncio
 import dataclasses
 import time
 
-from traitlets import Float, Unicode, default
+from tornado import web as _web
+from traitlets import Bool, Float, Unicode, default
 
 from . import content as content_puller
 from .mixin import (
@@ -43,6 +44,17 @@ _PVC_TEMPLATES = {
 HOME_VOLUME = "tljh-r2d-home"
 #: The name of the init container that pulls content at launch.
 CONTENT_CONTAINER = "tljh-r2d-content"
+
+
+def _unverifiable():
+    message = (
+        "This hub cannot check which environments you may use (its Kubernetes spawner "
+        "has no db_url): ask an administrator to set c.Repo2DockerKubeSpawner.db_url "
+        "to the service's database."
+    )
+    error = _web.HTTPError(503, "%s", message)
+    error.jupyterhub_message = message  # shown as it is on the spawn pages
+    return error
 
 
 async def stored_user_options(db_url, user_options):
@@ -278,6 +290,8 @@ class KubeEnvironment(EnvironmentMixin):
             self.user_options, image_id = await _stored_options_and_image(
                 self.db_url, self.user_options
             )
+        elif not self.trust_user_options:
+            raise _unverifiable()
         if not self.user_options.get("image"):
             raise EnvironmentRefused(
                 "No environment was chosen: start servers from the Environments page."
@@ -454,8 +468,9 @@ def make_kube_spawner():
         Unlike the Docker spawner, it has no image labels to check these
         against. Set ``db_url`` to the service's database and it takes image,
         limits and node selector from there, by the environment's uid; without
-        it a user who calls JupyterHub's REST API with their own user_options
-        chooses their limits, and their image within ``image_prefix``.
+        it the spawner refuses to start anything, unless ``trust_user_options``
+        lets users who call JupyterHub's REST API with their own user_options
+        choose their limits, and their image within ``image_prefix``.
 
         The user's home is a PersistentVolumeClaim (``pvc_name_template``, by
         ``home_scope``), created when missing (``storage_pvc_ensure``,
@@ -477,8 +492,22 @@ def make_kube_spawner():
             selector from the database, whatever ``user_options`` say, the
             spawn form lists them, and only those the user may use (see
             ``tljh_repo2docker.access``: owner, sharing, admins) are offered
-            and started. Default: trust ``user_options`` (within
-            ``image_prefix``), which then also decide who uses what.
+            and started. Without it the spawner starts nothing (it cannot
+            verify what ``user_options`` ask for), unless
+            ``trust_user_options`` is set. ``hub_config.configure()`` and the
+            TLJH plugin set it to the service's.
+            """,
+        ).tag(config=True)
+
+        trust_user_options = Bool(
+            False,
+            help="""
+            Without ``db_url``: start what ``user_options`` name (their
+            image within ``image_prefix``, their limits and node selector),
+            so that whoever calls JupyterHub's REST API chooses them. For a
+            hub whose users are all trusted and that has no tljh-repo2docker
+            service. Default: False, a spawner without ``db_url`` refuses
+            every start, saying why.
             """,
         ).tag(config=True)
 

@@ -8,7 +8,10 @@ the image it makes and its staging name; an environment's image carries
 
 import asyncio
 import datetime
+import io
 import re
+import tarfile
+import time
 
 import aiodocker
 import aiohttp
@@ -87,3 +90,18 @@ def forget(task):
         task.cancel()
     elif not task.cancelled():
         task.exception()
+
+
+def from_image_context(image_id):
+    """A build context (an in-memory tar) whose Dockerfile is only
+    ``FROM image_id``: built with labels, it makes an image of the same
+    layers (nothing copied) that carries them."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = f"FROM {image_id}\n".encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        info.mtime = int(time.time())
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    return context

@@ -21,10 +21,8 @@ registry.
 """
 
 import asyncio
-import io
 import json
 import shutil
-import tarfile
 import time
 
 import aiodocker
@@ -40,6 +38,7 @@ from .engine import (
     UID_LABEL,
     container_name,
     describe,
+    from_image_context,
     shielded,
     timestamp,
 )
@@ -479,14 +478,7 @@ class ImagesMixin:
             current.get(k) == v for k, v in labels.items()
         ):
             return {"image_id": image["Id"], "size": image.get("Size")}
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            dockerfile = f"FROM {image['Id']}\n".encode()
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(dockerfile)
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(dockerfile))
-        context.seek(0)
+        context = from_image_context(image['Id'])
         try:
             await self.docker.images.build(
                 fileobj=context, encoding="identity", tag=image_name, labels=labels, rm=True

@@ -35,16 +35,14 @@ under a staging name) is removed by ``attach()``.
 """
 
 import contextlib
-import io
 import re
-import tarfile
 import time
 
 import aiodocker
 
 from ..base import BUILT, CANCELLED, FAILED, LOG, STATUS, BuildEvent
 from .check import CheckSpec
-from .engine import ENGINE_ERRORS, UID_LABEL, describe, shielded
+from .engine import ENGINE_ERRORS, UID_LABEL, describe, from_image_context, shielded
 from .push import DEFAULT_REGISTRY, registry_of
 
 #: Labels of an imported image: where it came from.
@@ -230,14 +228,7 @@ class ImportMixin:
 
     async def _label(self, image_id, tag, labels):
         """Make image ``tag``: ``FROM image_id`` with ``labels`` (no layer copied)."""
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            dockerfile = f"FROM {image_id}\n".encode()
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(dockerfile)
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(dockerfile))
-        context.seek(0)
+        context = from_image_context(image_id)
         answer = await self.docker.images.build(
             fileobj=context, encoding="identity", tag=tag, labels=labels, rm=True, forcerm=True
         )
