@@ -331,6 +331,13 @@ async def test_database_lost_mid_build(private_postgres, tmp_path_factory, test_
             await wait_for(lambda: not running_builds(), timeout=180, what="build ended")
             assert build_containers(uid), "the container waits for the result to be stored"
             await asyncio.sleep(2)  # a few rounds of retries
+            # After the container, the image is checked (a server started in
+            # it): the result comes once that is done, and waits in memory.
+            result_waits = f"the result of build {uid} waits in memory"
+            await wait_for(
+                lambda: result_waits in hub_log.read_bytes()[log_offset:].decode(errors="replace"),
+                timeout=120, what="the result waiting for the database",
+            )
             stored_before = [i for i, d, _ in live if i is not None]
             assert printed([(i, d) for i, d, _ in live], "lost-done") == 0
             assert not watcher.done()
