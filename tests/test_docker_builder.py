@@ -246,7 +246,7 @@ async def test_cancelling_the_consumer_leaves_the_build_to_cancel(
 
 @pytest.mark.docker
 async def test_attach_to_a_running_build_after_a_restart(builder, made, git_root, git_server):
-    ticks = "RUN for i in 1 2 3 4 5 6 7 8; do echo tick-$i; sleep 0.5; done"
+    ticks = "RUN for i in 1 2 3 4 5 6 7 8; do echo tick-$i; sleep 1; done"
     name = new_repo(git_root, {"Dockerfile": dockerfile(ticks)})
     request = new_request(made, git_server.url(name))
     before = []
@@ -257,6 +257,10 @@ async def test_attach_to_a_running_build_after_a_restart(builder, made, git_root
             before.append(event)
             if re.search(r"tick-\d", event.message):
                 ticked.set()
+                # Read nothing more until cancelled: on a loaded machine the
+                # ticks can arrive in one burst, and a consumer that kept
+                # reading would have seen the whole build before its cancel.
+                await asyncio.Event().wait()
 
     # The service follows the build, then stops (its tasks are cancelled).
     task = asyncio.create_task(consume())
