@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from .helpers.gitserver import GitServer, add_commit, make_repo
+from .helpers.gitserver import add_commit, make_repo
 from .helpers.servers import Files, container, wait_server
 from .helpers.utils import HubUser, assert_json_error
 
@@ -23,15 +23,6 @@ pytestmark = [pytest.mark.hub, pytest.mark.docker]
 NOTEBOOK = json.dumps(
     {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}, indent=1
 ) + "\n"
-
-
-@pytest.fixture(scope="module")
-def content_server(hub, tmp_path_factory):
-    """A git server the servers' network reaches (on its gateway)."""
-    root = tmp_path_factory.mktemp("content-git")
-    server = GitServer(root, host=hub.gateway).start()
-    yield root, server
-    server.stop()
 
 
 def home_file(user, server, path):
@@ -139,3 +130,80 @@ async def test_refusals_name_the_field(alice, built_env, fields, field):
     assert r.status_code == 400 and f"{field}:" in r.text and "secret" not in r.text
     r = await alice.api("GET", "api/servers")
     assert "refused" not in {s["name"] for s in r.json()["servers"]}
+
+
+#: A hub whose servers have no home and keep their container when stopped.
+NO_HOME_CONFIG = """
+c.Repo2DockerSpawner.home_scope = "none"
+c.DockerSpawner.remove = False
+"""
+
+
+@pytest.fixture(scope="module")
+def no_home_hub(tmp_path_factory, test_images):
+    """A hub of its own (own ports, image prefix, database) with ``home_scope = "none"``
+    and ``remove = False``, on the same test network as the session's hub (so
+    ``content_server``, on that network's gateway, serves its servers too)."""
+    from .helpers.fixtures import running_hub
+
+    with running_hub(tmp_path_factory.mktemp("no-home-hub"), extra_config=NO_HOME_CONFIG) as info:
+        yield info
+
+
+async def test_content_is_pulled_into_a_server_with_no_home_and_updated_in_its_kept_container(
+    no_home_hub, dockerfile_repo, content_server
+):
+    hub = no_home_hub
+    root, git = content_server
+    make_repo(root, "lessons", {"intro.ipynb": NOTEBOOK, "lesson.md": "line 1\nline 2\n"})
+    url = git.url("lessons")
+    name = f"nohome{uuid.uuid4().hex[:6]}"
+    admin = await HubUser.login(hub, "admin")
+    user = await HubUser.login(hub, name)
+    files = Files(hub, name)
+    try:
+        env = await admin.create_env({"repo": dockerfile_repo, "name": "no-home-env"})
+        env = await admin.wait_env(env["uid"], {"built", "failed"})
+        assert env["status"] == "built", env
+
+        # first launch by the direct link, with content
+        r = await user.api(
+            "GET", "servers", params={"name": "kept", "environment": env["name"], "content": url}
+        )
+        assert r.status_code == 200, r.text
+        await wait_server(user, "kept")
+        first = container(name, "kept")
+        assert not [m for m in first["Mounts"] if m["Destination"] == "/home/jovyan"]
+        assert home_file(name, "kept", "lessons/intro.ipynb") == NOTEBOOK
+
+        # the user edits the lesson in the container; upstream changes it and adds a notebook
+        await files.write("kept", "lessons/lesson.md", "line 1\nmy answer\n")
+        add_commit(root, "lessons", {"lesson.md": "line 1\nline 2, fixed\n", "week2.ipynb": NOTEBOOK})
+
+        r = await user.api("DELETE", "api/servers/kept")
+        assert r.status_code == 202
+        await wait_server(user, "kept", "stopped")
+        stopped = container(name, "kept")
+        assert stopped["Id"] == first["Id"] and not stopped["State"]["Running"]
+
+        # launched again by the direct link: the same container, updated, the edit kept
+        r = await user.api("GET", "servers", params={"name": "kept", "content": url})
+        assert r.status_code == 200, r.text
+        await wait_server(user, "kept")
+        assert container(name, "kept")["Id"] == first["Id"]
+        assert home_file(name, "kept", "lessons/week2.ipynb") == NOTEBOOK
+        assert await files.read("kept", "lessons/lesson.md") == "line 1\nmy answer\n"
+        owner = subprocess.run(
+            ["docker", "exec", first["Id"], "stat", "-c", "%u", "/home/jovyan/lessons/week2.ipynb"],
+            capture_output=True, text=True,
+        )
+        assert owner.stdout.strip() == "1000", owner
+        log = (hub.workdir / "jupyterhub.log").read_text()
+        assert not [l for l in log.splitlines() if "was not pulled" in l and name in l]
+        pulls = [l for l in log.splitlines() if "Pulling" in l and "it has no home" in l and name in l]
+        assert len(pulls) == 2, pulls
+    finally:
+        await user.api("DELETE", "api/servers/kept", params={"remove": "true"})
+        await files.close()
+        await user.close()
+        await admin.close()

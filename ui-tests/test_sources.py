@@ -14,7 +14,16 @@ import pytest
 from playwright.async_api import expect
 
 from tests.helpers.fixtures import SINGLEUSER_IMAGE
-from ui_helpers import env_row, goto, open_environments, row_action, service_path, wait_status
+from ui_helpers import (
+    env_row,
+    find_env,
+    goto,
+    more_button,
+    open_environments,
+    row_action,
+    service_path,
+    wait_status,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -304,3 +313,110 @@ async def test_a_running_build_shows_its_phase_next_to_the_elapsed_time(admin_pa
         await expect(status.locator(".env-phase")).to_have_text("building")
     finally:
         await admin.api("POST", f"api/environments/{env['uid']}/cancel")
+
+
+async def test_files_are_edited_into_the_next_version_then_rolled_back(admin_page, admin, run_id, test_images):
+    """A files environment made in the page, edited in its Edit files dialog
+    into version 2, rolled back to version 1 in History: its files are version 1's again."""
+    page = admin_page
+    name = f"Files edit {run_id}"
+    first = {"Dockerfile": f"FROM {SINGLEUSER_IMAGE}\nRUN echo 'edit one {run_id}'\n"}
+    second = {
+        "Dockerfile": f"FROM {SINGLEUSER_IMAGE}\nRUN echo 'edit two {run_id}'\n",
+        "notes.txt": "added in the dialog\n",
+    }
+    try:
+        dialog = await open_add_dialog(page)
+        await dialog.get_by_role("tab", name="Files").click()
+        await dialog.get_by_role("button", name="Dockerfile").click()
+        await page.locator("#add-file-list .file-text").first.fill(first["Dockerfile"])
+        await page.locator("#add-name").fill(name)
+        limits = re.search(r"up to .* in all", await page.locator("#add-files-help").inner_text()).group(0)
+        await dialog.get_by_role("button", name="Add and build").click()
+        await expect(dialog).to_be_hidden()
+        row = env_row(page, name)
+        await built(row)
+        uid = await row.get_attribute("data-uid")
+
+        # The dialog loads the current files, and says the same limits as the Add dialog.
+        await row_action(row, f"Edit files {name}")
+        edit = page.locator("#files-dialog")
+        await expect(edit).to_be_visible()
+        await expect(edit.locator(".modal-title")).to_have_text(f"Edit files: {name}")
+        paths, texts = edit.locator(".file-path"), edit.locator(".file-text")
+        await expect(paths).to_have_count(1)
+        await expect(paths.nth(0)).to_have_value("Dockerfile")
+        await expect(paths.nth(0)).to_be_focused()
+        await expect(texts.nth(0)).to_have_value(first["Dockerfile"])
+        await expect(page.locator("#files-edit-help")).to_contain_text(limits)
+        save = edit.get_by_role("button", name="Save and build")
+
+        # Unchanged files: the API's message, in the dialog, which stays open.
+        await save.click()
+        await expect(page.locator("#files-status")).to_contain_text("Already built from the same files")
+        await expect(edit).to_be_visible()
+
+        # A file the API refuses is named next to the files.
+        await edit.get_by_role("button", name="Add a file").click()
+        await expect(paths).to_have_count(2)
+        await expect(paths.nth(1)).to_be_focused()
+        await paths.nth(1).fill("../outside.txt")
+        await texts.nth(1).fill("x")
+        await save.click()
+        files_set = page.locator("#files-edit")
+        await expect(files_set).to_have_attribute("aria-invalid", "true")
+        await expect(page.locator("#files-edit-error")).to_contain_text(re.compile(r"^Files: the path .*outside\.txt.* leaves the folder"))
+        await expect(page.locator("#files-status")).to_be_hidden()
+
+        # Edited, added and removed: saved as the next version, built.
+        await paths.nth(1).fill("notes.txt")
+        await texts.nth(1).fill(second["notes.txt"])
+        await texts.nth(0).fill(second["Dockerfile"])
+        await edit.get_by_role("button", name="Add a file").click()
+        await expect(paths).to_have_count(3)
+        await paths.nth(2).fill("postBuild")
+        await edit.get_by_role("button", name=re.compile(r"^Remove file")).nth(2).click()
+        await expect(paths).to_have_count(2)
+        await save.click()
+        await expect(edit).to_be_hidden()
+        await expect(files_set).not_to_have_attribute("aria-invalid", "true")
+        # Not offered while the build runs (read at once, with the status the row has then).
+        state = await row.evaluate(
+            "(tr) => [tr.dataset.status, Boolean(tr.querySelector('[data-action=\"edit-files\"]'))]"
+        )
+        if state[0] in ("queued", "building"):
+            assert state[1] is False, state
+        await built(row)
+        versions = (await admin.api("GET", f"api/environments/{uid}/versions")).json()["versions"]
+        assert [v["number"] for v in versions] == [2, 1]
+        r = await admin.api("GET", f"api/environments/{uid}/versions/{versions[0]['id']}/files")
+        assert r.json()["files"] == second
+
+        # Rolled back to version 1 in History.
+        await row_action(row, f"History {name}")
+        history = page.locator("#history-dialog")
+        rows = history.locator("tbody tr[data-id]")
+        await expect(rows).to_have_count(2)
+        await rows.nth(1).get_by_role("button", name="Roll back to version 1").click()
+        await history.locator(".history-confirm").get_by_role("button", name="Roll back").click()
+        await expect(rows.nth(1).locator(".version-current")).to_be_visible()
+        await page.keyboard.press("Escape")
+        await expect(history).to_be_hidden()
+
+        # The API and the dialog show version 1's files.
+        r = await admin.api("GET", f"api/environments/{uid}")
+        assert r.status_code == 200, r.text
+        assert r.json()["files"] == first
+        await row_action(row, f"Edit files {name}")
+        await expect(edit).to_be_visible()
+        await expect(paths).to_have_count(1)
+        await expect(paths.nth(0)).to_have_value("Dockerfile")
+        await expect(texts.nth(0)).to_have_value(first["Dockerfile"])
+        await expect(page.locator("#files-status")).to_be_hidden()
+        await page.keyboard.press("Escape")
+        await expect(edit).to_be_hidden()
+        await expect(more_button(row)).to_be_focused()
+    finally:
+        env = await find_env(admin, name)
+        if env is not None:
+            await admin.delete_env(env["uid"])

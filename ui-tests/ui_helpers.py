@@ -5,6 +5,7 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
+from tests.helpers.fixtures import need
 from tests.helpers.utils import SERVICE
 
 VIEWPORT = {"width": 1280, "height": 900}
@@ -164,3 +165,32 @@ async def focus_target(row, label):
 
 #: axe-core, installed by ``./dev setup`` (npm ci in ui-tests/).
 AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
+
+#: The axe-core ratings that fail a test.
+AXE_BLOCKING = ("serious", "critical")
+
+
+async def axe_violations(page, context="document"):
+    """The serious and critical axe-core violations of ``page`` (or of the part
+    the CSS selector ``context`` names): dicts with id, impact, help and the
+    first elements with what is wrong with them. axe is injected once per page.
+    """
+    if not AXE.exists():
+        need(f"axe-core is not installed at {AXE} (cd ui-tests && npm ci)")
+    if not await page.evaluate("() => typeof window.axe !== 'undefined'"):
+        await page.add_script_tag(path=str(AXE))
+    violations = await page.evaluate(
+        """(context) => axe.run(context === 'document' ? document : context, {resultTypes: ['violations']})
+          .then((r) => r.violations.map((v) => ({id: v.id, impact: v.impact, help: v.help,
+            nodes: v.nodes.slice(0, 5).map((n) => n.target.join(' ') + ': ' + n.failureSummary)})))""",
+        context,
+    )
+    return [v for v in violations if v["impact"] in AXE_BLOCKING]
+
+
+async def assert_accessible(page, where="", context="document"):
+    """Fail, naming the rules and elements, if axe finds a serious or critical violation."""
+    blocking = await axe_violations(page, context)
+    assert not blocking, f"{where or page.url}: " + "\n".join(
+        f"{v['id']} ({v['impact']}): {v['help']}\n  " + "\n  ".join(v["nodes"]) for v in blocking
+    )

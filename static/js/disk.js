@@ -44,7 +44,15 @@
     return env.versions.map((v, i) =>
       el(
         "tr",
-        { dataset: { uid: env.uid, version: String(v.id) }, class: v.removable ? "table-warning" : null },
+        {
+          dataset: { uid: env.uid, version: String(v.id) },
+          // One card per environment on a phone (tljh_repo2docker.css .table-cards).
+          class: [
+            v.removable ? "table-warning" : "",
+            i > 0 ? "card-continued" : "",
+            i < env.versions.length - 1 ? "card-continues" : "",
+          ].join(" ").trim() || null,
+        },
         i === 0
           ? el(
               "th",
@@ -53,13 +61,13 @@
               el("div", { class: "small fw-normal text-body-secondary" }, `${env.owner || ""} · ${R.formatSize(env.size || 0)} in all`)
             )
           : null,
-        el("td", {}, `v${v.number}`),
-        el("td", { class: "small text-break" }, v.image_name),
-        el("td", { class: "text-end text-nowrap version-size" }, size(v.size)),
-        el("td", { class: "version-servers" }, v.servers === null ? muted("unknown") : String(v.servers)),
+        el("td", { "data-label": "Version" }, `v${v.number}`),
+        el("td", { class: "small text-break", "data-label": "Image" }, v.image_name),
+        el("td", { class: "text-end text-nowrap version-size", "data-label": "Size" }, size(v.size)),
+        el("td", { class: "version-servers", "data-label": "Servers" }, v.servers === null ? muted("unknown") : String(v.servers)),
         el(
           "td",
-          { class: "version-state" },
+          { class: "version-state", "data-label": "State" },
           v.current ? badge("current", "success") : null,
           v.servers ? badge("in use", "info") : null,
           v.removable ? badge("removable", "warning") : null,

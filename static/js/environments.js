@@ -330,6 +330,10 @@
 
   function menuItems(env) {
     const items = [];
+    if (manages(env) && env.source === "files" && !ACTIVE.has(env.status)) {
+      // Its files, saved as the next version (not while a build runs: that one would be refused).
+      items.push(menuItem(env, "edit-files", "Edit files", "fa-pen-to-square", { title: "Change its files and build them as the next version" }));
+    }
     if (manages(env)) {
       const sharing = describeSharing(env.sharing);
       items.push(menuItem(env, "share", "Share", "fa-share-nodes", { title: `Shared with: ${sharing}` }));
@@ -687,6 +691,7 @@
       rebuild: () => rebuild(env, button),
       cancel: () => cancel(env, button),
       share: () => openShareDialog(env, button),
+      "edit-files": () => openFilesDialog(env, button),
       "auto-rebuild": () => R.autoRebuild.toggle(env, button, upsert, showPageError),
       webhook: () => R.autoRebuild.openWebhook(env, rowControl(env.uid, "webhook"), upsert),
       remove: () => remove(env, button),
@@ -983,7 +988,7 @@
     for (const part of form.querySelectorAll("[data-sources]")) {
       part.hidden = !part.dataset.sources.split(" ").includes(name);
     }
-    if (name === "files" && !fileList.children.length) addFile("", "");
+    if (name === "files" && !fileList.children.length) addFiles.addFile("", "");
     document.getElementById("add-name-help").textContent =
       name === "git"
         ? "Shown to users; up to 100 characters. Suggested from the repository URL."
@@ -1013,61 +1018,103 @@
     });
   }
 
-  // Files written in the page: a path and a text each.
-  let fileCount = 0;
+  // -- the file editor: files written in the page, a path and a text each --
+  //
+  // Shared by the Add dialog's Files tab and the Edit files dialog.
 
-  function addFile(path, text) {
-    fileCount += 1;
-    const id = `add-file-${fileCount}`;
-    const item = el(
-      "div",
-      { class: "file-item border rounded p-2 mb-2" },
-      el(
+  /**
+   * A file editor in ``list`` (an element that holds one item per file);
+   * ``addButton`` adds an empty file, ``prefix`` keeps the ids of the two
+   * dialogs' inputs apart. Returns {addFile, setFiles, clear, body}.
+   */
+  function fileEditor(list, { prefix, addButton }) {
+    let count = 0;
+
+    /** Append a file item (its path and text filled in); returns the item. */
+    function addFile(path, text) {
+      count += 1;
+      const id = `${prefix}-${count}`;
+      const item = el(
         "div",
-        { class: "d-flex gap-2 align-items-end mb-1" },
+        { class: "file-item border rounded p-2 mb-2" },
         el(
           "div",
-          { class: "flex-grow-1" },
-          el("label", { class: "form-label small mb-0", for: `${id}-path` }, `Path of file ${fileCount}`),
-          el("input", {
-            class: "form-control form-control-sm font-monospace file-path",
-            id: `${id}-path`,
-            type: "text",
-            autocomplete: "off",
-            spellcheck: "false",
-            placeholder: "requirements.txt",
-          })
+          { class: "d-flex gap-2 align-items-end mb-1" },
+          el(
+            "div",
+            { class: "flex-grow-1" },
+            el("label", { class: "form-label small mb-0", for: `${id}-path` }, `Path of file ${count}`),
+            el("input", {
+              class: "form-control form-control-sm font-monospace file-path",
+              id: `${id}-path`,
+              type: "text",
+              autocomplete: "off",
+              spellcheck: "false",
+              placeholder: "requirements.txt",
+            })
+          ),
+          el(
+            "button",
+            { type: "button", class: "btn btn-sm btn-outline-danger file-remove", "aria-label": `Remove file ${count}` },
+            icon("fa-trash"),
+            el("span", { class: "ms-1 env-action-label" }, "Remove")
+          )
         ),
-        el(
-          "button",
-          { type: "button", class: "btn btn-sm btn-outline-danger file-remove", "aria-label": `Remove file ${fileCount}` },
-          icon("fa-trash"),
-          el("span", { class: "ms-1 env-action-label" }, "Remove")
-        )
-      ),
-      el("label", { class: "visually-hidden", for: `${id}-text` }, `Content of file ${fileCount}`),
-      el("textarea", { class: "form-control form-control-sm font-monospace file-text", id: `${id}-text`, rows: "5", spellcheck: "false" })
-    );
-    item.querySelector(".file-path").value = path;
-    item.querySelector(".file-text").value = text;
-    fileList.append(item);
-    return item;
+        el("label", { class: "visually-hidden", for: `${id}-text` }, `Content of file ${count}`),
+        el("textarea", { class: "form-control form-control-sm font-monospace file-text", id: `${id}-text`, rows: "5", spellcheck: "false" })
+      );
+      item.querySelector(".file-path").value = path;
+      item.querySelector(".file-text").value = text;
+      list.append(item);
+      return item;
+    }
+
+    function clear() {
+      list.replaceChildren();
+      count = 0;
+    }
+
+    /** Replace the items with ``files`` ({path: text}, in its order). */
+    function setFiles(files) {
+      clear();
+      for (const [path, text] of Object.entries(files)) addFile(path, text);
+    }
+
+    /** {path: text} of the items, or throws an ApiError naming "files" (as the API would). */
+    function body() {
+      const files = {};
+      for (const item of list.querySelectorAll(".file-item")) {
+        const path = item.querySelector(".file-path").value.trim();
+        const text = item.querySelector(".file-text").value;
+        if (!path && !text) continue;
+        if (!path) throw new R.ApiError(400, "files: every file needs a path", "files");
+        if (path in files) throw new R.ApiError(400, `files: ${path} is there twice`, "files");
+        files[path] = text;
+      }
+      if (!Object.keys(files).length) throw new R.ApiError(400, "files: give at least one file", "files");
+      return files;
+    }
+
+    // Removing a file moves the focus to a neighbour (or to "Add a file").
+    list.addEventListener("click", (event) => {
+      const button = event.target.closest(".file-remove");
+      if (!button) return;
+      const item = button.closest(".file-item");
+      const next = item.nextElementSibling || item.previousElementSibling;
+      item.remove();
+      const target = next ? next.querySelector(".file-path") : addButton;
+      target.focus();
+      R.announce("File removed");
+    });
+
+    addButton.addEventListener("click", () => {
+      addFile("", "").querySelector(".file-path").focus();
+    });
+
+    return { addFile, setFiles, clear, body };
   }
 
-  fileList.addEventListener("click", (event) => {
-    const button = event.target.closest(".file-remove");
-    if (!button) return;
-    const item = button.closest(".file-item");
-    const next = item.nextElementSibling || item.previousElementSibling;
-    item.remove();
-    const target = next ? next.querySelector(".file-path") : document.getElementById("add-file");
-    target.focus();
-    R.announce("File removed");
-  });
-
-  document.getElementById("add-file").addEventListener("click", () => {
-    addFile("", "").querySelector(".file-path").focus();
-  });
+  const addFiles = fileEditor(fileList, { prefix: "add-file", addButton: document.getElementById("add-file") });
 
   const STARTERS = {
     pip: { "requirements.txt": "numpy\npandas\nmatplotlib\n" },
@@ -1087,27 +1134,10 @@
 
   for (const button of form.querySelectorAll("[data-starter]")) {
     button.addEventListener("click", () => {
-      fileList.replaceChildren();
-      const files = STARTERS[button.dataset.starter];
-      for (const [path, text] of Object.entries(files)) addFile(path, text);
+      addFiles.setFiles(STARTERS[button.dataset.starter]);
       fileList.querySelector(".file-text").focus();
       R.announce(`Started from ${button.textContent.trim()}`);
     });
-  }
-
-  /** {path: text} of the files tab, or throws an ApiError naming "files". */
-  function filesBody() {
-    const files = {};
-    for (const item of fileList.querySelectorAll(".file-item")) {
-      const path = item.querySelector(".file-path").value.trim();
-      const text = item.querySelector(".file-text").value;
-      if (!path && !text) continue;
-      if (!path) throw new R.ApiError(400, "files: every file needs a path", "files");
-      if (path in files) throw new R.ApiError(400, `files: ${path} is there twice`, "files");
-      files[path] = text;
-    }
-    if (!Object.keys(files).length) throw new R.ApiError(400, "files: give at least one file", "files");
-    return files;
   }
 
   /** Why ``file`` cannot be sent (its size), or null. */
@@ -1166,7 +1196,7 @@
       if (select.value) selectors[select.dataset.key] = select.value;
     }
     if (Object.keys(selectors).length) body.node_selector = selectors;
-    if (source === "files") body.files = filesBody();
+    if (source === "files") body.files = addFiles.body();
     if (source === "archive") body.archive = await archiveBody();
     return body;
   }
@@ -1200,7 +1230,7 @@
       const env = await R.api("POST", "api/environments", await formBody());
       bootstrap.Modal.getInstance(addDialog).hide();
       form.reset();
-      fileList.replaceChildren();
+      addFiles.clear();
       selectSource("git", false);
       nameEdited = false;
       upsert(env);
@@ -1209,6 +1239,94 @@
       showAddError(e).focus();
     } finally {
       R.setBusy(submit, false);
+    }
+  });
+
+  // -- Edit files: the files of an environment from files, as its next version --
+
+  const filesDialog = document.getElementById("files-dialog");
+  const filesForm = document.getElementById("files-form");
+  const filesStatus = document.getElementById("files-status");
+  const filesSubmit = document.getElementById("files-submit");
+  const editFiles = fileEditor(document.getElementById("files-list"), {
+    prefix: "edit-file",
+    addButton: document.getElementById("files-add"),
+  });
+  let filesTarget = null;
+  let filesLoads = 0; // the dialog may be closed and opened again while its files load
+
+  /** A line above the files: loading, or the API's "nothing changed" (null: none). */
+  function setFilesStatus(text) {
+    filesStatus.textContent = text || "";
+    filesStatus.classList.toggle("d-none", !text);
+  }
+
+  async function openFilesDialog(env, button) {
+    filesTarget = env;
+    const load = ++filesLoads;
+    R.clearErrors(filesForm);
+    editFiles.clear();
+    filesDialog.querySelector(".modal-title").textContent = `Edit files: ${env.name}`;
+    setFilesStatus("Loading the files…");
+    filesSubmit.disabled = true;
+    // The first path gets the focus once the dialog is shown and the files are there.
+    const shown = new Promise((resolve) => filesDialog.addEventListener("shown.bs.modal", resolve, { once: true }));
+    R.openModal(filesDialog, rowControl(env.uid, button.dataset.action));
+    try {
+      // The list carries no files: the environment's own answer does.
+      const model = await R.api("GET", `api/environments/${encodeURIComponent(env.uid)}`);
+      if (load !== filesLoads) return;
+      const files = model.files || {};
+      const sorted = {};
+      for (const path of Object.keys(files).sort()) sorted[path] = files[path];
+      editFiles.setFiles(sorted);
+      if (!Object.keys(sorted).length) editFiles.addFile("", "");
+      setFilesStatus(null);
+      filesSubmit.disabled = false;
+      await shown;
+      if (load === filesLoads) filesForm.querySelector(".file-path").focus();
+    } catch (e) {
+      if (load !== filesLoads) return;
+      setFilesStatus(null);
+      R.showError(filesForm, new R.ApiError(e.status, `Could not load the files: ${e.message}`)).focus();
+    }
+  }
+
+  filesDialog.addEventListener("hidden.bs.modal", () => {
+    filesLoads += 1; // a load still running is dropped
+    editFiles.clear();
+  });
+
+  filesForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const env = filesTarget;
+    R.clearErrors(filesForm);
+    setFilesStatus(null);
+    let files;
+    try {
+      files = editFiles.body();
+    } catch (e) {
+      R.showError(filesForm, e).focus();
+      return;
+    }
+    R.setBusy(filesSubmit, true, "Saving");
+    try {
+      const answer = await R.api("PATCH", `api/environments/${encodeURIComponent(env.uid)}`, { files });
+      upsert(answer);
+      if (answer.message) {
+        // The same files as the current version: stored, nothing built. The dialog stays open.
+        setFilesStatus(answer.message);
+        R.announce(`${env.name}: ${answer.message}`);
+      } else {
+        bootstrap.Modal.getInstance(filesDialog).hide();
+        R.announce(`${env.name}: new files saved, building the next version`);
+      }
+    } catch (e) {
+      // A refused file names "files" (or "files.<path>"): shown next to the files.
+      if (e.field && /^files[.[]/.test(e.field)) e.field = "files";
+      R.showError(filesForm, e).focus();
+    } finally {
+      R.setBusy(filesSubmit, false);
     }
   });
 

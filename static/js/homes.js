@@ -39,17 +39,17 @@
         home.user || muted("unknown"),
         el("div", { class: "small text-body-secondary fw-normal home-volume" }, home.name)
       ),
-      el("td", { class: "home-server" }, home.server || muted("–")),
-      el("td", { class: "home-environment" }, environment || muted("–")),
+      el("td", { class: "home-server", "data-label": "Server" }, home.server || muted("–")),
+      el("td", { class: "home-environment", "data-label": "Environment" }, environment || muted("–")),
       el(
         "td",
-        { class: "home-size text-end text-nowrap" },
+        { class: "home-size text-end text-nowrap", "data-label": "Size" },
         home.size === null ? muted("unknown") : R.formatSize(home.size)
       ),
-      el("td", { class: "home-created" }, R.timeElement(home.created)),
+      el("td", { class: "home-created", "data-label": "Created" }, R.timeElement(home.created)),
       el(
         "td",
-        { class: "home-in-use" },
+        { class: "home-in-use", "data-label": "In use by" },
         inUse
           ? home.in_use_by.map((name) => el("span", { class: "badge text-bg-info me-1" }, name))
           : muted("–")

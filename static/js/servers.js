@@ -80,7 +80,7 @@
   function environmentCell(server) {
     return el(
       "td",
-      { class: "server-environment" },
+      { class: "server-environment", "data-label": "Environment" },
       server.environment || el("span", { class: "text-body-secondary" }, "unknown"),
       versionHint(server)
     );
@@ -114,7 +114,7 @@
   function statusCell(server) {
     return el(
       "td",
-      { class: "server-status" },
+      { class: "server-status", "data-label": "Status" },
       statusBadge(server),
       server.error && server.name === explainedAbove
         ? el("div", { class: "server-error small text-danger mt-1" }, "Why: see the message above.")
@@ -137,7 +137,7 @@
       el("th", { scope: "row", class: "server-name" }, name),
       environmentCell(server),
       statusCell(server),
-      el("td", { class: "server-activity" }, R.timeElement(server.last_activity)),
+      el("td", { class: "server-activity", "data-label": "Last activity" }, R.timeElement(server.last_activity)),
       actions(server)
     );
   }

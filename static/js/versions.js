@@ -166,7 +166,7 @@
     if (version.package_count) more.append(packagesDetails(version));
     if (previous) more.append(diffDetails(version, previous));
     if (more.childElementCount) cell.append(more);
-    return el("tr", { class: `version-details ${version.current ? "table-active" : ""}`, dataset: { detailsOf: String(version.id) } }, cell);
+    return el("tr", { class: `version-details card-continued ${version.current ? "table-active" : ""}`, dataset: { detailsOf: String(version.id) } }, cell);
   }
 
   function row(version) {
@@ -214,14 +214,14 @@
     const action = rollback || rebuild ? el("span", { class: "text-nowrap" }, rollback, rebuild) : null;
     return el(
       "tr",
-      { dataset: { id: String(version.id) }, class: version.current ? "table-active" : "" },
+      { dataset: { id: String(version.id) }, class: `card-continues ${version.current ? "table-active" : ""}`.trim() },
       el("th", { scope: "row", class: "version-number" }, `v${version.number} `, current, checkFailed),
-      el("td", { class: "version-commit" }, commit),
-      el("td", { class: "version-built" }, R.timeElement(version.built_at)),
-      el("td", { class: "text-end text-nowrap" }, R.formatSize(version.size) || "–"),
-      el("td", { class: "text-end text-nowrap" }, formatDuration(version.duration)),
-      el("td", { class: "version-by" }, version.built_by || (version.reason && version.reason !== "request" ? version.reason : "–")),
-      el("td", { class: "version-servers text-end" }, describeServers(version.servers)),
+      el("td", { class: "version-commit", "data-label": "Commit" }, commit),
+      el("td", { class: "version-built", "data-label": "Built" }, R.timeElement(version.built_at)),
+      el("td", { class: "text-end text-nowrap", "data-label": "Size" }, R.formatSize(version.size) || "–"),
+      el("td", { class: "text-end text-nowrap", "data-label": "Duration" }, formatDuration(version.duration)),
+      el("td", { class: "version-by", "data-label": "Built by" }, version.built_by || (version.reason && version.reason !== "request" ? version.reason : "–")),
+      el("td", { class: "version-servers text-end", "data-label": "Servers" }, describeServers(version.servers)),
       el("td", { class: "text-end" }, action)
     );
   }

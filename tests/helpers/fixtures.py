@@ -21,6 +21,9 @@ Real components, started once per session:
   stop its JupyterHub and start it again on the same configuration.
 - ``sqlite_sessions``: sessions of a fresh SQLite database made by the
   migrations, for tests of the service's parts without a hub.
+- ``content_server``: ``(root, server)``, a git server on the hub's Docker
+  gateway, which the servers' containers reach (content pulled at launch);
+  repositories are made with ``make_repo(root, ...)``.
 - ``built_env``: one environment built through the service's API, shared by
   the tests that only need "some built environment".
 - ``repo``: ``repo(files) -> (name, url)`` makes a repository on the git
@@ -116,6 +119,21 @@ def private_git_server(private_git_root):
         private_git_root, username="builder", password=utils.SECRET_PASSWORD
     ).start()
     yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def content_server(hub, tmp_path_factory):
+    """A git server the servers' network reaches (on its gateway): ``(root, server)``.
+
+    The git server above listens on 127.0.0.1, which builds reach through the
+    host network but a server's container cannot; content pulled at launch
+    runs on the servers' network, so it needs this one. Module scope keeps
+    each module's repositories apart.
+    """
+    root = tmp_path_factory.mktemp("content-git")
+    server = GitServer(root, host=hub.gateway).start()
+    yield root, server
     server.stop()
 
 
