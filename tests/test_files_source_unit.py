@@ -172,6 +172,17 @@ def test_tar_links_and_devices_refused(kind):
     assert "innocent" in reason
 
 
+def test_zip_name_with_nul_refused_not_cut():
+    """Python's zipfile cuts a member's name at its first NUL ("ok.txt"):
+    the name as stored in the archive is the one checked."""
+    placeholder = b"PLACEHOLDER-NAME"
+    hostile = b"ok.txt\x00../../xyz"
+    assert len(hostile) == len(placeholder)
+    raw = zip_of([(placeholder.decode(), b"x")]).replace(placeholder, hostile)
+    assert zipfile.ZipFile(io.BytesIO(raw)).namelist() == ["ok.txt"]
+    assert "control characters" in refused(lambda: unpack(raw), "archive")
+
+
 def test_zip_symlink_refused():
     info = zipfile.ZipInfo("link")
     info.create_system = 3

@@ -15,8 +15,14 @@ refuses with 409 only once the whole body has passed its checks. Only
 environments created here are rebuilt, cancelled or deleted.
 
 ``FUZZ_EXAMPLES`` (default 200) sets the examples per operation and mode.
+
+Archives are fuzzed from the inside too: generated ``.tar.gz``, ``.zip`` and
+plain ``.tar`` files with hostile members (tests/helpers/archives.py), each
+refused naming the field or, when every member passes, meeting a taken name.
+``FUZZ_ARCHIVES`` (default 300) sets how many.
 """
 
+import base64
 import collections
 import contextlib
 import copy
@@ -43,8 +49,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tljh_repo2docker import TLJH_R2D_ADMIN_SCOPE
+from tljh_repo2docker.app import TljhRepo2Docker
 from tljh_repo2docker.paths import OPENAPI
 
+from .helpers import archives
 from .helpers.utils import SERVICE, assert_json_error, figure, make_token
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker]
@@ -542,3 +550,87 @@ def test_generated_webhook_calls_are_refused(fuzzer):
 
     run()
     assert fuzzer.count() == before
+
+
+# -- archives: what is inside them ------------------------------------------------
+
+#: Generated archives per run (tests/helpers/archives.py says what is in them).
+ARCHIVES = int(os.environ.get("FUZZ_ARCHIVES", "300"))
+#: Archive ``i`` of a run is ``archives.generate(i, limits, ARCHIVE_SEED)``, made alone.
+ARCHIVE_SEED = 23
+#: One refused archive in this many is sent to PATCH of a files environment too.
+PATCH_EVERY = 4
+
+
+@pytest.fixture(scope="module")
+def files_env(fuzzer):
+    """An environment from files, for PATCH: its one build fails at once
+    (its Dockerfile is not one)."""
+    r = fuzzer.request(
+        "POST", "api/environments",
+        json={"files": {"Dockerfile": "not a Dockerfile\n"},
+              "name": f"hostile-files-{uuid.uuid4().hex[:8]}"},
+    )
+    assert r.status_code == 202, r.text
+    uid = r.json()["uid"]
+    fuzzer.created.append(uid)
+    fuzzer.wait_done(uid)
+    return uid
+
+
+def _archive_answer(r, verdict, where):
+    """Check the answer to one generated archive against what it must be:
+    400 naming ``archive`` or ``files`` when a member breaks a rule; 409
+    naming ``name`` (the sentinel's, taken) when every member passes.
+    Returns ``(status, field)``."""
+    where = f"{where} -> {r.status_code}: {r.text[:500]}"
+    assert r.status_code < 500, where
+    body = assert_json_error(r, r.status_code)
+    if r.status_code == 409:
+        field = body["message"].split(":", 1)[0]
+        assert field == "name", where
+        assert verdict != archives.REFUSED, f"a refused archive passed the checks: {where}"
+    else:
+        field = body.get("field")
+        assert r.status_code == 400 and field in ("archive", "files"), where
+        assert verdict != archives.CLEAN, f"a valid archive was refused: {where}"
+    return r.status_code, field
+
+
+def test_generated_archives_are_refused_naming_the_field_or_pass_whole(fuzzer, files_env):
+    """Archives with hostile insides (tests/helpers/archives.py), sent as
+    ``archive`` to ``POST api/environments`` with the sentinel's name, and
+    one refused archive in PATCH_EVERY to PATCH of a files environment: each
+    is refused naming the field, or passes every check of its members and
+    meets the name taken (409, nothing built). Nothing is ever stored."""
+    limits = archives.Limits.defaults(TljhRepo2Docker)  # the test hub sets none
+    for uid in fuzzer.created:  # builds of earlier tests would change the list
+        fuzzer.wait_done(uid)
+    listed = fuzzer.request("GET", "api/environments").json()["environments"]
+    patched = fuzzer.request("GET", f"api/environments/{files_env}").json()
+    count = fuzzer.count()
+    answers = collections.Counter()
+    try:
+        for index in range(ARCHIVES):
+            archive = archives.generate(index, limits, ARCHIVE_SEED)
+            packed = archive.pack()
+            verdict = archive.verdict(packed, limits)
+            text = base64.b64encode(packed).decode("ascii")
+            where = (
+                f"archives.generate({index}, limits, {ARCHIVE_SEED}) ({verdict}):\n"
+                f"{archive.describe()}\n"
+            )
+            r = fuzzer.request(
+                "POST", "api/environments", json={"name": fuzzer.sentinel_name, "archive": text}
+            )
+            answers["POST", *_archive_answer(r, verdict, "POST " + where)] += 1
+            assert fuzzer.count() == count, f"stored: {where}"
+            if verdict == archives.REFUSED and index % PATCH_EVERY == 0:
+                r = fuzzer.request("PATCH", f"api/environments/{files_env}", json={"archive": text})
+                answers["PATCH", *_archive_answer(r, verdict, "PATCH " + where)] += 1
+    finally:
+        shown = {f"{method} {status} ({field})": n for (method, status, field), n in sorted(answers.items())}
+        figure(f"generated archives: {ARCHIVES}, answers: {shown}")
+    assert fuzzer.count() == count
+    assert fuzzer.request("GET", "api/environments").json()["environments"] == listed
+    assert fuzzer.request("GET", f"api/environments/{files_env}").json() == patched

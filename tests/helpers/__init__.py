@@ -21,6 +21,8 @@ cluster (``kubecluster``); and, for some tests each:
 - ``kubehub``: a JupyterHub with ``Repo2DockerKubeSpawner`` on the real cluster
   (``Cluster``, ``cleanup_images``).
 - ``binderhub_real``: the real BinderHub as the hub's service ``binder`` (``binderhub_hub``, ``serve_git``).
+- ``archives``: generated hostile archives and the answer each must get
+  (``generate``, ``Archive.verdict``), for the hostile-input tests.
 
 Test modules import from here, never from each other
 (``tests/test_test_layout.py`` checks it).

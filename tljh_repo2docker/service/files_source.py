@@ -267,7 +267,8 @@ def _unzip(raw, unpacked):
     if declared > unpacked.max_size:
         raise unpacked.too_large()
     for member in members:
-        path = unpacked.name(member.filename)
+        # zipfile cuts a name at its first NUL; the name as stored is checked.
+        path = unpacked.name(member.orig_filename)
         # Made on Unix, the mode's file type (when there is one) says what it is.
         kind = stat.S_IFMT(member.external_attr >> 16) if member.create_system == 3 else 0
         if kind == stat.S_IFLNK:
