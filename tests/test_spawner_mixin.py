@@ -4,7 +4,9 @@ Like Plasma's TLJH plugin: ``class S(SpawnerMixin, SystemUserSpawner)``
 that filters ``list_images()`` by the user's JupyterHub groups and calls
 ``set_limits()`` in its ``start``. What the filter leaves out is neither
 offered on the spawn form nor started, whether asked for through the form
-or through the hub's REST API with hand-made user_options.
+or through the hub's REST API with hand-made user_options. A start refused
+through the REST API leaves no server behind when the server never ran
+(issue 24); the spawn form's Start button is legible (its contrast).
 """
 
 import html
@@ -14,14 +16,19 @@ import re
 import subprocess
 import time
 import uuid
+from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
+from jupyterhub.objects import Hub
 
 from tests.helpers.fixtures import running_hub
 from tests.helpers.environments import build_environment
+from tests.helpers.fakes import FakeDocker, env_labels, spawner_maker
 from tests.helpers.utils import HubUser, admin_api, next_image_prefix
+from tljh_repo2docker.spawner import Repo2DockerSpawner
+from tljh_repo2docker.spawners import mixin
 
-pytestmark = [pytest.mark.hub, pytest.mark.docker]
 
 RUN = f"mx{os.getpid() % 100000}"
 USER = f"{RUN}gina"
@@ -129,6 +136,8 @@ def group_hub(tmp_path_factory, test_images):
         subprocess.run(["docker", "rmi", "-f", *images.values()], capture_output=True)
 
 
+@pytest.mark.hub
+@pytest.mark.docker
 async def test_the_filter_decides_what_is_offered_and_started(group_hub):
     hub, images = group_hub
     gina = await HubUser.login(hub, USER)
@@ -177,3 +186,213 @@ async def test_the_filter_decides_what_is_offered_and_started(group_hub):
         assert not ready and "not one of the environments offered to you" in message
     finally:
         await gina.close()
+
+
+# -- a refused start leaves no server behind (issue 24) ----------------------------------
+
+
+def servers_of(hub):
+    """The servers of USER the hub has a record of, started or not."""
+    with admin_api(hub) as api:
+        r = api.get(f"users/{USER}", params={"include_stopped_servers": "1"})
+        r.raise_for_status()
+        return r.json()["servers"]
+
+
+def gone(hub, server, wait=10):
+    """True once the hub has no record of ``server`` (within ``wait`` seconds)."""
+    deadline = time.monotonic() + wait
+    while server in servers_of(hub):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def settled(hub, server, wait=30):
+    """The model of ``server`` once nothing is pending on it (the hub is done with it)."""
+    deadline = time.monotonic() + wait
+    while True:
+        model = servers_of(hub).get(server)
+        if model is None or not model.get("pending"):
+            return model
+        assert time.monotonic() < deadline, f"{server} still pending: {model}"
+        time.sleep(0.2)
+
+
+def refused(api, server, options):
+    """POST a start of ``server`` that must be refused; the hub's answer's message."""
+    r = api.post(f"users/{USER}/servers/{server}", json=options)
+    assert r.status_code == 400, (r.status_code, r.text)
+    return r.json()["message"]
+
+
+def join_physics(hub):
+    with admin_api(hub) as api:
+        r = api.post(f"groups/{PHYSICS}/users", json={"users": [USER]})
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.hub
+@pytest.mark.docker
+def test_a_start_refused_through_the_api_leaves_no_server(group_hub):
+    hub, images = group_hub
+    join_physics(hub)
+    cases = {
+        # another group's (private) environment
+        "ghost-private": ({"image": images[CHEMISTRY]}, "not one of the environments offered to you"),
+        # an image that is not there
+        "ghost-unknown": (
+            {"image": images[PHYSICS].rsplit(":", 1)[0] + ":no-such-tag"},
+            "There is no environment",
+        ),
+        # an environment the user may start, with content refused at launch
+        "ghost-content": (
+            {"image": images[PHYSICS], "content": "not an object"},
+            "The content to pull at launch is refused",
+        ),
+    }
+    with admin_api(hub) as api:
+        for server, (options, reason) in cases.items():
+            message = refused(api, server, options)
+            # the caller is told why, as before
+            assert reason in message, message
+            assert gone(hub, server), f"{server} is still listed: {servers_of(hub)}"
+            assert container(server) is None
+        # the default server is never removed
+        r = api.post(f"users/{USER}/server", json={"image": images[CHEMISTRY]})
+        assert r.status_code == 400, r.text
+        assert "not one of the environments offered to you" in r.json()["message"]
+        assert settled(hub, "") is not None
+        time.sleep(1.5)  # a removal would be done by now (it polls every 0.1 s)
+        assert "" in servers_of(hub)
+
+
+@pytest.mark.hub
+@pytest.mark.docker
+def test_a_server_created_with_put_goes_when_its_first_start_is_refused(group_hub):
+    hub, images = group_hub
+    join_physics(hub)
+    with admin_api(hub) as api:
+        version = api.get("").json()["version"]
+        if int(version.split(".")[0]) < 6:
+            pytest.skip(f"JupyterHub {version} cannot create a server without starting it")
+        r = api.put(
+            f"users/{USER}/servers/ghost-put", json={"user_options": {"image": images[CHEMISTRY]}}
+        )
+        assert r.status_code == 201, r.text
+        assert "ghost-put" in servers_of(hub)
+        # started with the user_options it was created with
+        message = refused(api, "ghost-put", {"user_options": None})
+        assert "not one of the environments offered to you" in message
+    assert gone(hub, "ghost-put"), servers_of(hub)
+
+
+@pytest.mark.hub
+@pytest.mark.docker
+def test_a_refused_restart_keeps_a_server_that_ran(group_hub):
+    hub, images = group_hub
+    join_physics(hub)
+    ready, message = spawn_through_api(hub, "kept", images[PHYSICS])
+    assert ready, message
+    with admin_api(hub) as api:
+        try:
+            r = api.delete(f"users/{USER}/servers/kept")  # stopped, kept
+            assert r.status_code in (202, 204), r.text
+            assert settled(hub, "kept")["ready"] is False
+            message = refused(api, "kept", {"image": images[CHEMISTRY]})
+            assert "not one of the environments offered to you" in message
+            assert settled(hub, "kept") is not None
+            time.sleep(1.5)  # a removal would be done by now (it polls every 0.1 s)
+            assert "kept" in servers_of(hub)
+            # and it starts again with what it may use
+            ready, message = spawn_through_api(hub, "kept", images[PHYSICS])
+            assert ready, message
+        finally:
+            api.request("DELETE", f"users/{USER}/servers/kept", json={"remove": True})
+
+
+# -- unit: when a refusal removes the server; the Start button's colours -------------------
+
+
+@pytest.fixture
+def fake_docker():
+    fake = FakeDocker()
+    fake.add_image("python-env:main", env_labels())
+    return fake
+
+
+def spawner_in_a_start(name, **record):
+    """A spawner of server ``name`` whose hub record holds ``record``, in a start
+    (JupyterHub sets ``_start_pending`` around ``start()``)."""
+    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", base_url="/user/alice/", groups=[])
+    orm_spawner = SimpleNamespace(name=name, server=None, user_options=None, **record)
+    spawner = Repo2DockerSpawner(user=user, orm_spawner=orm_spawner, hub=Hub(), image_prefix="")
+    spawner._start_pending = True
+    return spawner
+
+
+async def test_only_a_named_server_that_never_ran_goes_with_a_refused_start():
+    spawner = spawner_in_a_start("never-ran")
+    removal = spawner.forget_refused_first_start()
+    assert removal is not None
+    # asked again for the same refusal (choose_environment, then start): one removal
+    assert spawner.forget_refused_first_start() is removal
+    removal.cancel()
+
+    # the default server
+    assert spawner_in_a_start("").forget_refused_first_start() is None
+    # a server that ran before: its saved state, its last activity
+    ran = spawner_in_a_start("ran", state={"environment_image": "python-env:main"})
+    assert ran.forget_refused_first_start() is None
+    assert spawner_in_a_start("active", last_activity=datetime.now()).forget_refused_first_start() is None
+    # one that started since this spawner was made
+    restarted = spawner_in_a_start("restarted")
+    restarted.started_once()
+    assert restarted.forget_refused_first_start() is None
+    # no start under way (a refusal of the spawn form's data)
+    idle = spawner_in_a_start("form")
+    idle._start_pending = False
+    assert idle.forget_refused_first_start() is None
+
+
+def relative_luminance(colour):
+    """WCAG 2's relative luminance of ``#rrggbb``."""
+    def linear(channel):
+        c = channel / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b)
+
+
+def contrast(one, other):
+    light, dark = sorted((relative_luminance(one), relative_luminance(other)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_the_start_button_is_legible(fake_docker):
+    # JupyterHub's own: white on #f37524, what axe reports
+    assert contrast("#ffffff", "#f37524") < 3
+    style = mixin._START_BUTTON_STYLE
+    declarations = dict(re.findall(r"(--bs-btn-[a-z-]+):\s*(#[0-9a-f]{6});", style))
+    for state in ("", "hover-", "active-"):
+        text, background = declarations[f"--bs-btn-{state}color"], declarations[f"--bs-btn-{state}bg"]
+        assert contrast(text, background) >= 4.5, (state, text, background)
+    # darker shades of the same orange (hue within a few degrees of JupyterHub's)
+    import colorsys
+
+    def hue(colour):
+        return colorsys.rgb_to_hls(*(int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)))[0] * 360
+
+    assert abs(hue(declarations["--bs-btn-bg"]) - hue("#f37524")) < 3
+    # scoped to the spawn form's submit button, for every theme (no media query, no theme selector)
+    assert style.startswith("<style>\n#spawn_form [type=submit].btn-jupyter {")
+    assert "@media" not in style and "data-bs-theme" not in style
+
+
+async def test_the_spawn_form_carries_the_start_button_style(fake_docker):
+    spawner = spawner_maker(fake_docker, Repo2DockerSpawner)()
+    form = await spawner.environments_form()
+    assert 'value="python-env:main"' in form
+    assert mixin._START_BUTTON_STYLE in form

@@ -208,6 +208,9 @@ class SpawnerMixin(EnvironmentMixin):
             await self.replace_container(env)
             result = await super().start()
         except EnvironmentRefused:
+            # refused inside DockerSpawner's start (check_allowed); the
+            # choices above say it themselves
+            self.forget_refused_first_start()
             raise
         except Exception as e:
             raise self._failure(env, e) from e
@@ -216,6 +219,7 @@ class SpawnerMixin(EnvironmentMixin):
             self.restore_default_url()
             self._new_home = None
         self.image_id = env.image_id
+        self.started_once()
         return result
 
     def _failure(self, env, error):
@@ -406,28 +410,38 @@ class SpawnerMixin(EnvironmentMixin):
         await super().start_object()
 
     async def pull_content(self, home):
-        """Clone or update the start's content in ``home`` (spawners/content.py),
-        in a helper container on the server's network; a pull that fails is
-        logged in one line and the server starts anyway."""
-        if home is None:
-            self.content_not_pulled("the server has no home to pull it into (home_scope)")
-            return
+        """Clone or update the start's content (spawners/content.py) in a helper
+        container on the server's network: in ``home`` or, for a server with
+        no home, in a copy of ``~/<dir>`` of its container (created, not
+        started), copied back before it starts (homes.pull_content_into). A
+        pull that fails is logged in one line and the server starts anyway."""
         self.log.info(
-            "Pulling %s into ~/%s of %s", self.content["repo"], self.content["dir"], self._log_name
+            "Pulling %s into ~/%s of %s%s", self.content["repo"], self.content["dir"],
+            self._log_name, "" if home is not None else " (in its container: it has no home)",
         )
-        try:
-            problem = await self.in_homes_thread(
-                functools.partial(
-                    homes.pull_content,
-                    user=self.image_user_id,
-                    network=self.network_name,
-                    environment=content_puller.environment(self.content, home.path),
-                    command=content_puller.command(),
-                    timeout=self.content_pull_timeout,
-                ),
-                self.content_puller_image,
-                home,
+        options = {
+            "user": self.image_user_id,
+            "network": self.network_name,
+            "command": content_puller.command(),
+            "timeout": self.content_pull_timeout,
+        }
+        if home is None:
+            puller = functools.partial(
+                homes.pull_content_into,
+                environment=content_puller.environment(self.content, homes.CONTENT_WORKDIR),
+                **options,
             )
+            folder = posixpath.join(self.home_path, self.content["dir"])
+            args = (self.container_id, folder, self.content_puller_image)
+        else:
+            puller = functools.partial(
+                homes.pull_content,
+                environment=content_puller.environment(self.content, home.path),
+                **options,
+            )
+            args = (self.content_puller_image, home)
+        try:
+            problem = await self.in_homes_thread(puller, *args)
         except Exception as e:  # a pull never stops a start
             problem = f"{e.__class__.__name__}: {e}"
         if problem:

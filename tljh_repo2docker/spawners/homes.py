@@ -13,7 +13,10 @@ hold up the Docker calls of the other servers, which share that executor.
 - :func:`chown_home` gives a home to the image's user (after ``user_id``
   changed);
 - :func:`add_image_files` adds what a new image has in its home directory
-  (a repository's new files) without overwriting anything.
+  (a repository's new files) without overwriting anything;
+- :func:`pull_content` pulls a start's content into a home, and
+  :func:`pull_content_into` into a server that has none (a copy of its
+  folder, pulled in the puller's own container and copied back).
 
 Both copy and chown go through a short-lived helper container that mounts
 the home: Docker's archive API writes into a container's mounts, and the
@@ -21,7 +24,9 @@ helper works for named volumes and host directories alike.
 """
 
 import io
+import posixpath
 import tarfile
+import time
 from tempfile import SpooledTemporaryFile
 
 import docker.errors
@@ -68,8 +73,12 @@ def _helper(client, image, home, **kwargs):
     )["Id"]
 
 
-def retarget(source, destination, new_root):
-    """Copy the tar archive ``source`` to ``destination`` with its top directory renamed ``new_root``."""
+def retarget(source, destination, new_root, owner=None):
+    """Copy the tar archive ``source`` to ``destination`` with its top directory renamed ``new_root``.
+
+    With ``owner`` (a uid), every entry is given to it (and the group of the
+    same id): Docker's archive API keeps the ids an archive says.
+    """
     with tarfile.open(fileobj=source, mode="r|") as tar_in, tarfile.open(
         fileobj=destination, mode="w|", format=tarfile.PAX_FORMAT
     ) as tar_out:
@@ -77,7 +86,14 @@ def retarget(source, destination, new_root):
             member.name = _renamed(member.name, new_root)
             if member.islnk():
                 member.linkname = _renamed(member.linkname, new_root)
+            if owner is not None:
+                _own(member, owner)
             tar_out.addfile(member, tar_in.extractfile(member) if member.isreg() else None)
+
+
+def _own(member, uid):
+    member.uid = member.gid = uid
+    member.uname = member.gname = ""
 
 
 def _renamed(name, new_root):
@@ -173,12 +189,8 @@ def chown_home(client, image, home, uid, timeout=600):
         client.remove_container(helper, v=True, force=True)
 
 
-def pull_content(client, image, home, *, user, network, environment, command, timeout=300):
-    """Run the content puller (spawners/content.py) in a helper: ``image``
-    as ``user``, ``home`` mounted, on ``network``. Returns "" when it pulled,
-    else why not, in one line. A missing image is pulled first."""
-    import requests.exceptions
-
+def _ensure_image(client, image):
+    """Pull ``image`` when the engine lacks it. Returns "" or why it cannot be had."""
     try:
         client.inspect_image(image)
     except docker.errors.NotFound:
@@ -186,6 +198,32 @@ def pull_content(client, image, home, *, user, network, environment, command, ti
             client.pull(image)
         except docker.errors.APIError as e:
             return f"the image {image} could not be pulled: {e.explanation or e}"
+    return ""
+
+
+def _run_puller(client, helper, timeout):
+    """Start the puller ``helper`` and wait for it. Returns "" when it pulled,
+    else why not, in one line (the last lines the script wrote)."""
+    import requests.exceptions
+
+    client.start(helper)
+    try:
+        status = client.wait(helper, timeout=timeout)["StatusCode"]
+    except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
+        return f"it took longer than {timeout} seconds"
+    if status != 0:
+        logs = client.logs(helper, tail=5).decode("utf-8", "replace").strip().splitlines()
+        return ": ".join(logs[-2:]) if logs else f"the puller exited with {status}"
+    return ""
+
+
+def pull_content(client, image, home, *, user, network, environment, command, timeout=300):
+    """Run the content puller (spawners/content.py) in a helper: ``image``
+    as ``user``, ``home`` mounted, on ``network``. Returns "" when it pulled,
+    else why not, in one line. A missing image is pulled first."""
+    problem = _ensure_image(client, image)
+    if problem:
+        return problem
     helper = client.create_container(
         image,
         entrypoint=command,
@@ -196,14 +234,93 @@ def pull_content(client, image, home, *, user, network, environment, command, ti
         labels={HELPER_LABEL: "1"},
     )["Id"]
     try:
-        client.start(helper)
+        return _run_puller(client, helper, timeout)
+    finally:
+        client.remove_container(helper, v=True, force=True)
+
+
+#: Where the puller of a server with no home works on its copy of the
+#: server's folder: its ``CONTENT_HOME``, in the puller's own container.
+CONTENT_WORKDIR = "/tmp/tljh-r2d-content"
+
+
+def pull_content_into(
+    client, container_id, path, image, *, user, network, environment, command, timeout=300
+):
+    """Pull content into the folder ``path`` (``~/<dir>``) of ``container_id``,
+    a server with no home, created and not started yet.
+
+    The puller works on a copy: the folder is copied out of the server's
+    container (an absent folder is an empty start) into
+    ``CONTENT_WORKDIR/<dir>`` of the puller's own container, the puller runs
+    (``environment`` has ``CONTENT_HOME = CONTENT_WORKDIR``), and the result
+    is copied back into ``path``, owned by ``user``. Only Docker's archive
+    API moves the files: nothing is mounted from the machine the hub runs
+    on, so this works when the hub itself runs in a container; the copy
+    lives in the puller's container and goes with it, whatever happens.
+
+    The copy back adds and overwrites files, it never deletes: a file
+    deleted upstream stays in a kept container (``remove = False``).
+    Returns "" when it pulled, else why not, in one line.
+    """
+    problem = _ensure_image(client, image)
+    if problem:
+        return problem
+    folder = posixpath.basename(path)
+    work_root, work_name = posixpath.split(CONTENT_WORKDIR)
+    helper = client.create_container(
+        image,
+        entrypoint=command,
+        user=str(user),
+        environment=environment,
+        working_dir=work_root,
+        host_config=client.create_host_config(network_mode=network or None),
+        labels={HELPER_LABEL: "1"},
+    )["Id"]
+    try:
+        copy_in = posixpath.join(work_name, folder)
+        if not _copy(client, container_id, path, helper, work_root, copy_in, user):
+            _put_empty_folder(client, helper, work_root, copy_in, user)
+        problem = _run_puller(client, helper, timeout)
+        if problem:
+            return problem
+        pulled = posixpath.join(CONTENT_WORKDIR, folder)
         try:
-            status = client.wait(helper, timeout=timeout)["StatusCode"]
-        except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout):
-            return f"it took longer than {timeout} seconds"
-        if status != 0:
-            logs = client.logs(helper, tail=5).decode("utf-8", "replace").strip().splitlines()
-            return ": ".join(logs[-2:]) if logs else f"the puller exited with {status}"
+            _copy(client, helper, pulled, container_id, posixpath.dirname(path), folder, user)
+        except docker.errors.APIError as e:
+            return f"it could not be copied into the server: {e.explanation or e}"
         return ""
     finally:
         client.remove_container(helper, v=True, force=True)
+
+
+def _copy(client, source, source_path, destination, destination_path, new_root, owner):
+    """Copy the folder ``source_path`` of container ``source`` into the folder
+    ``destination_path`` of container ``destination``, as ``new_root`` (a
+    relative path), every file owned by ``owner``. False when ``source`` has
+    no such folder (nothing copied)."""
+    try:
+        stream, _stat = client.get_archive(source, source_path)
+    except docker.errors.NotFound:
+        return False
+    with SpooledTemporaryFile(_SPOOL_BYTES) as raw, SpooledTemporaryFile(_SPOOL_BYTES) as archive:
+        for chunk in stream:
+            raw.write(chunk)
+        raw.seek(0)
+        retarget(raw, archive, new_root, owner=owner)
+        archive.seek(0)
+        client.put_archive(destination, destination_path, archive)
+    return True
+
+
+def _put_empty_folder(client, container_id, path, name, owner):
+    """Create the empty folder ``path/name`` in ``container_id``, owned by ``owner``."""
+    entry = tarfile.TarInfo(name)
+    entry.type = tarfile.DIRTYPE
+    entry.mode = 0o755
+    entry.mtime = int(time.time())
+    _own(entry, owner)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(entry)
+    client.put_archive(container_id, path, archive.getvalue())

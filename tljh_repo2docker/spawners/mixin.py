@@ -14,14 +14,21 @@
   ``cpu_limit`` from the environment, falling back to the configured ones.
 - **Homes**: where a user's files live (:meth:`EnvironmentMixin.home_for`: one
   home per user, per server or per environment, its name and its labels).
+- **Refused starts**: a named server that never ran and whose first start is
+  refused (through the spawn form or the hub's REST API) is removed from the
+  hub once JupyterHub is done with it
+  (:meth:`EnvironmentMixin.forget_refused_first_start`), so it is not listed
+  for ever with no environment; a refused restart keeps the server.
 
 The engines add how: ``docker.py`` (labels, named volumes) and ``kube.py``
 (the service's database, a PersistentVolumeClaim).
 """
 
+import asyncio
 import html
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,6 +286,45 @@ async def _environments_form(spawner):
     return await spawner.environments_form()
 
 
+#: JupyterHub's Start button is white on its orange (#f37524): 2.8:1, under
+#: the 4.5:1 that WCAG asks of text (axe's color-contrast, "serious"). The
+#: spawn form we render carries darker shades of the same orange (hue 23°,
+#: saturation 90%, lightness 40% / 35% / 33%), white on them: 4.7:1 at rest,
+#: 5.9:1 hovered and 6.4:1 pressed (JupyterHub has black on orange there).
+#: No theme changes it, so the same colours hold in light and dark mode.
+START_BUTTON_BG = "#c0520b"
+START_BUTTON_HOVER_BG = "#a84709"
+START_BUTTON_ACTIVE_BG = "#9e4309"
+START_BUTTON_TEXT = "#ffffff"
+#: Scoped to the spawn form's submit button (id and class: it outweighs
+#: JupyterHub's ``.btn-jupyter``); Bootstrap 5 buttons read these variables.
+_START_BUTTON_STYLE = (
+    "<style>\n"
+    "#spawn_form [type=submit].btn-jupyter {\n"
+    f"  --bs-btn-color: {START_BUTTON_TEXT};\n"
+    f"  --bs-btn-bg: {START_BUTTON_BG};\n"
+    f"  --bs-btn-border-color: {START_BUTTON_HOVER_BG};\n"
+    f"  --bs-btn-hover-color: {START_BUTTON_TEXT};\n"
+    f"  --bs-btn-hover-bg: {START_BUTTON_HOVER_BG};\n"
+    f"  --bs-btn-hover-border-color: {START_BUTTON_ACTIVE_BG};\n"
+    f"  --bs-btn-active-color: {START_BUTTON_TEXT};\n"
+    f"  --bs-btn-active-bg: {START_BUTTON_ACTIVE_BG};\n"
+    f"  --bs-btn-active-border-color: {START_BUTTON_ACTIVE_BG};\n"
+    f"  --bs-btn-disabled-color: {START_BUTTON_TEXT};\n"
+    f"  --bs-btn-disabled-bg: {START_BUTTON_BG};\n"
+    f"  --bs-btn-disabled-border-color: {START_BUTTON_HOVER_BG};\n"
+    "}\n"
+    "</style>"
+)
+
+#: How long a refused first start may stay in JupyterHub's hands (stopping
+#: what it started, answering the caller) before its record is removed;
+#: past this it is left alone (something else holds it).
+_FORGET_WAIT_SECONDS = 300
+#: How often to look whether JupyterHub is done with it.
+_FORGET_POLL_SECONDS = 0.1
+
+
 # One engine per database URL for the whole hub process (spawners come and go).
 _engines = {}
 
@@ -462,6 +508,7 @@ class EnvironmentMixin(Configurable):
         try:
             self.content = checked_content(self.user_options or {})
         except FieldError as e:
+            self.forget_refused_first_start()
             raise EnvironmentRefused(f"The content to pull at launch is refused: {e}") from None
         if self.content is not None:
             if self._configured_default_url is None:
@@ -522,6 +569,18 @@ class EnvironmentMixin(Configurable):
     @default("options_from_form")
     def _default_options_from_form(self):
         return self.environment_options_from_form
+
+    #: Whether this server had never run when this spawner was made (and has
+    #: not started since): a refusal of its start removes it.
+    _first_start = False
+    #: The task that removes this server after its refused first start.
+    _forgetting = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Decided here, once: by the time start() runs, JupyterHub has
+        # already marked the server started (orm_spawner.started).
+        self._first_start = self._never_ran()
 
     # -- the engine's part -------------------------------------------------------
 
@@ -620,7 +679,11 @@ class EnvironmentMixin(Configurable):
         ``user_options["image"]``, else the image this server ran last.
         """
         image = self.user_options.get("image") or self.environment_image
-        env = await self.allowed_environment(image)
+        try:
+            env = await self.allowed_environment(image)
+        except EnvironmentRefused:
+            self.forget_refused_first_start()
+            raise
         self.chosen_environment = env
         self.environment_image = self.image = env.image
         self.environment_uid = env.uid
@@ -699,7 +762,8 @@ class EnvironmentMixin(Configurable):
         ]
         return (
             '<fieldset class="tljh-repo2docker-environments">\n'
-            "<legend>Environment</legend>\n" + "\n".join(items) + "\n</fieldset>"
+            "<legend>Environment</legend>\n" + "\n".join(items) + "\n</fieldset>\n"
+            + _START_BUTTON_STYLE
         )
 
     def _nothing_to_start(self):
@@ -739,33 +803,119 @@ class EnvironmentMixin(Configurable):
         ``<name>`` in the hub's database before the form is shown, and a start
         refused there would leave it listed, with no environment, for ever.
         Returns whether it was removed."""
+        used = (
+            getattr(self, "_spawn_pending", False)
+            or getattr(self, "_proxy_pending", False)
+            or not self._never_ran()
+            or getattr(getattr(self, "orm_spawner", None), "user_options", None)
+        )
+        if not self.name or used:
+            return False
+        return self._remove_server_record("it was never started")
+
+    def _never_ran(self):
+        """Whether the hub's record of this server says it never ran: no
+        server, never started, no activity, no saved state."""
+        orm_spawner = getattr(self, "orm_spawner", None)
+        if orm_spawner is None:
+            return False
+        return not (
+            getattr(orm_spawner, "server", None) is not None
+            or getattr(orm_spawner, "started", None)
+            or getattr(orm_spawner, "last_activity", None)
+            or getattr(orm_spawner, "state", None)
+        )
+
+    def _remove_server_record(self, reason):
+        """Delete this named server from the hub's database and from its
+        user's spawners (what removing it through the hub's API does, less
+        the resources it never had). Returns whether it was removed."""
         orm_spawner = getattr(self, "orm_spawner", None)
         user = getattr(self, "user", None)
         db = getattr(user, "db", None)
         spawners = getattr(user, "spawners", None)
         if not self.name or orm_spawner is None or db is None or spawners is None:
             return False
-        used = (
-            getattr(self, "_spawn_pending", False)
-            or getattr(self, "_proxy_pending", False)
-            or getattr(orm_spawner, "server", None) is not None
-            or getattr(orm_spawner, "started", None)
-            or getattr(orm_spawner, "last_activity", None)
-            or getattr(orm_spawner, "state", None)
-            or getattr(orm_spawner, "user_options", None)
-        )
-        if used:
-            return False
         try:
             db.delete(orm_spawner)
             db.commit()
         except Exception as e:  # the hub's database: never fail the page for this
             db.rollback()
-            self.log.warning("Could not remove the unstarted server %s: %s", self.name, e)
+            self.log.warning("Could not remove the server %s of %s: %s", self.name, user.name, e)
             return False
         spawners.pop(self.name, None)
-        self.log.info("Removed the server %s of %s: it was never started", self.name, user.name)
+        self.log.info("Removed the server %s of %s: %s", self.name, user.name, reason)
         return True
+
+    def started_once(self):
+        """Say that a start of this spawner succeeded: a later refusal is a
+        refused restart, which keeps the server (the engines' ``start``)."""
+        self._first_start = False
+
+    def forget_refused_first_start(self):
+        """Remove this named server from the hub once JupyterHub is done with
+        its refused *first* start, so that a start refused through the hub's
+        REST API (``POST /hub/api/users/<u>/servers/<name>`` with
+        user_options we refuse, or a server created with ``PUT``) leaves no
+        server behind, listed for ever with no environment.
+
+        Called where a start is refused (it raises EnvironmentRefused right
+        after). JupyterHub still holds this spawner then: it stops what was
+        started, answers the caller with the refusal's message and keeps the
+        failure for its pages. So the removal waits, in a task, until that is
+        done. The default server ("") is never removed, nor a server that ran
+        before, nor one whose start went on (a subclass caught the refusal).
+        Returns that task, or None when there is nothing to remove."""
+        if self._forgetting is not None and not self._forgetting.done():
+            return self._forgetting  # asked again for the same refusal
+        if not (self._first_start and self.name):
+            return None
+        if not (getattr(self, "_start_pending", False) or getattr(self, "_spawn_pending", False)):
+            return None  # not in a start (a form being checked): nothing to wait for
+        self._forgetting = asyncio.ensure_future(self._forget_after_start())
+        return self._forgetting
+
+    def _in_jupyterhubs_hands(self):
+        """Whether JupyterHub is still busy with this server's start (or
+        its stop, which follows a failed start)."""
+        future = getattr(self, "_spawn_future", None)
+        return bool(self.pending) or (future is not None and not future.done())
+
+    def _start_was_refused(self):
+        """Whether this server's last start failed and left it stopped, and
+        this spawner is still the one the hub holds for it."""
+        future = getattr(self, "_spawn_future", None)
+        failed = (
+            future is not None and future.done() and not future.cancelled()
+            and future.exception() is not None
+        )
+        user = self.user
+        orm_spawner = self.orm_spawner
+        current = (
+            dict.get(user.spawners, self.name) is self
+            and user.orm_spawners.get(self.name) is orm_spawner
+        )
+        return failed and current and not self.active and orm_spawner.server is None
+
+    async def _forget_after_start(self):
+        deadline = time.monotonic() + _FORGET_WAIT_SECONDS
+        try:
+            while self._in_jupyterhubs_hands():
+                if time.monotonic() > deadline:
+                    self.log.warning(
+                        "Not removing the server %s of %s after its refused start: it is "
+                        "still pending after %s s", self.name, self.user.name, _FORGET_WAIT_SECONDS,
+                    )
+                    return False
+                await asyncio.sleep(_FORGET_POLL_SECONDS)
+            if not self._start_was_refused():
+                return False
+            return self._remove_server_record("its first start was refused")
+        except Exception as e:  # a task of its own: say it, never fail silently
+            self.log.warning(
+                "Could not remove the server %s after its refused start: %r", self.name, e
+            )
+            return False
 
     async def environment_summaries(self, uids):
         """``{uid: "Python 3.12 · 143 packages"}``: what the current version of
