@@ -107,22 +107,11 @@ def copy_home(client, container_id, path, image, home, destination, new_root):
     Owners, modes and times are kept. Returns False when the container has no
     such directory (nothing to copy).
     """
+    helper = _helper(client, image, home, command=["true"])
     try:
-        stream, _stat = client.get_archive(container_id, path)
-    except docker.errors.NotFound:
-        return False
-    with SpooledTemporaryFile(_SPOOL_BYTES) as raw, SpooledTemporaryFile(_SPOOL_BYTES) as archive:
-        for chunk in stream:
-            raw.write(chunk)
-        raw.seek(0)
-        retarget(raw, archive, new_root)
-        archive.seek(0)
-        helper = _helper(client, image, home, command=["true"])
-        try:
-            client.put_archive(helper, destination, archive)
-        finally:
-            client.remove_container(helper, v=True, force=True)
-    return True
+        return _copy(client, container_id, path, helper, destination, new_root, owner=None)
+    finally:
+        client.remove_container(helper, v=True, force=True)
 
 
 def home_owner(client, container_id, path):
@@ -297,8 +286,8 @@ def pull_content_into(
 def _copy(client, source, source_path, destination, destination_path, new_root, owner):
     """Copy the folder ``source_path`` of container ``source`` into the folder
     ``destination_path`` of container ``destination``, as ``new_root`` (a
-    relative path), every file owned by ``owner``. False when ``source`` has
-    no such folder (nothing copied)."""
+    relative path), every file owned by ``owner`` (None: owners kept). False
+    when ``source`` has no such folder (nothing copied)."""
     try:
         stream, _stat = client.get_archive(source, source_path)
     except docker.errors.NotFound:
