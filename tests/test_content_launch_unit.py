@@ -5,7 +5,11 @@ container) and the configuration that hands the spawners the puller's image.
 """
 
 import os
+import shutil
+import socket
 import subprocess
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -203,6 +207,82 @@ def test_the_init_containers_command_never_fails(tmp_path):
     assert "git clone failed" in result.stdout
 
 
+@pytest.fixture
+def silent_git_host():
+    """A TCP server that accepts connections and never answers (a git host
+    that hangs): ``http://127.0.0.1:PORT``. Its connections close with it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
+    stop.set()
+    thread.join(timeout=5)
+    for connection in accepted:
+        connection.close()
+    server.close()
+
+
+@pytest.mark.parametrize("never_fail", [False, True])
+def test_a_pull_that_hangs_is_stopped_after_the_timeout(silent_git_host, tmp_path, never_fail):
+    base, accepted = silent_git_host
+    repo = f"{base}/course/intro.git"
+    env = {**os.environ, **puller.environment({"repo": repo, "dir": "intro"}, str(tmp_path))}
+    command = puller.command(never_fail=never_fail, timeout=2)
+    # the repository is in the environment only: the command shows no URL
+    assert base not in " ".join(command) and "127.0.0.1" not in " ".join(command)
+    started = time.monotonic()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    took = time.monotonic() - started
+    assert accepted, "git never reached the silent host: the test tests nothing"
+    assert 2 <= took < 2 + puller.KILL_AFTER + 5, took
+    said = (result.stdout if never_fail else result.stderr).strip().splitlines()
+    assert said[-1] == "the pull took longer than 2 seconds: stopped", said
+    if never_fail:
+        assert result.returncode == 0  # the pod starts anyway
+    else:
+        assert result.returncode in (124, 137), result.returncode
+    assert not (tmp_path / "intro").exists() or not any((tmp_path / "intro").iterdir())
+
+
+def test_a_pull_within_its_timeout_is_not_stopped(upstream, tmp_path):
+    content = {"repo": str(upstream), "ref": "", "dir": "course"}
+    env = {**os.environ, **puller.environment(content, str(tmp_path))}
+    result = subprocess.run(
+        puller.command(never_fail=True, timeout=60), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip().splitlines()[-1] == "cloned into ~/course"
+    assert (tmp_path / "course" / "intro.ipynb").exists()
+
+
+def test_an_image_without_the_timeout_command_says_so(tmp_path):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("sh", "tail"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(tools), **puller.environment({"repo": REPO, "dir": "x"}, str(tmp_path))}
+    result = subprocess.run(puller.command(never_fail=True, timeout=5), env=env, capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.strip() == "the puller image has no timeout command (coreutils): not pulled"
+
+
+@pytest.mark.parametrize("timeout", [-1, 2.5, "60", True])
+def test_a_timeout_that_is_no_whole_number_of_seconds_is_refused(timeout):
+    with pytest.raises(ValueError, match="content_pull_timeout"):
+        puller.command(timeout=timeout)
+
+
 # -- the Docker spawner: the default URL of a start with content --------------------------
 
 
@@ -295,7 +375,8 @@ async def test_kube_pod_pulls_content_in_an_init_container(kube_spawner):
     [mount] = init["volumeMounts"]
     assert mount["name"] == "tljh-r2d-home" and mount["mountPath"] == "/home/jovyan"
     # KubeSpawner formats the init containers' strings: the script arrives as it is
-    assert init["command"] == puller.command(never_fail=True)
+    assert init["command"] == puller.command(never_fail=True, timeout=300)  # content_pull_timeout
+    assert REPO not in " ".join(init["command"])
     server_env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert server_env["JUPYTERHUB_DEFAULT_URL"] == "/lab/tree/intro-python/a.ipynb"
     # the configuration is left as it was for the next start
@@ -379,6 +460,9 @@ async def test_a_pull_that_raises_does_not_stop_the_start(monkeypatch, caplog):
     await spawner.pull_content(Home(source="v", path="/home/jovyan", labels={}))
     [line] = [r.getMessage() for r in caplog.records if "was not pulled" in r.getMessage()]
     assert REPO in line and "the engine went away" in line
+    # a server with no home pulls into its container's copy of ~/<dir>: the same
+    monkeypatch.setattr(homes, "pull_content_into", broken)
     caplog.clear()
     await spawner.pull_content(None)
-    assert any("no home" in r.getMessage() for r in caplog.records)
+    [line] = [r.getMessage() for r in caplog.records if "was not pulled" in r.getMessage()]
+    assert REPO in line and "the engine went away" in line

@@ -25,13 +25,14 @@ Fails (does not skip) under ``CI=true`` when the cluster cannot come up.
 
 import html
 import re
+import subprocess
 import time
 
 import httpx
 import pytest
 
 from tests.helpers.buildutils import FINAL, dockerfile, token
-from tests.helpers.gitserver import add_commit, make_repo
+from tests.helpers.gitserver import GitServer, add_commit, make_repo
 from tests.helpers.kubecluster import kube_cluster
 from tests.helpers.kubehub import (
     BUILDER_PUSH,
@@ -43,6 +44,7 @@ from tests.helpers.kubehub import (
     Cluster,
     cgroup_limits,
     cleanup_images,
+    content_puller_image,
     kube_hub,
     node_images,
     parse_quantity,
@@ -83,9 +85,16 @@ def image_prefix(cluster, docker_engine):
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory, test_images, cluster, kube, image_prefix):
+def puller_image(cluster, test_images):
+    """The spawner's ``content_puller_image``: the builder test image, in the cluster's registry."""
+    return content_puller_image(cluster)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, test_images, cluster, kube, image_prefix, puller_image):
     """This module's hub (it shadows the session's): servers are pods."""
-    with kube_hub(tmp_path_factory.mktemp("kube-hub"), cluster, kube.namespace, image_prefix) as info:
+    workdir = tmp_path_factory.mktemp("kube-hub")
+    with kube_hub(workdir, cluster, kube.namespace, image_prefix, content_puller=puller_image) as info:
         yield info
 
 
@@ -684,3 +693,84 @@ async def test_a_rollback_makes_a_new_pod_start_the_older_versions_tag(
         assert state["environment_image"] == v1["image"] and state["image_id"] == v1["image_id"], state
     finally:
         await remove_server(hub, kube, "rolled")
+
+
+# -- (10) content pulled at launch: cloned into the home claim, then merged keeping the user's edit --
+
+
+@pytest.fixture(scope="module")
+def pod_git(cluster, tmp_path_factory):
+    """A git server the pods reach: ``(root, server)``, bare repositories over
+    HTTP on the host's address on the cluster's bridge (``host_ip``)."""
+    root = tmp_path_factory.mktemp("pod-git")
+    with GitServer(root, host=cluster["host_ip"]) as server:
+        yield root, server
+
+
+async def content_log(kube, pod):
+    """The log of ``pod``'s content init container (what the pull said)."""
+    return await kube.core.read_namespaced_pod_log(
+        pod.metadata.name, kube.namespace, container="tljh-r2d-content"
+    )
+
+
+async def test_content_at_launch_is_cloned_into_the_claim_then_merged_keeping_the_users_edit(
+    hub, callers, environments, kube, alice_files, pod_git, puller_image
+):
+    alice, lab = callers["alice"], environments["lab"]
+    root, git = pod_git
+    name = f"course-{token()}"
+    make_repo(root, name, {"lesson.md": "line 1\nline 2\n", "README.md": "readme\n"})
+    url = git.url(name)
+
+    async def start():
+        r = await alice.api(
+            "POST", "api/servers", json={"name": "k-content", "environment": lab["name"], "content": url}
+        )
+        assert r.status_code == 202, r.text
+        assert r.json()["url"] == f"/user/alice/k-content/lab/tree/{name}", r.json()
+        await wait_server(alice, "k-content", timeout=WAIT)
+        return await running_pod(kube, "k-content")
+
+    try:
+        started = time.monotonic()
+        pod = await start()
+        # the home's owner is fixed first, then the pull writes into the claim
+        assert [c.name for c in pod.spec.init_containers] == ["home-owner", "tljh-r2d-content"]
+        [init] = [c for c in pod.spec.init_containers if c.name == "tljh-r2d-content"]
+        assert init.image == puller_image
+        # the repository is in the init container's environment, never its command
+        assert {e.name: e.value for e in init.env}["CONTENT_REPO"] == url
+        assert url not in " ".join(init.command) and git.host not in " ".join(init.command)
+        assert "timeout" in init.command[2]
+        assert home_claim_of(pod) == HOME_CLAIM.format(username="alice")
+        assert "cloned into ~/" + name in await content_log(kube, pod)
+        assert await alice_files.read("k-content", f"{name}/lesson.md") == "line 1\nline 2\n"
+        env = {e.name: e.value for e in container_of(pod).env}
+        assert env["JUPYTERHUB_DEFAULT_URL"] == f"/lab/tree/{name}"
+        figure(f"kube: server start with content cloned at launch to running: {time.monotonic() - started:.1f} s")
+
+        # the user edits the lesson in the claim; upstream changes it too and adds a file
+        await alice_files.write("k-content", f"{name}/lesson.md", "line 1\nmy answer\n")
+        add_commit(root, name, {"lesson.md": "line 1\nline 2, fixed\n", "week2.md": "week 2\n"})
+        r = await alice.api("DELETE", "api/servers/k-content")
+        assert r.status_code == 202, r.text
+        await wait_server(alice, "k-content", "stopped", timeout=WAIT)
+        await kube.wait_no_pod("alice", "k-content")
+
+        second = await start()
+        assert second.metadata.uid != pod.metadata.uid  # a new pod on the same claim
+        assert home_claim_of(second) == HOME_CLAIM.format(username="alice")
+        assert "updated ~/" + name in await content_log(kube, second)
+        assert await alice_files.read("k-content", f"{name}/lesson.md") == "line 1\nmy answer\n"
+        assert await alice_files.read("k-content", f"{name}/week2.md") == "week 2\n"
+        assert await alice_files.read("k-content", f"{name}/README.md") == "readme\n"
+        # nothing went upstream: no push was tried, and the history is upstream's own
+        assert not [r for r in git.requests_for(name) if "receive-pack" in r.path], git.requests_for(name)
+        log = subprocess.run(
+            ["git", "log", "--format=%s", "main"], cwd=root / f"{name}.git", capture_output=True, text=True
+        )
+        assert log.stdout.split("\n")[:2] == ["Update", "Initial commit"], log.stdout
+    finally:
+        await remove_server(hub, kube, "k-content")
+

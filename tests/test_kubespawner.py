@@ -456,3 +456,159 @@ async def test_without_db_url_nothing_starts_and_the_user_is_told_why(make_spawn
     assert refused.value.status_code == 503
     assert "has no db_url" in refused.value.jupyterhub_message
     assert "\n" not in refused.value.jupyterhub_message
+
+
+# -- content pulled at launch: the init container's place and volume ---------------------------
+
+CONTENT_REPO = "https://git.example.org/course/intro-python.git"
+
+
+def content_spawner(config):
+    from tljh_repo2docker import contract
+    from tljh_repo2docker.service.content import parse_content
+
+    options = contract.with_content(
+        {"image": "registry.example.org/r2d/python-env:abc", "environment": "env1", "metadata": {}},
+        parse_content({"content": CONTENT_REPO}),
+    )
+    return make_user_spawner(config, user_options=options)
+
+
+async def test_a_server_with_no_home_gets_its_content_in_a_volume_of_its_own(make_spawner, caplog):
+    c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
+    c.Repo2DockerKubeSpawner.home_scope = "none"
+    spawner = content_spawner(c)
+    sent = as_sent(await manifest_of(spawner))["spec"]
+    # no home claim, but an emptyDir that the init container fills and the server mounts
+    assert not [v for v in sent["volumes"] if v["name"] == "tljh-r2d-home"]
+    [volume] = [v for v in sent["volumes"] if v["name"] == "tljh-r2d-content-dir"]
+    assert volume["emptyDir"] == {}
+    [init] = [i for i in sent["initContainers"] if i["name"] == "tljh-r2d-content"]
+    assert init["volumeMounts"] == [{"name": "tljh-r2d-content-dir", "mountPath": "/home/jovyan/intro-python"}]
+    mounts = [m for m in sent["containers"][0]["volumeMounts"] if m["name"] == "tljh-r2d-content-dir"]
+    assert [m["mountPath"] for m in mounts] == ["/home/jovyan/intro-python"]
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert (env["CONTENT_HOME"], env["CONTENT_DIR"]) == ("/home/jovyan", "intro-python")
+    assert "was not pulled" not in caplog.text
+    # the configured volumes stay as configured for the next start
+    assert spawner.volumes == [] and spawner.volume_mounts == [] and spawner.init_containers == []
+
+
+async def test_configured_init_containers_run_before_the_content_pull(make_spawner):
+    c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
+    c.Repo2DockerKubeSpawner.content_pull_timeout = 45
+    # e.g. one that gives the home to the image's user (storage without fsGroup)
+    c.KubeSpawner.init_containers = [{
+        "name": "home-owner", "image": "busybox", "command": ["chown", "1000:1000", "/home/jovyan"],
+        "volumeMounts": [{"name": "tljh-r2d-home", "mountPath": "/home/jovyan"}],
+    }]
+    sent = as_sent(await manifest_of(content_spawner(c)))["spec"]
+    assert [i["name"] for i in sent["initContainers"]] == ["home-owner", "tljh-r2d-content"]
+    [init] = [i for i in sent["initContainers"] if i["name"] == "tljh-r2d-content"]
+    assert init["volumeMounts"] == [{"name": "tljh-r2d-home", "mountPath": "/home/jovyan"}]
+    # bounded by content_pull_timeout, the repository in the environment only
+    assert "timeout -k 5 45 " in init["command"][2]
+    assert "the pull took longer than 45 seconds: stopped" in init["command"][2]
+    assert CONTENT_REPO not in " ".join(init["command"])
+    assert {"name": "CONTENT_REPO", "value": CONTENT_REPO} in init["env"]
+
+
+# -- a refused first start leaves no server (issue 24) -------------------------------------
+
+
+class HubRecord:
+    """The hub's side of one server, as its removal reads it: its row, its
+    user's spawners and a database session that records what it deletes."""
+
+    def __init__(self, name, **row):
+        from types import SimpleNamespace
+
+        fields = {"server": None, "user_options": None, "started": None, "last_activity": None, "state": None}
+        self.orm_spawner = SimpleNamespace(name=name, **{**fields, **row})
+        self.deleted = []
+        self.user = SimpleNamespace(
+            name="ann", id=7, url="/user/ann/", groups=[], db=self, spawners={},
+            orm_spawners={name: self.orm_spawner},
+        )
+
+    def delete(self, row):
+        self.deleted.append(row)
+
+    def commit(self):
+        pass
+
+    def rollback(self):
+        pass
+
+
+def recorded_spawner(record, user_options):
+    from jupyterhub.objects import Hub
+
+    from tljh_repo2docker import Repo2DockerKubeSpawner
+
+    c = Config()
+    c.Repo2DockerKubeSpawner.trust_user_options = True  # no db_url: read user_options
+    spawner = Repo2DockerKubeSpawner(
+        config=c, _mock=True, user=record.user, orm_spawner=record.orm_spawner, hub=Hub()
+    )
+    spawner.user_options = user_options
+    record.user.spawners[record.orm_spawner.name] = spawner
+    return spawner
+
+
+async def refused_as_in_jupyterhub(spawner):
+    """Start ``spawner`` as JupyterHub does (pending while start() runs, the
+    failed start kept in ``_spawn_future``); the refusal it raised. JupyterHub
+    is left stopping the server (``_stop_pending``): the caller ends that."""
+    import asyncio
+
+    async def spawn():
+        spawner._start_pending = True
+        try:
+            return await spawner.start()
+        finally:
+            spawner._stop_pending = True
+            spawner._start_pending = False
+
+    spawner._spawn_future = asyncio.ensure_future(spawn())
+    with pytest.raises(EnvironmentRefused) as refused:
+        await spawner._spawn_future
+    return refused.value
+
+
+async def test_a_refused_first_start_removes_the_server_once_jupyterhub_is_done(make_spawner):
+    import asyncio
+
+    record = HubRecord("lab")
+    spawner = recorded_spawner(record, {"environment": "env1"})  # no image: refused in start
+    refusal = await refused_as_in_jupyterhub(spawner)
+    assert "No environment was chosen" in refusal.jupyterhub_message
+    # not while JupyterHub still stops it
+    await asyncio.sleep(0.5)
+    assert record.deleted == [] and record.user.spawners["lab"] is spawner
+    # removed once JupyterHub is done with the failed start
+    spawner._stop_pending = False
+    for _ in range(100):
+        if record.deleted:
+            break
+        await asyncio.sleep(0.1)
+    assert record.deleted == [record.orm_spawner]
+    assert "lab" not in record.user.spawners
+
+
+async def test_a_refused_start_keeps_a_server_that_ran_and_the_default_server(make_spawner):
+    ran = HubRecord("lab", state={"pod_name": "jupyter-ann--lab"})
+    spawner = recorded_spawner(ran, {"image": "elsewhere.example.org/other:1", "environment": "x"})
+    spawner.image_prefix = "registry.example.org/r2d/"
+    refusal = await refused_as_in_jupyterhub(spawner)
+    assert "not one of this hub's environments" in refusal.jupyterhub_message
+    assert spawner.forget_refused_first_start() is None
+    assert ran.deleted == [] and ran.user.spawners["lab"] is spawner
+
+    default = HubRecord("")
+    spawner = recorded_spawner(default, {"environment": "env1"})
+    await refused_as_in_jupyterhub(spawner)
+    assert spawner.forget_refused_first_start() is None
+    assert default.deleted == []

@@ -18,6 +18,8 @@ starting pods in a namespace of the test's own:
   namespace, a server's pod and claim, a dump of everything for a failing
   test; ``registry_digest``, ``cleanup_images`` and ``node_images`` for the
   registry, the local engine and the images the node pulled.
+- ``content_puller_image(cluster)``: the image that pulls content at launch
+  (the builder test image, which has git), pushed to the cluster's registry.
 - ``cgroup_limits(pod)``: the memory and CPU limits the kernel enforces on a
   pod's container, read from its cgroup on this host (the cluster's node).
 
@@ -35,7 +37,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from tests.helpers.fixtures import running_hub
+from tests.helpers.fixtures import BUILDER_IMAGE, running_hub
 from tests.helpers.utils import SERVICE, TEST_IMAGE_PREFIX
 from tljh_repo2docker.builds.docker import DockerBuilder
 
@@ -80,9 +82,12 @@ def service_args():
     return ["--DockerBuilder.push=True"] if BUILDER_PUSH else []
 
 
-def hub_extra_config(cluster, namespace):
-    """The lines that make the test hub's servers pods of the cluster."""
+def hub_extra_config(cluster, namespace, content_puller=None):
+    """The lines that make the test hub's servers pods of the cluster
+    (``content_puller``: the spawner's ``content_puller_image``, an image of
+    the cluster's registry, see :func:`content_puller_image`)."""
     host_ip = cluster["host_ip"]
+    puller = f"c.Repo2DockerKubeSpawner.content_puller_image = {content_puller!r}" if content_puller else ""
     return f"""
 # -- servers are pods of the cluster of ./dev kube up (tests/helpers/kubehub.py) --
 import json as _json
@@ -102,25 +107,27 @@ c.KubeSpawner.mem_guarantee = "64M"
 c.KubeSpawner.storage_capacity = "100Mi"
 c.Repo2DockerKubeSpawner.unschedulable_timeout = {UNSCHEDULABLE_TIMEOUT}
 c.Repo2DockerKubeSpawner.image_pull_timeout = {IMAGE_PULL_TIMEOUT}
+{puller}
 
 
 def _home_to_the_image_user(spawner, pod):
     # The cluster's claims are hostPath volumes (kube-controller-manager's
     # hostpath provisioner: directories 0750 root:root), and Kubernetes never
     # applies fsGroup to hostPath (nor to NFS): give the home to the image's
-    # user before the server starts, as an operator does for such storage.
+    # user before the server starts, as an operator does for such storage;
+    # first of the init containers: the content pull writes into the home.
     from kubernetes_asyncio.client import V1Container, V1SecurityContext, V1VolumeMount
     mounts = [m for m in pod.spec.containers[0].volume_mounts or [] if m.mount_path == spawner.home_path]
     if mounts:
         uid = spawner.image_user_id
-        pod.spec.init_containers = list(pod.spec.init_containers or []) + [V1Container(
+        pod.spec.init_containers = [V1Container(
             name="home-owner",
             image=pod.spec.containers[0].image,
             image_pull_policy=pod.spec.containers[0].image_pull_policy,
             command=["chown", f"{{uid}}:{{uid}}", spawner.home_path],
             security_context=V1SecurityContext(run_as_user=0),
             volume_mounts=[V1VolumeMount(name=mounts[0].name, mount_path=spawner.home_path)],
-        )]
+        )] + list(pod.spec.init_containers or [])
     return pod
 
 
@@ -136,8 +143,9 @@ for _service in c.JupyterHub.services:
 
 
 @contextlib.contextmanager
-def kube_hub(workdir, cluster, namespace, image_prefix):
-    """A running test hub (``running_hub``) whose spawner starts pods in ``namespace``."""
+def kube_hub(workdir, cluster, namespace, image_prefix, content_puller=None):
+    """A running test hub (``running_hub``) whose spawner starts pods in
+    ``namespace`` (``content_puller``: see :func:`hub_extra_config`)."""
     with contextlib.ExitStack() as stack:
         # running_hub starts the hub with this process's environment; kubespawner
         # reads $KUBECONFIG. Set while the hub starts only.
@@ -148,7 +156,7 @@ def kube_hub(workdir, cluster, namespace, image_prefix):
                 running_hub(
                     workdir,
                     extra_service_args=service_args(),
-                    extra_config=hub_extra_config(cluster, namespace),
+                    extra_config=hub_extra_config(cluster, namespace, content_puller),
                     image_prefix=image_prefix,
                 )
             )
@@ -212,6 +220,23 @@ def publish(refs):
         assert digest, f"the registry has no {ref} (pushed by {'the service' if BUILDER_PUSH else 'hand'})"
         digests[ref] = digest
     return digests
+
+
+#: The content puller's name in the cluster's registry (``{registry}/...``):
+#: shared by the test sessions, pushed again by each (the same image).
+CONTENT_PULLER = "tljh-r2d-test-tools/content-puller:latest"
+
+
+def content_puller_image(cluster, image=BUILDER_IMAGE):
+    """The content puller's image in the cluster's registry, for the
+    spawner's ``content_puller_image``: the builder test image (it has
+    ``sh``, ``git`` and coreutils' ``timeout``), tagged for the registry and
+    pushed, since the node pulls only from there."""
+    ref = f"{cluster['registry']}/{CONTENT_PULLER}"
+    subprocess.run(["docker", "tag", image, ref], check=True, capture_output=True, timeout=60)
+    subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True, timeout=600)
+    assert registry_digest(ref), f"the registry has no {ref} after docker push"
+    return ref
 
 
 def _registry_get(registry, path):

@@ -107,15 +107,53 @@ def environment(content, home_path):
     }
 
 
-def command(never_fail=False):
-    """The command that runs the script; with ``never_fail`` (an init
-    container, which would hold the pod back) it always exits 0, having
-    said why it did not pull."""
-    if never_fail:
-        wrapped = (
-            f"( {SCRIPT}\n) 2>&1 | tail -n 20; "
-            # the pipeline's status is tail's: the outcome is the last line
-            "exit 0"
+#: ``$0`` of the wrapper below (the name ``sh`` gives it in its messages).
+PROCESS_NAME = "tljh-r2d-content"
+#: GNU timeout's statuses: the command was stopped (TERM), or killed after
+#: the grace period (``-k``) because TERM did not stop it.
+_TIMED_OUT = (124, 137)
+#: Seconds between TERM and KILL when the pull overruns.
+KILL_AFTER = 5
+
+
+def _run_line(timeout):
+    """The wrapper's line that runs the script (``$1``), within ``timeout``
+    seconds when one is given (GNU coreutils' ``timeout``: it stops git's
+    processes with the script's, as they share its process group)."""
+    if not timeout:
+        return 'sh -c "$1" "$0"'
+    return (
+        "if ! command -v timeout >/dev/null 2>&1; then\n"
+        '  echo "the puller image has no timeout command (coreutils): not pulled" >&2; exit 1\n'
+        "fi\n"
+        f'timeout -k {KILL_AFTER} {timeout} sh -c "$1" "$0"'
+    )
+
+
+def command(never_fail=False, timeout=None):
+    """The command that runs the script: ``sh -c WRAPPER tljh-r2d-content
+    SCRIPT``, the script being the wrapper's ``$1`` (never quoted into it).
+    The repository stays in the environment (:func:`environment`), never
+    in the command, which anyone listing processes or pods can read.
+
+    ``timeout``: seconds the pull may take (``content_pull_timeout``); then it
+    is stopped and the last line says "the pull took longer than N seconds:
+    stopped". With ``never_fail`` (an init container, which would hold the
+    pod back) it always exits 0, having said why it did not pull."""
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
+        raise ValueError(f"content_pull_timeout: a whole number of seconds >= 0, not {timeout!r}")
+    wrapper = f"status=0\n{_run_line(timeout)} || status=$?\n"
+    if timeout:
+        wrapper += (
+            f"if [ $status -eq {_TIMED_OUT[0]} ] || [ $status -eq {_TIMED_OUT[1]} ]; then\n"
+            f'  echo "the pull took longer than {timeout} seconds: stopped" >&2\n'
+            "fi\n"
         )
-        return ["sh", "-c", wrapped]
-    return ["sh", "-c", SCRIPT]
+    wrapper += "exit $status\n"
+    if never_fail:
+        wrapper = (
+            f"( {wrapper}) 2>&1 | tail -n 20\n"
+            # the pipeline's status is tail's: the outcome is the last line
+            "exit 0\n"
+        )
+    return ["sh", "-c", wrapper, PROCESS_NAME, SCRIPT]

@@ -44,6 +44,8 @@ _PVC_TEMPLATES = {
 HOME_VOLUME = "tljh-r2d-home"
 #: The name of the init container that pulls content at launch.
 CONTENT_CONTAINER = "tljh-r2d-content"
+#: The pod's own volume that holds the content of a server with no home.
+CONTENT_VOLUME = "tljh-r2d-content-dir"
 
 
 def _unverifiable():
@@ -399,9 +401,15 @@ class KubeEnvironment(EnvironmentMixin):
         if content is not None:
             home_mounts = [m for m in mounts if m.get("mountPath") == self.home_path]
             if home_mounts:
-                self.init_containers = [*self.init_containers, self.content_init_container(home_mounts[0])]
+                content_mount = home_mounts[0]
             else:
-                self.content_not_pulled("the server has no home to pull it into (home_scope)")
+                # no home: the content lives in a volume of the pod's own
+                volume, content_mount = self._content_volume()
+                volumes.append(volume)
+                mounts.append(content_mount)
+            # after the configured init containers (one that gives the home
+            # to the image's user must run before the pull writes there)
+            self.init_containers = [*self.init_containers, self.content_init_container(content_mount)]
         try:
             return await super().get_pod_manifest()
         finally:
@@ -409,18 +417,30 @@ class KubeEnvironment(EnvironmentMixin):
             self.restore_limits()
             self.restore_default_url()
 
-    def content_init_container(self, home_mount):
+    def _content_volume(self):
+        """An ``emptyDir`` for a server with no home (``home_scope = "none"``),
+        mounted at ``~/<content dir>``: the init container clones into it and
+        the server finds it there; it goes with the pod."""
+        return (
+            {"name": CONTENT_VOLUME, "emptyDir": {}},
+            {"name": CONTENT_VOLUME, "mountPath": f"{self.home_path}/{self.content['dir']}"},
+        )
+
+    def content_init_container(self, mount):
         """The init container that pulls the start's content into the home
-        (spawners/content.py): it always succeeds, so that a failed pull
-        never holds the pod back; its log says what happened."""
+        (spawners/content.py), or into the content's own volume when there is
+        no home (``mount``: the home's mount or that volume's). It always
+        succeeds, so that a failed pull never holds the pod back, and stops
+        after ``content_pull_timeout`` seconds; its log says what happened.
+        The repository is in its environment, never in its command."""
         environment = content_puller.environment(self.content, self.home_path)
         return _braces_kept({
             "name": CONTENT_CONTAINER,
             "image": self.content_puller_image,
-            "command": content_puller.command(never_fail=True),
+            "command": content_puller.command(never_fail=True, timeout=self.content_pull_timeout),
             "env": [{"name": k, "value": v} for k, v in environment.items()],
             "workingDir": self.home_path,
-            "volumeMounts": [dict(home_mount)],
+            "volumeMounts": [dict(mount)],
             "securityContext": {
                 "runAsUser": self.image_user_id,
                 "allowPrivilegeEscalation": False,
@@ -561,10 +581,17 @@ def make_kube_spawner():
                             raise error
                         if error is not None:
                             self.log.error("Could not follow the start of %s: %r", self.pod_name, error)
-                return await started
+                result = await started
+            except EnvironmentRefused:
+                # refused in load_user_options() or get_pod_manifest(): a
+                # server that never ran goes with its refused first start
+                self.forget_refused_first_start()
+                raise
             finally:
                 for watcher in watchers:
                     watcher.cancel()
+            self.started_once()
+            return result
 
     Repo2DockerKubeSpawner.__qualname__ = "Repo2DockerKubeSpawner"
     Repo2DockerKubeSpawner.__module__ = "tljh_repo2docker.spawners.kube"
