@@ -25,9 +25,12 @@ API-only mode, authentication through the hub.
 """
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -156,11 +159,39 @@ def binderhub_hub(workdir, image_prefix, registry=None):
         "--retry_interval=1",
     ]
     extra_config = binder_service_config(workdir, port, config)
-    with running_hub(workdir, args, extra_config=extra_config) as hub_info:
-        hub_info.binder_url = binder_url
-        utils.wait_for_http(binder_url + "health", timeout=60, ok=(200,))
-        utils.wait_for_http(f"{hub_info.url}services/tljh_repo2docker/health", timeout=60, ok=(200,))
-        yield hub_info
+    try:
+        with running_hub(workdir, args, extra_config=extra_config) as hub_info:
+            hub_info.binder_url = binder_url
+            utils.wait_for_http(binder_url + "health", timeout=60, ok=(200,))
+            utils.wait_for_http(
+                f"{hub_info.url}services/tljh_repo2docker/health", timeout=60, ok=(200,)
+            )
+            yield hub_info
+    finally:
+        stop_leftover_binderhub(config)
+
+
+def stop_leftover_binderhub(config):
+    """Kill a BinderHub still running ``config`` once its hub has stopped.
+
+    A hub that does not stop within its timeout is killed, and its managed
+    services then outlive it: seen after whole runs, a BinderHub per run left
+    listening on the machine. Returns how many were killed."""
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if b"binderhub" in argv and str(config).encode() in argv:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
 
 
 def local_images(prefix):
